@@ -1,0 +1,199 @@
+"""Settings: one table of defaults, the few keys that differ per environment, the
+gitignored secret.py, and LOREBASE_<KEY> environment variables, which win over all.
+
+The environment name (dev or prod) is the one argument the server takes, as the seed
+says; everything else is read from here.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sys
+from pathlib import Path
+from typing import Any
+
+ENVIRONMENTS = ("dev", "prod")
+ROOT = Path(__file__).resolve().parent.parent
+
+# Every key, with its dev value. Types come from these values: an environment variable
+# for a list key is comma-separated, for a bool key "1/true/yes/on" or "0/false/no/off".
+DEFAULTS: dict[str, Any] = {
+    "PORT": 8000,
+    "HOST": "127.0.0.1",
+    "DATA_DIR": str(ROOT / "data"),
+    "REDIS_URL": "",  # empty: start an embedded redis-server with its data in DATA_DIR/redis
+    "REDIS_APPENDFSYNC": "everysec",  # or "always": every acknowledged write survives a crash
+    "REDIS_TIMEOUT": 1.0,  # seconds a Redis command may take before the request gets 503
+    "BASE_URL": "http://localhost:8000",
+    "WORKERS": 0,  # 0: one per CPU
+    "COOKIE_NAME": "lorebase",
+    "COOKIE_SECRET": "",
+    "MAIL_URL": "console://",
+    "MAIL_FROM": "lorebase <noreply@localhost>",
+    "S3_ENDPOINT": "",
+    "S3_REGION": "us-east-1",
+    "S3_BUCKET": "",
+    "S3_TRASH_BUCKET": "",
+    "S3_ACCESS_KEY": "",
+    "S3_SECRET_KEY": "",
+    "ADMINS": [],
+    "WHITELIST": [],
+    "TRUSTED_PROXIES": [],  # peers whose X-Forwarded-For / X-Real-IP is believed
+    "JSON_LIMIT": 1024 * 1024,  # bytes of a JSON body
+    "LOG_STREAM_MAX": 10000,  # entries kept in the Redis stream `log`
+    "ERROR_REPORTS_PER_MINUTE": 30,  # POST /error per client IP
+    "SHUTDOWN_GRACE": 10.0,  # seconds workers get to finish in-flight requests
+}
+
+# Only what differs in prod; the rest is the table above.
+PER_ENV: dict[str, dict[str, Any]] = {
+    "dev": {},
+    "prod": {
+        "DATA_DIR": "/var/lib/lorebase",
+        "TRUSTED_PROXIES": ["127.0.0.1", "::1"],  # nginx on the same box
+        "MAIL_URL": "",  # must be set: smtp://... or ses://region
+    },
+}
+
+SECRET_KEYS = ("COOKIE_SECRET", "S3_SECRET_KEY")
+MIN_SECRET_BYTES = 32
+KNOWN_WEAK = {"", "changeme", "secret", "dev", "change-me", "lorebase"}
+
+
+class ConfigError(Exception):
+    """A setting is missing or wrong; the message names the key."""
+
+
+class Config:
+    """The settings of one environment, as attributes named like the keys."""
+
+    def __init__(self, env: str, values: dict[str, Any]):
+        self.ENV = env
+        self._values = values
+        for key, value in values.items():
+            setattr(self, key, value)
+
+    def __getattr__(self, name: str) -> Any:  # only reached for unknown names
+        raise AttributeError(f"no config key {name}")
+
+    @property
+    def embedded_redis(self) -> bool:
+        return not self.REDIS_URL
+
+    @property
+    def secure_cookies(self) -> bool:
+        return str(self.BASE_URL).startswith("https://")
+
+    @property
+    def redis_dir(self) -> Path:
+        return Path(self.DATA_DIR) / "redis"
+
+    def public(self) -> dict[str, Any]:
+        """The settings with secrets masked, for logs and the admin UI."""
+        return {k: ("***" if k in SECRET_KEYS and v else v) for k, v in self._values.items()}
+
+
+def _coerce(key: str, raw: str, default: Any) -> Any:
+    if isinstance(default, bool):
+        low = raw.strip().lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off", ""):
+            return False
+        raise ConfigError(f"LOREBASE_{key} must be a boolean, got {raw!r}")
+    if isinstance(default, int):
+        try:
+            return int(raw)
+        except ValueError:
+            raise ConfigError(f"LOREBASE_{key} must be an integer, got {raw!r}") from None
+    if isinstance(default, float):
+        try:
+            return float(raw)
+        except ValueError:
+            raise ConfigError(f"LOREBASE_{key} must be a number, got {raw!r}") from None
+    if isinstance(default, list):
+        return [item.strip() for item in raw.split(",") if item.strip()]
+    return raw
+
+
+def _secret_file() -> Path:
+    return Path(os.environ.get("LOREBASE_SECRET_FILE") or ROOT / "secret.py")
+
+
+def _read_secret_file(path: Path) -> dict[str, Any]:
+    """secret.py is Python, like config.py: UPPER_CASE names are settings."""
+    if not path.exists():
+        return {}
+    namespace: dict[str, Any] = {}
+    exec(compile(path.read_text(), str(path), "exec"), namespace)  # noqa: S102 - the operator's own file
+    return {k: v for k, v in namespace.items() if k.isupper()}
+
+
+def load(env: str = "dev", environ: dict[str, str] | None = None) -> Config:
+    """Build the settings of `env`: defaults, per-env values, secret.py, then LOREBASE_*."""
+    if env not in ENVIRONMENTS:
+        raise ConfigError(f"unknown environment {env!r}: use one of {', '.join(ENVIRONMENTS)}")
+    environ = dict(os.environ if environ is None else environ)
+    values = dict(DEFAULTS)
+    values.update(PER_ENV[env])
+    for key, value in _read_secret_file(_secret_file()).items():
+        if key not in DEFAULTS:
+            raise ConfigError(f"{_secret_file()}: unknown key {key}")
+        values[key] = value
+    for key, default in DEFAULTS.items():
+        raw = environ.get(f"LOREBASE_{key}")
+        if raw is not None:
+            values[key] = _coerce(key, raw, default)
+    values["ADMINS"] = [a.strip().lower() for a in values["ADMINS"]]
+    values["WHITELIST"] = [w.strip().lower() for w in values["WHITELIST"]]
+    values["BASE_URL"] = str(values["BASE_URL"]).rstrip("/")
+    if values["WORKERS"] <= 0:
+        values["WORKERS"] = os.cpu_count() or 1
+    _check(env, values)
+    if not values["COOKIE_SECRET"]:
+        values["COOKIE_SECRET"] = _dev_secret(Path(values["DATA_DIR"]))
+    return Config(env, values)
+
+
+def _check(env: str, values: dict[str, Any]) -> None:
+    if not 0 < values["PORT"] < 65536:
+        raise ConfigError(f"PORT must be 1-65535, got {values['PORT']}")
+    if values["REDIS_APPENDFSYNC"] not in ("everysec", "always"):
+        raise ConfigError("REDIS_APPENDFSYNC must be everysec or always")
+    if env != "prod":
+        return
+    secret = values["COOKIE_SECRET"]
+    if not isinstance(secret, str) or secret.strip().lower() in KNOWN_WEAK:
+        raise ConfigError(
+            "COOKIE_SECRET is missing or a default: set it in secret.py or LOREBASE_COOKIE_SECRET "
+            "(generate one with: python3 -c 'import secrets; print(secrets.token_urlsafe(48))')"
+        )
+    if len(secret.encode()) < MIN_SECRET_BYTES:
+        raise ConfigError(f"COOKIE_SECRET is shorter than {MIN_SECRET_BYTES} bytes")
+    if values["S3_BUCKET"] and not (values["S3_ACCESS_KEY"] and values["S3_SECRET_KEY"]):
+        # boto3 may still find credentials on the instance (an IAM role); say so, don't stop
+        print("lorebase: S3_BUCKET is set without S3_ACCESS_KEY/S3_SECRET_KEY; "
+              "using boto3's default credentials", file=sys.stderr)
+
+
+def _dev_secret(data_dir: Path) -> str:
+    """In dev, a random cookie secret kept in the data dir, so sessions survive restarts
+    and no secret is ever a constant in the code."""
+    path = data_dir / "dev_cookie_secret"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    data_dir.mkdir(parents=True, exist_ok=True)
+    value = secrets.token_urlsafe(48)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(value)
+    try:
+        os.link(tmp, path)  # first writer wins when several processes race
+    except FileExistsError:
+        pass
+    os.unlink(tmp)
+    return path.read_text().strip()

@@ -1,0 +1,230 @@
+"""The workers' Redis client: one connection per worker, shared by every request in flight,
+with all commands issued in one event-loop turn written to the socket together
+(auto-pipelining). Replies are parsed by hiredis and handed back in order.
+
+Why our own: the design brief measured a per-request connection pool (redis-py's asyncio
+client) at 58-79 % less throughput than one pipelined connection, and no maintained
+Python client pipelines automatically. This layer is only the wire: commands are plain
+Redis commands, so what is stored stays readable with redis-cli.
+
+A command that gets no reply within `timeout` seconds (Redis paused, network gone)
+fails every command waiting on that connection with `Unavailable` and drops the
+connection; the next command reconnects. So a dead Redis costs a request at most
+`timeout`, never a hang, and recovery needs no restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import hiredis
+
+
+class RedisError(Exception):
+    """Redis answered with an error reply (a bug in a command, or WRONGTYPE and such)."""
+
+
+class Unavailable(Exception):
+    """Redis could not be reached or did not answer in time."""
+
+
+def parse_url(url: str) -> dict[str, Any]:
+    """redis://[:password@]host[:port][/db] or unix:///path/to.sock[?db=N]"""
+    parts = urlsplit(url)
+    out: dict[str, Any] = {"password": unquote(parts.password) if parts.password else None,
+                           "username": unquote(parts.username) if parts.username else None, "db": 0}
+    if parts.scheme == "unix":
+        out["path"] = parts.path
+        out["db"] = int(parse_qs(parts.query).get("db", ["0"])[0])
+    elif parts.scheme == "redis":
+        out["host"] = parts.hostname or "127.0.0.1"
+        out["port"] = parts.port or 6379
+        if parts.path.strip("/"):
+            out["db"] = int(parts.path.strip("/"))
+    else:
+        raise ValueError(f"unsupported Redis URL scheme {parts.scheme!r} (use redis:// or unix://)")
+    return out
+
+
+class _Protocol(asyncio.Protocol):
+    def __init__(self, client: Redis):
+        self.client = client
+        self.reader = hiredis.Reader(encoding="utf-8", replyError=RedisError)
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.reader.feed(data)
+        pending = self.client._pending
+        while True:
+            reply = self.reader.gets()
+            if reply is False:
+                return
+            if not pending:  # a reply nobody asked for: the stream is out of step
+                self.client._drop(self, Unavailable("unexpected reply from Redis"))
+                return
+            future = pending.popleft()[0]
+            if future.done():  # the caller gave up (request cancelled); keep the order
+                continue
+            if isinstance(reply, RedisError):
+                future.set_exception(reply)
+            else:
+                future.set_result(reply)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.client._drop(self, Unavailable("connection to Redis lost"))
+
+
+class Redis:
+    """await db.call("GET", key); await db.multi([...]); await db.pipeline([...])"""
+
+    def __init__(self, url: str, timeout: float = 1.0):
+        self.url = url
+        self.options = parse_url(url)
+        self.timeout = timeout
+        self._protocol: _Protocol | None = None
+        self._connecting: asyncio.Future[_Protocol] | None = None
+        self._pending: collections.deque[tuple[asyncio.Future[Any], float]] = collections.deque()
+        self._buffer: list[bytes] = []
+        self._flush_scheduled = False
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._scripts: dict[str, str] = {}
+
+    # -- connection -------------------------------------------------------------------
+
+    async def _connect(self) -> _Protocol:
+        loop = asyncio.get_running_loop()
+        opts = self.options
+        try:
+            if "path" in opts:
+                coro = loop.create_unix_connection(lambda: _Protocol(self), opts["path"])
+            else:
+                coro = loop.create_connection(lambda: _Protocol(self), opts["host"], opts["port"])
+            _, protocol = await asyncio.wait_for(coro, self.timeout)
+        except (TimeoutError, OSError) as error:
+            raise Unavailable(f"cannot connect to Redis: {error or 'timeout'}") from None
+        self._protocol = protocol
+        hello = []
+        if opts["password"]:
+            hello.append(("AUTH", opts["username"], opts["password"]) if opts["username"]
+                         else ("AUTH", opts["password"]))
+        if opts["db"]:
+            hello.append(("SELECT", opts["db"]))
+        if hello:
+            await asyncio.gather(*(self._send(protocol, cmd) for cmd in hello))
+        return protocol
+
+    async def _ready(self) -> _Protocol:
+        if self._protocol is not None:
+            return self._protocol
+        if self._connecting is None:
+            self._connecting = asyncio.ensure_future(self._connect())
+            self._connecting.add_done_callback(self._connected)
+        return await asyncio.shield(self._connecting)
+
+    def _connected(self, future: asyncio.Future[_Protocol]) -> None:
+        self._connecting = None
+        if not future.cancelled():
+            future.exception()  # mark retrieved; each waiter gets it raised
+
+    def _drop(self, protocol: _Protocol, error: Exception) -> None:
+        if self._protocol is not protocol:
+            return
+        self._protocol = None
+        if protocol.transport is not None:
+            protocol.transport.abort()
+        pending, self._pending = self._pending, collections.deque()
+        self._buffer.clear()
+        for future, _ in pending:
+            if not future.done():
+                future.set_exception(Unavailable(str(error)))
+
+    def _check_deadline(self) -> None:
+        self._watchdog = None
+        if not self._pending:
+            return
+        now = time.monotonic()
+        oldest = self._pending[0][1]
+        if now - oldest >= self.timeout and self._protocol is not None:
+            self._drop(self._protocol, Unavailable(f"no reply from Redis in {self.timeout}s"))
+            return
+        self._arm_watchdog(oldest + self.timeout - now)
+
+    def _arm_watchdog(self, delay: float) -> None:
+        if self._watchdog is None:
+            self._watchdog = asyncio.get_running_loop().call_later(max(delay, 0.01), self._check_deadline)
+
+    # -- sending ----------------------------------------------------------------------
+
+    def _send(self, protocol: _Protocol, args: tuple[Any, ...]) -> asyncio.Future[Any]:
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._buffer.append(hiredis.pack_command(args))
+        self._pending.append((future, time.monotonic()))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            loop.call_soon(self._flush)
+        self._arm_watchdog(self.timeout)
+        return future
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self._buffer and self._protocol is not None and self._protocol.transport is not None:
+            self._protocol.transport.write(b"".join(self._buffer))
+        self._buffer.clear()
+
+    async def call(self, *args: Any) -> Any:
+        """One command; its reply, or RedisError / Unavailable raised."""
+        protocol = await self._ready()
+        return await self._send(protocol, args)
+
+    async def pipeline(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Several commands written together; their replies in order. Not atomic."""
+        protocol = await self._ready()
+        futures = [self._send(protocol, cmd) for cmd in commands]
+        return list(await asyncio.gather(*futures))
+
+    async def multi(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """MULTI ... EXEC: all or nothing; the replies of the commands in order."""
+        protocol = await self._ready()
+        futures = [self._send(protocol, ("MULTI",))]
+        futures += [self._send(protocol, cmd) for cmd in commands]
+        futures.append(self._send(protocol, ("EXEC",)))
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        for result in results:
+            if isinstance(result, Unavailable):
+                raise result
+        for result in results[:-1]:
+            if isinstance(result, BaseException):
+                raise result
+        replies = results[-1]
+        if isinstance(replies, BaseException):
+            raise replies
+        if replies is None:
+            raise RedisError("transaction aborted")
+        for reply in replies:
+            if isinstance(reply, RedisError):
+                raise reply
+        return list(replies)
+
+    async def script(self, lua: str, keys: list[Any], args: list[Any]) -> Any:
+        """Run a Lua script by its SHA1, loading it the first time this process sees it."""
+        sha = self._scripts.get(lua)
+        if sha is not None:
+            try:
+                return await self.call("EVALSHA", sha, len(keys), *keys, *args)
+            except RedisError as error:
+                if not str(error).startswith("NOSCRIPT"):
+                    raise
+        self._scripts[lua] = await self.call("SCRIPT", "LOAD", lua)
+        return await self.call("EVALSHA", self._scripts[lua], len(keys), *keys, *args)
+
+    async def close(self) -> None:
+        if self._protocol is not None:
+            self._drop(self._protocol, Unavailable("client closed"))

@@ -1,0 +1,202 @@
+"""Requests and replies over raw ASGI: the Request a route sees, the one `reply` function,
+the one error type, and what every reply carries (security headers, ETag, gzip).
+
+The error hierarchy is one class: ApiError(status, code[, path]). Its public body is
+{"error": code} plus "path" for validation errors; the cause goes to notify, never out.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import secrets
+import time
+from http.cookies import CookieError, SimpleCookie
+from typing import Any
+from urllib.parse import parse_qsl
+
+import msgspec
+
+JSON = b"application/json"
+GZIP_MIN = 1400  # below one packet, compressing costs more than it saves
+
+SECURITY_HEADERS: list[tuple[bytes, bytes]] = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"same-origin"),
+    (b"content-security-policy",
+     b"default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+     b"object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"),
+    (b"x-frame-options", b"DENY"),
+]
+
+_encode = msgspec.json.Encoder().encode
+
+
+class ApiError(Exception):
+    """An expected failure with its status and stable code; `path` names the field at fault."""
+
+    def __init__(self, status: int, code: str, path: str | None = None,
+                 headers: dict[str, str] | None = None, detail: Any = None):
+        super().__init__(code)
+        self.status = status
+        self.code = code
+        self.path = path
+        self.headers = headers or {}
+        self.detail = detail  # for notify only
+
+    def body(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"error": self.code}
+        if self.path is not None:
+            out["path"] = self.path
+        return out
+
+
+class Reply:
+    """What a route returns when it replies. Built by `reply`; sent by the chain."""
+
+    __slots__ = ("body", "code", "content_type", "headers", "status", "stream")
+
+    def __init__(self, status: int, body: bytes, headers: dict[str, str] | None,
+                 content_type: bytes = JSON, stream: Any = None, code: str | None = None):
+        self.status = status
+        self.body = body
+        self.headers = headers
+        self.content_type = content_type
+        self.stream = stream  # an async iterator of bytes, for files
+        self.code = code  # the error code, for notify
+
+
+def reply(status: int, body: Any = None, headers: dict[str, str] | None = None) -> Reply:
+    """The one reply function: JSON body (any msgspec-encodable value), status, headers."""
+    if body is None:
+        body = {}
+    code = body.get("error") if isinstance(body, dict) and status >= 400 else None
+    return Reply(status, _encode(body), headers, code=code)
+
+
+def error_reply(error: ApiError) -> Reply:
+    return Reply(error.status, _encode(error.body()), error.headers or None, code=error.code)
+
+
+class Request:
+    """One request: what the chain has learnt about it so far, for the routes after."""
+
+    __slots__ = (
+        "_cookies",
+        "_headers",
+        "_query",
+        "app",
+        "body",
+        "data",
+        "ip",
+        "log",
+        "method",
+        "params",
+        "path",
+        "raw_headers",
+        "receive",
+        "route",
+        "scope",
+        "session",
+        "user",
+    )
+
+    def __init__(self, scope: dict[str, Any], receive: Any, app: Any = None):
+        self.app = app  # the Chain: .db, .config
+        self.scope = scope
+        self.receive = receive
+        self.method: str = scope["method"]
+        self.path: str = scope["path"]
+        self.raw_headers: list[tuple[bytes, bytes]] = scope["headers"]
+        self.params: dict[str, str] = {}
+        # the avant step's log object: start time and request id
+        self.log: dict[str, Any] = {"t": time.perf_counter(), "id": secrets.token_hex(8)}
+        self.body: bytes = b""
+        self.data: Any = None  # the validated payload (a msgspec Struct) or parsed JSON
+        self._headers: dict[str, str] | None = None
+        self._cookies: dict[str, str] | None = None
+        self._query: dict[str, str] | None = None
+        self.ip: str = ""
+        self.user: dict[str, Any] | None = None
+        self.session: dict[str, Any] | None = None
+        self.route: Any = None
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """Lower-case names; a repeated header keeps its last value."""
+        if self._headers is None:
+            self._headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in self.raw_headers}
+        return self._headers
+
+    def header(self, name: bytes) -> bytes | None:
+        """A header's raw value without building the dict (the hot path's way)."""
+        for key, value in self.raw_headers:
+            if key == name:
+                return value
+        return None
+
+    @property
+    def cookies(self) -> dict[str, str]:
+        if self._cookies is None:
+            self._cookies = parse_cookies(self.headers.get("cookie", ""))
+        return self._cookies
+
+    @property
+    def query(self) -> dict[str, str]:
+        """Query parameters; a repeated key is an error the route's schema reports."""
+        if self._query is None:
+            raw = self.scope.get("query_string", b"").decode("latin-1")
+            try:
+                pairs = parse_qsl(raw, keep_blank_values=True, strict_parsing=False,
+                                  encoding="utf-8", errors="strict", max_num_fields=50)
+            except (UnicodeDecodeError, ValueError):
+                raise ApiError(400, "validation", "query") from None
+            query: dict[str, str] = {}
+            for key, value in pairs:
+                if key in query:
+                    raise ApiError(400, "validation", key)
+                query[key] = value
+            self._query = query
+        return self._query
+
+
+def parse_cookies(header: str) -> dict[str, str]:
+    """Cookie header → dict; a header that cannot be parsed is treated as no cookies."""
+    if not header or len(header) > 8192:
+        return {}
+    jar: SimpleCookie = SimpleCookie()
+    try:
+        jar.load(header)
+    except CookieError:
+        return {}
+    return {key: morsel.value for key, morsel in jar.items()}
+
+
+def etag_of(body: bytes) -> str:
+    return '"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"'
+
+
+def etag_matches(if_none_match: bytes, etag: str) -> bool:
+    """Weak comparison, as RFC 9110 asks for If-None-Match: W/ prefixes are ignored."""
+    value = if_none_match.decode("latin-1").strip()
+    if value == "*":
+        return True
+    bare = etag.removeprefix("W/")
+    for candidate in value.split(","):
+        if candidate.strip().removeprefix("W/") == bare:
+            return True
+    return False
+
+
+def compress(body: bytes) -> bytes:
+    return gzip.compress(body, compresslevel=5, mtime=0)
+
+
+def wants_gzip(accept_encoding: bytes | None) -> bool:
+    if not accept_encoding:
+        return False
+    for part in accept_encoding.decode("latin-1").lower().split(","):
+        name, _, params = part.strip().partition(";")
+        if name.strip() in ("gzip", "*"):
+            return params.replace(" ", "") not in ("q=0", "q=0.0", "q=0.00", "q=0.000")
+    return False

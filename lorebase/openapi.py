@@ -1,0 +1,80 @@
+"""The OpenAPI 3.1 document, made from the chain's routes and their schemas, so the
+published contract and the validation are one thing (and outside tools can fuzz it)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from .chain import Route
+
+STATUS_TEXT = {200: "OK", 304: "Not modified", 400: "Bad request", 403: "Forbidden",
+               404: "Not found", 405: "Method not allowed", 409: "Conflict", 413: "Too large",
+               414: "URL too long", 415: "Wrong content type", 429: "Too many requests",
+               500: "Server error", 503: "Redis unavailable"}
+
+ERROR = {"type": "object", "required": ["error"], "properties": {
+    "error": {"type": "string"}, "path": {"type": "string"}}}
+
+
+def _codes(route: Route) -> dict[int, list[str]]:
+    codes: dict[int, list[str]] = {404: ["notfound"], 405: ["method"], 414: ["url"], 500: ["server"],
+                                   503: ["redis"]}
+    if route.accepts:
+        codes.update({400: ["validation", "json"], 413: ["size"], 415: ["type"]})
+    if route.query is not None:
+        codes.setdefault(400, []).append("validation")
+    if route.private:
+        codes[403] = ["nocookie", "tampered", "session"] + (["csrf", "origin"] if route.method != "GET" else [])
+    if route.section in ("admin",):
+        codes.setdefault(403, []).append("admin")
+    for status, names in route.replies.items():
+        codes.setdefault(status, [])
+        codes[status] += [n for n in names if n not in codes[status]]
+    return codes
+
+
+def document(routes: list[Route], title: str, version: str, csrf_field: bool = True) -> dict[str, Any]:
+    endpoints = [r for r in routes if not r.is_step]
+    types: list[Any] = []
+    for route in endpoints:
+        for t in (route.body, route.query, route.ok):
+            if t is not None and t not in types:
+                types.append(t)
+    schemas, components = msgspec.json.schema_components(types, ref_template="#/components/schemas/{name}")
+    by_type = dict(zip(types, schemas, strict=False))
+    paths: dict[str, Any] = {}
+    for route in endpoints:
+        op: dict[str, Any] = {"summary": route.summary, "operationId": f"{route.method.lower()}{route.path}",
+                              "tags": [route.section]}
+        params = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+                  for name in (route.pattern.groupindex if route.pattern else {})]
+        if route.query is not None:
+            query_schema = components[by_type[route.query]["$ref"].rsplit("/", 1)[1]]
+            required = set(query_schema.get("required", []))
+            for name, prop in query_schema.get("properties", {}).items():
+                params.append({"name": name, "in": "query", "required": name in required, "schema": prop})
+        if params:
+            op["parameters"] = params
+        if route.body is not None:
+            body_schema = by_type[route.body]
+            if route.private and route.method != "GET" and csrf_field:
+                body_schema = {"allOf": [body_schema, {"type": "object", "required": ["csrf"], "properties": {
+                    "csrf": {"type": "string", "description": "the session's CSRF token (or header X-CSRF-Token)"}}}]}
+            media = "application/json" if route.accepts == "json" else "multipart/form-data"
+            op["requestBody"] = {"required": True, "content": {media: {"schema": body_schema}}}
+        ok_schema = by_type[route.ok] if route.ok is not None else {"type": "object"}
+        responses: dict[str, Any] = {
+            "200": {"description": "OK", "content": {"application/json": {"schema": ok_schema}}}}
+        if route.method == "GET":
+            responses["304"] = {"description": "Not modified (If-None-Match matched the ETag)"}
+        for status, names in sorted(_codes(route).items()):
+            responses[str(status)] = {
+                "description": f"{STATUS_TEXT.get(status, '')}: " + ", ".join(f"`{n}`" for n in names),
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+        paths.setdefault(route.path, {})[route.method.lower()] = op
+        op["responses"] = responses
+    components["Error"] = ERROR
+    return {"openapi": "3.1.0", "info": {"title": title, "version": version},
+            "paths": paths, "components": {"schemas": components}}

@@ -1,0 +1,22 @@
+"""Small process helpers shared by the master, the workers and the embedded Redis."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import signal
+
+_PR_SET_PDEATHSIG = 1
+_libc = None
+
+
+def die_with_parent(sig: int = signal.SIGTERM) -> None:
+    """Ask Linux to send `sig` to this process when its parent dies, so that a master
+    killed with -9 leaves no worker or Redis behind."""
+    global _libc
+    try:
+        if _libc is None:
+            _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        _libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+    except (OSError, AttributeError):
+        pass  # not Linux: the master's own shutdown still stops its children

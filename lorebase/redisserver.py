@@ -1,0 +1,112 @@
+"""The embedded Redis of dev (and of a one-box prod that wants it): a redis-server child
+of the master, on a unix socket in DATA_DIR/redis, with RDB and AOF on, no eviction,
+and no TCP port at all, so nothing outside the box can reach it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from .procs import die_with_parent
+
+
+class EmbeddedRedisError(Exception):
+    pass
+
+
+class EmbeddedRedis:
+    def __init__(self, config: Any):
+        self.dir: Path = config.redis_dir
+        self.fsync = config.REDIS_APPENDFSYNC
+        self.socket = self.dir / "redis.sock"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.socket}"
+
+    def conf(self) -> str:
+        d = self.dir
+        return "\n".join([
+            "# written by lorebase at every start; edit lorebase/redisserver.py instead",
+            "port 0",  # no TCP: only the unix socket below
+            f"unixsocket {d / 'redis.sock'}",
+            "unixsocketperm 700",
+            "bind 127.0.0.1 -::1",  # loopback only, should a port ever be set
+            "protected-mode yes",
+            f"dir {d}",
+            "dbfilename dump.rdb",
+            "save 3600 1 300 100 60 10000",
+            "appendonly yes",
+            f"appendfsync {self.fsync}",
+            "maxmemory-policy noeviction",
+            "daemonize no",
+            f"pidfile {d / 'redis.pid'}",
+            f"logfile {d / 'redis.log'}",
+            "",
+        ])
+
+    def client(self, timeout: float = 0.5) -> redis.Redis:
+        return redis.Redis(unix_socket_path=str(self.socket), socket_timeout=timeout,
+                           socket_connect_timeout=timeout, decode_responses=True)
+
+    def running_elsewhere(self) -> bool:
+        if not self.socket.exists():
+            return False
+        try:
+            return bool(self.client(0.3).ping())
+        except redis.RedisError:
+            return False
+
+    def start(self, wait: float = 15.0) -> None:
+        if self.running_elsewhere():
+            raise EmbeddedRedisError(f"a Redis already serves {self.socket}: is another lorebase "
+                                     f"running with this DATA_DIR?")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.dir, 0o700)
+        conf = self.dir / "redis.conf"
+        conf.write_text(self.conf())
+        if self.socket.exists():
+            self.socket.unlink()
+        self.proc = subprocess.Popen([self.binary, str(conf)], stdin=subprocess.DEVNULL,
+                                     start_new_session=True, preexec_fn=die_with_parent)
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise EmbeddedRedisError(f"redis-server exited with {self.proc.returncode}; "
+                                         f"see {self.dir / 'redis.log'}")
+            try:
+                if self.socket.exists() and self.client(0.5).ping():
+                    return
+            except redis.BusyLoadingError:
+                pass  # loading the AOF: wait
+            except redis.RedisError:
+                pass
+            time.sleep(0.05)
+        raise EmbeddedRedisError(f"redis-server did not answer within {wait}s; see {self.dir / 'redis.log'}")
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """SIGTERM: Redis flushes the AOF, writes the RDB and exits."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()

@@ -1,0 +1,46 @@
+"""A worker: a forked child of the master serving HTTP on the master's listening socket
+with uvicorn (httptools + uvloop), the chain as its ASGI app. It opens its own Redis
+connection after the fork, so no connection is ever shared between processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+from typing import Any
+
+import uvicorn
+
+from .app import create_app
+from .notify import notify
+from .procs import die_with_parent
+
+
+def serve(config: Any, sock: socket.socket, index: int) -> None:
+    """Runs in the child; never returns."""
+    code = 1
+    try:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, signal.SIGTTIN, signal.SIGTTOU):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.set_wakeup_fd(-1)
+        die_with_parent()
+        notify._sync = None  # the master's connection is not ours
+        notify.setup(config.ENV, f"worker{index}", config.LOG_STREAM_MAX)
+
+        def uncaught(kind: type[BaseException], error: BaseException, trace: Any) -> None:
+            notify.exception("worker exception", error)
+
+        sys.excepthook = uncaught
+        app = create_app(config)
+        server = uvicorn.Server(uvicorn.Config(
+            app, loop="uvloop", http="httptools", lifespan="on", access_log=False,
+            server_header=False, log_level="warning", timeout_graceful_shutdown=int(config.SHUTDOWN_GRACE),
+            timeout_keep_alive=5, h11_max_incomplete_event_size=16 * 1024))
+        server.run(sockets=[sock])
+        code = 0 if server.started else 3
+    except BaseException as error:  # noqa: BLE001 - report, then exit non-zero
+        notify.exception("worker exception", error)
+    finally:
+        sys.stdout.flush()
+        os._exit(code)

@@ -1,0 +1,31 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from .lore import Lorebase
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lorebase]:
+    """One lorebase for the whole session: embedded Redis, two workers, a temp data dir.
+    TRUSTED_PROXIES lets tests speak for several client IPs through X-Real-IP, as nginx would."""
+    lore = Lorebase(tmp_path_factory.mktemp("lore") / "data", TRUSTED_PROXIES="127.0.0.1")
+    lore.start()
+    yield lore
+    code = lore.stop()
+    assert code == 0, f"lorebase exited with {code}"
+
+
+@pytest.fixture()
+def client(server: Lorebase) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, timeout=10) as c:
+        yield c
+
+
+@pytest.fixture()
+def tmp(tmp_path: Path) -> Path:
+    return tmp_path

@@ -1,0 +1,155 @@
+"""Test harness: real lorebase processes and real Redis servers on free loopback ports,
+with their data in temp dirs. Nothing here reaches into lorebase's internals: tests talk
+HTTP to the server and, where a test is about storage, read Redis as redis-cli would."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import redis
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02, what: str = "") -> Any:
+    """Poll `condition` until it returns something truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = condition()
+            if value:
+                return value
+        except Exception as error:  # noqa: BLE001 - keep polling, report the last one
+            last_error = error
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what or condition}: {last_error!r}")
+
+
+class RedisServer:
+    """A standalone redis-server on a free port (the 'external Redis' of REDIS_URL)."""
+
+    def __init__(self, data_dir: Path):
+        self.dir = data_dir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}"
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port, socket_timeout=2, decode_responses=True)
+
+    def start(self) -> RedisServer:
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
+             "--save", "", "--appendonly", "no", "--daemonize", "no", "--logfile", str(self.dir / "redis.log")],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        wait_for(lambda: self.client().ping(), what="redis-server")
+        return self
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+class Lorebase:
+    """`lorebase serve` as a child process, with LOREBASE_* overrides."""
+
+    def __init__(self, data_dir: Path, env: str = "dev", **overrides: Any):
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.env_name = env
+        self.overrides = {"PORT": str(self.port), "DATA_DIR": str(data_dir), "WORKERS": "2",
+                          "BASE_URL": f"http://127.0.0.1:{self.port}", "SHUTDOWN_GRACE": "3"}
+        self.overrides.update({k: str(v) for k, v in overrides.items()})
+        self.log_path = data_dir.parent / f"{data_dir.name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def environ(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LOREBASE_")}
+        env["LOREBASE_SECRET_FILE"] = str(self.data_dir.parent / "no-secret.py")
+        env.update({f"LOREBASE_{k}": v for k, v in self.overrides.items()})
+        return env
+
+    def start(self, wait: bool = True) -> Lorebase:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")  # noqa: SIM115 - the child keeps it
+        self.proc = subprocess.Popen([sys.executable, "-m", "lorebase", "serve", self.env_name],
+                                     env=self.environ(), stdout=log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, cwd=ROOT)
+        log.close()
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        def up() -> bool:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"lorebase exited with {self.proc.returncode}:\n{self.log_text()[-3000:]}")
+            return httpx.get(self.url + "/health", timeout=2).status_code == 200
+        wait_for(up, timeout, 0.05, "lorebase /health")
+
+    def stop(self, timeout: float = 30.0) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError("lorebase did not stop within 30 s of SIGTERM") from None
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def events(self, name: str | None = None) -> list[dict[str, Any]]:
+        """The notify lines of the log, parsed; only those of event `name` if given."""
+        out = []
+        for line in self.log_text().splitlines():
+            if line.startswith("{"):
+                try:
+                    entry = json.loads(line)
+                except ValueError:
+                    continue
+                if name is None or entry.get("ev") == name:
+                    out.append(entry)
+        return out
+
+    def redis(self) -> redis.Redis:
+        """The embedded Redis, on its unix socket, as redis-cli -s would reach it."""
+        return redis.Redis(unix_socket_path=str(self.data_dir / "redis" / "redis.sock"),
+                           socket_timeout=2, decode_responses=True)
+
+    def remove(self) -> None:
+        self.stop()
+        shutil.rmtree(self.data_dir, ignore_errors=True)
