@@ -2,10 +2,13 @@
 what a worker opens at start-up and closes at shutdown.
 
 To add your own routes, write a module like lorebase/routes/public.py and put its routes
-in the section where they belong, with chain.insert(routes, "private", mine()).
+in the section where they belong, with chain.insert(routes(), "private", mine()).
 """
 
 from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import msgspec
 
@@ -13,19 +16,46 @@ from . import __version__
 from .chain import Chain, Route
 from .config import Config
 from .db import Redis
+from .http import Request
+from .identity import users
+from .identity.passwords import Passwords
+from .identity.sessions import Sessions
 from .notify import notify
 from .openapi import document
-from .routes import public
+from .routes import account, admin, auth, gate, public
 
 
 def routes() -> list[Route]:
     return [
         *public.routes(),  # avant, then the public routes
+        *auth.routes(),  # signup, verifyEmail, login, recover, reset
+        *gate.gatekeeper_routes(),  # past here: a live session
+        *gate.csrf_routes(),  # past here: state changes carry the session's CSRF token
+        *account.routes(),  # csrf, logout, changePassword, destroy
+        *gate.admin_routes(),  # past here: admins only
+        *admin.routes(),
     ]
 
 
-def create_app(config: Config, chain_routes: list[Route] | None = None) -> Chain:
-    app = Chain(chain_routes or routes(), config)
+class App(Chain):
+    """The chain plus what its routes share: Redis, sessions, passwords, app hooks."""
+
+    def __init__(self, config: Config, chain_routes: list[Route]):
+        super().__init__(chain_routes, config)
+        self.sessions = Sessions(config)
+        self.passwords = Passwords(config)
+        # called with (app, username) before a user is deleted: apps remove their data
+        self.destroy_hooks: list[Callable[[Any, str], Awaitable[None]]] = []
+
+    async def current_user(self, req: Request) -> dict[str, str] | None:
+        """The user record of the request's session, read once per request."""
+        if req.user is None and req.session is not None:
+            req.user = await users.get(self.db, req.session["user"])
+        return req.user
+
+
+def create_app(config: Config, chain_routes: list[Route] | None = None) -> App:
+    app = App(config, chain_routes or routes())
 
     async def start() -> None:
         app.db = Redis(config.REDIS_URL, timeout=config.REDIS_TIMEOUT)

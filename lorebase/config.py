@@ -44,6 +44,21 @@ DEFAULTS: dict[str, Any] = {
     "LOG_STREAM_MAX": 10000,  # entries kept in the Redis stream `log`
     "ERROR_REPORTS_PER_MINUTE": 30,  # POST /error per client IP
     "SHUTDOWN_GRACE": 10.0,  # seconds workers get to finish in-flight requests
+    # identity
+    "SESSION_IDLE": 7 * 86400,  # seconds a session lives unused; every use renews it
+    "SESSION_MAX": 30 * 86400,  # seconds a session lives at most, used or not
+    "REQUIRE_VERIFIED": False,  # login refused (403 verify) until the email is verified
+    "VERIFY_TTL": 86400,  # seconds a verification link works
+    "RESET_TTL": 3600,  # seconds a reset link works
+    "ARGON2_TIME": 2,  # argon2id parameters (OWASP): iterations,
+    "ARGON2_MEMORY": 19456,  # KiB of memory,
+    "ARGON2_PARALLELISM": 1,  # and lanes
+    "LOGIN_FAILS_PER_ACCOUNT": 10,  # failed logins per account per LOGIN_WINDOW
+    "LOGIN_FAILS_PER_IP": 50,  # failed logins per client IP per LOGIN_WINDOW
+    "LOGIN_WINDOW": 900,
+    "SIGNUPS_PER_IP": 20,  # valid signups per client IP per hour
+    "RECOVER_PER_IP": 20,  # recover requests per client IP per hour
+    "RECOVER_MAILS_PER_ACCOUNT": 5,  # reset mails per account per hour (past it: silently none)
 }
 
 # Only what differs in prod; the rest is the table above.
@@ -147,6 +162,8 @@ def load(env: str = "dev", environ: dict[str, str] | None = None) -> Config:
             values[key] = _coerce(key, raw, default)
     values["ADMINS"] = [a.strip().lower() for a in values["ADMINS"]]
     values["WHITELIST"] = [w.strip().lower() for w in values["WHITELIST"]]
+    if "LOREBASE_BASE_URL" not in environ and values["BASE_URL"] == DEFAULTS["BASE_URL"]:
+        values["BASE_URL"] = f"http://localhost:{values['PORT']}"  # follow PORT unless set
     values["BASE_URL"] = str(values["BASE_URL"]).rstrip("/")
     if values["WORKERS"] <= 0:
         values["WORKERS"] = os.cpu_count() or 1

@@ -19,7 +19,7 @@ from typing import Any
 
 import redis
 
-from . import __version__, worker
+from . import __version__, tasks, worker
 from .notify import notify
 from .redisserver import EmbeddedRedis
 
@@ -46,6 +46,7 @@ class Master:
         self.stopping = False
         self.crashes: list[float] = []  # recent unexpected exits, for backoff
         self.redis_up = True
+        self.tasks_pid: int | None = None
 
     # -- start --------------------------------------------------------------------------
 
@@ -72,6 +73,7 @@ class Master:
             return 1
         for index in range(self.target):
             self.spawn(index)
+        self.spawn_tasks()
         notify("start", version=__version__, host=config.HOST, port=config.PORT, workers=self.target,
                redis="embedded" if self.redis else "external", base_url=config.BASE_URL)
         try:
@@ -91,6 +93,15 @@ class Master:
             os.close(0)
             worker.serve(self.config, self.sock, index)
         self.workers[pid] = index
+
+    def spawn_tasks(self) -> None:
+        pid = os.fork()
+        if pid == 0:
+            os.close(0)
+            if self.sock is not None:
+                self.sock.close()
+            tasks.serve(self.config)
+        self.tasks_pid = pid
 
     # -- supervise ----------------------------------------------------------------------
 
@@ -138,6 +149,13 @@ class Master:
                 return
             if pid == 0:
                 return
+            if pid == self.tasks_pid:
+                self.tasks_pid = None
+                if not self.stopping:
+                    notify("tasks exit", code=os.waitstatus_to_exitcode(status))
+                    time.sleep(0.5)  # a crash loop must not spin
+                    self.spawn_tasks()
+                continue
             if pid not in self.workers:
                 if self.redis is not None and self.redis.proc is not None and pid == self.redis.pid:
                     self.redis.proc.returncode = os.waitstatus_to_exitcode(status)
@@ -201,6 +219,9 @@ class Master:
     # -- stop ---------------------------------------------------------------------------
 
     def shutdown(self) -> None:
+        if self.tasks_pid is not None:
+            self.workers[self.tasks_pid] = -1  # stopped and awaited like a worker
+            self.tasks_pid = None
         for pid in list(self.workers):
             try:
                 os.kill(pid, signal.SIGTERM)

@@ -1,0 +1,69 @@
+"""Admin routes (after the admin gatekeeper): list users, revoke a user's sessions,
+disable or enable a user, grant or take the admin flag."""
+
+from __future__ import annotations
+
+from ..chain import Route
+from ..http import ApiError, Reply, Request, reply
+from ..identity import users
+from ..notify import notify
+from ..schema import Schema, Text
+
+
+class UserIn(Schema):
+    username: Text(3, 32)  # type: ignore[valid-type]
+
+
+class Flag(Schema):
+    username: Text(3, 32)  # type: ignore[valid-type]
+    value: bool
+
+
+async def list_users(req: Request) -> Reply:
+    db = req.app.db
+    names = sorted(await db.call("SMEMBERS", "users"))[:1000]
+    found = [await users.get(db, name) for name in names]
+    admins = req.app.config.ADMINS
+    return reply(200, [users.public(u, admins) for u in found if u is not None])
+
+
+async def _target(req: Request) -> dict[str, str]:
+    user = await users.get(req.app.db, req.data.username.strip().lower())
+    if user is None:
+        raise ApiError(404, "user")
+    return user
+
+
+async def revoke(req: Request) -> Reply:
+    user = await _target(req)
+    count = await req.app.sessions.revoke_all(req.app.db, user["username"])
+    notify("admin revoke", user=user["username"], by=req.session and req.session["user"], sessions=count)
+    return reply(200, {"revoked": count})
+
+
+async def disable(req: Request) -> Reply:
+    user = await _target(req)
+    await req.app.db.call("HSET", f"user:{user['username']}", "disabled", int(req.data.value))
+    if req.data.value:
+        await req.app.sessions.revoke_all(req.app.db, user["username"])
+    notify("admin disable", user=user["username"], value=req.data.value, by=req.session and req.session["user"])
+    return reply(200, {})
+
+
+async def set_admin(req: Request) -> Reply:
+    user = await _target(req)
+    await req.app.db.call("HSET", f"user:{user['username']}", "admin", int(req.data.value))
+    notify("admin flag", user=user["username"], value=req.data.value, by=req.session and req.session["user"])
+    return reply(200, {})
+
+
+def routes() -> list[Route]:
+    return [
+        Route("GET", "/admin/users", list_users, section="admin", summary="All users (up to 1000)"),
+        Route("POST", "/admin/revoke", revoke, section="admin", body=UserIn, replies={404: ["user"]},
+              summary="End all sessions of a user"),
+        Route("POST", "/admin/disable", disable, section="admin", body=Flag, replies={404: ["user"]},
+              summary="Disable (value true: sessions end, login refused) or enable a user"),
+        Route("POST", "/admin/admin", set_admin, section="admin", body=Flag, replies={404: ["user"]},
+              summary="Grant or take the admin flag"),
+    ]
