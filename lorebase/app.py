@@ -1,8 +1,8 @@
 """The application: the whole chain in one list, read top to bottom (seed: Routes), and
 what a worker opens at start-up and closes at shutdown.
 
-To add your own routes, write a module like lorebase/routes/public.py and put its routes
-in the section where they belong, with chain.insert(routes(), "private", mine()).
+Your own routes go in a module like lorebase/apps/notes.py, placed in the section where
+they belong: `insert(base, "private", notes.routes())` below is how the example does it.
 """
 
 from __future__ import annotations
@@ -13,39 +13,46 @@ from typing import Any
 import msgspec
 
 from . import __version__
-from .chain import Chain, Route
+from .apps import notes
+from .chain import Chain, Route, insert
 from .config import Config
 from .db import Redis
+from .files.store import Store
 from .http import Request
 from .identity import users
 from .identity.passwords import Passwords
 from .identity.sessions import Sessions
 from .notify import notify
 from .openapi import document
-from .routes import account, admin, auth, gate, public
+from .routes import account, admin, auth, files, gate, public, web
 
 
-def routes() -> list[Route]:
-    return [
-        *public.routes(),  # avant, then the public routes
+def routes(config: Config) -> list[Route]:
+    base = [
+        *public.routes(),  # avant, then health, ping, error reports, the OpenAPI document
+        *web.routes(),  # the web client's page and assets
         *auth.routes(),  # signup, verifyEmail, login, recover, reset
         *gate.gatekeeper_routes(),  # past here: a live session
         *gate.csrf_routes(),  # past here: state changes carry the session's CSRF token
         *account.routes(),  # csrf, logout, changePassword, destroy
+        *files.routes(config),  # upload, list, download, delete
         *gate.admin_routes(),  # past here: admins only
         *admin.routes(),
     ]
+    return insert(base, "private", notes.routes())  # the example app
 
 
 class App(Chain):
-    """The chain plus what its routes share: Redis, sessions, passwords, app hooks."""
+    """The chain plus what its routes share: Redis, sessions, passwords, files, app hooks."""
 
     def __init__(self, config: Config, chain_routes: list[Route]):
         super().__init__(chain_routes, config)
         self.sessions = Sessions(config)
         self.passwords = Passwords(config)
+        self.store = Store(config)
         # called with (app, username) before a user is deleted: apps remove their data
-        self.destroy_hooks: list[Callable[[Any, str], Awaitable[None]]] = []
+        self.destroy_hooks: list[Callable[[Any, str], Awaitable[None]]] = [
+            notes.remove_user_notes, files.remove_user_files]
 
     async def current_user(self, req: Request) -> dict[str, str] | None:
         """The user record of the request's session, read once per request."""
@@ -55,7 +62,7 @@ class App(Chain):
 
 
 def create_app(config: Config, chain_routes: list[Route] | None = None) -> App:
-    app = App(config, chain_routes or routes())
+    app = App(config, chain_routes or routes(config))
 
     async def start() -> None:
         app.db = Redis(config.REDIS_URL, timeout=config.REDIS_TIMEOUT)

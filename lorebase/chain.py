@@ -20,6 +20,7 @@ from typing import Any
 
 from . import db as dbmod
 from .http import (
+    GZIP_MIN,
     JSON,
     SECURITY_HEADERS,
     ApiError,
@@ -211,7 +212,9 @@ class Chain:
         await self.send(req, result, send)
 
     async def run(self, req: Request) -> Reply:
-        target = len(req.scope.get("raw_path") or req.path) + len(req.scope.get("query_string") or b"")
+        query = req.scope.get("query_string") or b""
+        # the request target as sent: path, then "?" and the query when there is one
+        target = len(req.scope.get("raw_path") or req.path) + (len(query) + 1 if query else 0)
         if target > MAX_TARGET:
             raise ApiError(414, "url")
         endpoint, req.params = self.find(req.method, req.path)
@@ -282,18 +285,24 @@ class Chain:
             if not any(k == b"cache-control" for k, _ in headers):
                 headers.append((b"cache-control", b"private, no-cache" if route is not None and route.private
                                 else b"no-cache"))
-            if status == 200 and req.method in ("GET", "HEAD"):
+            if status == 200 and req.method in ("GET", "HEAD") and not (result.headers and "etag" in result.headers):
                 etag = etag_of(body)
+                gzipped = False
+                if len(body) >= GZIP_MIN:  # the encoding depends on Accept-Encoding: say so, either way
+                    headers.append((b"vary", b"accept-encoding"))
+                    gzipped = wants_gzip(req.header(b"accept-encoding"))
+                    if gzipped:
+                        etag = "W/" + etag
                 inm = req.header(b"if-none-match")
                 if inm is not None and etag_matches(inm, etag):
+                    # a 304 carries the ETag and Vary the 200 would have (RFC 9110 15.4.5)
                     headers.append((b"etag", etag.encode()))
                     await send({"type": "http.response.start", "status": 304, "headers": headers})
                     await send({"type": "http.response.body", "body": b""})
                     return
-                if len(body) >= 1400 and wants_gzip(req.header(b"accept-encoding")):
+                if gzipped:
                     body = compress(body)
-                    etag = "W/" + etag
-                    headers += [(b"content-encoding", b"gzip"), (b"vary", b"accept-encoding")]
+                    headers.append((b"content-encoding", b"gzip"))
                 headers.append((b"etag", etag.encode()))
             headers.append((b"content-length", str(len(body)).encode()))
         await send({"type": "http.response.start", "status": status, "headers": headers})

@@ -59,6 +59,9 @@ DEFAULTS: dict[str, Any] = {
     "SIGNUPS_PER_IP": 20,  # valid signups per client IP per hour
     "RECOVER_PER_IP": 20,  # recover requests per client IP per hour
     "RECOVER_MAILS_PER_ACCOUNT": 5,  # reset mails per account per hour (past it: silently none)
+    # files
+    "FILE_LIMIT": 100 * 1024 * 1024,  # bytes of one upload
+    "QUOTA": 1024 * 1024 * 1024,  # bytes of files per user
 }
 
 # Only what differs in prod; the rest is the table above.

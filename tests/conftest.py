@@ -6,14 +6,23 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .lore import Lorebase
+from .lore import Lorebase, MailSink
 
 
 @pytest.fixture(scope="session")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lorebase]:
-    """One lorebase for the whole session: embedded Redis, two workers, a temp data dir.
-    TRUSTED_PROXIES lets tests speak for several client IPs through X-Real-IP, as nginx would."""
-    lore = Lorebase(tmp_path_factory.mktemp("lore") / "data", TRUSTED_PROXIES="127.0.0.1")
+def mail() -> Iterator[MailSink]:
+    """The SMTP server that receives the session server's mail."""
+    sink = MailSink().start()
+    yield sink
+    sink.stop()
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory, mail: MailSink) -> Iterator[Lorebase]:
+    """One lorebase for the whole session: embedded Redis, two workers, a temp data dir, mail
+    to the SMTP sink. TRUSTED_PROXIES lets tests speak for several client IPs through
+    X-Real-IP, as nginx would."""
+    lore = Lorebase(tmp_path_factory.mktemp("lore") / "data", TRUSTED_PROXIES="127.0.0.1", MAIL_URL=mail.url)
     lore.start()
     yield lore
     code = lore.stop()

@@ -153,3 +153,59 @@ class Lorebase:
     def remove(self) -> None:
         self.stop()
         shutil.rmtree(self.data_dir, ignore_errors=True)
+
+
+class MailSink:
+    """A real SMTP server (aiosmtpd) on a free port that keeps every mail it receives."""
+
+    def __init__(self) -> None:
+        from aiosmtpd.controller import Controller
+
+        self.port = free_port()
+        self.mails: list[Any] = []
+        sink = self
+
+        class Handler:
+            async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+                import email
+                from email import policy
+
+                msg = email.message_from_bytes(envelope.content, policy=policy.default)
+                sink.mails.append(msg)
+                return "250 OK"
+
+        self.controller = Controller(Handler(), hostname="127.0.0.1", port=self.port)
+
+    @property
+    def url(self) -> str:
+        return f"smtp://127.0.0.1:{self.port}"
+
+    def start(self) -> MailSink:
+        self.controller.start()
+        return self
+
+    def stop(self) -> None:
+        self.controller.stop()
+
+    def to(self, address: str) -> list[Any]:
+        return [m for m in self.mails if address.lower() in str(m["To"]).lower()]
+
+    def wait_for(self, address: str, subject: str = "", count: int = 1, timeout: float = 10.0) -> Any:
+        """The `count`-th mail to `address` (with `subject` in its subject), once it arrives."""
+        def found() -> Any:
+            mails = [m for m in self.to(address) if subject.lower() in str(m["Subject"]).lower()]
+            return mails[count - 1] if len(mails) >= count else None
+        return wait_for(found, timeout, 0.05, f"mail to {address} {subject!r}")
+
+    @staticmethod
+    def text(mail: Any) -> str:
+        return str(mail.get_body(preferencelist=("plain",)).get_content())
+
+    @classmethod
+    def token(cls, mail: Any) -> str:
+        """The token of the link in the mail's plain-text part."""
+        import re
+
+        match = re.search(r"[?&]token=([A-Za-z0-9_\-]+)", cls.text(mail))
+        assert match, f"no token link in mail: {cls.text(mail)!r}"
+        return match.group(1)

@@ -34,6 +34,22 @@ async def csrf(req: Request) -> Reply:
     return reply(200, {"csrf": req.session["csrf"]}, NO_STORE)
 
 
+class Me(Schema):
+    username: str
+    email: str
+    created: int
+    verified: bool
+    admin: bool
+    disabled: bool
+
+
+async def me(req: Request) -> Reply:
+    user = await req.app.current_user(req)
+    if user is None:
+        raise ApiError(403, "session")
+    return reply(200, users.public(user, req.app.config.ADMINS))
+
+
 async def logout(req: Request) -> Reply:
     assert req.session is not None
     await req.app.sessions.delete(req.app.db, req.session["id"], req.session["user"])
@@ -75,6 +91,7 @@ def routes() -> list[Route]:
     return [
         Route("GET", "/auth/csrf", csrf, section="private", ok=CsrfOut,
               summary="The session's CSRF token; also tells whether the client is logged in"),
+        Route("GET", "/auth/me", me, section="private", ok=Me, summary="Who is logged in"),
         Route("POST", "/auth/logout", logout, section="private", body=Empty, summary="End this session"),
         Route("POST", "/auth/changePassword", change_password, section="private", body=ChangePassword,
               summary="Change the password; the user's other sessions end", replies={403: ["auth"]}),

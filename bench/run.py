@@ -1,0 +1,645 @@
+"""lorebase's benchmark: lorebase, the seed's node/express stack and a bare hello-world on
+lorebase's HTTP server stack, side by side in one run on loopback, driven by wrk with the
+seed's load scripts (shared/bench/wrk/*.lua). See bench/README.md.
+
+    .venv/bin/python bench/run.py                     # every peer, the default workloads, 10 s each
+    .venv/bin/python bench/run.py --duration 5 --only lorebase --only hello
+
+One peer is up and loaded at a time: start it, warm up, measure each of its workloads, read
+its workers' RSS, stop it. Everything started here (servers, Redis) is stopped on exit, on
+error and on Ctrl-C. Results go to stdout (Markdown tables) and bench/results/<time>.json.
+
+To add a workload: one Workload row in WORKLOADS (and a ratio row in RATIOS). To add a peer:
+a Peer subclass in PEERS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import http.client
+import json
+import os
+import platform
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from http.cookies import SimpleCookie
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+WORK = BENCH / ".work"  # gitignored: the express copy and its node_modules, granian's venv, logs
+RESULTS = BENCH / "results"  # gitignored
+SHARED = ROOT.parent / "shared" / "bench"  # the seed's stack and wrk scripts, beside the repo
+HOST = "127.0.0.1"
+LOREBASE_COOKIE = os.environ.get("LOREBASE_COOKIE_NAME") or "lorebase"
+
+
+# -- what is measured: workloads and ratios, as data ----------------------------------------
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str  # the label of wrk's RESULT line
+    script: str  # a file in shared/bench/wrk/
+    paths: dict[str, str]  # peer name → the path serving this workload there; other peers skip it
+    method: str = "GET"  # as the script sends it; for the report
+    session: bool = False  # wrk needs COOKIE, COOKIE_NAME and CSRF: the peer's login() is run first
+    default: bool = True  # run when --workload does not name workloads
+
+
+HELLO = {"hello": "/", "hello-reuseport": "/", "granian-asgi": "/", "granian-rsgi": "/"}
+
+WORKLOADS = [
+    Workload("W1", "ping.lua", {"express": "/ping", "lorebase": "/ping", **HELLO}),
+    Workload("W1-health", "ping.lua", {"lorebase": "/health"}),  # lorebase's /ping plus one Redis PING
+    # Session workloads, in this order (W3 writes the notes W4 lists). Only express serves them
+    # so far, so they run on request: --workload W2 --workload W3 --workload W4.
+    # TODO(W2-W4): when lorebase serves /auth/signup, /auth/login, /auth/csrf and /notes, add
+    # "lorebase": "<path>" to each row below, drop default=False, and add their RATIOS rows;
+    # Peer.login() is the hook that gets COOKIE and CSRF (check that lorebase's payloads match it).
+    Workload("W2", "csrf.lua", {"express": "/auth/csrf", "lorebase": "/auth/csrf"}, session=True, default=False),
+    Workload("W3", "post_note.lua", {"express": "/notes"}, "POST", session=True, default=False),
+    Workload("W4", "get_notes.lua", {"express": "/notes"}, session=True, default=False),
+]
+
+# (what it says, numerator (peer, workload), denominator (peer, workload)): a req/s ratio.
+RATIOS = [
+    ("lorebase /ping ÷ bare ASGI hello (the chain's cost)", ("lorebase", "W1"), ("hello", "W1")),
+    ("lorebase /ping ÷ express /ping", ("lorebase", "W1"), ("express", "W1")),
+    ("lorebase /health ÷ express /ping", ("lorebase", "W1-health"), ("express", "W1")),
+    ("hello: SO_REUSEPORT per worker ÷ one shared socket", ("hello-reuseport", "W1"), ("hello", "W1")),
+    ("hello: granian ASGI ÷ uvicorn (shared socket)", ("granian-asgi", "W1"), ("hello", "W1")),
+    ("hello: granian RSGI ÷ uvicorn (shared socket)", ("granian-rsgi", "W1"), ("hello", "W1")),
+    ("lorebase ÷ express, W2 GET /auth/csrf", ("lorebase", "W2"), ("express", "W2")),
+    ("lorebase W2 ÷ lorebase W1 (the session's cost)", ("lorebase", "W2"), ("lorebase", "W1")),
+    ("express W2 ÷ express W1 (the session's cost)", ("express", "W2"), ("express", "W1")),
+]
+
+
+# -- the peers ------------------------------------------------------------------------------
+
+
+@dataclass
+class Session:
+    cookie: str  # the session cookie's value, as wrk's COOKIE
+    csrf: str
+
+
+@dataclass
+class Context:
+    args: argparse.Namespace
+    shared: Path
+    tmp: Path  # a temporary dir for this run, removed at the end
+    logs: Path
+    redis_url: str = ""  # the throwaway Redis (express, and lorebase with --shared-redis)
+
+
+class Peer:
+    name = ""
+    about = ""
+    ready_path = "/"
+    cookie_name = "session"
+    workers = 2
+
+    def skip_reason(self, ctx: Context) -> str | None:
+        """Why this peer cannot run here, or None."""
+        return None
+
+    def prepare(self, ctx: Context) -> None:
+        """One-time setup before the server starts (npm ci and such)."""
+
+    def command(self, ctx: Context, port: int) -> tuple[list[str], dict[str, str], Path]:
+        """argv, extra environment, working dir of the server's master process."""
+        raise NotImplementedError
+
+    def login(self, base: str) -> Session:
+        """Sign a fresh user up and log in, by the route contract of shared/bench/README.md:
+        POST /auth/signup {username, password, email}, POST /auth/login {username, password}
+        → {"csrf"} and the session cookie. A peer whose contract differs overrides this."""
+        user = "bench_" + secrets.token_hex(6)
+        password = secrets.token_urlsafe(16)
+        http_json("POST", base + "/auth/signup", {"username": user, "password": password,
+                                                  "email": f"{user}@example.com"})
+        body, cookies = http_json("POST", base + "/auth/login", {"username": user, "password": password})
+        if self.cookie_name not in cookies:
+            raise RuntimeError(f"login set no {self.cookie_name!r} cookie (got {sorted(cookies)})")
+        return Session(cookie=cookies[self.cookie_name], csrf=body["csrf"])
+
+
+class Express(Peer):
+    name = "express"
+    about = "the seed's stack: node cluster, 2 workers, express 5, node-redis over TCP to a throwaway Redis"
+    ready_path = "/ping"
+
+    def skip_reason(self, ctx: Context) -> str | None:
+        if not shutil.which("node") or not shutil.which("npm"):
+            return "node or npm not installed"
+        if not (ctx.shared / "express" / "server.js").exists():
+            return f"no {ctx.shared / 'express'}"
+        return None
+
+    def prepare(self, ctx: Context) -> None:
+        """Copy the seed's express app out of shared/ (never into git) and npm ci it, once per
+        package-lock.json."""
+        dst = WORK / "express"
+        shutil.copytree(ctx.shared / "express", dst, dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns("node_modules"))
+        digest = hashlib.sha256((dst / "package-lock.json").read_bytes()).hexdigest()
+        stamp = dst / ".npm-ci.sha256"
+        if (dst / "node_modules").is_dir() and stamp.exists() and stamp.read_text() == digest:
+            return
+        print("express: npm ci ...", flush=True)
+        subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=dst, check=True,
+                       timeout=600)
+        stamp.write_text(digest)
+
+    def command(self, ctx: Context, port: int) -> tuple[list[str], dict[str, str], Path]:
+        env = {"PORT": str(port), "REDIS_URL": ctx.redis_url, "WORKERS": str(self.workers),
+               "NODE_ENV": "production"}
+        return ["node", "server.js"], env, WORK / "express"
+
+
+class Hello(Peer):
+    name = "hello"
+    about = "bench/hello.py: raw ASGI hello on uvicorn+httptools+uvloop, 2 forked workers on one inherited socket"
+    mode = "shared"
+
+    def command(self, ctx: Context, port: int) -> tuple[list[str], dict[str, str], Path]:
+        return ([sys.executable, str(BENCH / "hello.py"), "--host", HOST, "--port", str(port),
+                 "--workers", str(self.workers), "--mode", self.mode], {}, ROOT)
+
+
+class HelloReuseport(Hello):
+    name = "hello-reuseport"
+    about = "bench/hello.py --mode reuseport: the same, each worker binding its own SO_REUSEPORT socket"
+    mode = "reuseport"
+
+
+def granian_binary() -> str | None:
+    for candidate in (WORK / "granian-venv" / "bin" / "granian", Path(sys.executable).parent / "granian"):
+        if candidate.exists():
+            return str(candidate)
+    return shutil.which("granian")
+
+
+class Granian(Peer):
+    name = "granian-asgi"
+    about = "the same hello app on granian (ASGI), 2 workers, uvloop, HTTP/1 (not a project dependency)"
+    interface, target = "asgi", "hello:app"
+
+    def skip_reason(self, ctx: Context) -> str | None:
+        if granian_binary() is None:
+            return "granian not installed (see bench/README.md)"
+        return None
+
+    def command(self, ctx: Context, port: int) -> tuple[list[str], dict[str, str], Path]:
+        binary = granian_binary()
+        assert binary is not None
+        return ([binary, "--interface", self.interface, "--workers", str(self.workers), "--loop", "uvloop",
+                 "--http", "1", "--no-ws", "--host", HOST, "--port", str(port), "--log-level", "warning",
+                 "--working-dir", str(BENCH), self.target], {}, BENCH)
+
+
+class GranianRSGI(Granian):
+    name = "granian-rsgi"
+    about = "the same reply on granian's own interface (RSGI), 2 workers, uvloop, HTTP/1"
+    interface, target = "rsgi", "hello:rsgi_app"
+
+
+class Lorebase(Peer):
+    name = "lorebase"
+    about = "lorebase serve: master + 2 forked workers on one socket, embedded Redis on a unix socket"
+    ready_path = "/ping"
+    cookie_name = LOREBASE_COOKIE
+
+    def command(self, ctx: Context, port: int) -> tuple[list[str], dict[str, str], Path]:
+        binary = Path(sys.executable).parent / "lorebase"
+        data = Path(tempfile.mkdtemp(prefix="lorebase-", dir=ctx.tmp))
+        env = {"LOREBASE_PORT": str(port), "LOREBASE_HOST": HOST, "LOREBASE_WORKERS": str(self.workers),
+               "LOREBASE_DATA_DIR": str(data), "LOREBASE_COOKIE_NAME": self.cookie_name,
+               "LOREBASE_REDIS_URL": ctx.redis_url if ctx.args.shared_redis else "",
+               "LOREBASE_SHUTDOWN_GRACE": "3"}
+        return [str(binary if binary.exists() else "lorebase"), "serve", "dev"], env, ROOT
+
+
+PEERS: list[Peer] = [Express(), Hello(), HelloReuseport(), Granian(), GranianRSGI(), Lorebase()]
+
+
+# -- processes ------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    """A process started in its own session, its output in a log file; stop() ends it and
+    every process it started."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], cwd: Path, log: Path):
+        self.name = name
+        self.log = log
+        self.seen: dict[int, psutil.Process] = {}  # every descendant ever seen, to be sure they end
+        with open(log, "wb") as out:
+            self.proc = subprocess.Popen(argv, cwd=cwd, env={**os.environ, **env}, stdin=subprocess.DEVNULL,
+                                         stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def tail(self, lines: int = 15) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        return ""
+
+    def _descendants(self) -> list[psutil.Process]:
+        with contextlib.suppress(psutil.Error):
+            for p in psutil.Process(self.proc.pid).children(recursive=True):
+                self.seen[p.pid] = p
+        return list(self.seen.values())
+
+    def tree(self) -> list[psutil.Process]:
+        """The master and every process under it now."""
+        self._descendants()
+        with contextlib.suppress(psutil.Error):
+            master = psutil.Process(self.proc.pid)
+            return [master, *master.children(recursive=True)]
+        return []
+
+    def workers(self, port: int) -> list[psutil.Process]:
+        """The master's children that listen on `port` (lorebase's and hello's workers, not
+        lorebase's tasks process or Redis); if none does (node's cluster master accepts and
+        hands connections over), its children other than a redis-server."""
+        self._descendants()
+        try:
+            children = psutil.Process(self.proc.pid).children()
+        except psutil.Error:
+            return []
+        listening, others = [], []
+        for p in children:
+            with contextlib.suppress(psutil.Error):
+                if any(c.status == psutil.CONN_LISTEN and c.laddr.port == port for c in p.net_connections("tcp")):
+                    listening.append(p)
+                elif p.name() != "redis-server":
+                    others.append(p)
+        return sorted(listening or others, key=lambda p: p.pid)
+
+    def wait_ready(self, probe: Any, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.tail()}")
+            with contextlib.suppress(OSError, http.client.HTTPException):
+                if probe():
+                    self._descendants()
+                    return
+            time.sleep(0.2)
+        raise RuntimeError(f"{self.name} not ready after {timeout:.0f} s:\n{self.tail()}")
+
+    def stop(self) -> None:
+        family = self._descendants()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)  # the session this script started
+                self.proc.wait()
+        _, alive = psutil.wait_procs(family, timeout=5)
+        for p in alive:
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+
+
+@contextlib.contextmanager
+def running(name: str, argv: list[str], env: dict[str, str], cwd: Path, log: Path,
+            probe: Any) -> Iterator[Server]:
+    server = Server(name, argv, env, cwd, log)
+    try:
+        server.wait_ready(probe)
+        yield server
+    finally:
+        server.stop()
+
+
+def http_ok(url: str) -> bool:
+    with urllib.request.urlopen(url, timeout=2) as r:
+        return bool(r.status == 200)
+
+
+def redis_ok(port: int) -> bool:
+    with socket.create_connection((HOST, port), timeout=1) as s:
+        s.sendall(b"PING\r\n")
+        return s.recv(16).startswith(b"+PONG")
+
+
+def http_json(method: str, url: str, payload: Any) -> tuple[Any, dict[str, str]]:
+    """One JSON request; returns the decoded body and the cookies set, raises on non-2xx."""
+    req = urllib.request.Request(url, method=method, data=json.dumps(payload).encode(),
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            body = json.loads(r.read() or b"null")
+            jar: SimpleCookie = SimpleCookie()
+            for header in r.headers.get_all("Set-Cookie") or []:
+                jar.load(header)
+            return body, {k: m.value for k, m in jar.items()}
+    except urllib.error.HTTPError as error:
+        raise RuntimeError(f"{method} {url}: {error.code} {error.read()[:200]!r}") from None
+
+
+# -- wrk ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    peer: str
+    workload: str
+    route: str
+    rps: float = 0.0
+    p50_ms: float = 0.0
+    p99_ms: float = 0.0
+    non2xx: int = 0
+    sock_errors: int = 0
+    requests: int = 0
+    worker_cpu_s: list[float] = field(default_factory=list)  # CPU seconds per worker during the run
+    other_cpu_s: float = 0.0  # CPU seconds of the peer's other processes (master, embedded Redis, tasks)
+    error: str = ""
+
+
+def wrk(ctx: Context, url: str, script: Path, env: dict[str, str], duration: float, log: Path) -> list[str]:
+    args = ctx.args
+    argv = ["wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{duration:g}s", "--latency",
+            "-s", str(script), url]
+    done = subprocess.run(argv, env={**os.environ, **env}, capture_output=True, text=True,
+                          timeout=duration + 60)
+    log.write_text(" ".join(argv) + "\n" + done.stdout + done.stderr)
+    if done.returncode != 0:
+        raise RuntimeError(f"wrk exited {done.returncode}: {done.stderr.strip()[-300:]}")
+    for line in done.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return line.split()
+    raise RuntimeError(f"wrk printed no RESULT line: {done.stdout.strip()[-300:]}")
+
+
+def cpu_seconds(workers: list[psutil.Process]) -> list[float]:
+    out = []
+    for p in workers:
+        try:
+            t = p.cpu_times()
+            out.append(t.user + t.system)
+        except psutil.Error:
+            out.append(0.0)
+    return out
+
+
+def measure(ctx: Context, server: Server, peer: Peer, workload: Workload, port: int,
+            session: Session | None) -> Result:
+    path = workload.paths[peer.name]
+    result = Result(peer.name, workload.name, f"{workload.method} {path}")
+    url = f"http://{HOST}:{port}{path}"
+    script = ctx.shared / "wrk" / workload.script
+    env = {"PEER": peer.name, "WORKLOAD": workload.name, "COOKIE_NAME": peer.cookie_name}
+    if session is not None:
+        env |= {"COOKIE": session.cookie, "CSRF": session.csrf}
+    stem = f"{peer.name}-{workload.name}"
+    if ctx.args.warmup > 0:
+        wrk(ctx, url, script, env, ctx.args.warmup, ctx.logs / f"{stem}-warmup.txt")
+    workers, tree = server.workers(port), server.tree()
+    before, before_all = cpu_seconds(workers), sum(cpu_seconds(tree))
+    fields = wrk(ctx, url, script, env, ctx.args.duration, ctx.logs / f"{stem}.txt")
+    after, after_all = cpu_seconds(workers), sum(cpu_seconds(tree))
+    result.worker_cpu_s = [round(b - a, 2) for a, b in zip(before, after, strict=True)]
+    result.other_cpu_s = max(0.0, round(after_all - before_all - sum(result.worker_cpu_s), 2))
+    result.rps, result.p50_ms, result.p99_ms = float(fields[3]), float(fields[4]), float(fields[5])
+    result.non2xx, result.sock_errors, result.requests = int(fields[6]), int(fields[7]), int(fields[8])
+    return result
+
+
+def run_peer(ctx: Context, peer: Peer, workloads: list[Workload]) -> tuple[list[Result], dict[str, Any]]:
+    peer.prepare(ctx)
+    port = free_port()
+    argv, env, cwd = peer.command(ctx, port)
+    base = f"http://{HOST}:{port}"
+    results: list[Result] = []
+    memory: dict[str, Any] = {}
+    print(f"{peer.name}: starting on {base}", flush=True)
+    with running(peer.name, argv, env, cwd, ctx.logs / f"{peer.name}.log",
+                 lambda: http_ok(base + peer.ready_path)) as server:
+        session: Session | None = None
+        for workload in workloads:
+            try:
+                if workload.session and session is None:
+                    session = peer.login(base)
+                result = measure(ctx, server, peer, workload, port, session)
+            except (RuntimeError, OSError, subprocess.SubprocessError, KeyError, ValueError) as error:
+                result = Result(peer.name, workload.name, f"{workload.method} {workload.paths[peer.name]}",
+                                error=str(error))
+            results.append(result)
+            print("  " + (f"{workload.name} {result.route}: error: {result.error}" if result.error else
+                          f"{workload.name} {result.route}: {result.rps:,.0f} req/s, p50 {result.p50_ms:.2f} ms, "
+                          f"p99 {result.p99_ms:.2f} ms, non-2xx {result.non2xx}, "
+                          f"worker CPU s {result.worker_cpu_s}, other {result.other_cpu_s}"), flush=True)
+        for p in server.workers(port):  # after the load
+            with contextlib.suppress(psutil.Error):
+                info = p.memory_full_info()
+                memory.setdefault("rss_mb", []).append(round(info.rss / 2**20, 1))
+                memory.setdefault("uss_mb", []).append(round(info.uss / 2**20, 1))
+    return results, memory
+
+
+@contextlib.contextmanager
+def throwaway_redis(ctx: Context) -> Iterator[str]:
+    """redis-server on a free loopback port, data in the run's temp dir, no persistence."""
+    port = free_port()
+    data = ctx.tmp / "redis"
+    data.mkdir()
+    argv = ["redis-server", "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no",
+            "--dir", str(data), "--daemonize", "no", "--protected-mode", "yes"]
+    with running("redis", argv, {}, data, ctx.logs / "redis.log", lambda: redis_ok(port)):
+        yield f"redis://{HOST}:{port}"
+
+
+# -- report ---------------------------------------------------------------------------------
+
+
+def versions() -> dict[str, str]:
+    def version(argv: list[str]) -> str:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+            found = re.search(r"\d+\.\d+[\w.+-]*", done.stdout or done.stderr)
+            return found.group(0) if found else "?"
+        return "-"
+
+    import httptools
+    import uvicorn
+    import uvloop
+
+    express = WORK / "express" / "node_modules" / "express" / "package.json"
+    granian = granian_binary()
+    return {
+        "python": platform.python_version(), "uvicorn": uvicorn.__version__, "httptools": httptools.__version__,
+        "uvloop": uvloop.__version__, "node": version(["node", "--version"]),
+        "express": json.loads(express.read_text())["version"] if express.exists() else "-",
+        "redis": version(["redis-server", "--version"]), "wrk": version(["wrk", "--version"]),
+        "granian": version([granian, "--version"]) if granian else "-",
+    }
+
+
+def machine() -> dict[str, Any]:
+    model = "-"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return {"cpus": os.cpu_count(), "cpu": model, "kernel": platform.release(),
+            "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+            "loadavg_at_start": [round(x, 2) for x in os.getloadavg()]}
+
+
+def table(header: list[str], rows: list[list[str]], right: int) -> str:
+    """A Markdown table; columns from index `right` on are right-aligned (numbers)."""
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+
+    def line(r: list[str]) -> str:
+        return "| " + " | ".join(c.rjust(w) if i >= right else c.ljust(w)
+                                 for i, (c, w) in enumerate(zip(r, widths, strict=True))) + " |"
+
+    sep = "|" + "|".join("-" * (w + 1) + (":" if i >= right else "-") for i, w in enumerate(widths)) + "|"
+    return "\n".join([line(header), sep, *map(line, rows)])
+
+
+def report(results: list[Result], memory: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
+    out = [f"wrk -t{args.threads} -c{args.connections} -d{args.duration:g}s --latency, "
+           f"{args.warmup:g} s warm-up each, on {HOST}\n"]
+    rows = []
+    for r in results:
+        if r.error:
+            rows.append([r.peer, r.workload, r.route, "error", "", "", "", "", "", ""])
+            continue
+        rows.append([r.peer, r.workload, r.route, f"{r.rps:,.0f}", f"{r.p50_ms:.2f}", f"{r.p99_ms:.2f}",
+                     f"{r.non2xx}", f"{r.sock_errors}", "/".join(f"{c:.1f}" for c in r.worker_cpu_s),
+                     f"{r.other_cpu_s:.1f}"])
+    out.append(table(["peer", "workload", "route", "req/s", "p50 ms", "p99 ms", "non-2xx", "sock err",
+                      "worker CPU s", "other CPU s"], rows, right=3))
+    by = {(r.peer, r.workload): r for r in results if not r.error}
+    ratio_rows = [[text, f"{by[num].rps:,.0f} / {by[den].rps:,.0f}", f"{by[num].rps / by[den].rps:.2f}×"]
+                  for text, num, den in RATIOS if num in by and den in by and by[den].rps]
+    if ratio_rows:
+        out += ["", table(["ratio of req/s", "req/s", "ratio"], ratio_rows, right=1)]
+    mem_rows = [[peer, " ".join(f"{x:.1f}" for x in m.get("rss_mb", [])),
+                 " ".join(f"{x:.1f}" for x in m.get("uss_mb", []))] for peer, m in memory.items()]
+    if mem_rows:
+        out += ["", table(["workers after the load", "RSS MB each", "USS MB each"], mem_rows, right=1)]
+    errors = [f"- {r.peer} {r.workload}: {r.error}" for r in results if r.error]
+    if errors:
+        out += ["", "errors:", *errors]
+    return "\n".join(out)
+
+
+# -- main -----------------------------------------------------------------------------------
+
+
+def names(values: list[str] | None, known: list[str], what: str) -> list[str] | None:
+    if not values:
+        return None
+    chosen = [v.strip() for value in values for v in value.split(",") if v.strip()]
+    unknown = [v for v in chosen if v not in known]
+    if unknown:
+        raise SystemExit(f"unknown {what}: {', '.join(unknown)} (known: {', '.join(known)})")
+    return chosen
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--duration", type=float, default=10, help="seconds of each measured wrk run (default 10)")
+    p.add_argument("--warmup", type=float, default=3, help="seconds of the wrk warm-up before each (default 3)")
+    p.add_argument("--only", action="append", metavar="PEER",
+                   help=f"run only this peer (repeat or comma-separate): {', '.join(p.name for p in PEERS)}")
+    p.add_argument("--workload", action="append", metavar="NAME",
+                   help=f"run only these workloads: {', '.join(w.name for w in WORKLOADS)} "
+                        f"(default: those with default=True)")
+    p.add_argument("--threads", type=int, default=2, help="wrk -t (default 2)")
+    p.add_argument("--connections", type=int, default=64, help="wrk -c (default 64)")
+    p.add_argument("--shared-redis", action="store_true",
+                   help="point lorebase at the throwaway TCP Redis express uses, not its embedded one")
+    p.add_argument("--shared", type=Path, default=SHARED, help=f"the seed's bench folder (default {SHARED})")
+    args = p.parse_args(argv)
+
+    only = names(args.only, [p.name for p in PEERS], "peer")
+    wanted = names(args.workload, [w.name for w in WORKLOADS], "workload")
+    workloads = [w for w in WORKLOADS if (w.name in wanted if wanted else w.default)]
+    peers = [p for p in PEERS if (only is None or p.name in only) and any(p.name in w.paths for w in workloads)]
+    for tool in ("wrk", "redis-server"):
+        if not shutil.which(tool):
+            raise SystemExit(f"{tool} is not installed (apt-get install -y wrk redis-server)")
+
+    def terminate(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, terminate)
+    WORK.mkdir(exist_ok=True)
+    logs = WORK / "logs"
+    logs.mkdir(exist_ok=True)
+    started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    meta = {"date": started, "machine": machine(), "args": {k: str(v) for k, v in vars(args).items()}}
+    results: list[Result] = []
+    memory: dict[str, dict[str, Any]] = {}
+    skipped: dict[str, str] = {}
+    try:
+        with tempfile.TemporaryDirectory(prefix="lorebase-bench-") as tmp, contextlib.ExitStack() as stack:
+            ctx = Context(args, args.shared, Path(tmp), logs)
+            if any(isinstance(p, Express) for p in peers) or args.shared_redis:
+                ctx.redis_url = stack.enter_context(throwaway_redis(ctx))
+            for peer in peers:
+                reason = peer.skip_reason(ctx)
+                if reason:
+                    skipped[peer.name] = reason
+                    print(f"{peer.name}: skipped: {reason}", flush=True)
+                    continue
+                mine = [w for w in workloads if peer.name in w.paths]
+                try:
+                    peer_results, memory[peer.name] = run_peer(ctx, peer, mine)
+                except (RuntimeError, OSError, subprocess.SubprocessError) as error:
+                    skipped[peer.name] = f"failed: {error}"
+                    print(f"{peer.name}: failed: {error}", flush=True)
+                    continue
+                results += peer_results
+    except KeyboardInterrupt:
+        print("\ninterrupted: everything started was stopped", file=sys.stderr)
+        return 130
+    meta["versions"] = versions()
+    text = report(results, memory, args)
+    print(f"\n## {started}, {meta['machine']['cpus']} cores ({meta['machine']['cpu']}), "
+          f"load average at start {meta['machine']['loadavg_at_start']}\n")
+    print(text)
+    for name, reason in skipped.items():
+        print(f"skipped {name}: {reason}")
+    print("\n" + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()))
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / (time.strftime("%Y%m%d-%H%M%S") + ".json")
+    path.write_text(json.dumps({**meta, "results": [asdict(r) for r in results], "memory": memory,
+                                "skipped": skipped, "report": text}, indent=2) + "\n")
+    print(f"saved {path.relative_to(ROOT)}; wrk output and server logs in {logs.relative_to(ROOT)}/")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,164 @@
+"""The file store: bytes on the local disk under server-generated names, metadata in Redis.
+
+Redis: `file:<id>` hash {id, user, name, size, type, sha256, created, s3}; `files:<user>`
+sorted set of the user's file ids (all scores 0; ids sort by time, so ZRANGE BYLEX pages
+them); `usage:<user>` the bytes the user stores, checked against QUOTA. A file's arrival
+and removal change all three at once (Lua), with the S3 job when S3 is on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import time
+import unicodedata
+from pathlib import Path
+from typing import Any
+
+from ..http import ApiError
+
+ID = re.compile(r"^[0-9a-f]{23}$")
+S3_QUEUE = "s3:queue"
+_BIDI = re.compile("[\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+SAFE_TYPES = {"image/png", "image/jpeg", "image/gif", "image/webp", "application/pdf", "text/plain",
+              "application/zip", "audio/mpeg", "video/mp4", "application/json"}
+
+_ADD = """
+local used = tonumber(redis.call('GET', KEYS[1]) or '0')
+if used + tonumber(ARGV[1]) > tonumber(ARGV[2]) then return 0 end
+redis.call('INCRBY', KEYS[1], ARGV[1])
+redis.call('HSET', KEYS[2], unpack(ARGV, 5))
+redis.call('ZADD', KEYS[3], 0, ARGV[3])
+if ARGV[4] ~= '' then redis.call('LPUSH', KEYS[4], ARGV[4]) end
+return 1
+"""
+
+_REMOVE = """
+local f = redis.call('HMGET', KEYS[1], 'user', 'size')
+if not f[1] or f[1] ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[2])
+local left = redis.call('DECRBY', KEYS[3], f[2])
+if left <= 0 then redis.call('DEL', KEYS[3]) end
+if ARGV[3] ~= '' then redis.call('LPUSH', KEYS[4], ARGV[3]) end
+return 1
+"""
+
+
+def new_id() -> str:
+    """Milliseconds then randomness, in hex: ids sort by time, and nobody picks them."""
+    return f"{int(time.time() * 1000):011x}{secrets.token_hex(6)}"
+
+
+def check_id(value: str, path: str = "id") -> str:
+    if not isinstance(value, str) or not ID.match(value):
+        raise ApiError(404, "notfound") if path == "url" else ApiError(400, "validation", path)
+    return value
+
+
+def clean_name(raw: str) -> str:
+    """The client's filename as safe metadata: no directories, control or bidi characters."""
+    name = raw.replace("\\", "/").split("/")[-1]
+    name = unicodedata.normalize("NFC", name)
+    name = _BIDI.sub("", "".join(c for c in name if unicodedata.category(c)[0] != "C"))
+    name = " ".join(name.split()).strip(". ")
+    if len(name) > 200:
+        stem, dot, ext = name.rpartition(".")
+        name = (stem[: 200 - len(ext) - 1] + dot + ext) if dot and len(ext) <= 16 else name[:200]
+    return name or "file"
+
+
+def serve_type(declared: str) -> str:
+    return declared if declared in SAFE_TYPES else "application/octet-stream"
+
+
+def s3_key(user: str, file_id: str) -> str:
+    return f"files/{user}/{file_id}"
+
+
+class Store:
+    def __init__(self, config: Any):
+        self.root = Path(config.DATA_DIR)
+        self.files = self.root / "files"
+        self.tmp = self.root / "tmp"
+        self.trash = self.root / "trash"
+        for d in (self.files, self.tmp, self.trash):
+            d.mkdir(parents=True, exist_ok=True)
+        self.s3 = bool(config.S3_BUCKET)
+        self.quota = int(config.QUOTA)
+
+    def path(self, file_id: str) -> Path:
+        return self.files / file_id[-2:] / file_id
+
+    def temp(self) -> Path:
+        return self.tmp / f"upload-{secrets.token_hex(12)}"
+
+    async def add(self, db: Any, user: str, tmp: Path, meta: dict[str, Any]) -> None:
+        """Moves the upload into place and records it; 409 quota if it no longer fits."""
+        file_id = meta["id"]
+        final = self.path(file_id)
+        final.parent.mkdir(exist_ok=True)
+        os.replace(tmp, final)
+        job = json.dumps({"op": "put", "id": file_id, "user": user}) if self.s3 else ""
+        fields: list[Any] = []
+        for key, value in meta.items():
+            fields += [key, value]
+        keys = [f"usage:{user}", f"file:{file_id}", f"files:{user}", S3_QUEUE]
+        try:
+            added = await db.script(_ADD, keys, [meta["size"], self.quota, file_id, job, *fields])
+        except BaseException:
+            final.unlink(missing_ok=True)
+            raise
+        if not added:
+            final.unlink(missing_ok=True)
+            raise ApiError(409, "quota")
+
+    async def get(self, db: Any, user: str, file_id: str) -> dict[str, str] | None:
+        """The file's metadata if it is `user`'s; None otherwise (another user's id included)."""
+        raw = await db.call("HGETALL", f"file:{file_id}")
+        meta = dict(zip(raw[::2], raw[1::2], strict=True)) if raw else None
+        return meta if meta and meta.get("user") == user else None
+
+    async def used(self, db: Any, user: str) -> int:
+        return int(await db.call("GET", f"usage:{user}") or 0)
+
+    async def page(self, db: Any, user: str, before: str | None, count: int) -> list[dict[str, Any]]:
+        top = f"({before}" if before else "+"
+        ids = await db.call("ZRANGE", f"files:{user}", top, "-", "BYLEX", "REV", "LIMIT", 0, count)
+        if not ids:
+            return []
+        rows = await db.pipeline([("HMGET", f"file:{i}", "id", "name", "size", "type", "sha256", "created")
+                                  for i in ids])
+        return [{"id": r[0], "name": r[1], "size": int(r[2]), "type": r[3], "sha256": r[4], "created": int(r[5])}
+                for r in rows if r[0] is not None]
+
+    async def remove(self, db: Any, user: str, file_id: str) -> bool:
+        """Forgets the file; its bytes go to the S3 trash (through the queue) or away."""
+        local = self.path(file_id)
+        job = ""
+        if self.s3:
+            job = json.dumps({"op": "trash", "id": file_id, "user": user})
+            if local.exists():
+                os.replace(local, self.trash / file_id)  # kept until the S3 trash has it
+        keys = [f"file:{file_id}", f"files:{user}", f"usage:{user}", S3_QUEUE]
+        removed = await db.script(_REMOVE, keys, [user, file_id, job])
+        if not removed:
+            if self.s3 and (self.trash / file_id).exists():
+                os.replace(self.trash / file_id, local)
+            return False
+        if not self.s3:
+            local.unlink(missing_ok=True)
+        return True
+
+    async def remove_all(self, db: Any, user: str) -> int:
+        count = 0
+        while True:
+            ids = await db.call("ZRANGE", f"files:{user}", 0, 99)
+            if not ids:
+                return count
+            for file_id in ids:
+                if not await self.remove(db, user, file_id):
+                    await db.call("ZREM", f"files:{user}", file_id)  # a dangling id
+                count += 1

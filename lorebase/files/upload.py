@@ -1,0 +1,146 @@
+"""Streaming multipart/form-data uploads: the body is parsed as it arrives and the file part
+written to a temp file, hashed, and held to the size limit and the user's quota while it
+streams, so an upload is never held whole in memory and an oversized one stops early.
+
+Fields: `csrf` (optional, must come before `file` when the token is not in the
+X-CSRF-Token header) and `file` (exactly one). Anything else is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+from pathlib import Path
+from typing import Any
+
+from python_multipart.multipart import MultipartParser, parse_options_header
+
+from ..http import ApiError, Request
+from .store import clean_name
+
+
+class _Abort(Exception):
+    def __init__(self, error: ApiError):
+        self.error = error
+
+
+class Upload:
+    """The parsed upload: tmp (Path), name, type, size, sha256."""
+
+    def __init__(self, tmp: Path, limit: int, room: int, csrf: str | None):
+        self.tmp = tmp
+        self.limit = limit
+        self.room = room  # bytes left in the user's quota
+        self.csrf_expected = csrf  # None: the header already proved the token
+        self.csrf_value = bytearray()
+        self.name = ""
+        self.type = "application/octet-stream"
+        self.size = 0
+        self.digest = hashlib.sha256()
+        self.file: Any = None
+        self.done_file = False
+        self._field = ""
+        self._header_name = bytearray()
+        self._header_value = bytearray()
+        self._headers: dict[str, str] = {}
+
+    # -- parser callbacks ---------------------------------------------------------------
+
+    def on_part_begin(self) -> None:
+        self._headers = {}
+
+    def on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self._header_name += data[start:end]
+
+    def on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self._header_value += data[start:end]
+
+    def on_header_end(self) -> None:
+        self._headers[self._header_name.decode("latin-1").lower()] = self._header_value.decode("latin-1")
+        self._header_name.clear()
+        self._header_value.clear()
+
+    def on_headers_finished(self) -> None:
+        _, options = parse_options_header(self._headers.get("content-disposition", ""))
+        field = options.get(b"name", b"").decode("utf-8", "replace")
+        if field == "csrf" and not self.done_file and self.file is None:
+            self._field = "csrf"
+        elif field == "file" and self.file is None and not self.done_file:
+            if self.csrf_expected is not None and not hmac.compare_digest(bytes(self.csrf_value),
+                                                                          self.csrf_expected.encode()):
+                raise _Abort(ApiError(403, "csrf"))
+            self._field = "file"
+            self.name = clean_name(options.get(b"filename", b"").decode("utf-8", "replace"))
+            declared = self._headers.get("content-type", "").split(";")[0].strip().lower()
+            self.type = declared[:100] if declared and declared.isascii() else "application/octet-stream"
+            fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            self.file = os.fdopen(fd, "wb")
+        else:
+            raise _Abort(ApiError(400, "validation", field[:50] or "file"))
+
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        chunk = data[start:end]
+        if self._field == "csrf":
+            self.csrf_value += chunk
+            if len(self.csrf_value) > 200:
+                raise _Abort(ApiError(403, "csrf"))
+            return
+        self.size += len(chunk)
+        if self.size > self.limit:
+            raise _Abort(ApiError(413, "size"))
+        if self.size > self.room:
+            raise _Abort(ApiError(409, "quota"))
+        self.digest.update(chunk)
+        self.file.write(chunk)
+
+    def on_part_end(self) -> None:
+        if self._field == "file":
+            self.file.flush()
+            os.fsync(self.file.fileno())
+            self.file.close()
+            self.done_file = True
+        self._field = ""
+
+    def discard(self) -> None:
+        if self.file is not None and not self.file.closed:
+            self.file.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+async def receive_upload(req: Request, tmp: Path, limit: int, room: int, csrf: str | None) -> Upload:
+    """Reads the request body into `tmp`; raises ApiError (and leaves nothing) on failure."""
+    content_type = req.headers.get("content-type", "")
+    _, options = parse_options_header(content_type)
+    boundary = options.get(b"boundary")
+    if not boundary or len(boundary) > 200:
+        raise ApiError(400, "validation", "file")
+    upload = Upload(tmp, limit, room, csrf)
+    callbacks = {name: getattr(upload, name) for name in (
+        "on_part_begin", "on_header_field", "on_header_value", "on_header_end", "on_headers_finished",
+        "on_part_data", "on_part_end")}
+    parser = MultipartParser(boundary, callbacks)  # type: ignore[arg-type]
+    try:
+        while True:
+            message = await req.receive()
+            if message["type"] == "http.disconnect":
+                raise ApiError(400, "disconnect")
+            chunk = message.get("body", b"")
+            if chunk:
+                parser.write(chunk)
+            if not message.get("more_body"):
+                break
+        parser.finalize()
+    except _Abort as abort:
+        upload.discard()
+        raise abort.error from None
+    except ApiError:
+        upload.discard()
+        raise
+    except Exception:  # noqa: BLE001 - a malformed body is the client's, not a 500
+        upload.discard()
+        raise ApiError(400, "validation", "file") from None
+    if not upload.done_file:
+        upload.discard()
+        raise ApiError(400, "validation", "file")
+    return upload

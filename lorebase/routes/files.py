@@ -1,0 +1,180 @@
+"""File routes (private: after the gatekeeper and CSRF): upload, list, download, delete."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import msgspec
+
+from ..chain import Route
+from ..files import s3
+from ..files.store import check_id, new_id, serve_type
+from ..files.upload import receive_upload
+from ..http import ApiError, Reply, Request, etag_matches, reply
+from ..schema import Schema, Text
+
+PAGE = 50
+CHUNK = 256 * 1024
+
+
+class FileOut(msgspec.Struct):
+    id: str
+    name: str
+    size: int
+    type: str
+    sha256: str
+
+
+class ListQuery(Schema):
+    before: Text(23, 23, pattern=r"^[0-9a-f]{23}$") = ""  # type: ignore[valid-type]
+
+
+class FileRow(msgspec.Struct):
+    id: str
+    name: str
+    size: int
+    type: str
+    sha256: str
+    created: int
+
+
+class DeleteIn(Schema):
+    id: Text(1, 64)  # type: ignore[valid-type]
+
+
+async def upload(req: Request) -> Reply:
+    app = req.app
+    assert req.session is not None
+    user = req.session["user"]
+    store = app.store
+    room = store.quota - await store.used(app.db, user)
+    if room <= 0:
+        raise ApiError(409, "quota")
+    expected = req.session["csrf"] if req.session.get("csrf_in_body") else None
+    tmp = store.temp()
+    got = await receive_upload(req, tmp, app.config.FILE_LIMIT, room, expected)
+    meta = {"id": new_id(), "user": user, "name": got.name, "size": got.size, "type": got.type,
+            "sha256": got.digest.hexdigest(), "created": int(time.time()), "s3": 0}
+    await store.add(app.db, user, tmp, meta)
+    return reply(200, {k: meta[k] for k in ("id", "name", "size", "type", "sha256")})
+
+
+async def list_files(req: Request) -> Reply:
+    assert req.session is not None
+    rows = await req.app.store.page(req.app.db, req.session["user"], req.data.before or None, PAGE)
+    return reply(200, rows)
+
+
+def _disposition(name: str) -> str:
+    fallback = "".join(c if c.isascii() and c.isprintable() and c not in '"\\;' else "_" for c in name)
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"
+
+
+def _range(header: str, size: int) -> tuple[int, int] | None:
+    """bytes=a-b | a- | -n → (start, end inclusive); None when unsatisfiable; one range only."""
+    unit, _, spec = header.partition("=")
+    if unit.strip().lower() != "bytes" or "," in spec:
+        raise ValueError
+    first, _, last = spec.strip().partition("-")
+    if first == "":
+        n = int(last)
+        if n <= 0:
+            return None
+        return max(size - n, 0), size - 1
+    start = int(first)
+    end = int(last) if last else size - 1
+    if start >= size or end < start:
+        return None
+    return start, min(end, size - 1)
+
+
+async def _stream(path: Path, start: int, length: int) -> AsyncIterator[bytes]:
+    with open(path, "rb") as f:
+        f.seek(start)
+        left = length
+        while left > 0:
+            chunk = f.read(min(CHUNK, left)) if left <= CHUNK else await asyncio.to_thread(f.read, CHUNK)
+            if not chunk:
+                return
+            left -= len(chunk)
+            yield chunk
+
+
+async def download(req: Request) -> Reply:
+    app = req.app
+    assert req.session is not None
+    file_id = check_id(req.params["id"], "url")
+    meta = await app.store.get(app.db, req.session["user"], file_id)
+    if meta is None:
+        raise ApiError(404, "notfound")
+    path = app.store.path(file_id)
+    try:
+        stat = os.stat(path)
+    except FileNotFoundError:
+        if not app.store.s3:
+            raise ApiError(404, "missing") from None
+        await s3.fetch_back(app.config, meta, path)
+        stat = os.stat(path)
+    etag = f'"{stat.st_mtime_ns:x}-{stat.st_size:x}"'
+    headers: dict[str, str] = {"etag": etag, "cache-control": "private, no-cache", "accept-ranges": "bytes",
+                               "content-disposition": _disposition(meta["name"]),
+                               "content-type": serve_type(meta.get("type", ""))}
+    inm = req.header(b"if-none-match")
+    if inm is not None and etag_matches(inm, etag):
+        return Reply(304, b"", headers, stream=_empty())
+    size = stat.st_size
+    start, length, status = 0, size, 200
+    range_header = req.headers.get("range")
+    if range_header and req.headers.get("if-range", etag) == etag:
+        try:
+            span = _range(range_header, size)
+        except ValueError:
+            span = (0, size - 1) if size else None  # unparseable: ignore it, as RFC 9110 allows
+        if span is None:
+            raise ApiError(416, "range", headers={"content-range": f"bytes */{size}"})
+        start, end = span
+        length, status = end - start + 1, 206
+        if length != size:
+            headers["content-range"] = f"bytes {start}-{end}/{size}"
+        else:
+            status = 200
+    headers["content-length"] = str(length)
+    return Reply(status, b"", headers, stream=_stream(path, start, length) if req.method != "HEAD" else _empty())
+
+
+async def _empty() -> AsyncIterator[bytes]:
+    return
+    yield b""  # an async generator that yields nothing
+
+
+async def delete(req: Request) -> Reply:
+    app = req.app
+    assert req.session is not None
+    file_id = check_id(req.data.id)
+    if not await app.store.remove(app.db, req.session["user"], file_id):
+        raise ApiError(404, "notfound")
+    return reply(200, {})
+
+
+async def remove_user_files(app: Any, user: str) -> None:
+    await app.store.remove_all(app.db, user)
+
+
+def routes(config: Any) -> list[Route]:
+    return [
+        Route("POST", "/files", upload, section="private", accepts="multipart", limit=config.FILE_LIMIT + 65536,
+              summary="Upload one file (multipart field `file`; CSRF in X-CSRF-Token or a `csrf` field before it)",
+              ok=FileOut, replies={409: ["quota"]}),
+        Route("GET", "/files", list_files, section="private", query=ListQuery, ok=list[FileRow],
+              summary="The user's files, newest first, 50 a page (`before`: the last id of the previous page)"),
+        Route("GET", "/files/{id}", download, section="private",
+              summary="The file's bytes (ETag, Range → 206, attachment)", replies={404: ["notfound"], 416: ["range"]}),
+        Route("POST", "/files/delete", delete, section="private", body=DeleteIn, replies={404: ["notfound"]},
+              summary="Delete a file (to the S3 trash when S3 is on)"),
+    ]

@@ -1,0 +1,331 @@
+// lorebase's web client: every screen is drawn here from the JSON API. User content is
+// only ever set as text (never as HTML), so a note cannot inject markup.
+'use strict';
+
+const state = {csrf: null, me: null};
+
+// What the API's error codes mean, in words.
+const WORDS = {
+  auth: 'Wrong username or password.',
+  verify: 'Please verify your email first: open the link we mailed you.',
+  rate: 'Too many attempts. Please wait a little and try again.',
+  username: 'That username is taken.',
+  email: 'That email already has an account.',
+  whitelist: 'Sign-up is by invitation only, and this email is not on the list.',
+  token: 'This link is invalid, already used, or expired. Ask for a new one.',
+  csrf: 'Your session went stale. Please reload the page.',
+  origin: 'This request came from another site and was refused.',
+  nocookie: 'Please log in.',
+  session: 'Your session ended. Please log in again.',
+  tampered: 'Your session cookie was not valid. Please log in again.',
+  quota: 'Your storage is full. Delete some files first.',
+  size: 'That is too large.',
+  notfound: 'Not found: it may have been deleted.',
+  redis: 'The server cannot reach its database right now. Try again in a moment.',
+  server: 'Something went wrong on the server. It has been reported.',
+  network: 'Cannot reach the server. Check your connection.',
+};
+const FIELDS = {
+  username: 'The username must be 3 to 32 characters: letters, digits, _ . or -.',
+  email: 'Please enter a valid email address.',
+  password: 'The password must be 8 to 128 characters and not a common password.',
+  new: 'The new password must be 8 to 128 characters and not a common password.',
+  old: 'Please enter your current password.',
+  text: 'A note must have between 1 and 10,000 characters.',
+  file: 'Please choose a file.',
+};
+
+function words(status, body) {
+  const code = body && body.error;
+  if (code === 'validation') return FIELDS[body.path] || `Please check the field "${body.path || 'form'}".`;
+  return WORDS[code] || `The server answered ${status}${code ? ` (${code})` : ''}.`;
+}
+
+class ApiError extends Error {
+  constructor(status, body) {
+    super(words(status, body));
+    this.status = status;
+    this.code = body && body.error;
+  }
+}
+
+async function api(method, path, body) {
+  const options = {method, headers: {}, credentials: 'same-origin'};
+  if (body instanceof FormData) {
+    options.body = body;
+    options.headers['X-CSRF-Token'] = state.csrf || '';
+  } else if (body !== undefined) {
+    options.headers['Content-Type'] = 'application/json';
+    options.body = JSON.stringify(state.csrf && method !== 'GET' ? {...body, csrf: state.csrf} : body);
+  }
+  let response;
+  try {
+    response = await fetch(path, options);
+  } catch (error) {
+    throw new ApiError(0, {error: 'network'});
+  }
+  const data = response.headers.get('content-type', '').startsWith('application/json') ? await response.json() : null;
+  if (!response.ok) {
+    if (response.status === 403 && ['session', 'nocookie', 'tampered'].includes(data && data.error)) {
+      state.csrf = null;
+      state.me = null;
+    }
+    throw new ApiError(response.status, data);
+  }
+  return data;
+}
+
+// h('p', {class: 'x', onclick: f}, 'text', child) → an element; strings become text nodes.
+function h(tag, attrs, ...children) {
+  const el = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs || {})) {
+    if (key.startsWith('on')) el.addEventListener(key.slice(2), value);
+    else if (value === true) el.setAttribute(key, '');
+    else if (value !== false && value != null) el.setAttribute(key, value);
+  }
+  for (const child of children.flat()) {
+    if (child != null) el.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return el;
+}
+
+function flash(message, kind) {
+  const box = document.getElementById('flash');
+  box.textContent = message;
+  box.className = kind || 'info';
+  box.hidden = !message;
+}
+
+function show(...nodes) {
+  const main = document.getElementById('main');
+  main.replaceChildren(...nodes);
+  const nav = document.getElementById('nav');
+  nav.hidden = !state.me;
+  document.getElementById('who').textContent = state.me ? state.me.username : '';
+}
+
+// A form whose submit calls `action(values)`; errors are shown in words above it.
+function form(id, title, fields, submitLabel, action, extra) {
+  const error = h('p', {class: 'error', role: 'alert', hidden: true});
+  const inputs = fields.map(([name, label, type, attrs]) =>
+    h('label', {}, label, h('input', {name, type: type || 'text', required: true, ...(attrs || {})})));
+  const button = h('button', {type: 'submit'}, submitLabel);
+  const el = h('form', {id, onsubmit: async (event) => {
+    event.preventDefault();
+    error.hidden = true;
+    button.disabled = true;
+    const values = Object.fromEntries(new FormData(el).entries());
+    try {
+      await action(values);
+    } catch (e) {
+      error.textContent = e.message;
+      error.hidden = false;
+    } finally {
+      button.disabled = false;
+    }
+  }}, h('h2', {}, title), error, ...inputs, button, extra || null);
+  return el;
+}
+
+// -- screens -----------------------------------------------------------------------------
+
+function welcome() {
+  const login = form('login', 'Log in', [
+    ['username', 'Username or email', 'text', {autocomplete: 'username'}],
+    ['password', 'Password', 'password', {autocomplete: 'current-password'}],
+  ], 'Log in', async (v) => {
+    const reply = await api('POST', '/auth/login', {username: v.username, password: v.password});
+    state.csrf = reply.csrf;
+    state.me = await api('GET', '/auth/me');
+    flash('');
+    go('notes');
+  }, h('p', {}, h('a', {href: '#', id: 'forgot', onclick: (e) => { e.preventDefault(); recover(); }},
+    'Forgot your password?')));
+  const signup = form('signup', 'Sign up', [
+    ['username', 'Username', 'text', {autocomplete: 'username'}],
+    ['email', 'Email', 'email', {autocomplete: 'email'}],
+    ['password', 'Password (8 or more characters)', 'password', {autocomplete: 'new-password'}],
+  ], 'Create account', async (v) => {
+    await api('POST', '/auth/signup', v);
+    signup.reset();
+    flash('Account created. We sent you an email: open its link to verify your address, then log in.', 'ok');
+  });
+  show(h('div', {class: 'columns'}, login, signup));
+}
+
+function recover() {
+  show(form('recover', 'Reset your password', [['username', 'Username or email', 'text']], 'Send me a link',
+    async (v) => {
+      await api('POST', '/auth/recover', v);
+      flash('If that account exists, we sent it an email with a link to choose a new password.', 'ok');
+      welcome();
+    }, h('p', {}, h('a', {href: '/'}, 'Back to log in'))));
+}
+
+async function verifyPage(token) {
+  show(h('p', {class: 'muted'}, 'Verifying your email…'));
+  try {
+    await api('POST', '/auth/verifyEmail', {token});
+    flash('Your email is verified. You can log in.', 'ok');
+  } catch (e) {
+    flash(e.message, 'error');
+  }
+  history.replaceState(null, '', '/');
+  welcome();
+}
+
+function resetPage(token) {
+  show(form('reset', 'Choose a new password', [
+    ['password', 'New password (8 or more characters)', 'password', {autocomplete: 'new-password'}],
+  ], 'Set password', async (v) => {
+    await api('POST', '/auth/reset', {token, password: v.password});
+    history.replaceState(null, '', '/');
+    flash('Your password is changed. Log in with it.', 'ok');
+    welcome();
+  }));
+}
+
+function fileLink(file) {
+  return h('a', {href: `/files/${file.id}`, download: file.name, class: 'file'}, file.name);
+}
+
+async function notesScreen() {
+  const [notes, files] = await Promise.all([api('GET', '/notes'), api('GET', '/files')]);
+  const byId = Object.fromEntries(files.map((f) => [f.id, f]));
+  const attach = h('select', {name: 'files', multiple: true, 'aria-label': 'Attach files'},
+    files.map((f) => h('option', {value: f.id}, f.name)));
+  const composer = form('new-note', 'New note', [], 'Save note', async () => {
+    const text = composer.querySelector('textarea').value;
+    const chosen = [...attach.selectedOptions].map((o) => o.value);
+    await api('POST', '/notes', {text, files: chosen});
+    go('notes');
+  });
+  composer.insertBefore(h('label', {}, 'Text', h('textarea', {name: 'text', rows: 4, required: true})),
+    composer.querySelector('button'));
+  if (files.length) composer.insertBefore(h('label', {}, 'Attach files', attach), composer.querySelector('button'));
+  const list = h('ul', {class: 'notes', id: 'notes'}, notes.map((note) => noteItem(note, byId)));
+  show(composer, h('h2', {}, 'Your notes'), notes.length ? list : h('p', {class: 'muted'}, 'No notes yet.'));
+}
+
+function noteItem(note, byId) {
+  const item = h('li', {class: 'note', 'data-id': note.id},
+    h('p', {class: 'text'}, note.text),
+    h('p', {class: 'meta'}, new Date(note.ts).toLocaleString(), ' ',
+      note.files.filter((id) => byId[id]).map((id) => fileLink(byId[id]))),
+    h('button', {type: 'button', class: 'edit', onclick: () => edit()}, 'Edit'),
+    h('button', {type: 'button', class: 'delete', onclick: async () => {
+      if (!confirm('Delete this note?')) return;
+      try { await api('POST', '/notes/delete', {id: note.id}); go('notes'); } catch (e) { flash(e.message, 'error'); }
+    }}, 'Delete'));
+  function edit() {
+    const area = h('textarea', {rows: 4}, note.text);
+    const save = h('button', {type: 'button', class: 'save', onclick: async () => {
+      try { await api('POST', '/notes/update', {id: note.id, text: area.value}); go('notes'); } catch (e) {
+        flash(e.message, 'error');
+      }
+    }}, 'Save');
+    item.replaceChildren(area, save, h('button', {type: 'button', onclick: () => go('notes')}, 'Cancel'));
+  }
+  return item;
+}
+
+async function filesScreen() {
+  const files = await api('GET', '/files');
+  const input = h('input', {type: 'file', name: 'file', required: true});
+  const upload = form('upload', 'Upload a file', [], 'Upload', async () => {
+    if (!input.files.length) throw new ApiError(400, {error: 'validation', path: 'file'});
+    const data = new FormData();
+    data.append('file', input.files[0]);
+    const stored = await api('POST', '/files', data);
+    flash(`Uploaded ${stored.name}.`, 'ok');
+    go('files');
+  });
+  upload.insertBefore(h('label', {}, 'File', input), upload.querySelector('button'));
+  const rows = files.map((f) => h('tr', {'data-id': f.id},
+    h('td', {}, fileLink(f)), h('td', {}, size(f.size)), h('td', {}, f.type),
+    h('td', {}, h('button', {type: 'button', class: 'delete', onclick: async () => {
+      if (!confirm(`Delete ${f.name}?`)) return;
+      try { await api('POST', '/files/delete', {id: f.id}); go('files'); } catch (e) { flash(e.message, 'error'); }
+    }}, 'Delete'))));
+  show(upload, h('h2', {}, 'Your files'), files.length
+    ? h('table', {id: 'files'}, h('tr', {}, h('th', {}, 'Name'), h('th', {}, 'Size'), h('th', {}, 'Type'), h('th')), rows)
+    : h('p', {class: 'muted'}, 'No files yet.'));
+}
+
+function size(bytes) {
+  const units = ['bytes', 'KiB', 'MiB', 'GiB'];
+  let i = 0;
+  while (bytes >= 1024 && i < units.length - 1) { bytes /= 1024; i++; }
+  return `${i ? bytes.toFixed(1) : bytes} ${units[i]}`;
+}
+
+function accountScreen() {
+  const change = form('change-password', 'Change your password', [
+    ['old', 'Current password', 'password', {autocomplete: 'current-password'}],
+    ['new', 'New password', 'password', {autocomplete: 'new-password'}],
+  ], 'Change password', async (v) => {
+    await api('POST', '/auth/changePassword', {old: v.old, new: v.new});
+    change.reset();
+    flash('Your password is changed. Your other sessions were logged out.', 'ok');
+  });
+  const destroy = form('destroy', 'Delete your account', [
+    ['password', 'Password', 'password', {autocomplete: 'current-password'}],
+  ], 'Delete my account and everything in it', async (v) => {
+    if (!confirm('Delete your account, your notes and your files? This cannot be undone.')) return;
+    await api('POST', '/auth/destroy', {password: v.password});
+    state.csrf = null;
+    state.me = null;
+    flash('Your account is deleted.', 'ok');
+    welcome();
+  });
+  const me = state.me;
+  show(h('h2', {}, 'Account'),
+    h('p', {}, `${me.username} · ${me.email} · `, me.verified ? 'email verified' : 'email not verified yet'),
+    change, destroy);
+}
+
+const SCREENS = {notes: notesScreen, files: filesScreen, account: accountScreen};
+
+async function go(name) {
+  if (!state.me) return welcome();
+  try {
+    await SCREENS[name]();
+  } catch (e) {
+    flash(e.message, 'error');
+    if (!state.me) welcome();
+  }
+}
+
+async function start() {
+  document.querySelectorAll('[data-go]').forEach((b) => b.addEventListener('click', () => { flash(''); go(b.dataset.go); }));
+  document.getElementById('logout').addEventListener('click', async () => {
+    try { await api('POST', '/auth/logout', {}); } catch (e) { /* the session is gone either way */ }
+    state.csrf = null;
+    state.me = null;
+    flash('You are logged out.', 'ok');
+    welcome();
+  });
+  const token = new URLSearchParams(location.search).get('token');
+  if (location.pathname === '/verify' && token) return verifyPage(token);
+  if (location.pathname === '/reset' && token) return resetPage(token);
+  try {
+    state.csrf = (await api('GET', '/auth/csrf')).csrf;
+    state.me = await api('GET', '/auth/me');
+    go('notes');
+  } catch (e) {
+    welcome();
+  }
+}
+
+// Browser errors go to the server's notify funnel (POST /error).
+function report(message, url, line, column, stack) {
+  fetch('/error', {method: 'POST', headers: {'Content-Type': 'application/json'}, body: JSON.stringify({
+    message: String(message).slice(0, 2000), url: String(url || location.href).slice(0, 2048),
+    line: Number(line) || 0, column: Number(column) || 0, stack: String(stack || '').slice(0, 8000),
+  })}).catch(() => {});
+}
+window.addEventListener('error', (e) => report(e.message, e.filename, e.lineno, e.colno, e.error && e.error.stack));
+window.addEventListener('unhandledrejection', (e) => report(e.reason && e.reason.message || e.reason, location.href,
+  0, 0, e.reason && e.reason.stack));
+
+start();
