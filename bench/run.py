@@ -23,6 +23,7 @@ import json
 import os
 import platform
 import re
+import resource
 import secrets
 import shutil
 import signal
@@ -108,6 +109,7 @@ class Context:
     tmp: Path  # a temporary dir for this run, removed at the end
     logs: Path
     redis_url: str = ""  # the throwaway Redis (express, and lorebase with --shared-redis)
+    redis: Server | None = None
 
 
 class Peer:
@@ -120,6 +122,10 @@ class Peer:
     def skip_reason(self, ctx: Context) -> str | None:
         """Why this peer cannot run here, or None."""
         return None
+
+    def uses_throwaway_redis(self, ctx: Context) -> bool:
+        """Whether the throwaway Redis's CPU counts as this peer's."""
+        return False
 
     def prepare(self, ctx: Context) -> None:
         """One-time setup before the server starts (npm ci and such)."""
@@ -146,6 +152,9 @@ class Express(Peer):
     name = "express"
     about = "the seed's stack: node cluster, 2 workers, express 5, node-redis over TCP to a throwaway Redis"
     ready_path = "/ping"
+
+    def uses_throwaway_redis(self, ctx: Context) -> bool:
+        return True
 
     def skip_reason(self, ctx: Context) -> str | None:
         if not shutil.which("node") or not shutil.which("npm"):
@@ -227,6 +236,9 @@ class Lorebase(Peer):
     about = "lorebase serve: master + 2 forked workers on one socket, embedded Redis on a unix socket"
     ready_path = "/ping"
     cookie_name = LOREBASE_COOKIE
+
+    def uses_throwaway_redis(self, ctx: Context) -> bool:
+        return bool(ctx.args.shared_redis)
 
     def command(self, ctx: Context, port: int) -> tuple[list[str], dict[str, str], Path]:
         binary = Path(sys.executable).parent / "lorebase"
@@ -379,7 +391,9 @@ class Result:
     sock_errors: int = 0
     requests: int = 0
     worker_cpu_s: list[float] = field(default_factory=list)  # CPU seconds per worker during the run
-    other_cpu_s: float = 0.0  # CPU seconds of the peer's other processes (master, embedded Redis, tasks)
+    other_cpu_s: float = 0.0  # the peer's other processes: master, Redis (embedded or throwaway), tasks
+    wrk_cpu_s: float = 0.0
+    foreign_cpu_s: float = 0.0  # the rest of the machine's busy CPU time: noise from other work on the box
     error: str = ""
 
 
@@ -409,6 +423,18 @@ def cpu_seconds(workers: list[psutil.Process]) -> list[float]:
     return out
 
 
+def wrk_cpu() -> float:
+    """CPU seconds of this script's waited-for children: wrk, once it has exited."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def busy() -> float:
+    """CPU seconds the whole machine has been busy since boot (all CPUs)."""
+    t = psutil.cpu_times()
+    return float(t.user + t.nice + t.system + t.irq + t.softirq)
+
+
 def measure(ctx: Context, server: Server, peer: Peer, workload: Workload, port: int,
             session: Session | None) -> Result:
     path = workload.paths[peer.name]
@@ -422,11 +448,15 @@ def measure(ctx: Context, server: Server, peer: Peer, workload: Workload, port: 
     if ctx.args.warmup > 0:
         wrk(ctx, url, script, env, ctx.args.warmup, ctx.logs / f"{stem}-warmup.txt")
     workers, tree = server.workers(port), server.tree()
-    before, before_all = cpu_seconds(workers), sum(cpu_seconds(tree))
+    if ctx.redis is not None and peer.uses_throwaway_redis(ctx):
+        tree += ctx.redis.tree()
+    before, before_all, before_wrk, before_busy = cpu_seconds(workers), sum(cpu_seconds(tree)), wrk_cpu(), busy()
     fields = wrk(ctx, url, script, env, ctx.args.duration, ctx.logs / f"{stem}.txt")
-    after, after_all = cpu_seconds(workers), sum(cpu_seconds(tree))
+    after, after_all, after_wrk, after_busy = cpu_seconds(workers), sum(cpu_seconds(tree)), wrk_cpu(), busy()
     result.worker_cpu_s = [round(b - a, 2) for a, b in zip(before, after, strict=True)]
     result.other_cpu_s = max(0.0, round(after_all - before_all - sum(result.worker_cpu_s), 2))
+    result.wrk_cpu_s = round(after_wrk - before_wrk, 2)
+    result.foreign_cpu_s = max(0.0, round(after_busy - before_busy - (after_all - before_all) - result.wrk_cpu_s, 2))
     result.rps, result.p50_ms, result.p99_ms = float(fields[3]), float(fields[4]), float(fields[5])
     result.non2xx, result.sock_errors, result.requests = int(fields[6]), int(fields[7]), int(fields[8])
     return result
@@ -455,7 +485,8 @@ def run_peer(ctx: Context, peer: Peer, workloads: list[Workload]) -> tuple[list[
             print("  " + (f"{workload.name} {result.route}: error: {result.error}" if result.error else
                           f"{workload.name} {result.route}: {result.rps:,.0f} req/s, p50 {result.p50_ms:.2f} ms, "
                           f"p99 {result.p99_ms:.2f} ms, non-2xx {result.non2xx}, "
-                          f"worker CPU s {result.worker_cpu_s}, other {result.other_cpu_s}"), flush=True)
+                          f"CPU s: workers {result.worker_cpu_s}, other {result.other_cpu_s}, wrk {result.wrk_cpu_s}, "
+                          f"foreign {result.foreign_cpu_s}"), flush=True)
         for p in server.workers(port):  # after the load
             with contextlib.suppress(psutil.Error):
                 info = p.memory_full_info()
@@ -465,15 +496,16 @@ def run_peer(ctx: Context, peer: Peer, workloads: list[Workload]) -> tuple[list[
 
 
 @contextlib.contextmanager
-def throwaway_redis(ctx: Context) -> Iterator[str]:
+def throwaway_redis(ctx: Context) -> Iterator[Server]:
     """redis-server on a free loopback port, data in the run's temp dir, no persistence."""
     port = free_port()
     data = ctx.tmp / "redis"
     data.mkdir()
     argv = ["redis-server", "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no",
             "--dir", str(data), "--daemonize", "no", "--protected-mode", "yes"]
-    with running("redis", argv, {}, data, ctx.logs / "redis.log", lambda: redis_ok(port)):
-        yield f"redis://{HOST}:{port}"
+    with running("redis", argv, {}, data, ctx.logs / "redis.log", lambda: redis_ok(port)) as server:
+        ctx.redis, ctx.redis_url = server, f"redis://{HOST}:{port}"
+        yield server
 
 
 # -- report ---------------------------------------------------------------------------------
@@ -532,13 +564,13 @@ def report(results: list[Result], memory: dict[str, dict[str, Any]], args: argpa
     rows = []
     for r in results:
         if r.error:
-            rows.append([r.peer, r.workload, r.route, "error", "", "", "", "", "", ""])
+            rows.append([r.peer, r.workload, r.route, "error", *[""] * 8])
             continue
         rows.append([r.peer, r.workload, r.route, f"{r.rps:,.0f}", f"{r.p50_ms:.2f}", f"{r.p99_ms:.2f}",
                      f"{r.non2xx}", f"{r.sock_errors}", "/".join(f"{c:.1f}" for c in r.worker_cpu_s),
-                     f"{r.other_cpu_s:.1f}"])
+                     f"{r.other_cpu_s:.1f}", f"{r.wrk_cpu_s:.1f}", f"{r.foreign_cpu_s:.1f}"])
     out.append(table(["peer", "workload", "route", "req/s", "p50 ms", "p99 ms", "non-2xx", "sock err",
-                      "worker CPU s", "other CPU s"], rows, right=3))
+                      "CPU s: workers", "other", "wrk", "foreign"], rows, right=3))
     by = {(r.peer, r.workload): r for r in results if not r.error}
     ratio_rows = [[text, f"{by[num].rps:,.0f} / {by[den].rps:,.0f}", f"{by[num].rps / by[den].rps:.2f}×"]
                   for text, num, den in RATIOS if num in by and den in by and by[den].rps]
@@ -607,7 +639,7 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="lorebase-bench-") as tmp, contextlib.ExitStack() as stack:
             ctx = Context(args, args.shared, Path(tmp), logs)
             if any(isinstance(p, Express) for p in peers) or args.shared_redis:
-                ctx.redis_url = stack.enter_context(throwaway_redis(ctx))
+                stack.enter_context(throwaway_redis(ctx))
             for peer in peers:
                 reason = peer.skip_reason(ctx)
                 if reason:

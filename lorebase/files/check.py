@@ -1,0 +1,85 @@
+"""`lorebase files check [--repair]`: compares the file metadata in Redis, the local disk and
+S3, prints every disagreement, and with --repair fixes what it can: a missing local copy is
+fetched back from S3, a missing S3 copy is queued for upload, a dangling id is dropped."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+from . import s3 as s3mod
+from .store import ID, S3_QUEUE, s3_key
+
+
+def _progress(done: int, total: int, out: TextIO) -> None:
+    if not out.isatty() and done != total:
+        return
+    width = 30
+    filled = width * done // max(total, 1)
+    out.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total}")
+    if done == total:
+        out.write("\n")
+    out.flush()
+
+
+def check(config: Any, db: Any, repair: bool = False, verify: bool = False,
+          out: TextIO = sys.stdout, progress: TextIO = sys.stderr) -> int:
+    """Prints one line per problem; returns how many problems were found."""
+    data = Path(config.DATA_DIR)
+    keys = sorted(k for k in db.scan_iter(match="file:*", count=1000) if ID.match(k.split(":", 1)[1]))
+    s3 = s3mod.client(config) if config.S3_BUCKET else None
+    problems = 0
+    seen: set[str] = set()
+    for n, key in enumerate(keys, 1):
+        meta = db.hgetall(key)
+        file_id = key.split(":", 1)[1]
+        seen.add(file_id)
+        user = meta.get("user", "")
+        local = data / "files" / file_id[-2:] / file_id
+        if not db.zscore(f"files:{user}", file_id):
+            problems += 1
+            print(f"{file_id}: not in files:{user}" + (" (added)" if repair else ""), file=out)
+            if repair:
+                db.zadd(f"files:{user}", {file_id: 0})
+        on_disk = local.exists()
+        if on_disk and local.stat().st_size != int(meta.get("size", -1)):
+            problems += 1
+            print(f"{file_id}: local size {local.stat().st_size} != recorded {meta.get('size')}", file=out)
+        elif on_disk and verify and s3mod.sha256_of(local) != meta.get("sha256"):
+            problems += 1
+            print(f"{file_id}: local SHA-256 differs from the recorded one", file=out)
+        in_s3 = None
+        if s3 is not None:
+            in_s3 = s3mod._exists(s3, config.S3_BUCKET, s3_key(user, file_id))
+            if not in_s3 and not db.lpos(S3_QUEUE, json.dumps({"op": "put", "id": file_id, "user": user})):
+                problems += 1
+                print(f"{file_id}: not in S3" + (" (upload queued)" if repair and on_disk else ""), file=out)
+                if repair and on_disk:
+                    db.lpush(S3_QUEUE, json.dumps({"op": "put", "id": file_id, "user": user}))
+        if not on_disk:
+            problems += 1
+            if repair and in_s3 and s3 is not None:
+                local.parent.mkdir(parents=True, exist_ok=True)
+                s3.download_file(config.S3_BUCKET, s3_key(user, file_id), str(local))
+                print(f"{file_id}: missing on disk (fetched back from S3)", file=out)
+            else:
+                print(f"{file_id}: missing on disk" + (" and in S3" if s3 is not None and not in_s3 else ""), file=out)
+        _progress(n, len(keys), progress)
+    files_dir = data / "files"
+    if files_dir.exists():
+        for path in files_dir.glob("*/*"):
+            if path.name not in seen and ID.match(path.name):
+                problems += 1
+                print(f"{path.name}: on disk but not in Redis (orphan)", file=out)
+    for user_key in db.scan_iter(match="files:*", count=1000):
+        for file_id in db.zrange(user_key, 0, -1):
+            if file_id not in seen:
+                problems += 1
+                print(f"{file_id}: listed in {user_key} but has no metadata" + (" (dropped)" if repair else ""),
+                      file=out)
+                if repair:
+                    db.zrem(user_key, file_id)
+    print(f"{len(keys)} files checked, {problems} problem{'s' if problems != 1 else ''}", file=out)
+    return problems
