@@ -26,6 +26,7 @@ from .http import (
     ApiError,
     Reply,
     Request,
+    client_address,
     compress,
     error_reply,
     etag_matches,
@@ -314,7 +315,6 @@ class Chain:
             await send({"type": "http.response.body", "body": b""})
         if status >= 400:
             if not req.ip:  # failed before the avant step ran
-                client = req.scope.get("client")
-                req.ip = client[0] if client else ""
+                req.ip = client_address(req.scope, req.raw_headers, self.config.TRUSTED_PROXIES)
             notify("reply", status=status, error=result.code, method=req.method, path=req.path[:200],
                    ip=req.ip, rid=req.log["id"], ms=round((time.perf_counter() - req.log["t"]) * 1000, 2))

@@ -191,6 +191,8 @@ def _check(env: str, values: dict[str, Any]) -> None:
         )
     if len(secret.encode()) < MIN_SECRET_BYTES:
         raise ConfigError(f"COOKIE_SECRET is shorter than {MIN_SECRET_BYTES} bytes")
+    if not values["MAIL_URL"]:
+        raise ConfigError("MAIL_URL is not set: smtp://host:port or ses://region (console:// only prints mail)")
     if values["S3_BUCKET"] and not (values["S3_ACCESS_KEY"] and values["S3_SECRET_KEY"]):
         # boto3 may still find credentials on the instance (an IAM role); say so, don't stop
         print("lorebase: S3_BUCKET is set without S3_ACCESS_KEY/S3_SECRET_KEY; "

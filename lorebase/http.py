@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import ipaddress
 import secrets
 import time
 from http.cookies import CookieError, SimpleCookie
@@ -158,6 +159,26 @@ class Request:
                 query[key] = value
             self._query = query
         return self._query
+
+
+def client_address(scope: dict[str, Any], headers: list[tuple[bytes, bytes]], trusted: list[str]) -> str:
+    """The peer's address, or the one a trusted proxy (nginx) saw: X-Real-IP, else the
+    last X-Forwarded-For hop. The same rule as the avant step, for replies sent before it ran."""
+    client = scope.get("client")
+    peer = client[0] if client else ""
+    if peer not in trusted:
+        return peer
+    real = forwarded = None
+    for key, value in headers:
+        if key == b"x-real-ip" and real is None:
+            real = value
+        elif key == b"x-forwarded-for" and forwarded is None:
+            forwarded = value
+    candidate = (real or (forwarded.split(b",")[-1] if forwarded else b"")).strip().decode("latin-1")
+    try:
+        return str(ipaddress.ip_address(candidate))
+    except ValueError:
+        return peer
 
 
 def parse_cookies(header: str) -> dict[str, str]:

@@ -25,6 +25,9 @@ REDACTED = "[redacted]"
 _SECRET_KEY = re.compile(r"pass|cookie|csrf|token|secret|authorization|session", re.I)
 _SECRET_IN_TEXT = re.compile(
     r"((?:token|csrf|password|secret|session|cookie)[\"']?\s*[=:]\s*[\"']?)([^\s&\"';,]+)", re.I)
+# a Cookie or Authorization header holds several values ("a=1; lorebase=..."; "Bearer ..."):
+# everything to the end of the line or the closing quote goes
+_SECRET_HEADER = re.compile(r"((?:set-)?cookie|authorization)([\"']?\s*[=:]\s*[\"']?)([^\r\n\"']+)", re.I)
 _encode = msgspec.json.Encoder().encode
 STREAM = "log"
 
@@ -41,6 +44,7 @@ def redact(value: Any, depth: int = 0) -> Any:
     if isinstance(value, str):
         if len(value) > 4000:
             value = value[:4000] + "…"
+        value = _SECRET_HEADER.sub(lambda m: m.group(1) + m.group(2) + REDACTED, value)
         return _SECRET_IN_TEXT.sub(lambda m: m.group(1) + REDACTED, value)
     if isinstance(value, (int, float, bool)) or value is None:
         return value

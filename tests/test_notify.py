@@ -99,7 +99,7 @@ def test_server_start_is_notified(server):
 
 # -- redaction ---------------------------------------------------------------------------
 
-SECRETS = [f"SECRETVALUE{i}" for i in range(1, 12)]
+SECRETS = [f"SECRETVALUE{i}" for i in range(1, 14)]
 
 
 def test_secrets_in_a_client_error_never_reach_the_log_or_the_stream(client, server):
@@ -109,7 +109,8 @@ def test_secrets_in_a_client_error_never_reach_the_log_or_the_stream(client, ser
         "message": f"redaction test: token={s[0]} password={s[1]} and 'csrf': '{s[2]}'",
         "url": f"https://example.test/verify?token={s[3]}&next=/reset?token={s[4]}",
         "stack": f'at f\n{{"password": "{s[5]}", "secret": "{s[6]}"}}\n'
-                 f"Cookie: theme=dark; lorebase={s[7]}\nset-cookie: lorebase={s[8]}; Path=/; HttpOnly",
+                 f"Cookie: theme=dark; lorebase={s[7]}\nset-cookie: lorebase={s[8]}; Path=/; HttpOnly\n"
+                 f"Authorization: Bearer {s[10]}\n{{'cookie': 'a=1; lorebase={s[11]}'}}",
     }
     r = post_json(client, "/error", report, ip, headers={"user-agent": f"agent session={s[9]}"})
     assert r.status_code == 200, r.text
@@ -119,14 +120,14 @@ def test_secrets_in_a_client_error_never_reach_the_log_or_the_stream(client, ser
     wait_stream_event(server, "client error", ip=ip)
     log = server.log_text()
     stream = json.dumps(stream_entries(server))
-    for secret in s[:10]:
+    for secret in s[:12]:
         assert secret not in log, secret
         assert secret not in stream, secret
 
 
 def test_secrets_in_a_query_string_never_reach_the_log(client, server):
     ip = client_ip()
-    secret = SECRETS[10]
+    secret = SECRETS[12]
     r = client.get(f"/notify-query?token={secret}&password={secret}", headers={"x-real-ip": ip})
     assert_error(r, 404, "notfound")
     wait_event(server, "reply", ip=ip)

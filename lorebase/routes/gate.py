@@ -11,6 +11,8 @@ from ..http import ApiError, Request
 from ..identity import users
 from ..notify import notify
 
+NO_STORE = {"cache-control": "no-store"}  # a reply that sets a cookie is never cached
+
 
 async def gatekeeper(req: Request) -> None:
     """No cookie → 403 nocookie; a forged one → 403 tampered; a dead session → 403 session
@@ -22,10 +24,10 @@ async def gatekeeper(req: Request) -> None:
     sid = sessions.unsign(value)
     if sid is None:
         notify("tampered", ip=req.ip, path=req.path, rid=req.log["id"])
-        raise ApiError(403, "tampered", headers={"set-cookie": sessions.clear_cookie()})
+        raise ApiError(403, "tampered", headers={"set-cookie": sessions.clear_cookie(), **NO_STORE})
     session = await sessions.load(req.app.db, sid)
     if session is None:
-        raise ApiError(403, "session", headers={"set-cookie": sessions.clear_cookie()})
+        raise ApiError(403, "session", headers={"set-cookie": sessions.clear_cookie(), **NO_STORE})
     req.session = session
     return None
 
