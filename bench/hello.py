@@ -4,6 +4,7 @@ beyond content-type and content-length.
 
     python bench/hello.py --port 8001 --workers 2 --mode shared     # as lorebase's master
     python bench/hello.py --port 8001 --workers 2 --mode reuseport  # each worker binds its own
+    python bench/hello.py --port 8001 --headers lorebase  # replying with lorebase's header set
 
 --mode shared does what lorebase's master does: bind one listening socket in the parent,
 fork the workers, and each runs uvicorn.Server(...).run(sockets=[sock]) on the inherited
@@ -47,6 +48,24 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
             elif message["type"] == "lifespan.shutdown":
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+def headers_app() -> Any:
+    """The same app replying with the headers lorebase sends on GET /ping (its security
+    headers, content-type, cache-control, an ETag, content-length): what the header set
+    alone costs on this server stack, without the chain."""
+    from lorebase.http import SECURITY_HEADERS
+
+    start = {"type": "http.response.start", "status": 200, "headers": [
+        *SECURITY_HEADERS, (b"content-type", b"application/json"), (b"cache-control", b"no-cache"),
+        (b"etag", b'"ce7e7fe581202139bb54b0ee"'), (b"content-length", str(len(BODY)).encode())]}
+
+    async def app_with_headers(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            await send(start)
+            await send(END)
+
+    return app_with_headers
 
 
 RSGI_HEADERS = [("content-type", "application/json")]
@@ -96,8 +115,9 @@ def _worker(args: argparse.Namespace, sock: socket.socket | None) -> None:
 
         if sock is None:  # reuseport: this worker's own socket
             sock = _listen(args.host, args.port, reuseport=True)
+        asgi = headers_app() if args.headers == "lorebase" else app
         server = uvicorn.Server(uvicorn.Config(
-            app, loop="uvloop", http="httptools", lifespan="off", access_log=False,
+            asgi, loop="uvloop", http="httptools", lifespan="off", access_log=False,
             server_header=False, log_level="warning", timeout_keep_alive=5))
         server.run(sockets=[sock])
         code = 0
@@ -119,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=8001)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--mode", choices=("shared", "reuseport"), default="shared")
+    p.add_argument("--headers", choices=("minimal", "lorebase"), default="minimal",
+                   help="minimal: content-type and content-length; lorebase: the headers of lorebase's /ping")
     args = p.parse_args(argv)
 
     def stop(*_: Any) -> None:

@@ -12,6 +12,7 @@ import secrets
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 ENVIRONMENTS = ("dev", "prod")
 ROOT = Path(__file__).resolve().parent.parent
@@ -108,8 +109,20 @@ class Config:
         return Path(self.DATA_DIR) / "redis"
 
     def public(self) -> dict[str, Any]:
-        """The settings with secrets masked, for logs and the admin UI."""
-        return {k: ("***" if k in SECRET_KEYS and v else v) for k, v in self._values.items()}
+        """The settings with secrets masked (and passwords inside URLs), for logs and the admin UI."""
+        return {k: ("***" if k in SECRET_KEYS and v else _mask_password(v)) for k, v in self._values.items()}
+
+
+def _mask_password(value: Any) -> Any:
+    """redis://:pw@host/0, smtp://user:pw@host → the same URL with the password as ***."""
+    if not isinstance(value, str) or "@" not in value or "://" not in value:
+        return value
+    parts = urlsplit(value)
+    userinfo, at, host = parts.netloc.rpartition("@")
+    if not at or ":" not in userinfo:
+        return value
+    netloc = userinfo.split(":", 1)[0] + ":***@" + host
+    return parts._replace(netloc=netloc).geturl()
 
 
 def _coerce(key: str, raw: str, default: Any) -> Any:

@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from .procs import die_with_parent
 
@@ -55,8 +57,10 @@ class EmbeddedRedis:
         ])
 
     def client(self, timeout: float = 0.5) -> redis.Redis:
+        # a probe: no retries (redis-py's default backoff spends ~4 s on a dead socket, which
+        # is what a crashed Redis leaves behind for the restart to find)
         return redis.Redis(unix_socket_path=str(self.socket), socket_timeout=timeout,
-                           socket_connect_timeout=timeout, decode_responses=True)
+                           socket_connect_timeout=timeout, decode_responses=True, retry=Retry(NoBackoff(), 0))
 
     def running_elsewhere(self) -> bool:
         if not self.socket.exists():

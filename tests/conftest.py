@@ -6,6 +6,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from .identity_support import Users, assert_no_secret_logged
 from .lore import Lorebase, MailSink
 
 
@@ -38,3 +39,17 @@ def client(server: Lorebase) -> Iterator[httpx.Client]:
 @pytest.fixture()
 def tmp(tmp_path: Path) -> Path:
     return tmp_path
+
+
+@pytest.fixture()
+def users(server: Lorebase, mail: MailSink) -> Iterator[Users]:
+    """Makes accounts over HTTP and destroys them after the test."""
+    with Users(server, mail) as made:
+        yield made
+
+
+@pytest.fixture(scope="module")
+def no_secret_logged(server: Lorebase) -> Iterator[None]:
+    """After the module: no password, token or cookie appeared in the server's log."""
+    yield
+    assert_no_secret_logged(server)

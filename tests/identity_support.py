@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import itertools
 import json
+import ssl
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 
 from .lore import Lorebase, MailSink, wait_for
@@ -102,6 +104,7 @@ def forge(sid: str, key: bytes) -> str:
 # -- a client ---------------------------------------------------------------------------
 
 _UNSET: Any = object()
+_TLS = ssl.create_default_context()  # one, shared: making one per client costs 30 ms
 
 
 class Api:
@@ -114,7 +117,7 @@ class Api:
 
     def __init__(self, lore: Lorebase, ip: str | None = None, secure: bool = False):
         self.lore = lore
-        self.http = httpx.Client(base_url=lore.url, timeout=30)
+        self.http = httpx.Client(base_url=lore.url, timeout=30, verify=_TLS)
         self.ip = ip or fresh_ip()
         self.secure = secure
         self.cookie: str | None = None
@@ -140,7 +143,8 @@ class Api:
             content = json.dumps(body).encode()
         if content is not None:
             sent.update(JSON_TYPE)
-        cookie = self.cookie if cookie is _UNSET else cookie
+        explicit = cookie is not _UNSET  # a one-off cookie: what the reply sets is not kept
+        cookie = self.cookie if not explicit else cookie
         if cookie is not None:
             sent["cookie"] = f"{COOKIE}={cookie}"
         sent.update(headers or {})
@@ -148,7 +152,7 @@ class Api:
         self.http.cookies.clear()  # the cookie is ours to send, not the jar's
         self.check(r)
         set_cookies = session_cookies(r)
-        if set_cookies:
+        if set_cookies and not explicit:
             self.cookie = cookie_value(set_cookies[-1]) or None
             if self.cookie:
                 SECRETS.add(self.cookie.rpartition(".")[0])
@@ -312,13 +316,8 @@ def dedicated(tmp_path_factory: pytest.TempPathFactory, mail: MailSink, name: st
     with other settings; stopped at the end, which must exit 0."""
     settings: dict[str, Any] = {"TRUSTED_PROXIES": "127.0.0.1", "MAIL_URL": mail.url}
     settings.update(overrides)
-    lore = Lorebase(Path(tmp_path_factory.mktemp(name)) / "data", **settings)
-    lore.start()
-    try:
+    with Lorebase(Path(tmp_path_factory.mktemp(name)) / "data", **settings).running() as lore:
         yield lore
-    finally:
-        code = lore.stop()
-        assert code == 0, f"lorebase exited with {code}"
     assert_no_secret_logged(lore)
 
 
@@ -337,3 +336,20 @@ def token_key(kind: str, token: str) -> str:
 def wait_gone(lore: Lorebase, key: str, timeout: float = 10.0) -> None:
     """Poll Redis until `key` has expired."""
     wait_for(lambda: not lore.redis().exists(key), timeout, 0.05, f"{key} to expire")
+
+
+def worker_cpu(lore: Lorebase) -> dict[int, float]:
+    """CPU seconds used so far by each worker (the master's children that hold the
+    listening socket), by pid."""
+    assert lore.proc is not None
+    out = {}
+    for child in psutil.Process(lore.proc.pid).children():
+        try:
+            listening = any(c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == lore.port
+                            for c in child.net_connections(kind="tcp"))
+            if listening:
+                times = child.cpu_times()
+                out[child.pid] = times.user + times.system
+        except psutil.NoSuchProcess:
+            continue
+    return out

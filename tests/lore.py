@@ -12,7 +12,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,7 @@ def wait_for(condition: Callable[[], Any], timeout: float = 10.0, interval: floa
             value = condition()
             if value:
                 return value
-        except Exception as error:  # noqa: BLE001 - keep polling, report the last one
+        except Exception as error:
             last_error = error
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what or condition}: {last_error!r}")
@@ -98,7 +99,7 @@ class Lorebase:
 
     def start(self, wait: bool = True) -> Lorebase:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")  # noqa: SIM115 - the child keeps it
+        log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "lorebase", "serve", self.env_name],
                                      env=self.environ(), stdout=log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, cwd=ROOT)
@@ -125,6 +126,16 @@ class Lorebase:
             self.proc.kill()
             self.proc.wait()
             raise AssertionError("lorebase did not stop within 30 s of SIGTERM") from None
+
+    @contextmanager
+    def running(self) -> Iterator[Lorebase]:
+        """Started for the block; stopped after it, which must exit 0."""
+        self.start()
+        try:
+            yield self
+        finally:
+            code = self.stop()
+            assert code == 0, f"lorebase exited with {code}:\n{self.log_text()[-2000:]}"
 
     def log_text(self) -> str:
         try:
@@ -166,7 +177,7 @@ class MailSink:
         sink = self
 
         class Handler:
-            async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+            async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
                 import email
                 from email import policy
 

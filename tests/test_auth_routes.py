@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Iterator
 
 import pytest
 
@@ -19,7 +18,6 @@ from .identity_support import (
     Api,
     Users,
     assert_error,
-    assert_no_secret_logged,
     dedicated,
     session_cookies,
     signup_body,
@@ -31,16 +29,7 @@ from .lore import MailSink
 NEW_PASSWORD = "Brand-New-Horse-8-Stable"
 
 
-@pytest.fixture()
-def users(server, mail) -> Iterator[Users]:
-    with Users(server, mail) as made:
-        yield made
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _no_secret_logged(server) -> Iterator[None]:
-    yield
-    assert_no_secret_logged(server)
+pytestmark = pytest.mark.usefixtures("no_secret_logged")
 
 
 def redis_strings_containing(lore, needle: str) -> list[str]:

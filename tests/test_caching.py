@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import socket
 
 import httpx
 import pytest
@@ -104,7 +105,7 @@ def test_if_none_match_on_an_error_reply_is_not_304(client):
 
 
 def test_large_json_reply_is_gzipped_when_the_client_accepts_gzip(client):
-    plain, plain_body = raw_get(client, "/openapi.json", IDENTITY)
+    _, plain_body = raw_get(client, "/openapi.json", IDENTITY)
     assert len(plain_body) > 1400  # large enough to be worth compressing
     r, wire = raw_get(client, "/openapi.json", GZIP)
     assert r.status_code == 200
@@ -130,8 +131,6 @@ def test_large_json_reply_is_not_gzipped_otherwise(client, accept):
 
 
 def test_no_accept_encoding_header_means_no_gzip(server):
-    import socket
-
     with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
         sock.sendall(b"GET /openapi.json HTTP/1.1\r\nHost: lorebase\r\nConnection: close\r\n\r\n")
         data = b""

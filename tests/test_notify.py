@@ -99,7 +99,7 @@ def test_server_start_is_notified(server):
 
 # -- redaction ---------------------------------------------------------------------------
 
-SECRETS = [f"SECRETVALUE{i}" for i in range(1, 14)]
+SECRETS = [f"SECRETVALUE{i:02d}" for i in range(1, 14)]
 
 
 def test_secrets_in_a_client_error_never_reach_the_log_or_the_stream(client, server):

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from typing import Any
 
+import httpx
 import pytest
 
 from .lore import ROOT
@@ -19,8 +20,6 @@ METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 
 @pytest.fixture(scope="module")
 def doc(server) -> dict[str, Any]:
-    import httpx
-
     r = httpx.get(server.url + "/openapi.json", headers={"accept-encoding": "identity"}, timeout=10)
     assert r.status_code == 200
     assert r.headers["content-type"] == "application/json"

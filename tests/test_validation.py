@@ -8,6 +8,7 @@ import json
 
 import pytest
 
+from .lore import wait_for
 from .support import assert_error, assert_healthy, client_ip, master, post_json
 
 # Each case: an id, the raw body, the code expected, the path expected (validation only).
@@ -190,14 +191,18 @@ def hostile_bodies() -> list[bytes]:
 
 
 def test_hostile_payloads_leave_no_exception_and_no_dead_worker(client, server):
-    workers_before = {p.pid for p in master(server).children()}
+    children = {p.pid for p in master(server).children()}
+    seen = len(server.events())
     ip = client_ip()
-    for body in hostile_bodies():
+    bodies = hostile_bodies()
+    for body in bodies:
         r = post_json(client, "/error", body, ip)
         assert 400 <= r.status_code < 500, (body[:80], r.status_code, r.text)
     assert_healthy(client)
-    assert {p.pid for p in master(server).children()} == workers_before
-    for entry in server.events():
+    assert {p.pid for p in master(server).children()} == children
+    wait_for(lambda: len([e for e in server.events("reply") if e.get("ip") == ip]) == len(bodies),
+             what="a reply line for every hostile payload")
+    for entry in server.events()[seen:]:
         assert entry["ev"] not in ("error", "worker exception", "worker exit"), entry
         if entry["ev"] == "reply":
             assert entry["status"] < 500, entry

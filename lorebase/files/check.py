@@ -38,7 +38,7 @@ def check(config: Any, db: Any, repair: bool = False, verify: bool = False,
         seen.add(file_id)
         user = meta.get("user", "")
         local = data / "files" / file_id[-2:] / file_id
-        if not db.zscore(f"files:{user}", file_id):
+        if db.zscore(f"files:{user}", file_id) is None:  # every score is 0: test presence, not truth
             problems += 1
             print(f"{file_id}: not in files:{user}" + (" (added)" if repair else ""), file=out)
             if repair:
@@ -53,7 +53,7 @@ def check(config: Any, db: Any, repair: bool = False, verify: bool = False,
         in_s3 = None
         if s3 is not None:
             in_s3 = s3mod._exists(s3, config.S3_BUCKET, s3_key(user, file_id))
-            if not in_s3 and not db.lpos(S3_QUEUE, json.dumps({"op": "put", "id": file_id, "user": user})):
+            if not in_s3 and db.lpos(S3_QUEUE, json.dumps({"op": "put", "id": file_id, "user": user})) is None:
                 problems += 1
                 print(f"{file_id}: not in S3" + (" (upload queued)" if repair and on_disk else ""), file=out)
                 if repair and on_disk:

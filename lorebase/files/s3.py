@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -86,13 +87,17 @@ def run_job(config: Any, s3: Any, job: dict[str, Any], data_dir: Path) -> str:
 async def fetch_back(config: Any, meta: dict[str, str], path: Path) -> None:
     """The local copy is missing: bring it back from S3 (503 s3 if S3 cannot)."""
     def fetch() -> None:
-        tmp = path.with_name(f".{path.name}.fetch{os.getpid()}")
+        # a name of its own per fetch: requests for the same lost file may run at once,
+        # in one worker's threads as well as in several workers
+        tmp = path.with_name(f".{path.name}.fetch{os.getpid()}-{secrets.token_hex(6)}")
         path.parent.mkdir(parents=True, exist_ok=True)
-        client(config).download_file(config.S3_BUCKET, s3_key(meta["user"], meta["id"]), str(tmp))
-        if meta.get("sha256") and sha256_of(tmp) != meta["sha256"]:
+        try:
+            client(config).download_file(config.S3_BUCKET, s3_key(meta["user"], meta["id"]), str(tmp))
+            if meta.get("sha256") and sha256_of(tmp) != meta["sha256"]:
+                raise ValueError("the S3 copy does not match the recorded SHA-256")
+            os.replace(tmp, path)
+        finally:
             tmp.unlink(missing_ok=True)
-            raise ValueError("the S3 copy does not match the recorded SHA-256")
-        os.replace(tmp, path)
     try:
         await asyncio.to_thread(fetch)
     except Exception as error:  # noqa: BLE001 - S3 down or object missing

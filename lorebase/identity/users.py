@@ -74,7 +74,9 @@ def public(user: dict[str, str], admins: list[str]) -> dict[str, Any]:
 
 
 def is_admin(user: dict[str, str], admins: list[str]) -> bool:
-    return user.get("admin") == "1" or user.get("email", "") in admins
+    """The admin flag, or an email of ADMINS once verified: anyone may sign up with any
+    address, so the address grants nothing until its owner proved it is theirs."""
+    return user.get("admin") == "1" or (user.get("verified") == "1" and user.get("email", "") in admins)
 
 
 async def delete(db: Any, user: dict[str, str]) -> None:

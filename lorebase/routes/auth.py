@@ -3,12 +3,14 @@ recover, reset. Rate limits per IP and per account are kept in Redis (lorebase.r
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..chain import Route
 from ..http import ApiError, Reply, Request, reply
 from ..identity import passwords, tokens, users
 from ..mail import enqueue, reset_mail, verify_mail
 from ..notify import notify
-from ..ratelimit import check, hit, over
+from ..ratelimit import check, hit, key
 from ..schema import Schema, Text
 
 HOUR = 3600
@@ -89,17 +91,25 @@ async def login(req: Request) -> Reply:
     app = req.app
     config, db = app.config, app.db
     name = str(data.username).strip().lower()
-    wait = max(await over(db, "login-ip", req.ip, config.LOGIN_FAILS_PER_IP),
-               await over(db, "login-account", name, config.LOGIN_FAILS_PER_ACCOUNT))
-    if wait:
-        raise ApiError(429, "rate", headers={"retry-after": str(wait)})
     user = await users.find(db, name)
+    # an account's failures count under its username, whichever name was typed (an
+    # unknown name counts under itself)
+    account = user["username"] if user else name
+    ip_key, account_key = key("login-ip", req.ip), key("login-account", account)
+    # every attempt is counted before its password is checked, so parallel guesses cannot
+    # all slip under the limit; one refused, or whose password was right, is taken back
+    ip_ok, ip_wait = await hit(db, "login-ip", req.ip, config.LOGIN_FAILS_PER_IP, config.LOGIN_WINDOW)
+    account_ok, account_wait = await hit(db, "login-account", account, config.LOGIN_FAILS_PER_ACCOUNT,
+                                         config.LOGIN_WINDOW)
+    if not (ip_ok and account_ok):
+        await _take_back(db, ip_key, account_key)
+        wait = max(ip_wait if not ip_ok else 0, account_wait if not account_ok else 0)
+        raise ApiError(429, "rate", headers={"retry-after": str(wait)})
     ok = await app.passwords.verify(user["hash"] if user else None, data.password)
     if not ok or user is None or user.get("disabled") == "1":
         # the same reply whether the user exists or not, after the same work (A1, A2)
-        await hit(db, "login-ip", req.ip, config.LOGIN_FAILS_PER_IP, config.LOGIN_WINDOW)
-        await hit(db, "login-account", name, config.LOGIN_FAILS_PER_ACCOUNT, config.LOGIN_WINDOW)
         raise ApiError(403, "auth")
+    await _take_back(db, ip_key, account_key)
     if config.REQUIRE_VERIFIED and user.get("verified") != "1":
         raise ApiError(403, "verify")
     username = user["username"]
@@ -111,10 +121,22 @@ async def login(req: Request) -> Reply:
         owner = await db.call("HGET", f"session:{old_sid}", "user")
         if owner:
             await app.sessions.delete(db, old_sid, owner)
-    await db.call("DEL", f"rate:login-account:{name}")
+    await db.call("DEL", account_key)
     sid, csrf = await app.sessions.create(db, username)
     await app.sessions.prune(db, username)
     return reply(200, {"csrf": csrf}, {"set-cookie": app.sessions.set_cookie(sid), **NO_STORE})
+
+
+_TAKE_BACK = """
+for _, k in ipairs(KEYS) do
+  if redis.call('EXISTS', k) == 1 then redis.call('DECR', k) end
+end
+"""
+
+
+async def _take_back(db: Any, *keys: str) -> None:
+    """Undo one hit on each counter (one that expired meanwhile stays gone)."""
+    await db.script(_TAKE_BACK, list(keys), [])
 
 
 async def recover(req: Request) -> Reply:

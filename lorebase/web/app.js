@@ -64,7 +64,7 @@ async function api(method, path, body) {
   } catch (error) {
     throw new ApiError(0, {error: 'network'});
   }
-  const data = response.headers.get('content-type', '').startsWith('application/json') ? await response.json() : null;
+  const data = (response.headers.get('content-type') || '').startsWith('application/json') ? await response.json() : null;
   if (!response.ok) {
     if (response.status === 403 && ['session', 'nocookie', 'tampered'].includes(data && data.error)) {
       state.csrf = null;
@@ -278,6 +278,7 @@ function accountScreen() {
     flash('Your account is deleted.', 'ok');
     welcome();
   });
+  destroy.querySelector('button[type=submit]').classList.add('danger');
   const me = state.me;
   show(h('h2', {}, 'Account'),
     h('p', {}, `${me.username} · ${me.email} · `, me.verified ? 'email verified' : 'email not verified yet'),
@@ -288,6 +289,10 @@ const SCREENS = {notes: notesScreen, files: filesScreen, account: accountScreen}
 
 async function go(name) {
   if (!state.me) return welcome();
+  document.querySelectorAll('[data-go]').forEach((b) => {
+    if (b.dataset.go === name) b.setAttribute('aria-current', 'page');
+    else b.removeAttribute('aria-current');
+  });
   try {
     await SCREENS[name]();
   } catch (e) {
@@ -307,7 +312,7 @@ async function start() {
   });
   const token = new URLSearchParams(location.search).get('token');
   if (location.pathname === '/verify' && token) return verifyPage(token);
-  if (location.pathname === '/reset' && token) return resetPage(token);
+  if (location.pathname === '/reset') return token ? resetPage(token) : recover();  // the mail's bare /reset: ask for a link
   try {
     state.csrf = (await api('GET', '/auth/csrf')).csrf;
     state.me = await api('GET', '/auth/me');

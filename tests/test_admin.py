@@ -1,0 +1,155 @@
+"""The admin gatekeeper and the admin routes, on an instance with ADMINS set: who is an
+admin (a verified email of ADMINS, or the flag), every admin route refusing a non-admin
+(AC4), and revoke / disable / the admin flag taking effect on the next request (S8)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from .identity_support import PASSWORD, Api, Users, assert_error, dedicated, session_cookies
+from .lore import MailSink
+
+ROUTES = [
+    ("GET", "/admin/users", None),
+    ("POST", "/admin/revoke", {"username": "{target}"}),
+    ("POST", "/admin/disable", {"username": "{target}", "value": True}),
+    ("POST", "/admin/admin", {"username": "{target}", "value": True}),
+]
+PUBLIC_FIELDS = {"username", "email", "created", "verified", "admin", "disabled"}
+
+
+@pytest.fixture(scope="module")
+def lore(tmp_path_factory, mail):
+    with dedicated(tmp_path_factory, mail, "admin", ADMINS="A_Root@example.com, a_claim@example.com") as lore:
+        yield lore
+
+
+@pytest.fixture(scope="module")
+def root(lore, mail) -> Iterator[Api]:
+    """A logged-in admin: the verified owner of an email of ADMINS."""
+    with Users(lore, mail) as made:
+        user = made.new("a_root", verified=True)
+        yield made.session(user)
+
+
+@pytest.fixture()
+def users(lore, mail) -> Iterator[Users]:
+    with Users(lore, mail) as made:
+        yield made
+
+
+def call(api: Api, method: str, path: str, body: dict | None, target: str, **kw):
+    if body is None:
+        return api.request(method, path, **kw)
+    body = {k: (v.format(target=target) if isinstance(v, str) else v) for k, v in body.items()}
+    return api.post(path, body, csrf=api.csrf is not None, **kw)
+
+
+def test_an_admins_email_makes_an_admin_only_once_verified(lore, users):
+    """Anyone can sign up with an email of ADMINS; it grants nothing until the mail's link
+    proves the address is theirs."""
+    claimant = users.new("a_claim", email="a_claim@example.com")
+    api = users.session(claimant)
+    assert_error(api.get("/admin/users"), 403, "admin")
+    assert_error(api.post("/admin/admin", {"username": "a_claim", "value": True}, csrf=True), 403, "admin")
+    users.verify(claimant)
+    assert api.get("/admin/users").status_code == 200  # the same session, on its next request
+
+
+def test_every_admin_route_refuses_a_non_admin(lore, users, root):
+    plain = users.new("a_plain_1", verified=True)
+    api = users.session(plain)
+    for method, path, body in ROUTES:
+        for target in ("a_plain_1", "a_root"):
+            assert_error(call(api, method, path, body, target), 403, "admin")
+    with Api(lore) as anonymous:
+        for method, path, body in ROUTES:
+            assert_error(call(anonymous, method, path, body, "a_plain_1"), 403, "nocookie")
+    stored = lore.redis().hgetall("user:a_plain_1")
+    assert stored["admin"] == "0" and stored["disabled"] == "0"
+    assert lore.redis().hget("user:a_root", "disabled") == "0"
+    assert root.get("/auth/csrf").status_code == 200  # nothing was revoked
+    for _, path, body in ROUTES[1:]:  # the admin's own POSTs need its token too
+        assert_error(root.post(path, {k: (v.format(target="a_plain_1") if isinstance(v, str) else v)
+                                      for k, v in body.items()}), 403, "csrf")
+
+
+def test_the_user_list_shows_public_fields_only(lore, users, root):
+    users.new("a_listed_1")
+    r = root.get("/admin/users")
+    assert r.status_code == 200, r.text
+    assert r.headers["cache-control"] == "private, no-cache"
+    listed = {u["username"]: u for u in r.json()}
+    assert all(set(u) == PUBLIC_FIELDS for u in listed.values()), r.json()
+    assert listed["a_root"]["admin"] is True and listed["a_root"]["verified"] is True
+    assert listed["a_listed_1"] == {"username": "a_listed_1", "email": "a_listed_1@example.com",
+                                    "created": listed["a_listed_1"]["created"], "verified": False,
+                                    "admin": False, "disabled": False}
+    assert "argon2" not in r.text and "hash" not in r.text and "csrf" not in r.text
+
+
+def test_the_admin_flag_takes_effect_on_the_next_request(lore, users, root):
+    user = users.new("a_flag_1")
+    api = users.session(user)
+    assert_error(api.get("/admin/users"), 403, "admin")
+    assert root.post("/admin/admin", {"username": " A_FLAG_1 ", "value": True}, csrf=True).json() == {}
+    assert api.get("/admin/users").status_code == 200
+    assert root.post("/admin/admin", {"username": "a_flag_1", "value": False}, csrf=True).json() == {}
+    assert_error(api.get("/admin/users"), 403, "admin")
+    assert lore.redis().hget("user:a_flag_1", "admin") == "0"
+
+
+def test_disabling_ends_the_sessions_and_login_fails_like_a_wrong_password(lore, mail, users, root):
+    """S8, A1"""
+    user = users.new("a_disable_1")
+    first, second = users.session(user), users.session(user)
+    r = root.post("/admin/disable", {"username": "a_disable_1", "value": True}, csrf=True)
+    assert r.status_code == 200 and r.json() == {}
+    for api in (first, second):
+        r = api.get("/auth/csrf")
+        assert_error(r, 403, "session")
+        assert session_cookies(r)
+    shapes = []
+    for login, password in [("a_disable_1", PASSWORD), ("a_disable_1", "Wrong-Password-9"),
+                            ("a_disable_nobody", PASSWORD)]:
+        with Api(lore) as api:
+            r = api.login(login, password)
+            assert_error(r, 403, "auth")
+            shapes.append((r.status_code, r.content, sorted((k, v) for k, v in r.headers.items() if k != "date")))
+    assert shapes[0] == shapes[1] == shapes[2]
+    listed = {u["username"]: u for u in root.get("/admin/users").json()}
+    assert listed["a_disable_1"]["disabled"] is True
+    # a password reset does not enable the account
+    with Api(lore) as api:
+        assert api.post("/auth/recover", {"username": "a_disable_1"}).status_code == 200
+        token = MailSink.token(mail.wait_for(user.email, "reset your password"))
+        assert api.post("/auth/reset", {"token": token, "password": "Another-Horse-8-Stable"}).status_code == 200
+        user.password = "Another-Horse-8-Stable"
+        assert_error(api.login("a_disable_1", user.password), 403, "auth")
+    assert root.post("/admin/disable", {"username": "a_disable_1", "value": False}, csrf=True).status_code == 200
+    users.session(user)  # enabled again: login works
+
+
+def test_revoke_ends_every_session_of_the_user_on_the_next_request(lore, users, root):
+    """S8"""
+    user = users.new("a_revoke_1")
+    bystander = users.new("a_revoke_2")
+    sessions = [users.session(user) for _ in range(3)]
+    other = users.session(bystander)
+    r = root.post("/admin/revoke", {"username": "a_revoke_1"}, csrf=True)
+    assert r.status_code == 200 and r.json() == {"revoked": 3}
+    for api in sessions:
+        assert_error(api.get("/auth/csrf"), 403, "session")
+    assert not any(lore.redis().exists(f"session:{api.sid}") for api in sessions)
+    assert other.get("/auth/csrf").status_code == 200
+    again = users.session(user)  # revoking ends sessions, not the account
+    assert root.post("/admin/revoke", {"username": "a_revoke_1"}, csrf=True).json() == {"revoked": 1}
+    assert_error(again.get("/auth/csrf"), 403, "session")
+
+
+def test_admin_routes_answer_404_for_an_unknown_user(lore, root):
+    for _, path, body in ROUTES[1:]:
+        r = root.post(path, {**body, "username": "a_nobody"}, csrf=True)
+        assert_error(r, 404, "user")

@@ -1,0 +1,342 @@
+"""The web client, end to end, in headless Chromium driven by Playwright (sync API): a user
+signs up, verifies their email from the mail's link, writes, edits and deletes notes, uploads,
+attaches, downloads and deletes a file, changes and resets their password, and deletes their
+account. The browser is Debian's chromium (Playwright never downloads one); the server is the
+session's lorebase, whose mail goes to the SMTP sink. Each test has its own browser context
+and its own client address (X-Real-IP, trusted from 127.0.0.1), so per-IP limits never leak.
+
+Screenshots of the main screens are kept in test-artifacts/screens/ (gitignored)."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from playwright.sync_api import Browser, ConsoleMessage, Error, Page, expect, sync_playwright
+
+from .lore import ROOT, Lorebase, MailSink, wait_for
+from .support import assert_error, client_ip, post_json
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
+SCREENS = ROOT / "test-artifacts" / "screens"
+WRONG = "Wrong username or password."
+
+USER = "webuser"
+EMAIL = "webuser@example.com"
+PASSWORD = "amber-lantern-42-river"
+CHANGED = "copper-kettle-77-meadow"
+RESET = "violet-harbor-19-summit"
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield chromium
+        chromium.close()
+
+
+class Watched:
+    """A page with what went wrong in it: uncaught errors, and console errors about the CSP."""
+
+    def __init__(self, page: Page, ip: str):
+        self.page = page
+        self.ip = ip
+        self.errors: list[Error] = []
+        self.csp: list[str] = []
+        page.on("pageerror", self._error)
+        page.on("console", self._console)
+
+    def _error(self, error: Error) -> None:
+        self.errors.append(error)
+
+    def _console(self, message: ConsoleMessage) -> None:
+        if message.type == "error" and "Content Security Policy" in message.text:
+            self.csp.append(message.text)
+
+
+@pytest.fixture()
+def watched(browser: Browser, server: Lorebase) -> Iterator[Watched]:
+    """A fresh context (no cookies) on the session server, from a client address of its own."""
+    ip = client_ip()
+    context = browser.new_context(base_url=server.url, extra_http_headers={"X-Real-IP": ip},
+                                  viewport={"width": 1024, "height": 720}, accept_downloads=True)
+    context.set_default_timeout(15_000)
+    page = context.new_page()
+    try:
+        yield Watched(page, ip)
+    finally:
+        context.close()
+
+
+def shot(page: Page, name: str) -> None:
+    SCREENS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=SCREENS / f"{name}.png", full_page=True)
+
+
+def link_in(mail: Any, server: Lorebase, path: str) -> str:
+    """The link of the mail's plain text to `path`: built from BASE_URL, the server's own URL."""
+    text = MailSink.text(mail)
+    match = re.search(r"https?://\S+/" + path + r"\?token=[A-Za-z0-9_\-]+", text)
+    assert match, f"no {path} link in the mail: {text!r}"
+    link = match.group(0)
+    assert link.startswith(f"{server.url}/{path}?token="), link
+    assert link.endswith(MailSink.token(mail))
+    return link
+
+
+def log_in(page: Page, username: str, password: str) -> None:
+    login = page.locator("#login")
+    login.locator("input[name=username]").fill(username)
+    login.locator("input[name=password]").fill(password)
+    login.locator("button[type=submit]").click()
+
+
+def logged_in(page: Page, username: str) -> None:
+    expect(page.locator("#nav")).to_be_visible()
+    expect(page.locator("#who")).to_have_text(username)
+    expect(page.locator("#new-note")).to_be_visible()
+
+
+def submit(page: Page, form: str) -> None:
+    page.locator(f"{form} button[type=submit]").click()
+
+
+def flash(page: Page, text: str) -> None:
+    expect(page.locator("#flash")).to_be_visible()
+    expect(page.locator("#flash")).to_have_text(text)
+
+
+def test_the_whole_journey(watched: Watched, server: Lorebase, mail: MailSink, tmp_path: Path) -> None:
+    page = watched.page
+    page.on("dialog", lambda dialog: dialog.accept())
+
+    # -- welcome: log in and sign up side by side; no nav while logged out
+    page.goto("/")
+    expect(page.locator("#login")).to_be_visible()
+    expect(page.locator("#signup")).to_be_visible()
+    expect(page.locator("#nav")).to_be_hidden()
+    expect(page.locator("#flash")).to_be_hidden()
+    shot(page, "welcome")
+
+    # -- sign up; the verification mail arrives; its link verifies the email
+    signup = page.locator("#signup")
+    signup.locator("input[name=username]").fill(USER)
+    signup.locator("input[name=email]").fill(EMAIL)
+    signup.locator("input[name=password]").fill(PASSWORD)
+    submit(page, "#signup")
+    flash(page, "Account created. We sent you an email: open its link to verify your address, then log in.")
+    expect(signup.locator("input[name=username]")).to_have_value("")  # the form is cleared
+
+    page.goto(link_in(mail.wait_for(EMAIL, "Verify your email"), server, "verify"))
+    flash(page, "Your email is verified. You can log in.")
+    expect(page).to_have_url(f"{server.url}/")  # the token leaves the address bar
+    expect(page.locator("#login")).to_be_visible()
+    shot(page, "verify")
+
+    # -- log in: the notes screen, empty
+    log_in(page, USER, PASSWORD)
+    logged_in(page, USER)
+    expect(page.locator("#flash")).to_be_hidden()
+    expect(page.locator("main")).to_contain_text("No notes yet.")
+
+    # -- write a note, then edit it; markup in a note stays text
+    notes = page.locator("#notes li.note")
+    page.locator("#new-note textarea").fill("My first note")
+    submit(page, "#new-note")
+    expect(notes).to_have_count(1)
+    expect(notes.first.locator(".text")).to_have_text("My first note")
+    note_id = notes.first.get_attribute("data-id")
+    assert note_id
+    note = page.locator(f'#notes li.note[data-id="{note_id}"]')
+    note.locator("button.edit").click()
+    expect(note.locator("textarea")).to_have_value("My first note")
+    edited = "Edited: <b>bold?</b> & <img src=x>"
+    note.locator("textarea").fill(edited)
+    note.locator("button.save").click()
+    expect(note.locator(".text")).to_have_text(edited)
+    expect(note.locator("b, img")).to_have_count(0)
+    expect(notes).to_have_count(1)
+
+    # -- upload a file on the Files screen
+    content = b"lorebase web test\n" + bytes(range(256))
+    upload = tmp_path / "hello notes.bin"
+    upload.write_bytes(content)
+    page.locator('[data-go="files"]').click()
+    expect(page.locator("#upload")).to_be_visible()
+    expect(page.locator('[data-go="files"]')).to_have_attribute("aria-current", "page")
+    expect(page.locator('[data-go="notes"]')).not_to_have_attribute("aria-current", "page")
+    expect(page.locator("main")).to_contain_text("No files yet.")
+    page.locator("#upload input[type=file]").set_input_files(upload)
+    submit(page, "#upload")
+    flash(page, "Uploaded hello notes.bin.")
+    rows = page.locator("#files tr[data-id]")
+    expect(rows).to_have_count(1)
+    expect(rows.first).to_contain_text("hello notes.bin")
+    expect(rows.first).to_contain_text(f"{len(content)} bytes")
+    file_id = rows.first.get_attribute("data-id")
+    assert file_id
+    shot(page, "files")
+
+    # -- a note with the file attached; the newest note comes first
+    page.locator('[data-go="notes"]').click()
+    expect(page.locator("#flash")).to_be_hidden()
+    page.locator("#new-note textarea").fill("A note with a file")
+    page.locator("#new-note select[name=files]").select_option(file_id)
+    submit(page, "#new-note")
+    expect(notes).to_have_count(2)
+    with_file = notes.first
+    expect(with_file.locator(".text")).to_have_text("A note with a file")
+    expect(with_file.locator("a.file")).to_have_text("hello notes.bin")
+    shot(page, "notes")
+
+    # -- download it from the note: the same bytes, under its name
+    with page.expect_download() as info:
+        with_file.locator("a.file").click()
+    download = info.value
+    assert download.failure() is None
+    assert download.suggested_filename == "hello notes.bin"
+    assert Path(download.path()).read_bytes() == content
+
+    # -- delete the file (confirmed): gone from the table and from the note
+    page.locator('[data-go="files"]').click()
+    expect(rows).to_have_count(1)
+    page.locator(f'#files tr[data-id="{file_id}"] button.delete').click()
+    expect(rows).to_have_count(0)
+    expect(page.locator("main")).to_contain_text("No files yet.")
+    page.locator('[data-go="notes"]').click()
+    expect(notes).to_have_count(2)
+    expect(page.locator("#notes a.file")).to_have_count(0)
+
+    # -- delete a note (confirmed)
+    notes.first.locator("button.delete").click()
+    expect(notes).to_have_count(1)
+    expect(notes.first).to_have_attribute("data-id", note_id)
+
+    # -- change the password on the Account screen
+    page.locator('[data-go="account"]').click()
+    expect(page.locator("main")).to_contain_text(f"{USER} · {EMAIL} · email verified")
+    expect(page.locator("#change-password")).to_be_visible()
+    expect(page.locator("#destroy")).to_be_visible()
+    shot(page, "account")
+    change = page.locator("#change-password")
+    change.locator("input[name=old]").fill(PASSWORD)
+    change.locator("input[name=new]").fill(CHANGED)
+    submit(page, "#change-password")
+    flash(page, "Your password is changed. Your other sessions were logged out.")
+    expect(change.locator("input[name=old]")).to_have_value("")
+    changed = MailSink.text(mail.wait_for(EMAIL, "Your password was changed"))
+    assert f"{server.url}/reset" in changed
+
+    # -- log out: back to the welcome screen, no nav
+    page.locator("#logout").click()
+    flash(page, "You are logged out.")
+    expect(page.locator("#login")).to_be_visible()
+    expect(page.locator("#nav")).to_be_hidden()
+
+    # -- the "if this was not you" link of the mail (/reset, no token) offers to send a reset link
+    page.goto(f"{server.url}/reset")
+    expect(page.locator("#recover")).to_be_visible()
+    page.locator("#recover a[href='/']").click()
+    expect(page.locator("#login")).to_be_visible()
+
+    # -- forgot the password: ask for a reset link, open it, choose a new password
+    page.locator("#forgot").click()
+    recover = page.locator("#recover")
+    expect(recover).to_be_visible()
+    recover.locator("input[name=username]").fill(EMAIL)
+    submit(page, "#recover")
+    flash(page, "If that account exists, we sent it an email with a link to choose a new password.")
+    expect(page.locator("#login")).to_be_visible()
+
+    page.goto(link_in(mail.wait_for(EMAIL, "Reset your password"), server, "reset"))
+    expect(page.locator("#reset")).to_be_visible()
+    shot(page, "reset")
+    page.locator("#reset input[name=password]").fill(RESET)
+    submit(page, "#reset")
+    flash(page, "Your password is changed. Log in with it.")
+    expect(page).to_have_url(f"{server.url}/")
+
+    # -- the old password no longer works; the new one does, and the note is still there
+    log_in(page, USER, CHANGED)
+    expect(page.locator("#login .error")).to_have_text(WRONG)
+    log_in(page, USER, RESET)
+    logged_in(page, USER)
+    expect(notes).to_have_count(1)
+    expect(notes.first.locator(".text")).to_have_text(edited)
+
+    # -- delete the account (confirmed), after one wrong password
+    page.locator('[data-go="account"]').click()
+    destroy = page.locator("#destroy")
+    destroy.locator("input[name=password]").fill(CHANGED)
+    submit(page, "#destroy")
+    expect(destroy.locator(".error")).to_have_text(WRONG)
+    destroy.locator("input[name=password]").fill(RESET)
+    submit(page, "#destroy")
+    flash(page, "Your account is deleted.")
+    expect(page.locator("#login")).to_be_visible()
+    expect(page.locator("#nav")).to_be_hidden()
+
+    # -- the account is gone: logging in fails, in words
+    log_in(page, USER, RESET)
+    expect(page.locator("#login .error")).to_have_text(WRONG)
+    expect(page.locator("#nav")).to_be_hidden()
+
+    assert watched.errors == []
+    assert watched.csp == []
+
+
+def test_a_wrong_password_is_told_in_words(watched: Watched, client: httpx.Client) -> None:
+    name = f"webwrong{uuid.uuid4().hex[:8]}"
+    reply = post_json(client, "/auth/signup", {"username": name, "email": f"{name}@example.com",
+                                               "password": PASSWORD})
+    assert reply.status_code == 200, reply.text
+    page = watched.page
+    page.goto("/")
+    with page.expect_response(lambda r: r.url.endswith("/auth/login")) as info:
+        log_in(page, name, PASSWORD + "-not")
+    response = info.value
+    assert response.status == 403
+    assert response.json() == {"error": "auth"}  # the code, which the page turns into words
+    error = page.locator("#login .error")
+    expect(error).to_be_visible()
+    expect(error).to_have_text(WRONG)
+    expect(page.locator("#login")).not_to_contain_text("auth")
+    expect(page.locator("#nav")).to_be_hidden()
+    shot(page, "login-error")
+    # the right one still logs in, and the error is gone
+    log_in(page, name, PASSWORD)
+    logged_in(page, name)
+    assert watched.errors == []
+    # so is an unknown user: the same words
+    assert_error(post_json(client, "/auth/login", {"username": f"{name}x", "password": PASSWORD}), 403, "auth")
+
+
+def test_a_script_error_is_reported_to_the_server(watched: Watched, server: Lorebase) -> None:
+    page = watched.page
+    page.goto("/")
+    expect(page.locator("#login")).to_be_visible()  # app.js has run: its handlers are on
+    marker = uuid.uuid4().hex
+    page.evaluate("(m) => { setTimeout(() => { throw new Error('web test boom ' + m); }); }", marker)
+    page.evaluate("(m) => { setTimeout(() => { Promise.reject(new Error('web test reject ' + m)); }); }", marker)
+
+    def reported(what: str) -> dict[str, Any] | None:
+        found = [e for e in server.events("client error") if f"web test {what} {marker}" in e.get("message", "")]
+        return found[0] if found else None
+
+    thrown = wait_for(lambda: reported("boom"), what="the thrown error's report")
+    assert thrown["ip"] == watched.ip
+    assert thrown["url"].startswith(server.url)
+    assert "web test boom" in thrown["stack"]
+    assert "Chrome" in thrown["agent"]
+    rejected = wait_for(lambda: reported("reject"), what="the rejection's report")
+    assert rejected["ip"] == watched.ip
+    assert rejected["url"] == f"{server.url}/"
+    assert any(marker in str(e) for e in watched.errors)  # the page saw them too: they were real
