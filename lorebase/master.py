@@ -19,7 +19,7 @@ from typing import Any
 
 import redis
 
-from . import __version__, tasks, worker
+from . import __version__, procs, tasks, worker
 from .notify import notify
 from .redisserver import EmbeddedRedis
 
@@ -53,6 +53,7 @@ class Master:
     def run(self) -> int:
         config = self.config
         notify.setup(config.ENV, "master", config.LOG_STREAM_MAX)
+        procs.title("master", config.ENV)
         wake_r, wake_w = os.pipe()
         os.set_blocking(wake_r, False)
         os.set_blocking(wake_w, False)

@@ -20,3 +20,11 @@ def die_with_parent(sig: int = signal.SIGTERM) -> None:
         _libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
     except (OSError, AttributeError):
         pass  # not Linux: the master's own shutdown still stops its children
+
+
+def title(role: str, env: str) -> None:
+    """Name the process in ps/top (`lorebase: worker0 dev`), so an operator can tell the
+    master, the workers and the tasks process apart."""
+    import setproctitle
+
+    setproctitle.setproctitle(f"lorebase: {role} {env}")

@@ -17,7 +17,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from . import mail
+from . import mail, procs
 from .notify import notify
 from .procs import die_with_parent
 
@@ -158,6 +158,7 @@ def serve(config: Any) -> None:
         die_with_parent()
         notify._sync = None
         notify.setup(config.ENV, "tasks", config.LOG_STREAM_MAX)
+        procs.title("tasks", config.ENV)
         asyncio.run(Tasks(config).run())
         code = 0
     except BaseException as error:  # noqa: BLE001

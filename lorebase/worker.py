@@ -12,6 +12,7 @@ from typing import Any
 
 import uvicorn
 
+from . import procs
 from .app import create_app
 from .notify import notify
 from .procs import die_with_parent
@@ -27,6 +28,7 @@ def serve(config: Any, sock: socket.socket, index: int) -> None:
         die_with_parent()
         notify._sync = None  # the master's connection is not ours
         notify.setup(config.ENV, f"worker{index}", config.LOG_STREAM_MAX)
+        procs.title(f"worker{index}", config.ENV)
 
         def uncaught(kind: type[BaseException], error: BaseException, trace: Any) -> None:
             notify.exception("worker exception", error)

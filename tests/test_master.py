@@ -75,6 +75,14 @@ def test_master_runs_two_workers_as_its_children(lore):
         assert_healthy(client)
 
 
+def test_processes_are_named_by_role(lore):
+    wait_workers(lore, 2)
+    assert " ".join(master(lore).cmdline()).strip() == "lorebase: master dev"
+    titles = sorted(" ".join(child.cmdline()).strip() for child in master(lore).children()
+                    if child.pid != redis_pid(lore))
+    assert titles == ["lorebase: tasks dev", "lorebase: worker0 dev", "lorebase: worker1 dev"]
+
+
 def test_embedded_redis_is_a_child_of_the_master(lore):
     process = psutil.Process(redis_pid(lore))
     assert process.ppid() == lore.proc.pid
