@@ -127,13 +127,15 @@ def test_no_password_token_or_session_id_is_ever_logged(server, mail, users):
     ("c_origin_null", {"origin": "null"}),
     ("c_origin_port", {"origin": "http://127.0.0.1:1"}),
     ("c_origin_suffix", {"origin": "http://127.0.0.1.evil.example"}),
+    ("c_origin_scheme", {"origin": "SAME_HTTPS"}),  # the right host over another scheme
     ("c_origin_fetch", {"sec-fetch-site": "cross-site"}),
     ("c_origin_fetch_same", {"sec-fetch-site": "cross-site", "origin": "SAME"}),
 ])
 def test_a_cross_site_request_is_403_origin_even_with_the_token(server, users, name, headers):
     user = users.new(name)
     api = users.session(user)
-    sent = {k: (server.url if v == "SAME" else v) for k, v in headers.items()}
+    same = {"SAME": server.url, "SAME_HTTPS": server.url.replace("http://", "https://")}
+    sent = {k: same.get(v, v) for k, v in headers.items()}
     for path, body, _, _ in PRIVATE_POSTS:
         assert_error(api.post(path, body, csrf=True, headers=sent), 403, "origin")
     assert api.get("/auth/csrf").json() == {"csrf": api.csrf}  # still logged in

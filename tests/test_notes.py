@@ -65,6 +65,21 @@ def test_write_list_update_delete(server):
         assert [n["id"] for n in api.notes()] == [c, a]
 
 
+def test_a_deleted_file_drops_out_of_the_notes_that_name_it(server):
+    with user(server, "nt_gone") as api:
+        kept = api.ok_upload(blob(10, "k"), "kept.txt", "text/plain")["id"]
+        doomed = api.ok_upload(blob(10, "d"), "doomed.txt", "text/plain")["id"]
+        note = create(api, "two files", [doomed, kept])
+        before = api.get("/notes")
+        assert before.json()[0]["files"] == [doomed, kept]
+        r = api.post("/files/delete", {"id": doomed})
+        assert r.status_code == 200, r.text
+        after = api.get("/notes", headers={"if-none-match": before.headers["etag"]})
+        assert after.status_code == 200  # the list changed, so the old ETag no longer matches
+        assert after.json() == [{**before.json()[0], "files": [kept]}]
+        assert api.notes()[0]["id"] == note
+
+
 def test_twenty_a_page_and_etag(server):
     with user(server, "nt_pages") as api:
         ids = [create(api, f"note {i}") for i in range(25)]

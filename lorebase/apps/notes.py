@@ -90,8 +90,18 @@ async def list_notes(req: Request) -> Reply:
     if not ids:
         return reply(200, [])
     rows = await db.pipeline([("HMGET", f"note:{i}", "id", "text", "ts", "files") for i in ids])
-    return reply(200, [{"id": r[0], "text": r[1], "ts": int(r[2]), "files": json.loads(r[3] or "[]")}
-                       for r in rows if r[0] is not None])
+    notes = [{"id": r[0], "text": r[1], "ts": int(r[2]), "files": json.loads(r[3] or "[]")}
+             for r in rows if r[0] is not None]
+    # a file deleted since the note was written drops out of it here, at read time: one
+    # ZMSCORE per page instead of an index from each file to the notes that name it
+    named = list(dict.fromkeys(f for note in notes for f in note["files"]))
+    if named:
+        scores = await db.call("ZMSCORE", f"files:{user}", *named)
+        gone = {f for f, score in zip(named, scores, strict=True) if score is None}
+        if gone:
+            for note in notes:
+                note["files"] = [f for f in note["files"] if f not in gone]
+    return reply(200, notes)
 
 
 async def _mine(req: Request, note_id: str) -> str:

@@ -33,11 +33,13 @@ async def gatekeeper(req: Request) -> None:
 
 
 def _same_origin(req: Request, origin: str) -> bool:
-    host = urlsplit(origin).netloc.lower()
-    if not host:
+    """The Origin's scheme must be BASE_URL's (so a page served over plain http cannot post
+    to the https site), and its host BASE_URL's or the one the request was sent to."""
+    parts, base = urlsplit(origin), urlsplit(req.app.config.BASE_URL)
+    host = parts.netloc.lower()
+    if not host or parts.scheme.lower() != base.scheme.lower():
         return False
-    allowed = {urlsplit(req.app.config.BASE_URL).netloc.lower(), req.headers.get("host", "").lower()}
-    return host in allowed
+    return host in (base.netloc.lower(), req.headers.get("host", "").lower())
 
 
 async def csrf(req: Request) -> None:
