@@ -54,11 +54,17 @@ def _redis(config: configmod.Config) -> Any:
 
 
 def cmd_files_check(args: argparse.Namespace) -> int:
+    from botocore.exceptions import BotoCoreError, ClientError
+
     from .files.check import check
 
     config = _load(args.env)
-    problems = check(config, _redis(config), repair=args.repair, verify=args.verify)
-    return 1 if problems and not args.repair else 0
+    try:
+        left = check(config, _redis(config), repair=args.repair, verify=args.verify)
+    except (BotoCoreError, ClientError) as error:
+        print(f"lorebase files check: S3 unreachable or refusing ({error}); nothing more checked", file=sys.stderr)
+        return 2
+    return 1 if left else 0
 
 
 def cmd_s3_setup(args: argparse.Namespace) -> int:

@@ -21,6 +21,7 @@ from .files_support import (
     user,
 )
 from .lore import Lorebase, wait_for
+from .support import master
 
 
 def check(lore: Lorebase, *flags: str) -> tuple[int, list[str]]:
@@ -89,8 +90,9 @@ def test_a_dangling_id_and_an_orphan_file_are_reported(plain):
         assert [row["id"] for row in api.files()] == [real["id"]]
 
         code, lines = check(plain, "--repair")
-        assert code == 0
+        assert code == 1  # the orphan is still there: not everything was repaired
         assert f"{dangling}: listed in files:ck_dangle but has no metadata (dropped)" in lines, lines
+        assert lines[-1] == "1 files checked, 2 problems, 1 repaired"
         assert plain.redis().zscore("files:ck_dangle", dangling) is None
         assert orphan_path.exists()  # an orphan is only reported: it may be someone's
         orphan_path.unlink()
@@ -152,3 +154,29 @@ def test_repair_fetches_a_lost_copy_back_from_s3(with_s3):
         assert code == 1
         assert f"{out['id']}: missing on disk and in S3" in lines, lines
 
+
+
+def test_an_upload_still_queued_is_pending_not_missing(with_s3):
+    lore, _ = with_s3
+    tasks = next(p for p in master(lore).children() if "lorebase: tasks" in " ".join(p.cmdline()))
+    with user(lore, "ck_pending") as api:
+        tasks.suspend()  # a stalled tasks process: the upload job stays in the queue
+        try:
+            out = api.ok_upload(blob(1000, "pending"), "p.bin")
+            code, lines = check(lore)
+            assert (code, lines) == (0, ["1 files checked, 0 problems (1 S3 upload pending)"]), lines
+        finally:
+            tasks.resume()
+        wait_for(lambda: lore.redis().hget(f"file:{out['id']}", "s3") == "1", 15, 0.05, "the upload mirrored")
+        assert_clean(lore, 1)
+
+
+def test_s3_down_is_a_clear_error_not_a_traceback(with_s3):
+    lore, moto = with_s3
+    with user(lore, "ck_s3down") as api:
+        out = api.ok_upload(blob(1000, "down"), "d.bin")
+        wait_for(lambda: lore.redis().hget(f"file:{out['id']}", "s3") == "1", 15, 0.05, "the upload mirrored")
+        moto.stop()
+        done = lorebase_cmd(lore, "files", "check")
+        assert done.returncode == 2, (done.stdout, done.stderr)
+        assert "S3 unreachable" in done.stderr and "Traceback" not in done.stderr, done.stderr

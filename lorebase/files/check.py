@@ -1,6 +1,7 @@
 """`lorebase files check [--repair]`: compares the file metadata in Redis, the local disk and
 S3, prints every disagreement, and with --repair fixes what it can: a missing local copy is
-fetched back from S3, a missing S3 copy is queued for upload, a dangling id is dropped."""
+fetched back from S3, a missing S3 copy is queued for upload, a dangling id is dropped. A file
+whose upload is still queued (or waiting to be retried) is not missing from S3, only pending."""
 
 from __future__ import annotations
 
@@ -24,13 +25,30 @@ def _progress(done: int, total: int, out: TextIO) -> None:
     out.flush()
 
 
+def _pending_puts(db: Any) -> set[str]:
+    """Ids whose S3 upload is still on its way: queued, running or waiting for a retry."""
+    raws = [*db.lrange(S3_QUEUE, 0, -1), *db.lrange("s3:doing", 0, -1), *db.zrange("s3:retry", 0, -1)]
+    pending = set()
+    for raw in raws:
+        try:
+            job = json.loads(raw)
+        except ValueError:
+            continue
+        if isinstance(job, dict) and job.get("op") == "put":
+            pending.add(str(job.get("id")))
+    return pending
+
+
 def check(config: Any, db: Any, repair: bool = False, verify: bool = False,
           out: TextIO = sys.stdout, progress: TextIO = sys.stderr) -> int:
-    """Prints one line per problem; returns how many problems were found."""
+    """Prints one line per problem; returns how many problems are left: all those found, or
+    with `repair` those it could not fix."""
     data = Path(config.DATA_DIR)
     keys = sorted(k for k in db.scan_iter(match="file:*", count=1000) if ID.match(k.split(":", 1)[1]))
     s3 = s3mod.client(config) if config.S3_BUCKET else None
-    problems = 0
+    pending = _pending_puts(db) if s3 is not None else set()
+    waiting = 0
+    problems = fixed = 0
     seen: set[str] = set()
     for n, key in enumerate(keys, 1):
         meta = db.hgetall(key)
@@ -43,6 +61,7 @@ def check(config: Any, db: Any, repair: bool = False, verify: bool = False,
             print(f"{file_id}: not in files:{user}" + (" (added)" if repair else ""), file=out)
             if repair:
                 db.zadd(f"files:{user}", {file_id: 0})
+                fixed += 1
         on_disk = local.exists()
         if on_disk and local.stat().st_size != int(meta.get("size", -1)):
             problems += 1
@@ -53,17 +72,21 @@ def check(config: Any, db: Any, repair: bool = False, verify: bool = False,
         in_s3 = None
         if s3 is not None:
             in_s3 = s3mod._exists(s3, config.S3_BUCKET, s3_key(user, file_id))
-            if not in_s3 and db.lpos(S3_QUEUE, json.dumps({"op": "put", "id": file_id, "user": user})) is None:
+            if not in_s3 and file_id in pending:
+                waiting += 1  # not a problem: the tasks process will upload it
+            elif not in_s3:
                 problems += 1
                 print(f"{file_id}: not in S3" + (" (upload queued)" if repair and on_disk else ""), file=out)
                 if repair and on_disk:
                     db.lpush(S3_QUEUE, json.dumps({"op": "put", "id": file_id, "user": user}))
+                    fixed += 1
         if not on_disk:
             problems += 1
             if repair and in_s3 and s3 is not None:
                 local.parent.mkdir(parents=True, exist_ok=True)
                 s3.download_file(config.S3_BUCKET, s3_key(user, file_id), str(local))
                 print(f"{file_id}: missing on disk (fetched back from S3)", file=out)
+                fixed += 1
             else:
                 print(f"{file_id}: missing on disk" + (" and in S3" if s3 is not None and not in_s3 else ""), file=out)
         _progress(n, len(keys), progress)
@@ -81,5 +104,11 @@ def check(config: Any, db: Any, repair: bool = False, verify: bool = False,
                       file=out)
                 if repair:
                     db.zrem(user_key, file_id)
-    print(f"{len(keys)} files checked, {problems} problem{'s' if problems != 1 else ''}", file=out)
-    return problems
+                    fixed += 1
+    summary = f"{len(keys)} files checked, {problems} problem{'s' if problems != 1 else ''}"
+    if repair:
+        summary += f", {fixed} repaired"
+    if waiting:
+        summary += f" ({waiting} S3 upload{'s' if waiting != 1 else ''} pending)"
+    print(summary, file=out)
+    return problems - fixed
