@@ -106,6 +106,11 @@ def test_signup_accepts_usernames_of_3_to_32_allowed_characters(users, name):
     ("email", "r_bad@example.c"),
     ("email", "r_bad@exa mple.com"),
     ("email", "x" * 65 + "@example.com"),
+    ("email", "r_bad,victim@example.com"),  # a comma would make a To header of two addresses
+    ("email", "r_bad<victim@example.com>@example.com"),
+    ("email", '"r bad"@example.com'),
+    ("email", "r_bad;x@example.com"),
+    ("email", "r_bäd@example.com"),
     ("password", "Short-7"),
     ("password", "password1"),
     ("password", "iloveyou123"),

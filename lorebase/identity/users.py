@@ -15,7 +15,9 @@ from typing import Any
 from ..http import ApiError
 
 USERNAME = re.compile(r"^[a-z0-9_.-]{3,32}$")
-EMAIL = re.compile(r"^[^@\s\x00-\x1f\x7f]{1,64}@[a-z0-9-]+(\.[a-z0-9-]+)*\.[a-z]{2,}$")
+# the local part: RFC 5322's unquoted characters only (no comma, quote, bracket, space or
+# control character that could turn a To header into two addresses); lower-cased already
+EMAIL = re.compile(r"^[a-z0-9!#$%&'*+/=?^_`{|}~.-]{1,64}@[a-z0-9-]+(\.[a-z0-9-]+)*\.[a-z]{2,}$")
 
 _CREATE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 'username' end
