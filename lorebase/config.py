@@ -48,6 +48,7 @@ DEFAULTS: dict[str, Any] = {
     # identity
     "SESSION_IDLE": 7 * 86400,  # seconds a session lives unused; every use renews it
     "SESSION_MAX": 30 * 86400,  # seconds a session lives at most, used or not
+    "SESSIONS_PER_USER": 100,  # live sessions a user may have; a login past it ends the oldest
     "REQUIRE_VERIFIED": False,  # login refused (403 verify) until the email is verified
     "VERIFY_TTL": 86400,  # seconds a verification link works
     "RESET_TTL": 3600,  # seconds a reset link works

@@ -343,6 +343,29 @@ def test_sessions_end_when_idle_and_at_their_maximum_age(short_sessions, mail):
         assert made.session(user).get("/auth/csrf").status_code == 200  # a new login works
 
 
+@pytest.fixture(scope="module")
+def capped(tmp_path_factory, mail):
+    with dedicated(tmp_path_factory, mail, "capped", SESSIONS_PER_USER="3", ARGON2_MEMORY="8",
+                   ARGON2_TIME="1") as lore:
+        yield lore
+
+
+def test_a_login_past_the_per_user_cap_ends_the_oldest_session(capped, mail):
+    with Users(capped, mail) as made:
+        user = made.new("s_capped_1")
+        apis = [made.session(user) for _ in range(5)]
+        for api in apis[:2]:
+            assert_error(api.get("/auth/csrf"), 403, "session")
+        for api in apis[2:]:
+            assert api.get("/auth/csrf").status_code == 200
+        db = capped.redis()
+        assert db.smembers("sessions:s_capped_1") == {api.sid for api in apis[2:]}
+        # a session that expired on its own leaves the set at the next login past the cap
+        db.delete(f"session:{apis[2].sid}")
+        newest = made.session(user)
+        assert db.smembers("sessions:s_capped_1") == {apis[3].sid, apis[4].sid, newest.sid}
+
+
 # -- S5: unique ids and tokens -------------------------------------------------------------
 
 

@@ -5,7 +5,7 @@ COOKIE_SECRET. A bad signature is a forgery (403 tampered); a good one whose ses
 gone has expired (403 session): the signature tells the two apart without keeping dead
 sessions (seed: Identity & security).
 
-Redis: `session:<id>` hash {user, csrf, created}, expiring SESSION_IDLE seconds after its
+Redis: `session:<id>` hash {user, csrf, created (unix ms)}, expiring SESSION_IDLE seconds after its
 last use; `sessions:<user>` set of the user's session ids, so all can be revoked.
 """
 
@@ -32,6 +32,7 @@ class Sessions:
         self.name = config.COOKIE_NAME
         self.idle = int(config.SESSION_IDLE)
         self.max = int(config.SESSION_MAX)
+        self.per_user = int(config.SESSIONS_PER_USER)
         self.secure = "; Secure" if config.secure_cookies else ""
 
     # -- the cookie ---------------------------------------------------------------------
@@ -63,7 +64,7 @@ class Sessions:
     async def create(self, db: Any, user: str) -> tuple[str, str]:
         sid, csrf = new_token(), new_token()
         await db.multi([
-            ("HSET", f"session:{sid}", "user", user, "csrf", csrf, "created", int(time.time())),
+            ("HSET", f"session:{sid}", "user", user, "csrf", csrf, "created", int(time.time() * 1000)),
             ("EXPIRE", f"session:{sid}", self.idle),
             ("SADD", f"sessions:{user}", sid),
         ])
@@ -76,7 +77,7 @@ class Sessions:
                                                       ("EXPIRE", key, self.idle, "XX")])
         if user is None or csrf is None:
             return None
-        if time.time() - int(created or 0) > self.max:
+        if time.time() * 1000 - int(created or 0) > self.max * 1000:
             await self.delete(db, sid, user)
             return None
         return {"id": sid, "user": user, "csrf": csrf}
@@ -93,11 +94,20 @@ class Sessions:
         return len(ids)
 
     async def prune(self, db: Any, user: str) -> None:
-        """Drop ids of sessions that expired on their own from the user's set."""
-        ids = await db.call("SMEMBERS", f"sessions:{user}")
-        if len(ids) < 16:
+        """Keeps a user to SESSIONS_PER_USER live sessions, run after each login: past it, the
+        oldest end, and ids of sessions that expired on their own leave the set. Bounded work
+        (one SCARD until the set outgrows the cap), however many times a user logs in."""
+        key = f"sessions:{user}"
+        if await db.call("SCARD", key) <= self.per_user:
             return
-        alive = await db.pipeline([("EXISTS", f"session:{sid}") for sid in ids])
-        dead = [sid for sid, exists in zip(ids, alive, strict=True) if not exists]
-        if dead:
-            await db.call("SREM", f"sessions:{user}", *dead)
+        ids = await db.call("SMEMBERS", key)
+        created = await db.pipeline([("HGET", f"session:{sid}", "created") for sid in ids])
+        dead = [sid for sid, when in zip(ids, created, strict=True) if when is None]
+        live = sorted((int(when), sid) for sid, when in zip(ids, created, strict=True) if when is not None)
+        oldest = [sid for _, sid in live[:max(0, len(live) - self.per_user)]]
+        commands: list[tuple[Any, ...]] = []
+        if oldest:
+            commands.append(("DEL", *[f"session:{sid}" for sid in oldest]))
+        if dead or oldest:
+            commands.append(("SREM", key, *dead, *oldest))
+            await db.multi(commands)
