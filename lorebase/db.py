@@ -50,6 +50,19 @@ def parse_url(url: str) -> dict[str, Any]:
     return out
 
 
+class _Waiter:
+    """What waits for the next reply(ies): a single command's future, or a batch's future
+    that gets the list of `count` replies (errors left in it as RedisError objects)."""
+
+    __slots__ = ("batch", "count", "future", "started")
+
+    def __init__(self, future: asyncio.Future[Any], started: float, count: int = 1):
+        self.future = future
+        self.started = started
+        self.count = count
+        self.batch: list[Any] | None = [] if count > 1 else None
+
+
 class _Protocol(asyncio.Protocol):
     def __init__(self, client: Redis):
         self.client = client
@@ -69,7 +82,15 @@ class _Protocol(asyncio.Protocol):
             if not pending:  # a reply nobody asked for: the stream is out of step
                 self.client._drop(self, Unavailable("unexpected reply from Redis"))
                 return
-            future = pending.popleft()[0]
+            waiter = pending[0]
+            batch = waiter.batch
+            if batch is not None:  # one future for the replies of several commands
+                batch.append(reply)
+                if len(batch) < waiter.count:
+                    continue
+                reply = batch
+            pending.popleft()
+            future = waiter.future
             if future.done():  # the caller gave up (request cancelled); keep the order
                 continue
             if isinstance(reply, RedisError):
@@ -90,7 +111,7 @@ class Redis:
         self.timeout = timeout
         self._protocol: _Protocol | None = None
         self._connecting: asyncio.Future[_Protocol] | None = None
-        self._pending: collections.deque[tuple[asyncio.Future[Any], float]] = collections.deque()
+        self._pending: collections.deque[_Waiter] = collections.deque()
         self._buffer: list[bytes] = []
         self._flush_scheduled = False
         self._watchdog: asyncio.TimerHandle | None = None
@@ -141,16 +162,16 @@ class Redis:
             protocol.transport.abort()
         pending, self._pending = self._pending, collections.deque()
         self._buffer.clear()
-        for future, _ in pending:
-            if not future.done():
-                future.set_exception(Unavailable(str(error)))
+        for waiter in pending:
+            if not waiter.future.done():
+                waiter.future.set_exception(Unavailable(str(error)))
 
     def _check_deadline(self) -> None:
         self._watchdog = None
         if not self._pending:
             return
         now = time.monotonic()
-        oldest = self._pending[0][1]
+        oldest = self._pending[0].started
         if now - oldest >= self.timeout and self._protocol is not None:
             self._drop(self._protocol, Unavailable(f"no reply from Redis in {self.timeout}s"))
             return
@@ -163,14 +184,21 @@ class Redis:
     # -- sending ----------------------------------------------------------------------
 
     def _send(self, protocol: _Protocol, args: tuple[Any, ...]) -> asyncio.Future[Any]:
+        return self._send_batch(protocol, [args], 1)
+
+    def _send_batch(self, protocol: _Protocol, commands: list[tuple[Any, ...]], count: int) -> asyncio.Future[Any]:
+        """Queue commands to be written at the end of this event-loop turn; one future for
+        their reply (count 1) or the list of their replies."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self._buffer.append(hiredis.pack_command(args))
-        self._pending.append((future, time.monotonic()))
+        pack = hiredis.pack_command
+        self._buffer += [pack(cmd) for cmd in commands]
+        self._pending.append(_Waiter(future, time.monotonic(), count))
         if not self._flush_scheduled:
             self._flush_scheduled = True
             loop.call_soon(self._flush)
-        self._arm_watchdog(self.timeout)
+        if self._watchdog is None:
+            self._arm_watchdog(self.timeout)
         return future
 
     def _flush(self) -> None:
@@ -185,33 +213,35 @@ class Redis:
         return await self._send(protocol, args)
 
     async def pipeline(self, commands: list[tuple[Any, ...]]) -> list[Any]:
-        """Several commands written together; their replies in order. Not atomic."""
+        """Several commands written together; their replies in order (the first error
+        raised). Not atomic."""
+        if len(commands) == 1:
+            return [await self.call(*commands[0])]
+        if not commands:
+            return []
         protocol = await self._ready()
-        futures = [self._send(protocol, cmd) for cmd in commands]
-        return list(await asyncio.gather(*futures))
+        replies: list[Any] = await self._send_batch(protocol, commands, len(commands))
+        for reply in replies:
+            if isinstance(reply, RedisError):
+                raise reply
+        return replies
 
     async def multi(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         """MULTI ... EXEC: all or nothing; the replies of the commands in order."""
         protocol = await self._ready()
-        futures = [self._send(protocol, ("MULTI",))]
-        futures += [self._send(protocol, cmd) for cmd in commands]
-        futures.append(self._send(protocol, ("EXEC",)))
-        results = await asyncio.gather(*futures, return_exceptions=True)
-        for result in results:
-            if isinstance(result, Unavailable):
-                raise result
-        for result in results[:-1]:
-            if isinstance(result, BaseException):
-                raise result
-        replies = results[-1]
-        if isinstance(replies, BaseException):
-            raise replies
-        if replies is None:
-            raise RedisError("transaction aborted")
-        for reply in replies:
+        replies: list[Any] = await self._send_batch(protocol, [("MULTI",), *commands, ("EXEC",)], len(commands) + 2)
+        for reply in replies[:-1]:  # MULTI's OK, then QUEUED or a refusal for each command
             if isinstance(reply, RedisError):
                 raise reply
-        return list(replies)
+        result = replies[-1]
+        if isinstance(result, RedisError):
+            raise result
+        if result is None:
+            raise RedisError("transaction aborted")
+        for reply in result:
+            if isinstance(reply, RedisError):
+                raise reply
+        return list(result)
 
     async def script(self, lua: str, keys: list[Any], args: list[Any]) -> Any:
         """Run a Lua script by its SHA1, loading it the first time this process sees it."""

@@ -12,7 +12,6 @@ import hashlib
 import ipaddress
 import secrets
 import time
-from http.cookies import CookieError, SimpleCookie
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -139,7 +138,8 @@ class Request:
     @property
     def cookies(self) -> dict[str, str]:
         if self._cookies is None:
-            self._cookies = parse_cookies(self.headers.get("cookie", ""))
+            header = b"; ".join(value for key, value in self.raw_headers if key == b"cookie")
+            self._cookies = parse_cookies(header.decode("latin-1"))
         return self._cookies
 
     @property
@@ -182,19 +182,28 @@ def client_address(scope: dict[str, Any], headers: list[tuple[bytes, bytes]], tr
 
 
 def parse_cookies(header: str) -> dict[str, str]:
-    """Cookie header → dict; a header that cannot be parsed is treated as no cookies."""
+    """Cookie header (RFC 6265 5.4: `name=value` pairs joined by `; `) → dict; a repeated
+    name keeps its last value, a pair without `=` is skipped, double quotes around a value
+    are dropped; a header over 8 KiB counts as no cookies."""
     if not header or len(header) > 8192:
         return {}
-    jar: SimpleCookie = SimpleCookie()
-    try:
-        jar.load(header)
-    except CookieError:
-        return {}
-    return {key: morsel.value for key, morsel in jar.items()}
+    jar: dict[str, str] = {}
+    for pair in header.split(";"):
+        name, eq, value = pair.partition("=")
+        name = name.strip()
+        if not eq or not name:
+            continue
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] == '"':
+            value = value[1:-1]
+        jar[name] = value
+    return jar
 
 
 def etag_of(body: bytes) -> str:
-    return '"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"'
+    """96 bits of the body's SHA-1 (the hardware-accelerated hash here, twice blake2b's speed
+    on a 4 KB reply): a validator, not a signature."""
+    return '"' + hashlib.sha1(body, usedforsecurity=False).hexdigest()[:24] + '"'
 
 
 def etag_matches(if_none_match: bytes, etag: str) -> bool:

@@ -36,7 +36,8 @@ def serve(config: Any, sock: socket.socket, index: int) -> None:
         sys.excepthook = uncaught
         app = create_app(config)
         server = uvicorn.Server(uvicorn.Config(
-            app, loop="uvloop", http="httptools", lifespan="on", access_log=False,
+            # proxy_headers off: the chain reads X-Real-IP itself, and only from TRUSTED_PROXIES
+            app, loop="uvloop", http="httptools", lifespan="on", access_log=False, proxy_headers=False,
             server_header=False, log_level="warning", timeout_graceful_shutdown=int(config.SHUTDOWN_GRACE),
             timeout_keep_alive=5, h11_max_incomplete_event_size=16 * 1024))
         server.run(sockets=[sock])

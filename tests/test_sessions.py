@@ -258,6 +258,19 @@ def raw_get(port: int, path: str, headers: list[bytes]) -> int:
     return int(status_line.split()[1])
 
 
+def test_the_session_cookie_is_found_among_other_cookies(server, users):
+    live = users.session(users.new("s_jar_1"))
+    mine = f"{COOKIE}={live.cookie}"
+    with httpx.Client(base_url=server.url, timeout=10) as http:
+        for header in (f"a=1; {mine}; b=2", f"{mine};theme=dark", f"flag; {mine}", f'{COOKIE}="{live.cookie}"',
+                       f"{mine} ;  x=y", f"{COOKIE}=stale.sig; {mine}"):
+            r = http.get("/auth/csrf", headers={"cookie": header})
+            http.cookies.clear()
+            assert r.status_code == 200 and r.json() == {"csrf": live.csrf}, (header, r.text)
+        r = http.get("/auth/csrf", headers={"cookie": f"{mine}; {COOKIE}=stale.sig"})  # the last one counts
+        assert r.status_code == 403 and r.json() == {"error": "tampered"}
+
+
 def test_huge_or_garbage_cookie_headers_are_4xx_or_anonymous_never_500(server, users):
     user = users.new("s_garbage_1")
     live = users.session(user)

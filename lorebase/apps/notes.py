@@ -81,6 +81,9 @@ async def create(req: Request) -> Reply:
     return reply(200, {"id": note_id})
 
 
+_decode_ids = msgspec.json.Decoder(list[str]).decode
+
+
 async def list_notes(req: Request) -> Reply:
     assert req.session is not None
     user = req.session["user"]
@@ -90,7 +93,7 @@ async def list_notes(req: Request) -> Reply:
     if not ids:
         return reply(200, [])
     rows = await db.pipeline([("HMGET", f"note:{i}", "id", "text", "ts", "files") for i in ids])
-    notes = [{"id": r[0], "text": r[1], "ts": int(r[2]), "files": json.loads(r[3] or "[]")}
+    notes = [{"id": r[0], "text": r[1], "ts": int(r[2]), "files": _decode_ids(r[3]) if r[3] != "[]" else []}
              for r in rows if r[0] is not None]
     # a file deleted since the note was written drops out of it here, at read time: one
     # ZMSCORE per page instead of an index from each file to the notes that name it
