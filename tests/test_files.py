@@ -483,15 +483,15 @@ def test_destroy_removes_the_users_files_and_notes(server):
         kept_file = other.ok_upload(blob(10, "kept"), "kept.bin")
         kept_note = other.post("/notes", {"text": "kept"}).json()["id"]
         db = server.redis()
-        assert all(db.exists(f"file:{f['id']}") for f in files) and all(db.exists(f"note:{n}") for n in notes)
+        assert all(db.exists(f"file:{f['id']}") for f in files)
+        assert all(db.hexists("notebook:fl_destroy", n) for n in notes)
 
         destroy(api)
         for f in files:
             assert not db.exists(f"file:{f['id']}")
             assert not local_path(server, f["id"]).exists()
-        for n in notes:
-            assert not db.exists(f"note:{n}")
-        for key in ("files:fl_destroy", "usage:fl_destroy", "notes:fl_destroy", "user:fl_destroy"):
+        for key in ("files:fl_destroy", "usage:fl_destroy", "notes:fl_destroy", "notebook:fl_destroy",
+                    "user:fl_destroy"):
             assert not db.exists(key), key
 
         assert other.get(f"/files/{kept_file['id']}").content == blob(10, "kept")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from .files_support import Api, blob, user
 from .identity_support import assert_error
@@ -59,7 +60,7 @@ def test_write_list_update_delete(server):
         r = api.post("/notes/delete", {"id": b})
         assert r.status_code == 200 and r.json() == {}
         assert [n["id"] for n in api.notes()] == [c, a]
-        assert not server.redis().exists(f"note:{b}")
+        assert not server.redis().hexists("notebook:nt_crud", b)
         assert_error(api.post("/notes/delete", {"id": b}), 404, "notfound")
         assert_error(api.post("/notes/update", {"id": b, "text": "back?"}), 404, "notfound")
         assert [n["id"] for n in api.notes()] == [c, a]
@@ -208,7 +209,7 @@ def test_another_user_cannot_read_change_or_delete_my_notes(server):
         fb = b.ok_upload(blob(64, "fb"), "b.bin")["id"]
         note = create(a, "a's secret", [fa])
         before = a.notes()
-        stored = server.redis().hgetall(f"note:{note}")
+        stored = server.redis().hget("notebook:nt_idor_a", note)
 
         assert b.notes() == []
         assert b.notes(note) == []
@@ -226,8 +227,25 @@ def test_another_user_cannot_read_change_or_delete_my_notes(server):
         assert_error(b.post("/notes/delete", {"id": own, "csrf": a.csrf}, csrf=False), 403, "csrf")
         # a's side, untouched
         assert a.notes() == before
-        assert server.redis().hgetall(f"note:{note}") == stored
+        assert server.redis().hget("notebook:nt_idor_a", note) == stored
         assert a.get(f"/files/{fa}").content == blob(64, "fa")
         # and a can still change it
         assert a.post("/notes/update", {"id": note, "text": "a's edit"}).status_code == 200
         assert a.notes()[0]["text"] == "a's edit"
+
+
+def test_concurrent_updates_never_lose_a_change_of_files(server):
+    """Text-only updates racing one that sets the files: whichever wins the text, the files
+    update is not undone by an update that read the note before it (compare-and-set)."""
+    with user(server, "nt_race") as api:
+        attached = api.ok_upload(blob(10, "race"), "race.txt", "text/plain")["id"]
+        for round_ in range(5):
+            note = create(api, f"round {round_}")
+            bodies = [{"id": note, "text": f"edit {i}"} for i in range(12)]
+            bodies.insert(6, {"id": note, "text": "with the file", "files": [attached]})
+            with ThreadPoolExecutor(8) as pool:
+                codes = list(pool.map(lambda body: api.post("/notes/update", body).status_code, bodies))
+            assert set(codes) <= {200, 409}, codes
+            assert codes[6] == 200, codes
+            mine = next(n for n in api.notes() if n["id"] == note)
+            assert mine["files"] == [attached], (round_, mine)

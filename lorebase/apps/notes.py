@@ -2,13 +2,14 @@
 gatekeeper and the CSRF check have run), it validates with its own schemas, keeps its
 own Redis keys, and cleans up when a user destroys their account.
 
-Redis: `note:<id>` hash {id, user, text, ts, files} (files: JSON list of file ids);
-`notes:<user>` sorted set of the user's note ids (scores 0, ids sort by time).
+Redis: `notes:<user>` sorted set of the user's note ids (scores 0: ids sort by time), and
+`notebook:<user>` hash, note id → the note as JSON {"id","text","ts","files"}: stored the
+way GET /notes serves it, so a page is one script call and no decoding. Another user's
+note id is simply not in your notebook.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
@@ -67,79 +68,92 @@ async def _own_files(req: Request, ids: list[str]) -> list[str]:
     return unique
 
 
+_encode = msgspec.json.Encoder().encode
+_decode = msgspec.json.Decoder(Note).decode
+NO_FILES = '"files":[]}'  # how a note without files ends: the fields keep their order
+
+# one page: the ids newest first (older than ARGV[1] if given), then their notes
+_PAGE = """
+local top = '+'
+if ARGV[1] ~= '' then top = '(' .. ARGV[1] end
+local ids = redis.call('ZRANGE', KEYS[1], top, '-', 'BYLEX', 'REV', 'LIMIT', 0, tonumber(ARGV[2]))
+if #ids == 0 then return {} end
+return redis.call('HMGET', KEYS[2], unpack(ids))
+"""
+
+# compare-and-set of one note: it is replaced only if nobody changed it since it was read
+_SWAP = """
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+return 1
+"""
+
+
 async def create(req: Request) -> Reply:
     data: NoteIn = req.data
     assert req.session is not None
     user = req.session["user"]
     files = await _own_files(req, data.files)
-    note_id = new_id()
+    note = Note(id=new_id(), text=data.text, ts=int(time.time() * 1000), files=files)
     await req.app.db.multi([
-        ("HSET", f"note:{note_id}", "id", note_id, "user", user, "text", data.text,
-         "ts", int(time.time() * 1000), "files", json.dumps(files)),
-        ("ZADD", f"notes:{user}", 0, note_id),
+        ("HSET", f"notebook:{user}", note.id, _encode(note)),
+        ("ZADD", f"notes:{user}", 0, note.id),
     ])
-    return reply(200, {"id": note_id})
-
-
-_decode_ids = msgspec.json.Decoder(list[str]).decode
+    return reply(200, {"id": note.id})
 
 
 async def list_notes(req: Request) -> Reply:
     assert req.session is not None
     user = req.session["user"]
     db = req.app.db
-    top = f"({req.data.before}" if req.data.before else "+"
-    ids = await db.call("ZRANGE", f"notes:{user}", top, "-", "BYLEX", "REV", "LIMIT", 0, PAGE)
-    if not ids:
-        return reply(200, [])
-    rows = await db.pipeline([("HMGET", f"note:{i}", "id", "text", "ts", "files") for i in ids])
-    notes = [{"id": r[0], "text": r[1], "ts": int(r[2]), "files": _decode_ids(r[3]) if r[3] != "[]" else []}
-             for r in rows if r[0] is not None]
+    blobs = [blob for blob in await db.script(_PAGE, [f"notes:{user}", f"notebook:{user}"], [req.data.before, PAGE])
+             if blob is not None]
+    page: list[Any] = [msgspec.Raw(blob) for blob in blobs]
     # a file deleted since the note was written drops out of it here, at read time: one
     # ZMSCORE per page instead of an index from each file to the notes that name it
-    named = list(dict.fromkeys(f for note in notes for f in note["files"]))
-    if named:
+    with_files = {i: _decode(blob) for i, blob in enumerate(blobs) if not blob.endswith(NO_FILES)}
+    if with_files:
+        named = list(dict.fromkeys(f for note in with_files.values() for f in note.files))
         scores = await db.call("ZMSCORE", f"files:{user}", *named)
         gone = {f for f, score in zip(named, scores, strict=True) if score is None}
-        if gone:
-            for note in notes:
-                note["files"] = [f for f in note["files"] if f not in gone]
-    return reply(200, notes)
-
-
-async def _mine(req: Request, note_id: str) -> str:
-    assert req.session is not None
-    if not ID.match(note_id) or await req.app.db.call("HGET", f"note:{note_id}", "user") != req.session["user"]:
-        raise ApiError(404, "notfound")  # another user's note is as absent as no note
-    return note_id
+        for i, note in with_files.items():
+            if gone.intersection(note.files):
+                note.files = [f for f in note.files if f not in gone]
+                page[i] = note
+    return reply(200, page)
 
 
 async def update(req: Request) -> Reply:
     data: NoteUpdate = req.data
-    note_id = await _mine(req, data.id)
-    fields: list[Any] = ["text", data.text]
-    if data.files is not None:
-        fields += ["files", json.dumps(await _own_files(req, data.files))]
-    await req.app.db.call("HSET", f"note:{note_id}", *fields)
-    return reply(200, {})
+    assert req.session is not None
+    db, key = req.app.db, f"notebook:{req.session['user']}"
+    files = await _own_files(req, data.files) if data.files is not None else None
+    for _ in range(5):  # a concurrent update of the same note: read it again and retry
+        old = await db.call("HGET", key, data.id)
+        if old is None:
+            raise ApiError(404, "notfound")  # another user's note is as absent as no note
+        note = _decode(old)
+        note.text = data.text
+        if files is not None:
+            note.files = files
+        if await db.script(_SWAP, [key], [data.id, old, _encode(note)]):
+            return reply(200, {})
+    raise ApiError(409, "conflict")
 
 
 async def delete(req: Request) -> Reply:
-    note_id = await _mine(req, req.data.id)
     assert req.session is not None
-    await req.app.db.multi([("DEL", f"note:{note_id}"), ("ZREM", f"notes:{req.session['user']}", note_id)])
+    user, note_id = req.session["user"], req.data.id
+    removed, _ = await req.app.db.multi([("HDEL", f"notebook:{user}", note_id), ("ZREM", f"notes:{user}", note_id)])
+    if not removed:
+        raise ApiError(404, "notfound")
     return reply(200, {})
 
 
 async def remove_user_notes(app: Any, user: str) -> None:
-    """Called by /auth/destroy before the user goes."""
-    db = app.db
-    while True:
-        ids = await db.call("ZRANGE", f"notes:{user}", 0, 499)
-        if not ids:
-            break
-        await db.multi([("DEL", *[f"note:{i}" for i in ids]), ("ZREM", f"notes:{user}", *ids)])
-    await db.call("DEL", f"notes:{user}")
+    """Called by /auth/destroy before the user goes (UNLINK: a big notebook is freed off
+    Redis's main thread)."""
+    await app.db.call("UNLINK", f"notes:{user}", f"notebook:{user}")
 
 
 def routes() -> list[Route]:
@@ -148,7 +162,8 @@ def routes() -> list[Route]:
               summary="Write a note (text 1-10000 characters, optional ids of the user's files)"),
         Route("GET", "/notes", list_notes, section="private", query=ListQuery, ok=list[Note],
               summary="The 20 newest notes (`before`: the last id of the previous page)"),
-        Route("POST", "/notes/update", update, section="private", body=NoteUpdate, replies={404: ["notfound"]},
+        Route("POST", "/notes/update", update, section="private", body=NoteUpdate,
+              replies={404: ["notfound"], 409: ["conflict"]},
               summary="Change a note's text (and its files, if given)"),
         Route("POST", "/notes/delete", delete, section="private", body=NoteId, replies={404: ["notfound"]},
               summary="Delete a note"),

@@ -21,6 +21,7 @@ const WORDS = {
   quota: 'Your storage is full. Delete some files first.',
   size: 'That is too large.',
   notfound: 'Not found: it may have been deleted.',
+  conflict: 'This note was being changed elsewhere at the same time. Please try again.',
   redis: 'The server cannot reach its database right now. Try again in a moment.',
   server: 'Something went wrong on the server. It has been reported.',
   network: 'Cannot reach the server. Check your connection.',
