@@ -332,9 +332,11 @@ def s3_bytes(s3: Any, bucket: str, key: str) -> bytes:
 
 
 @contextmanager
-def instance(base: Path, **overrides: Any) -> Iterator[Lorebase]:
+def instance(base: Path, wrapper: list[str] | None = None, **overrides: Any) -> Iterator[Lorebase]:
     """A dedicated lorebase (127.0.0.1 trusted as a proxy, console mail); it must stop with 0."""
     settings: dict[str, Any] = {"TRUSTED_PROXIES": "127.0.0.1", "MAIL_URL": "console://"}
     settings.update(overrides)
-    with Lorebase(base / "data", **settings).running() as lore:
+    lore = Lorebase(base / "data", **settings)
+    lore.wrapper = wrapper or []
+    with lore.running():
         yield lore

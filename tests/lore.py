@@ -86,6 +86,7 @@ class Lorebase:
         self.overrides.update({k: str(v) for k, v in overrides.items()})
         self.log_path = data_dir.parent / f"{data_dir.name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.wrapper: list[str] = []  # a command the server runs under, such as prlimit
 
     @property
     def url(self) -> str:
@@ -100,7 +101,7 @@ class Lorebase:
     def start(self, wait: bool = True) -> Lorebase:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "lorebase", "serve", self.env_name],
+        self.proc = subprocess.Popen([*self.wrapper, sys.executable, "-m", "lorebase", "serve", self.env_name],
                                      env=self.environ(), stdout=log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, cwd=ROOT)
         log.close()

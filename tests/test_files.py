@@ -11,10 +11,12 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import quote
 
+import httpx
 import pytest
 
 from .files_support import (
     BOUNDARY,
+    COOKIE,
     MULTIPART_TYPE,
     Api,
     blob,
@@ -614,3 +616,20 @@ def test_quota_gives_409_and_counts_exactly(limited):
         # quota is per user: another user still has all of theirs
         with user(limited, "fl_quota_b") as other:
             other.ok_upload(blob(LIMIT, "other"), "other.bin")
+
+
+def test_a_full_disk_is_507_storage_and_leaves_nothing(tmp_path):
+    """The server may write files of at most 512 KiB (RLIMIT_FSIZE, as a full disk would stop
+    it): a bigger upload is 507 `storage`, notified, with no temp file, metadata or quota
+    left behind; a small one still works, and so does the worker."""
+    cap = 512 * 1024
+    with instance(tmp_path, wrapper=["prlimit", f"--fsize={cap}"]) as lore, user(lore, "fl_full") as api:
+        body = multipart(part("file", blob(cap + 100_000, "too-big"), "big.bin"))
+        r = httpx.post(lore.url + "/files", content=body, timeout=30, headers={
+            "content-type": MULTIPART_TYPE, "x-csrf-token": api.csrf or "", "cookie": f"{COOKIE}={api.cookie}"})
+        assert_error(r, 507, "storage")
+        assert api.files() == [] and usage(lore, "fl_full") == 0
+        assert tree(lore.data_dir / "tmp") == set()
+        assert any("File too large" in e.get("error", "") for e in lore.events("storage")), lore.events("storage")
+        small = api.ok_upload(blob(1000, "small"), "small.bin")
+        assert api.get(f"/files/{small['id']}").content == blob(1000, "small")

@@ -8,6 +8,7 @@ X-CSRF-Token header) and `file` (exactly one). Anything else is refused.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import os
@@ -17,6 +18,7 @@ from typing import Any
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from ..http import ApiError, Request
+from ..notify import notify
 from .store import clean_name
 
 
@@ -96,11 +98,15 @@ class Upload:
 
     def on_part_end(self) -> None:
         if self._field == "file":
-            self.file.flush()
-            os.fsync(self.file.fileno())
-            self.file.close()
-            self.done_file = True
+            self.done_file = True  # flushed, synced and closed by finish(), off the event loop
         self._field = ""
+
+    def finish(self) -> None:
+        """The file's bytes on disk before anyone is told it is stored."""
+        assert self.file is not None
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.file.close()
 
     def discard(self) -> None:
         if self.file is not None and not self.file.closed:
@@ -137,10 +143,20 @@ async def receive_upload(req: Request, tmp: Path, limit: int, room: int, csrf: s
     except ApiError:
         upload.discard()
         raise
+    except OSError as error:  # the disk, not the client: full, read-only, gone
+        upload.discard()
+        notify.exception("storage", error, path=req.path, rid=req.log["id"])
+        raise ApiError(507, "storage") from None
     except Exception:  # noqa: BLE001 - a malformed body is the client's, not a 500
         upload.discard()
         raise ApiError(400, "validation", "file") from None
     if not upload.done_file:
         upload.discard()
         raise ApiError(400, "validation", "file")
+    try:
+        await asyncio.to_thread(upload.finish)  # an fsync of 100 MiB must not stall the worker
+    except OSError as error:
+        upload.discard()
+        notify.exception("storage", error, path=req.path, rid=req.log["id"])
+        raise ApiError(507, "storage") from None
     return upload

@@ -170,7 +170,7 @@ def routes(config: Any) -> list[Route]:
     return [
         Route("POST", "/files", upload, section="private", accepts="multipart", limit=config.FILE_LIMIT + 65536,
               summary="Upload one file (multipart field `file`; CSRF in X-CSRF-Token or a `csrf` field before it)",
-              ok=FileOut, replies={409: ["quota"]}),
+              ok=FileOut, replies={409: ["quota"], 507: ["storage"]}),
         Route("GET", "/files", list_files, section="private", query=ListQuery, ok=list[FileRow],
               summary="The user's files, newest first, 50 a page (`before`: the last id of the previous page)"),
         Route("GET", "/files/{id}", download, section="private",

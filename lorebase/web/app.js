@@ -20,6 +20,7 @@ const WORDS = {
   tampered: 'Your session cookie was not valid. Please log in again.',
   quota: 'Your storage is full. Delete some files first.',
   size: 'That is too large.',
+  storage: 'The server has no room for this file right now. It has been reported.',
   notfound: 'Not found: it may have been deleted.',
   conflict: 'This note was being changed elsewhere at the same time. Please try again.',
   redis: 'The server cannot reach its database right now. Try again in a moment.',
