@@ -63,21 +63,28 @@ class Workload:
     method: str = "GET"  # as the script sends it; for the report
     session: bool = False  # wrk needs COOKIE, COOKIE_NAME and CSRF: the peer's login() is run first
     default: bool = True  # run when --workload does not name workloads
+    logins: int = 0  # connections logging in (POST /auth/login) in a loop while wrk runs
+    own: bool = False  # the script is in bench/wrk/, not the seed's shared/bench/wrk/
 
 
+LOGINS = 4  # login connections during W2+login: a steady stream of logins, not a flood
+DOWNLOAD_SIZE = 64 * 1024
 HELLO = {"hello": "/", "hello-headers": "/", "hello-reuseport": "/", "granian-asgi": "/", "granian-rsgi": "/"}
 
 WORKLOADS = [
     Workload("W1", "ping.lua", {"express": "/ping", "lorebase": "/ping", **HELLO}),
     Workload("W1-health", "ping.lua", {"lorebase": "/health"}),  # lorebase's /ping plus one Redis PING
     # Session workloads: wrk gets COOKIE, COOKIE_NAME and CSRF from the peer's login() (signup and
-    # login over HTTP). Keep this order: W3 writes the notes W4 lists. They run on request
-    # (--workload W2,W3,W4) until their issue makes them default.
-    # TODO(W2-W4): lorebase serves all three routes (signup/login, /auth/csrf, /notes); when the
-    # issue that adopts them lands, drop default=False. The RATIOS rows below already compare them.
-    Workload("W2", "csrf.lua", {"express": "/auth/csrf", "lorebase": "/auth/csrf"}, session=True, default=False),
-    Workload("W3", "post_note.lua", {"express": "/notes", "lorebase": "/notes"}, "POST", session=True, default=False),
-    Workload("W4", "get_notes.lua", {"express": "/notes", "lorebase": "/notes"}, session=True, default=False),
+    # login over HTTP). Keep this order: W3 writes the notes W4 lists (the 20 newest of many).
+    Workload("W2", "csrf.lua", {"express": "/auth/csrf", "lorebase": "/auth/csrf"}, session=True),
+    # W2 again while LOGINS connections log in over and over: does password hashing stall the
+    # other requests? (lorebase: argon2id in a thread; express: bcryptjs, cost 10)
+    Workload("W2+login", "csrf.lua", {"express": "/auth/csrf", "lorebase": "/auth/csrf"}, session=True,
+             logins=LOGINS),
+    Workload("W3", "post_note.lua", {"express": "/notes", "lorebase": "/notes"}, "POST", session=True),
+    Workload("W4", "get_notes.lua", {"express": "/notes", "lorebase": "/notes"}, session=True),
+    # a 64 KiB file uploaded after the login, then downloaded over and over (express has no files)
+    Workload("D64", "download.lua", {"lorebase": "/files/{file}"}, session=True, own=True),
 ]
 
 # (what it says, numerator (peer, workload), denominator (peer, workload)): a req/s ratio.
@@ -94,6 +101,10 @@ RATIOS = [
     ("lorebase ÷ express, W3 POST /notes", ("lorebase", "W3"), ("express", "W3")),
     ("lorebase ÷ express, W4 GET /notes", ("lorebase", "W4"), ("express", "W4")),
     ("lorebase W2 ÷ lorebase W1 (the session's cost)", ("lorebase", "W2"), ("lorebase", "W1")),
+    ("lorebase W2 with logins running ÷ W2 alone", ("lorebase", "W2+login"), ("lorebase", "W2")),
+    ("express W2 with logins running ÷ W2 alone", ("express", "W2+login"), ("express", "W2")),
+    ("lorebase ÷ express, W2 with logins running", ("lorebase", "W2+login"), ("express", "W2+login")),
+    ("lorebase 64 KiB download ÷ lorebase W2 (the file's cost)", ("lorebase", "D64"), ("lorebase", "W2")),
     ("express W2 ÷ express W1 (the session's cost)", ("express", "W2"), ("express", "W1")),
 ]
 
@@ -105,6 +116,9 @@ RATIOS = [
 class Session:
     cookie: str  # the session cookie's value, as wrk's COOKIE
     csrf: str
+    user: str = ""
+    password: str = ""
+    file: str = ""  # the id of the file a peer uploaded for the download workload
 
 
 @dataclass
@@ -150,7 +164,10 @@ class Peer:
         body, cookies = http_json("POST", base + "/auth/login", {"username": user, "password": password})
         if self.cookie_name not in cookies:
             raise RuntimeError(f"login set no {self.cookie_name!r} cookie (got {sorted(cookies)})")
-        return Session(cookie=cookies[self.cookie_name], csrf=body["csrf"])
+        return Session(cookie=cookies[self.cookie_name], csrf=body["csrf"], user=user, password=password)
+
+    def upload(self, base: str, session: Session) -> None:
+        """Store the download workload's file; peers that have no files leave this alone."""
 
 
 class Express(Peer):
@@ -250,6 +267,21 @@ class Lorebase(Peer):
 
     def uses_throwaway_redis(self, ctx: Context) -> bool:
         return bool(ctx.args.shared_redis)
+
+    def upload(self, base: str, session: Session) -> None:
+        """POST /files: one multipart part `file` of DOWNLOAD_SIZE random bytes."""
+        boundary = secrets.token_hex(16)
+        body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"bench.bin\"\r\n"
+                f"Content-Type: application/octet-stream\r\n\r\n").encode() + os.urandom(DOWNLOAD_SIZE) + \
+            f"\r\n--{boundary}--\r\n".encode()
+        req = urllib.request.Request(base + "/files", method="POST", data=body, headers={
+            "Content-Type": f"multipart/form-data; boundary={boundary}", "X-CSRF-Token": session.csrf,
+            "Cookie": f"{self.cookie_name}={session.cookie}"})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            stored = json.loads(r.read())
+        if stored.get("size") != DOWNLOAD_SIZE:
+            raise RuntimeError(f"upload stored {stored!r}")
+        session.file = stored["id"]
 
     def command(self, ctx: Context, port: int) -> tuple[list[str], dict[str, str], Path]:
         binary = Path(sys.executable).parent / "lorebase"
@@ -406,7 +438,68 @@ class Result:
     wrk_cpu_s: float = 0.0
     worker_conns: list[int] = field(default_factory=list)  # open client connections per worker, mid-run
     foreign_cpu_s: float = 0.0  # the rest of the machine's busy CPU time: noise from other work on the box
+    logins: int = 0  # logins done by the login load during the run (W2+login)
+    login_rps: float = 0.0
+    login_p50_ms: float = 0.0
+    login_p99_ms: float = 0.0
+    login_errors: int = 0
     error: str = ""
+
+
+class LoginLoad:
+    """`count` keep-alive connections, each logging the session's user in again and again
+    (POST /auth/login), from threads of this process, until stop()."""
+
+    def __init__(self, port: int, session: Session, count: int):
+        self.port, self.count = port, count
+        self.body = json.dumps({"username": session.user, "password": session.password}).encode()
+        self.stopping = threading.Event()
+        self.latencies: list[float] = []  # seconds, of the logins that succeeded
+        self.errors = 0
+        self.lock = threading.Lock()
+        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(count)]
+
+    def _run(self) -> None:
+        conn = http.client.HTTPConnection(HOST, self.port, timeout=30)
+        mine: list[float] = []
+        errors = 0
+        try:
+            while not self.stopping.is_set():
+                started = time.perf_counter()
+                try:
+                    conn.request("POST", "/auth/login", self.body, {"Content-Type": "application/json"})
+                    response = conn.getresponse()
+                    response.read()
+                    if response.status == 200:
+                        mine.append(time.perf_counter() - started)
+                    else:
+                        errors += 1
+                except (OSError, http.client.HTTPException):
+                    errors += 1
+                    conn.close()
+                    conn = http.client.HTTPConnection(HOST, self.port, timeout=30)
+        finally:
+            conn.close()
+            with self.lock:
+                self.latencies += mine
+                self.errors += errors
+
+    def start(self) -> None:
+        self.started = time.perf_counter()
+        for t in self.threads:
+            t.start()
+
+    def stop(self, result: Result) -> None:
+        self.stopping.set()
+        for t in self.threads:
+            t.join(timeout=60)
+        elapsed = time.perf_counter() - self.started
+        done = sorted(self.latencies)
+        result.logins, result.login_errors = len(done), self.errors
+        result.login_rps = round(len(done) / elapsed, 1) if elapsed else 0.0
+        if done:
+            result.login_p50_ms = round(done[len(done) // 2] * 1000, 1)
+            result.login_p99_ms = round(done[min(len(done) - 1, int(len(done) * 0.99))] * 1000, 1)
 
 
 def wrk(ctx: Context, url: str, script: Path, env: dict[str, str], duration: int, log: Path) -> list[str]:
@@ -480,11 +573,11 @@ def wait_quiet(ctx: Context, what: str) -> None:
 
 
 def measure_once(ctx: Context, server: Server, peer: Peer, workload: Workload, port: int,
-                 env: dict[str, str]) -> Result:
-    path = workload.paths[peer.name]
-    result = Result(peer.name, workload.name, f"{workload.method} {path}")
+                 env: dict[str, str], session: Session | None, login_as: Session | None = None) -> Result:
+    path = workload.paths[peer.name].format(file=session.file if session else "")
+    result = Result(peer.name, workload.name, f"{workload.method} {workload.paths[peer.name].format(file='<id>')}")
     url = f"http://{HOST}:{port}{path}"
-    script = ctx.shared / "wrk" / workload.script
+    script = (BENCH / "wrk" if workload.own else ctx.shared / "wrk") / workload.script
     stem = f"{peer.name}-{workload.name}"
     wait_quiet(ctx, f"{workload.name} {path}")
     if ctx.args.warmup > 0:
@@ -495,11 +588,16 @@ def measure_once(ctx: Context, server: Server, peer: Peer, workload: Workload, p
     before, before_all, before_wrk, before_busy = cpu_seconds(workers), sum(cpu_seconds(tree)), wrk_cpu(), busy()
     sampler = threading.Timer(ctx.args.duration / 2, lambda: result.worker_conns.extend(connections(workers, port)))
     sampler.start()
+    logins = LoginLoad(port, login_as, workload.logins) if workload.logins and login_as else None
+    if logins is not None:
+        logins.start()
     try:
         fields = wrk(ctx, url, script, env, ctx.args.duration, ctx.logs / f"{stem}.txt")
     finally:
         sampler.cancel()
         sampler.join()
+        if logins is not None:
+            logins.stop(result)
     after, after_all, after_wrk, after_busy = cpu_seconds(workers), sum(cpu_seconds(tree)), wrk_cpu(), busy()
     result.worker_cpu_s = [round(b - a, 2) for a, b in zip(before, after, strict=True)]
     result.other_cpu_s = max(0.0, round(after_all - before_all - sum(result.worker_cpu_s), 2))
@@ -511,7 +609,7 @@ def measure_once(ctx: Context, server: Server, peer: Peer, workload: Workload, p
 
 
 def measure(ctx: Context, server: Server, peer: Peer, workload: Workload, port: int,
-            session: Session | None) -> Result:
+            session: Session | None, login_as: Session | None = None) -> Result:
     """One workload on one peer; measured again (up to --retries times) when other work on the
     box took more than --max-foreign of the machine's CPU time during the run."""
     env = {"PEER": peer.name, "WORKLOAD": workload.name, "COOKIE_NAME": peer.cookie_name}
@@ -520,7 +618,7 @@ def measure(ctx: Context, server: Server, peer: Peer, workload: Workload, port: 
     limit = ctx.args.max_foreign * ctx.args.duration * (os.cpu_count() or 1)
     best: Result | None = None
     for attempt in range(ctx.args.retries + 1):
-        result = measure_once(ctx, server, peer, workload, port, env)
+        result = measure_once(ctx, server, peer, workload, port, env, session, login_as)
         if best is None or result.foreign_cpu_s < best.foreign_cpu_s:
             best = result
         if result.foreign_cpu_s <= limit:
@@ -547,7 +645,12 @@ def run_peer(ctx: Context, peer: Peer, workloads: list[Workload]) -> tuple[list[
             try:
                 if workload.session and session is None:
                     session = peer.login(base)
-                result = measure(ctx, server, peer, workload, port, session)
+                    if any("{file}" in w.paths.get(peer.name, "") for w in workloads):
+                        peer.upload(base, session)
+                # the login load logs another user in: the sessions it makes (lorebase keeps 100 a
+                # user) must not end the one wrk uses
+                login_as = peer.login(base) if workload.logins else None
+                result = measure(ctx, server, peer, workload, port, session, login_as)
             except (RuntimeError, OSError, subprocess.SubprocessError, KeyError, ValueError) as error:
                 result = Result(peer.name, workload.name, f"{workload.method} {workload.paths[peer.name]}",
                                 error=str(error))
@@ -555,7 +658,9 @@ def run_peer(ctx: Context, peer: Peer, workloads: list[Workload]) -> tuple[list[
             print(f"  {workload.name} {result.route}: " + (f"error: {result.error}" if result.error else
                   f"{result.rps:,.0f} req/s, p50 {result.p50_ms:.2f} ms, p99 {result.p99_ms:.2f} ms, "
                   f"non-2xx {result.non2xx}, conns {result.worker_conns}, CPU s: workers {result.worker_cpu_s}, "
-                  f"other {result.other_cpu_s}, wrk {result.wrk_cpu_s}, foreign {result.foreign_cpu_s}"), flush=True)
+                  f"other {result.other_cpu_s}, wrk {result.wrk_cpu_s}, foreign {result.foreign_cpu_s}") +
+                  (f"; logins {result.login_rps:.1f}/s, p50 {result.login_p50_ms} ms, p99 {result.login_p99_ms} ms, "
+                   f"errors {result.login_errors}" if workload.logins and not result.error else ""), flush=True)
         for p in server.workers(port):  # after the load
             with contextlib.suppress(psutil.Error):
                 info = p.memory_full_info()
@@ -668,6 +773,19 @@ def report(results: list[Result], memory: dict[str, dict[str, Any]], args: argpa
                   for text, num, den in RATIOS if num in by and den in by and by[den].rps]
     if ratio_rows:
         out += ["", table(["ratio of req/s", "req/s", "ratio"], ratio_rows, right=1)]
+    login_rows = [[r.peer, f"{by[(r.peer, 'W2')].rps:,.0f}" if (r.peer, "W2") in by else "-",
+                   f"{by[(r.peer, 'W2')].p99_ms:.2f}" if (r.peer, "W2") in by else "-",
+                   f"{r.rps:,.0f}", f"{r.p99_ms:.2f}", f"{r.login_rps:.1f}", f"{r.login_p50_ms:.1f}",
+                   f"{r.login_p99_ms:.1f}", f"{r.login_errors}"]
+                  for r in by.values() if r.workload == "W2+login"]
+    if login_rows:
+        out += ["", table(["peer", "W2 alone req/s", "p99 ms", f"W2 with {LOGINS} login conns req/s", "p99 ms",
+                           "logins/s", "login p50 ms", "login p99 ms", "login errors"], login_rows, right=1)]
+    download_rows = [[r.peer, r.route, f"{r.rps:,.0f}", f"{r.rps * DOWNLOAD_SIZE / 2**20:,.0f}", f"{r.p99_ms:.2f}"]
+                     for r in by.values() if r.workload == "D64"]
+    if download_rows:
+        out += ["", table(["peer", f"download of {DOWNLOAD_SIZE // 1024} KiB", "req/s", "MiB/s", "p99 ms"],
+                          download_rows, right=2)]
     mem_rows = [[peer, " ".join(f"{x:.1f}" for x in m.get("rss_mb", [])),
                  " ".join(f"{x:.1f}" for x in m.get("uss_mb", []))] for peer, m in memory.items()]
     if mem_rows:

@@ -55,6 +55,7 @@ DEFAULTS: dict[str, Any] = {
     "ARGON2_TIME": 2,  # argon2id parameters (OWASP): iterations,
     "ARGON2_MEMORY": 19456,  # KiB of memory,
     "ARGON2_PARALLELISM": 1,  # and lanes
+    "HASH_THREADS": 1,  # password hashes a worker runs at once (each holds ARGON2_MEMORY); more wait
     "LOGIN_FAILS_PER_ACCOUNT": 10,  # failed logins per account per LOGIN_WINDOW
     "LOGIN_FAILS_PER_IP": 50,  # failed logins per client IP per LOGIN_WINDOW
     "LOGIN_WINDOW": 900,

@@ -4,6 +4,8 @@ serving while a hash runs; the list of the most common passwords, which are refu
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from importlib import resources
 from typing import Any
@@ -21,13 +23,20 @@ class Passwords:
                                      parallelism=config.ARGON2_PARALLELISM)
         # verified against when the user does not exist, so both cases cost one hash (A2)
         self.dummy = self.hasher.hash("not the password of anyone")
+        # hashes run on threads of their own, HASH_THREADS at a time: the event loop keeps
+        # serving, a burst of logins cannot take more memory (ARGON2_MEMORY each) or cores than
+        # that, and file reads on the default executor never queue behind them
+        self.pool = ThreadPoolExecutor(max_workers=max(1, int(config.HASH_THREADS)), thread_name_prefix="argon2")
+
+    async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
 
     async def hash(self, password: str) -> str:
-        return await asyncio.to_thread(self.hasher.hash, password)
+        return str(await self._run(self.hasher.hash, password))
 
     async def verify(self, stored: str | None, password: str) -> bool:
         """True if `password` matches `stored`; with no stored hash, spends the same time."""
-        return await asyncio.to_thread(self._verify, stored, password)
+        return bool(await self._run(self._verify, stored, password))
 
     def _verify(self, stored: str | None, password: str) -> bool:
         try:
