@@ -21,7 +21,9 @@ from typing import Any
 from . import db as dbmod
 from .http import (
     GZIP_MIN,
+    HTML,
     JSON,
+    PAGE_SECURITY_HEADERS,
     SECURITY_HEADERS,
     ApiError,
     Reply,
@@ -276,7 +278,7 @@ class Chain:
 
     async def send(self, req: Request, result: Reply, send: Any) -> None:
         status = result.status
-        headers: list[tuple[bytes, bytes]] = list(SECURITY_HEADERS)
+        headers = list(PAGE_SECURITY_HEADERS if result.content_type == HTML else SECURITY_HEADERS)
         body = result.body
         if result.headers:
             headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in result.headers.items()]

@@ -20,7 +20,15 @@ import msgspec
 JSON = b"application/json"
 GZIP_MIN = 1400  # below one packet, compressing costs more than it saves
 
+# Every reply: no MIME sniffing, no referrer to other sites, never framed. An API reply or a
+# file is a document that may load nothing at all; only the web client's pages get a policy
+# that lets them load their own script, style and images (and the legacy X-Frame-Options).
 SECURITY_HEADERS: list[tuple[bytes, bytes]] = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"same-origin"),
+    (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'; sandbox"),
+]
+PAGE_SECURITY_HEADERS: list[tuple[bytes, bytes]] = [
     (b"x-content-type-options", b"nosniff"),
     (b"referrer-policy", b"same-origin"),
     (b"content-security-policy",
@@ -28,6 +36,7 @@ SECURITY_HEADERS: list[tuple[bytes, bytes]] = [
      b"object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"),
     (b"x-frame-options", b"DENY"),
 ]
+HTML = b"text/html; charset=utf-8"
 
 _encode = msgspec.json.Encoder().encode
 

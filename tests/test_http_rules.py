@@ -265,6 +265,16 @@ def test_every_reply_carries_the_security_headers(client):
         assert "frame-ancestors 'none'" in csp, (status, csp)
 
 
+def test_api_replies_may_load_nothing_and_pages_only_their_own_files(client):
+    api = client.get("/ping").headers["content-security-policy"]
+    assert "default-src 'none'" in api and "frame-ancestors 'none'" in api, api
+    page = client.get("/")
+    assert page.headers["content-type"].startswith("text/html")
+    csp = page.headers["content-security-policy"]
+    assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp and "unsafe" not in csp, csp
+    assert page.headers["x-frame-options"] == "DENY"
+
+
 def test_no_reply_names_the_server_software_or_version(client):
     for status, r in replies_of_every_kind(client).items():
         server = r.headers.get("server")
