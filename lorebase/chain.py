@@ -280,12 +280,16 @@ class Chain:
         status = result.status
         headers = list(PAGE_SECURITY_HEADERS if result.content_type == HTML else SECURITY_HEADERS)
         body = result.body
+        cache_control = False
         if result.headers:
-            headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in result.headers.items()]
+            for key, value in result.headers.items():
+                name = key.lower().encode("latin-1")
+                cache_control = cache_control or name == b"cache-control"
+                headers.append((name, value.encode("latin-1")))
         route = req.route
         if result.stream is None:
             headers.append((b"content-type", result.content_type))
-            if not any(k == b"cache-control" for k, _ in headers):
+            if not cache_control:
                 headers.append((b"cache-control", b"private, no-cache" if route is not None and route.private
                                 else b"no-cache"))
             if status == 200 and req.method in ("GET", "HEAD") and not (result.headers and "etag" in result.headers):
