@@ -6,7 +6,6 @@ field at fault, never a 500, never a change (the handler never runs)."""
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -88,15 +87,17 @@ def test_a_broken_payload_is_400_validation_with_its_path(lore, sessions, path, 
     who = ROUTES[path][0]
     api = sessions[who]
     headers = {"x-csrf-token": api.csrf} if api.csrf else None
-    start = time.perf_counter()
     r = api.request("POST", path, content=body, headers=headers)
-    elapsed = time.perf_counter() - start
     assert_error(r, 400, "validation", field)
-    assert elapsed < 0.5, elapsed  # refused before any password is hashed
 
 
 def test_nothing_changed_after_all_the_broken_payloads(lore, sessions):
     db = lore.redis()
+    # no handler ran: a login attempt is counted before its password is hashed, and a valid
+    # signup, recover or reset request is counted too; none of the broken ones was
+    for who, api in sessions.items():
+        for limit in ("login-ip", "signup-ip", "recover-ip"):
+            assert int(db.get(f"rate:{limit}:{api.ip}") or 0) == 0, (who, limit)
     assert db.smembers("users") == {"p_user", "p_root"}
     user = db.hgetall("user:p_user")
     assert user["admin"] == "0" and user["disabled"] == "0" and user["verified"] == "1"
