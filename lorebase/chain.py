@@ -67,6 +67,7 @@ class Route:
     limit: int | None = None
     summary: str = ""
     ok: Any = None  # the schema of the 200 reply, for the OpenAPI document
+    serves: str = "application/json"  # the media type of the 200 reply, for the OpenAPI document
     replies: dict[int, list[str]] = field(default_factory=dict)
     private: bool = False  # set by the chain: behind the gatekeeper
     pattern: re.Pattern[str] | None = None

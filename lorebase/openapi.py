@@ -9,10 +9,10 @@ import msgspec
 
 from .chain import Route
 
-STATUS_TEXT = {200: "OK", 304: "Not modified", 400: "Bad request", 403: "Forbidden",
-               404: "Not found", 405: "Method not allowed", 409: "Conflict", 413: "Too large",
-               414: "URL too long", 415: "Wrong content type", 429: "Too many requests",
-               500: "Server error", 503: "Redis unavailable"}
+STATUS_TEXT = {200: "OK", 206: "Partial content (a Range request)", 304: "Not modified", 400: "Bad request",
+               403: "Forbidden", 404: "Not found", 405: "Method not allowed", 409: "Conflict", 413: "Too large",
+               414: "URL too long", 415: "Wrong content type", 416: "Range not satisfiable",
+               429: "Too many requests", 500: "Server error", 503: "Unavailable", 507: "Insufficient storage"}
 
 ERROR = {"type": "object", "required": ["error"], "properties": {
     "error": {"type": "string"}, "path": {"type": "string"}}}
@@ -55,21 +55,33 @@ def document(routes: list[Route], title: str, version: str, csrf_field: bool = T
             required = set(query_schema.get("required", []))
             for name, prop in query_schema.get("properties", {}).items():
                 params.append({"name": name, "in": "query", "required": name in required, "schema": prop})
+        if route.private and route.method != "GET":
+            params.append({"name": "X-CSRF-Token", "in": "header", "required": False, "schema": {"type": "string"},
+                           "description": "the session's CSRF token, when it is not in the body's csrf field"})
         if params:
             op["parameters"] = params
         if route.body is not None:
             body_schema = by_type[route.body]
-            if route.private and route.method != "GET" and csrf_field:
-                body_schema = {"allOf": [body_schema, {"type": "object", "required": ["csrf"], "properties": {
-                    "csrf": {"type": "string", "description": "the session's CSRF token (or header X-CSRF-Token)"}}}]}
+            if route.private and route.method != "GET" and csrf_field and "$ref" in body_schema:
+                # the route's own schema plus the csrf field the chain takes out before the
+                # handler: optional here, since the token may come in X-CSRF-Token instead
+                own = components[body_schema["$ref"].rsplit("/", 1)[1]]
+                body_schema = {**own, "properties": {**own.get("properties", {}), "csrf": {
+                    "type": "string", "description": "the session's CSRF token (or the X-CSRF-Token header)"}}}
             media = "application/json" if route.accepts == "json" else "multipart/form-data"
             op["requestBody"] = {"required": True, "content": {media: {"schema": body_schema}}}
-        ok_schema = by_type[route.ok] if route.ok is not None else {"type": "object"}
-        responses: dict[str, Any] = {
-            "200": {"description": "OK", "content": {"application/json": {"schema": ok_schema}}}}
+        if route.serves == "application/json":
+            ok_schema = by_type[route.ok] if route.ok is not None else {"type": "object"}
+        else:
+            ok_schema = {"type": "string", "format": "binary"}
+        responses: dict[str, Any] = {"200": {"description": "OK", "content": {route.serves: {"schema": ok_schema}}}}
         if route.method == "GET":
             responses["304"] = {"description": "Not modified (If-None-Match matched the ETag)"}
         for status, names in sorted(_codes(route).items()):
+            if status < 400:  # another success, such as 206 for a Range request
+                responses[str(status)] = {"description": STATUS_TEXT.get(status, ""),
+                                          "content": {route.serves: {"schema": ok_schema}}}
+                continue
             responses[str(status)] = {
                 "description": f"{STATUS_TEXT.get(status, '')}: " + ", ".join(f"`{n}`" for n in names),
                 "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}

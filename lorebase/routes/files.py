@@ -173,8 +173,9 @@ def routes(config: Any) -> list[Route]:
               ok=FileOut, replies={409: ["quota"], 507: ["storage"]}),
         Route("GET", "/files", list_files, section="private", query=ListQuery, ok=list[FileRow],
               summary="The user's files, newest first, 50 a page (`before`: the last id of the previous page)"),
-        Route("GET", "/files/{id}", download, section="private",
-              summary="The file's bytes (ETag, Range → 206, attachment)", replies={404: ["notfound"], 416: ["range"]}),
+        Route("GET", "/files/{id}", download, section="private", serves="*/*",
+              summary="The file's bytes (ETag, Range → 206, attachment)",
+              replies={206: [], 404: ["notfound", "missing"], 416: ["range"], 503: ["s3"]}),
         Route("POST", "/files/delete", delete, section="private", body=DeleteIn, replies={404: ["notfound"]},
               summary="Delete a file (to the S3 trash when S3 is on)"),
     ]

@@ -50,8 +50,8 @@ async def asset(req: Request) -> Reply:
 
 def routes() -> list[Route]:
     return [
-        Route("GET", "/", page, summary="The web client"),
-        Route("GET", "/verify", page, summary="The web client's page for a verification link"),
-        Route("GET", "/reset", page, summary="The web client's page for a reset link"),
-        Route("GET", "/static/{name}", asset, summary="The web client's script, style and images"),
+        Route("GET", "/", page, summary="The web client", serves="text/html"),
+        Route("GET", "/verify", page, summary="The web client's page for a verification link", serves="text/html"),
+        Route("GET", "/reset", page, summary="The web client's page for a reset link", serves="text/html"),
+        Route("GET", "/static/{name}", asset, summary="The web client's script, style and images", serves="*/*"),
     ]
