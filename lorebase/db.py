@@ -29,7 +29,16 @@ class RedisError(Exception):
 
 
 class Unavailable(Exception):
-    """Redis could not be reached or did not answer in time."""
+    """Redis could not be reached, did not answer in time, or said it cannot serve yet."""
+
+
+# error replies that mean "not now" rather than "wrong command": a Redis loading its AOF
+# after a restart, a busy script, a replica or a cluster in the middle of a failover
+_NOT_NOW = ("LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "READONLY")
+
+
+def _not_now(reply: RedisError) -> RedisError | Unavailable:
+    return Unavailable(f"Redis cannot serve yet: {reply}") if str(reply).startswith(_NOT_NOW) else reply
 
 
 def parse_url(url: str) -> dict[str, Any]:
@@ -79,6 +88,8 @@ class _Protocol(asyncio.Protocol):
             reply = self.reader.gets()
             if reply is False:
                 return
+            if isinstance(reply, RedisError):
+                reply = _not_now(reply)
             if not pending:  # a reply nobody asked for: the stream is out of step
                 self.client._drop(self, Unavailable("unexpected reply from Redis"))
                 return
@@ -93,7 +104,7 @@ class _Protocol(asyncio.Protocol):
             future = waiter.future
             if future.done():  # the caller gave up (request cancelled); keep the order
                 continue
-            if isinstance(reply, RedisError):
+            if isinstance(reply, (RedisError, Unavailable)):
                 future.set_exception(reply)
             else:
                 future.set_result(reply)
@@ -222,7 +233,7 @@ class Redis:
         protocol = await self._ready()
         replies: list[Any] = await self._send_batch(protocol, commands, len(commands))
         for reply in replies:
-            if isinstance(reply, RedisError):
+            if isinstance(reply, (RedisError, Unavailable)):
                 raise reply
         return replies
 
@@ -231,16 +242,16 @@ class Redis:
         protocol = await self._ready()
         replies: list[Any] = await self._send_batch(protocol, [("MULTI",), *commands, ("EXEC",)], len(commands) + 2)
         for reply in replies[:-1]:  # MULTI's OK, then QUEUED or a refusal for each command
-            if isinstance(reply, RedisError):
+            if isinstance(reply, (RedisError, Unavailable)):
                 raise reply
         result = replies[-1]
-        if isinstance(result, RedisError):
+        if isinstance(result, (RedisError, Unavailable)):
             raise result
         if result is None:
             raise RedisError("transaction aborted")
         for reply in result:
             if isinstance(reply, RedisError):
-                raise reply
+                raise _not_now(reply)
         return list(result)
 
     async def script(self, lua: str, keys: list[Any], args: list[Any]) -> Any:
