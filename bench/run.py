@@ -65,10 +65,12 @@ class Workload:
     default: bool = True  # run when --workload does not name workloads
     logins: int = 0  # connections logging in (POST /auth/login) in a loop while wrk runs
     own: bool = False  # the script is in bench/wrk/, not the seed's shared/bench/wrk/
+    items: int = 0  # before the run, GET the route once: it must answer a JSON list this long
 
 
 LOGINS = 4  # login connections during W2+login: a steady stream of logins, not a flood
 DOWNLOAD_SIZE = 64 * 1024
+NOTES = 20  # the page GET /notes answers on both peers: W4 checks it lists this many
 HELLO = {"hello": "/", "hello-headers": "/", "hello-reuseport": "/", "granian-asgi": "/", "granian-rsgi": "/"}
 
 WORKLOADS = [
@@ -82,7 +84,7 @@ WORKLOADS = [
     Workload("W2+login", "csrf.lua", {"express": "/auth/csrf", "lorebase": "/auth/csrf"}, session=True,
              logins=LOGINS),
     Workload("W3", "post_note.lua", {"express": "/notes", "lorebase": "/notes"}, "POST", session=True),
-    Workload("W4", "get_notes.lua", {"express": "/notes", "lorebase": "/notes"}, session=True),
+    Workload("W4", "get_notes.lua", {"express": "/notes", "lorebase": "/notes"}, session=True, items=NOTES),
     # a 64 KiB file uploaded after the login, then downloaded over and over (express has no files)
     Workload("D64", "download.lua", {"lorebase": "/files/{file}"}, session=True, own=True),
 ]
@@ -168,6 +170,20 @@ class Peer:
 
     def upload(self, base: str, session: Session) -> None:
         """Store the download workload's file; peers that have no files leave this alone."""
+
+    def check_list(self, base: str, path: str, session: Session, items: int) -> None:
+        """GET `path` must answer a JSON list of `items`. For GET /notes (W4), when W3 did not
+        run first (`--workload W4`), write the notes that are missing (POST /notes, the same
+        body as W3's script) before checking."""
+        cookie = {"Cookie": f"{self.cookie_name}={session.cookie}"}
+        body, _ = http_json("GET", base + path, None, cookie)
+        if path == "/notes" and isinstance(body, list) and len(body) < items:
+            for i in range(items - len(body)):
+                http_json("POST", base + "/notes", {"csrf": session.csrf, "text": f"bench note {i}"}, cookie)
+            body, _ = http_json("GET", base + path, None, cookie)
+        if not isinstance(body, list) or len(body) != items:
+            got = len(body) if isinstance(body, list) else type(body).__name__
+            raise RuntimeError(f"GET {path} answered {got} items, not {items}")
 
 
 class Express(Peer):
@@ -282,6 +298,12 @@ class Lorebase(Peer):
         if stored.get("size") != DOWNLOAD_SIZE:
             raise RuntimeError(f"upload stored {stored!r}")
         session.file = stored["id"]
+        # what wrk will ask for: the same bytes back, whole
+        get = urllib.request.Request(f"{base}/files/{session.file}",
+                                     headers={"Cookie": f"{self.cookie_name}={session.cookie}"})
+        with urllib.request.urlopen(get, timeout=30) as r:
+            if r.status != 200 or len(r.read()) != DOWNLOAD_SIZE:
+                raise RuntimeError(f"GET /files/{session.file} did not answer the {DOWNLOAD_SIZE} bytes stored")
 
     def command(self, ctx: Context, port: int) -> tuple[list[str], dict[str, str], Path]:
         binary = Path(sys.executable).parent / "lorebase"
@@ -404,10 +426,13 @@ def redis_ok(port: int) -> bool:
         return s.recv(16).startswith(b"+PONG")
 
 
-def http_json(method: str, url: str, payload: Any) -> tuple[Any, dict[str, str]]:
-    """One JSON request; returns the decoded body and the cookies set, raises on non-2xx."""
-    req = urllib.request.Request(url, method=method, data=json.dumps(payload).encode(),
-                                 headers={"Content-Type": "application/json"})
+def http_json(method: str, url: str, payload: Any, headers: dict[str, str] | None = None) -> tuple[Any, dict[str, str]]:
+    """One JSON request (no body when payload is None); returns the decoded body and the
+    cookies set, raises on non-2xx."""
+    data = None if payload is None else json.dumps(payload).encode()
+    req = urllib.request.Request(url, method=method, data=data,
+                                 headers={**({} if data is None else {"Content-Type": "application/json"}),
+                                          **(headers or {})})
     try:
         with urllib.request.urlopen(req, timeout=30) as r:
             body = json.loads(r.read() or b"null")
@@ -650,6 +675,8 @@ def run_peer(ctx: Context, peer: Peer, workloads: list[Workload]) -> tuple[list[
                 # the login load logs another user in: the sessions it makes (lorebase keeps 100 a
                 # user) must not end the one wrk uses
                 login_as = peer.login(base) if workload.logins else None
+                if workload.items and session is not None:
+                    peer.check_list(base, workload.paths[peer.name], session, workload.items)
                 result = measure(ctx, server, peer, workload, port, session, login_as)
             except (RuntimeError, OSError, subprocess.SubprocessError, KeyError, ValueError) as error:
                 result = Result(peer.name, workload.name, f"{workload.method} {workload.paths[peer.name]}",
@@ -850,7 +877,7 @@ def main(argv: list[str] | None = None) -> int:
     logs = WORK / "logs"
     logs.mkdir(exist_ok=True)
     started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
-    meta = {"date": started, "machine": machine(), "args": {k: str(v) for k, v in vars(args).items()}}
+    meta: dict[str, Any] = {"date": started, "machine": machine(), "args": {k: str(v) for k, v in vars(args).items()}}
     results: list[Result] = []
     memory: dict[str, dict[str, Any]] = {}
     skipped: dict[str, str] = {}
