@@ -144,9 +144,7 @@ async def receive_upload(req: Request, tmp: Path, limit: int, room: int, csrf: s
         upload.discard()
         raise
     except OSError as error:  # the disk, not the client: full, read-only, gone
-        upload.discard()
-        notify.exception("storage", error, path=req.path, rid=req.log["id"])
-        raise ApiError(507, "storage") from None
+        raise _storage_error(req, upload, error) from None
     except Exception:  # noqa: BLE001 - a malformed body is the client's, not a 500
         upload.discard()
         raise ApiError(400, "validation", "file") from None
@@ -156,7 +154,12 @@ async def receive_upload(req: Request, tmp: Path, limit: int, room: int, csrf: s
     try:
         await asyncio.to_thread(upload.finish)  # an fsync of 100 MiB must not stall the worker
     except OSError as error:
-        upload.discard()
-        notify.exception("storage", error, path=req.path, rid=req.log["id"])
-        raise ApiError(507, "storage") from None
+        raise _storage_error(req, upload, error) from None
     return upload
+
+
+def _storage_error(req: Request, upload: Upload, error: OSError) -> ApiError:
+    """The disk refused the upload: nothing kept, the operator told, the client a 507."""
+    upload.discard()
+    notify.exception("storage", error, path=req.path, rid=req.log["id"])
+    return ApiError(507, "storage")
