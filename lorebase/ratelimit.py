@@ -36,9 +36,13 @@ async def check(db: Any, name: str, subject: str, limit: int, window: int) -> No
         raise ApiError(429, "rate", headers={"retry-after": str(retry)})
 
 
-async def over(db: Any, name: str, subject: str, limit: int) -> int:
-    """Without counting: seconds to wait if `subject` is already at the limit, else 0."""
-    count, ttl = await db.pipeline([("GET", key(name, subject)), ("TTL", key(name, subject))])
-    if count is not None and int(count) >= limit:
-        return max(int(ttl), 1)
-    return 0
+_TAKE_BACK = """
+for _, k in ipairs(KEYS) do
+  if redis.call('EXISTS', k) == 1 then redis.call('DECR', k) end
+end
+"""
+
+
+async def take_back(db: Any, *keys: str) -> None:
+    """Undo one hit on each counter (one whose window ended meanwhile stays gone)."""
+    await db.script(_TAKE_BACK, list(keys), [])

@@ -3,14 +3,12 @@ recover, reset. Rate limits per IP and per account are kept in Redis (lorebase.r
 
 from __future__ import annotations
 
-from typing import Any
-
 from ..chain import Route
 from ..http import ApiError, Reply, Request, reply
 from ..identity import passwords, tokens, users
 from ..mail import enqueue, reset_mail, verify_mail
 from ..notify import notify
-from ..ratelimit import check, hit, key
+from ..ratelimit import check, hit, key, take_back
 from ..schema import Schema, Text
 
 HOUR = 3600
@@ -102,14 +100,14 @@ async def login(req: Request) -> Reply:
     account_ok, account_wait = await hit(db, "login-account", account, config.LOGIN_FAILS_PER_ACCOUNT,
                                          config.LOGIN_WINDOW)
     if not (ip_ok and account_ok):
-        await _take_back(db, ip_key, account_key)
+        await take_back(db, ip_key, account_key)
         wait = max(ip_wait if not ip_ok else 0, account_wait if not account_ok else 0)
         raise ApiError(429, "rate", headers={"retry-after": str(wait)})
     ok = await app.passwords.verify(user["hash"] if user else None, data.password)
     if not ok or user is None or user.get("disabled") == "1":
         # the same reply whether the user exists or not, after the same work (A1, A2)
         raise ApiError(403, "auth")
-    await _take_back(db, ip_key, account_key)
+    await take_back(db, ip_key, account_key)
     if config.REQUIRE_VERIFIED and user.get("verified") != "1":
         raise ApiError(403, "verify")
     username = user["username"]
@@ -125,18 +123,6 @@ async def login(req: Request) -> Reply:
     sid, csrf = await app.sessions.create(db, username)
     await app.sessions.prune(db, username)
     return reply(200, {"csrf": csrf}, {"set-cookie": app.sessions.set_cookie(sid), **NO_STORE})
-
-
-_TAKE_BACK = """
-for _, k in ipairs(KEYS) do
-  if redis.call('EXISTS', k) == 1 then redis.call('DECR', k) end
-end
-"""
-
-
-async def _take_back(db: Any, *keys: str) -> None:
-    """Undo one hit on each counter (one that expired meanwhile stays gone)."""
-    await db.script(_TAKE_BACK, list(keys), [])
 
 
 async def recover(req: Request) -> Reply:
