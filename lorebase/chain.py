@@ -12,6 +12,7 @@ is checked against its schema (400 validation with the field's path).
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -79,7 +80,7 @@ class Route:
             self.accepts = "json"
         if "{" in self.path:
             regex = re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", self.path)
-            self.pattern = re.compile(f"^{regex}$")
+            self.pattern = re.compile(f"^{regex}\\Z")
 
     @property
     def is_step(self) -> bool:
@@ -106,13 +107,19 @@ def _set_section(route: Route, section: str) -> bool:
 
 
 class Endpoint:
-    """An endpoint with the steps that run before it, worked out once at start-up."""
+    """An endpoint with the steps that run before it, worked out once at start-up.
 
-    __slots__ = ("route", "steps")
+    `body_at`: how many steps run before a JSON body is read. A private route reads its
+    body only once the gatekeeper let the request through (the CSRF step after it may need
+    the body), so an anonymous request costs no parsing, whatever it sends."""
+
+    __slots__ = ("body_at", "route", "steps")
 
     def __init__(self, route: Route, steps: list[Route]):
         self.route = route
         self.steps = [s.handler for s in steps]
+        gates = [i for i, s in enumerate(steps) if s.section == "gatekeeper"]
+        self.body_at = gates[-1] + 1 if gates else 0
 
 
 class Chain:
@@ -155,6 +162,7 @@ class Chain:
                 raise ValueError(f"two routes for {route.method} {route.path}")
             methods[route.method] = endpoint
         self.json_limit = config.JSON_LIMIT
+        self.body_timeout = float(config.BODY_TIMEOUT)
         self.db: Any = None  # the worker's Redis client, set at start-up
         self.openapi: bytes = b"{}"  # the OpenAPI document, set by the app
 
@@ -224,14 +232,20 @@ class Chain:
         endpoint, req.params = self.find(req.method, req.path)
         route = endpoint.route
         req.route = route
+        at = -1
         if route.accepts is not None:
-            await self.read_body(req, route)
-        for step in endpoint.steps:
+            self.check_body_headers(req, route)
+            at = endpoint.body_at if route.accepts == "json" else -1
+        for i, step in enumerate(endpoint.steps):
+            if i == at:
+                await self.read_body(req, route)
             result = await step(req)
             if result is not None:
                 return result
+        if at == len(endpoint.steps):
+            await self.read_body(req, route)
         if route.body is not None and route.accepts == "json":
-            req.data = validate(req.data, route.body)
+            req.data = validate(req.data, route.body, req.body)
         elif route.query is not None:
             req.data = validate(req.query, route.query)
         result = await route.handler(req)
@@ -239,8 +253,8 @@ class Chain:
             raise ApiError(404, "notfound")
         return result
 
-    async def read_body(self, req: Request, route: Route) -> None:
-        """The HTTP rules for a route that takes a body: type, size, presence, JSON."""
+    def check_body_headers(self, req: Request, route: Route) -> None:
+        """The HTTP rules a body's headers settle, before any step: type and declared size."""
         content_type = (req.header(b"content-type") or b"").split(b";")[0].strip().lower()
         expected = JSON if route.accepts == "json" else b"multipart/form-data"
         length_header = req.header(b"content-length")
@@ -257,21 +271,27 @@ class Chain:
                 raise ApiError(400, "length") from None
             if declared > limit:
                 raise ApiError(413, "size")
-        if route.accepts != "json":
-            return  # the route streams the body itself
+
+    async def read_body(self, req: Request, route: Route) -> None:
+        """A JSON body, read to its end within the route's limit, then parsed."""
+        limit = route.limit or self.json_limit
         chunks = []
         size = 0
-        while True:
-            message = await req.receive()
-            if message["type"] == "http.disconnect":
-                raise ApiError(400, "disconnect")
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                raise ApiError(413, "size")
-            chunks.append(chunk)
-            if not message.get("more_body"):
-                break
+        try:
+            async with asyncio.timeout(self.body_timeout):  # a slow body holds a worker's memory
+                while True:
+                    message = await req.receive()
+                    if message["type"] == "http.disconnect":
+                        raise ApiError(400, "disconnect")
+                    chunk = message.get("body", b"")
+                    size += len(chunk)
+                    if size > limit:
+                        raise ApiError(413, "size")
+                    chunks.append(chunk)
+                    if not message.get("more_body"):
+                        break
+        except TimeoutError:
+            raise ApiError(408, "timeout") from None
         req.body = b"".join(chunks)
         if not req.body.strip():
             raise ApiError(400, "validation", "")

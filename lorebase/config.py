@@ -41,7 +41,8 @@ DEFAULTS: dict[str, Any] = {
     "ADMINS": [],
     "WHITELIST": [],
     "TRUSTED_PROXIES": [],  # peers whose X-Forwarded-For / X-Real-IP is believed
-    "JSON_LIMIT": 1024 * 1024,  # bytes of a JSON body
+    "JSON_LIMIT": 16 * 1024,  # bytes of a JSON body, for a route without a limit of its own
+    "BODY_TIMEOUT": 30.0,  # seconds a JSON body may take to arrive, or an upload may send nothing (408)
     "LOG_STREAM_MAX": 10000,  # entries kept in the Redis stream `log`
     "ERROR_REPORTS_PER_MINUTE": 30,  # POST /error per client IP
     "SHUTDOWN_GRACE": 10.0,  # seconds workers get to finish in-flight requests
@@ -105,6 +106,13 @@ class Config:
     @property
     def secure_cookies(self) -> bool:
         return str(self.BASE_URL).startswith("https://")
+
+    @property
+    def cookie_name(self) -> str:
+        """COOKIE_NAME, with the `__Host-` prefix when cookies are Secure: a browser then takes
+        the cookie only from this exact host over HTTPS, with Path=/ and no Domain, so a sibling
+        subdomain cannot plant one of the same name."""
+        return f"__Host-{self.COOKIE_NAME}" if self.secure_cookies else str(self.COOKIE_NAME)
 
     @property
     def redis_dir(self) -> Path:

@@ -192,7 +192,8 @@ def client_address(scope: dict[str, Any], headers: list[tuple[bytes, bytes]], tr
 
 def parse_cookies(header: str) -> dict[str, str]:
     """Cookie header (RFC 6265 5.4: `name=value` pairs joined by `; `) → dict; a repeated
-    name keeps its last value, a pair without `=` is skipped, double quotes around a value
+    name keeps its first value (browsers send the older cookie of one path first: ours, not
+    one tossed in later by a sibling subdomain), a pair without `=` is skipped, double quotes around a value
     are dropped; a header over 8 KiB counts as no cookies."""
     if not header or len(header) > 8192:
         return {}
@@ -205,7 +206,7 @@ def parse_cookies(header: str) -> dict[str, str]:
         value = value.strip()
         if len(value) >= 2 and value[0] == value[-1] == '"':
             value = value[1:-1]
-        jar[name] = value
+        jar.setdefault(name, value)
     return jar
 
 

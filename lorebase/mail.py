@@ -39,13 +39,16 @@ async def enqueue(db: Any, to: str, subject: str, text: str) -> None:
 
 
 def verify_mail(base_url: str, username: str, token: str) -> tuple[str, str]:
-    return ("Verify your email", f"""Hello {username},
+    return ("Verify your email", f"""Hello,
 
-To verify the email address of your account, open this link:
+Someone signed up as "{username}" with this email address. If that was you, open this
+link and confirm with the password of "{username}" (or while logged in as it):
 
 {base_url}/verify?token={token}
 
-The link works once, for 24 hours. If you did not sign up, ignore this mail.
+If it was not you, open the same link and choose "This was not me": the address is taken
+away from "{username}" and stays free for you to sign up with. The link works once, for 24
+hours; after that, an account that never verified this address no longer holds it.
 """)
 
 

@@ -10,7 +10,8 @@ import msgspec
 from .chain import Route
 
 STATUS_TEXT = {200: "OK", 206: "Partial content (a Range request)", 304: "Not modified", 400: "Bad request",
-               403: "Forbidden", 404: "Not found", 405: "Method not allowed", 409: "Conflict", 413: "Too large",
+               403: "Forbidden", 404: "Not found", 405: "Method not allowed", 408: "Body too slow", 409: "Conflict",
+               413: "Too large",
                414: "URL too long", 415: "Wrong content type", 416: "Range not satisfiable",
                429: "Too many requests", 500: "Server error", 503: "Unavailable", 507: "Insufficient storage"}
 
@@ -22,7 +23,7 @@ def _codes(route: Route) -> dict[int, list[str]]:
     codes: dict[int, list[str]] = {404: ["notfound"], 405: ["method"], 414: ["url"], 500: ["server"],
                                    503: ["redis"]}
     if route.accepts:
-        codes.update({400: ["validation", "json"], 413: ["size"], 415: ["type"]})
+        codes.update({400: ["validation", "json"], 408: ["timeout"], 413: ["size"], 415: ["type"]})
     if route.query is not None:
         codes.setdefault(400, []).append("validation")
     if route.private:
@@ -43,6 +44,7 @@ def document(routes: list[Route], title: str, version: str, csrf_field: bool = T
             if t is not None and t not in types:
                 types.append(t)
     schemas, components = msgspec.json.schema_components(types, ref_template="#/components/schemas/{name}")
+    _ecma_patterns([schemas, components])
     by_type = dict(zip(types, schemas, strict=False))
     paths: dict[str, Any] = {}
     for route in endpoints:
@@ -90,3 +92,16 @@ def document(routes: list[Route], title: str, version: str, csrf_field: bool = T
     components["Error"] = ERROR
     return {"openapi": "3.1.0", "info": {"title": title, "version": version},
             "paths": paths, "components": {"schemas": components}}
+
+
+def _ecma_patterns(node: Any) -> None:
+    """Python's end anchor `\\Z` as JSON Schema's `$` (where it means the very end)."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "pattern" and isinstance(value, str):
+                node[key] = value.replace("\\Z", "$")
+            else:
+                _ecma_patterns(value)
+    elif isinstance(node, list):
+        for item in node:
+            _ecma_patterns(item)

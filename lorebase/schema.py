@@ -15,9 +15,11 @@ import msgspec
 
 from .http import ApiError
 
-# Text without control characters (tab and newline allowed where a route says so).
-_NO_CONTROL = r"^[^\x00-\x1f\x7f]*$"
-_NO_CONTROL_MULTILINE = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$"
+# Text without control characters (tab and newline allowed where a route says so). `\Z`,
+# not `$`: in Python `$` also matches before a trailing newline, so "x@example.com\n" would
+# pass. The OpenAPI document says `$` (JSON Schema's regexes are ECMA's, where it means the end).
+_NO_CONTROL = r"^[^\x00-\x1f\x7f]*\Z"
+_NO_CONTROL_MULTILINE = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*\Z"
 
 
 def Text(min_length: int = 0, max_length: int = 1000, multiline: bool = False,
@@ -66,28 +68,31 @@ class _Duplicate(ValueError):
 
 def parse_json(body: bytes) -> Any:
     """Bytes → Python value. Malformed JSON, invalid UTF-8, lone surrogates, NaN/Infinity
-    and nesting deeper than the decoder allows → 400 json; a key given twice → 400
-    validation naming it (a second value must not silently win)."""
+    and nesting deeper than the decoder allows → 400 json."""
     try:
-        value = _decode_any(body)
+        return _decode_any(body)
     except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
         raise ApiError(400, "json") from None
-    if b"{" in body:
+
+
+def validate(value: Any, schema: type, body: bytes | None = None) -> Any:
+    """Parsed JSON → an instance of `schema`, or 400 validation with the field's path. Once
+    the value fits the schema, its `body` is checked for a key given twice (400 validation
+    naming it: a second value must not silently win). That check parses in Python, so it
+    runs last, on a body the schema already bounded: a valid payload is a handful of
+    objects, while `[{},{},...]` is refused by the schema without it."""
+    try:
+        data: Any = msgspec.convert(value, schema, strict=True)
+    except msgspec.ValidationError as error:
+        raise ApiError(400, "validation", error_path(str(error))) from None
+    if body is not None and b"{" in body:
         try:
             json.loads(body, object_pairs_hook=_no_duplicates)
         except _Duplicate as dup:
             raise ApiError(400, "validation", dup.key) from None
         except (ValueError, RecursionError):
             raise ApiError(400, "json") from None
-    return value
-
-
-def validate(value: Any, schema: type) -> Any:
-    """Parsed JSON → an instance of `schema`, or 400 validation with the field's path."""
-    try:
-        return msgspec.convert(value, schema, strict=True)
-    except msgspec.ValidationError as error:
-        raise ApiError(400, "validation", error_path(str(error))) from None
+    return data
 
 
 def error_path(message: str) -> str:

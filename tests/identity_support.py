@@ -29,6 +29,7 @@ import pytest
 from .lore import Lorebase, MailSink, wait_for
 
 COOKIE = "lorebase"
+SECURE_COOKIE = "__Host-lorebase"  # with Secure cookies (an https BASE_URL) the name is prefixed
 PASSWORD = "Correct-Horse-7-Battery"  # fixed, long enough, not a common password
 JSON_TYPE = {"content-type": "application/json"}
 
@@ -60,7 +61,8 @@ def assert_error(response: httpx.Response, status: int, code: str, path: str | N
 
 def session_cookies(response: httpx.Response) -> list[str]:
     """The Set-Cookie headers of the reply that set or clear the session cookie."""
-    return [h for h in response.headers.get_list("set-cookie") if h.split("=", 1)[0].strip() == COOKIE]
+    return [h for h in response.headers.get_list("set-cookie")
+            if h.split("=", 1)[0].strip() in (COOKIE, SECURE_COOKIE)]
 
 
 def cookie_value(header: str) -> str:
@@ -146,7 +148,7 @@ class Api:
         explicit = cookie is not _UNSET  # a one-off cookie: what the reply sets is not kept
         cookie = self.cookie if not explicit else cookie
         if cookie is not None:
-            sent["cookie"] = f"{COOKIE}={cookie}"
+            sent["cookie"] = f"{SECURE_COOKIE if self.secure else COOKIE}={cookie}"
         sent.update(headers or {})
         r = self.http.request(method, path, content=content, headers=sent)
         self.http.cookies.clear()  # the cookie is ours to send, not the jar's
@@ -164,6 +166,7 @@ class Api:
         assert len(set_cookies) <= 1, set_cookies
         for header in set_cookies:
             check_cookie(header, self.secure)
+            assert header.split("=", 1)[0] == (SECURE_COOKIE if self.secure else COOKIE), header
         is_json = r.content and r.headers.get("content-type", "").startswith("application/json")
         body = r.json() if is_json else None
         carries_csrf = isinstance(body, dict) and "csrf" in body
@@ -287,7 +290,7 @@ class Users:
 
     def verify(self, user: User) -> None:
         token = MailSink.token(self.mail.wait_for(user.email, "verify"))
-        r = self.api().post("/auth/verifyEmail", {"token": token})
+        r = self.api().post("/auth/verifyEmail", {"token": token, "password": user.password})
         assert r.status_code == 200, r.text
 
     def session(self, user: User, ip: str | None = None) -> Api:
@@ -329,8 +332,13 @@ def assert_no_secret_logged(lore: Lorebase) -> None:
 
 
 def token_key(kind: str, token: str) -> str:
-    """Where a one-time token is kept: its SHA-256, never the token itself."""
-    return f"{kind}:{hashlib.sha256(token.encode()).hexdigest()}"
+    """Where a one-time token is kept: under its user (the token is `<username>.<random>`),
+    its SHA-256 the value, never the token itself."""
+    return f"{kind}:{token.rpartition('.')[0]}"
+
+
+def token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def wait_gone(lore: Lorebase, key: str, timeout: float = 10.0) -> None:

@@ -218,6 +218,6 @@ class MailSink:
         """The token of the link in the mail's plain-text part."""
         import re
 
-        match = re.search(r"[?&]token=([A-Za-z0-9_\-]+)", cls.text(mail))
+        match = re.search(r"[?&]token=([A-Za-z0-9_.\-]+)", cls.text(mail))
         assert match, f"no token link in mail: {cls.text(mail)!r}"
         return match.group(1)

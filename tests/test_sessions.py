@@ -49,8 +49,9 @@ def test_login_sets_a_host_only_httponly_lax_cookie_that_expires_far_away(server
     assert "secure" not in header.lower()
     assert r.headers["cache-control"] == "no-store"
     sid, _, signature = cookie_value(header).rpartition(".")
-    assert TOKEN.match(sid) and signature
-    assert r.json() == {"csrf": api.csrf} and TOKEN.match(api.csrf) and api.csrf != sid
+    owner, colon, token = sid.partition(":")  # the id carries its user: the gatekeeper reads both at once
+    assert owner == "s_cookie_1" and colon and TOKEN.match(token) and signature
+    assert r.json() == {"csrf": api.csrf} and TOKEN.match(api.csrf) and api.csrf != token
     stored = server.redis().hgetall(f"session:{sid}")
     assert stored["user"] == "s_cookie_1" and stored["csrf"] == api.csrf
     assert server.redis().sismember("sessions:s_cookie_1", sid)
@@ -263,11 +264,12 @@ def test_the_session_cookie_is_found_among_other_cookies(server, users):
     mine = f"{COOKIE}={live.cookie}"
     with httpx.Client(base_url=server.url, timeout=10) as http:
         for header in (f"a=1; {mine}; b=2", f"{mine};theme=dark", f"flag; {mine}", f'{COOKIE}="{live.cookie}"',
-                       f"{mine} ;  x=y", f"{COOKIE}=stale.sig; {mine}"):
+                       f"{mine} ;  x=y", f"{mine}; {COOKIE}=stale.sig"):
             r = http.get("/auth/csrf", headers={"cookie": header})
             http.cookies.clear()
             assert r.status_code == 200 and r.json() == {"csrf": live.csrf}, (header, r.text)
-        r = http.get("/auth/csrf", headers={"cookie": f"{mine}; {COOKIE}=stale.sig"})  # the last one counts
+        # of two with the name, the first counts (a browser sends the older cookie of a path first)
+        r = http.get("/auth/csrf", headers={"cookie": f"{COOKIE}=stale.sig; {mine}"})
         assert r.status_code == 403 and r.json() == {"error": "tampered"}
 
 
@@ -437,7 +439,7 @@ def test_session_ids_and_csrf_tokens_are_unique_across_workers(fast):
             for client in clients:
                 client.close()
     sids = [sid for sid, _ in pairs]
-    tokens = sids + [csrf for _, csrf in pairs]
+    tokens = [sid.partition(":")[2] for sid in sids] + [csrf for _, csrf in pairs]
     assert len(tokens) == 10_000
     assert len(set(tokens)) == 10_000, "a session id or CSRF token came twice"
     assert all(TOKEN.match(t) for t in tokens)

@@ -84,7 +84,7 @@ def shot(page: Page, name: str) -> None:
 def link_in(mail: Any, server: Lorebase, path: str) -> str:
     """The link of the mail's plain text to `path`: built from BASE_URL, the server's own URL."""
     text = MailSink.text(mail)
-    match = re.search(r"https?://\S+/" + path + r"\?token=[A-Za-z0-9_\-]+", text)
+    match = re.search(r"https?://\S+/" + path + r"\?token=[A-Za-z0-9_.\-]+", text)
     assert match, f"no {path} link in the mail: {text!r}"
     link = match.group(0)
     assert link.startswith(f"{server.url}/{path}?token="), link
@@ -135,7 +135,16 @@ def test_the_whole_journey(watched: Watched, server: Lorebase, mail: MailSink, t
     flash(page, "Account created. We sent you an email: open its link to verify your address, then log in.")
     expect(signup.locator("input[name=username]")).to_have_value("")  # the form is cleared
 
+    # the page names the account and waits for a click: opening the link verifies nothing
     page.goto(link_in(mail.wait_for(EMAIL, "Verify your email"), server, "verify"))
+    expect(page.locator("#verify h2")).to_have_text(f'Verify the email of "{USER}"')
+    expect(page.locator("#not-me")).to_be_visible()
+    shot(page, "verify-form")
+    page.locator("#verify input[name=password]").fill("not-the-password-1")
+    submit(page, "#verify")
+    expect(page.locator("#verify .error")).to_have_text("Wrong username or password.")
+    page.locator("#verify input[name=password]").fill(PASSWORD)
+    submit(page, "#verify")
     flash(page, "Your email is verified. You can log in.")
     expect(page).to_have_url(f"{server.url}/")  # the token leaves the address bar
     expect(page.locator("#login")).to_be_visible()

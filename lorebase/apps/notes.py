@@ -18,9 +18,12 @@ import msgspec
 from ..chain import Route
 from ..files.store import ID, new_id
 from ..http import ApiError, Reply, Request, reply
+from ..identity.sessions import GUARD, guard_keys
 from ..schema import Schema, Text
 
 PAGE = 20
+# a note's text is up to 10,000 characters: 12 bytes each at worst as JSON escapes
+LIMIT = 128 * 1024
 FileId = Text(23, 23, pattern=ID.pattern)
 
 
@@ -72,6 +75,13 @@ _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder(Note).decode
 NO_FILES = '"files":[]}'  # how a note without files ends: the fields keep their order
 
+# a new note, written only while the session that sends it is live (sessions.GUARD)
+_CREATE = GUARD + """
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[4], 0, ARGV[1])
+return 'ok'
+"""
+
 # one page: the ids newest first (older than ARGV[1] if given), then their notes
 _PAGE = """
 local top = '+'
@@ -95,10 +105,10 @@ async def create(req: Request) -> Reply:
     user = req.session["user"]
     files = await _own_files(req, data.files)
     note = Note(id=new_id(), text=data.text, ts=int(time.time() * 1000), files=files)
-    await req.app.db.multi([
-        ("HSET", f"notebook:{user}", note.id, _encode(note)),
-        ("ZADD", f"notes:{user}", 0, note.id),
-    ])
+    written = await req.app.db.script(_CREATE, [*guard_keys(req.session), f"notebook:{user}", f"notes:{user}"],
+                                      [note.id, _encode(note)])
+    if written != "ok":
+        raise ApiError(403, "session")
     return reply(200, {"id": note.id})
 
 
@@ -158,11 +168,11 @@ async def remove_user_notes(app: Any, user: str) -> None:
 
 def routes() -> list[Route]:
     return [
-        Route("POST", "/notes", create, section="private", body=NoteIn, ok=Created,
+        Route("POST", "/notes", create, section="private", body=NoteIn, ok=Created, limit=LIMIT,
               summary="Write a note (text 1-10000 characters, optional ids of the user's files)"),
         Route("GET", "/notes", list_notes, section="private", query=ListQuery, ok=list[Note],
               summary="The 20 newest notes (`before`: the last id of the previous page)"),
-        Route("POST", "/notes/update", update, section="private", body=NoteUpdate,
+        Route("POST", "/notes/update", update, section="private", body=NoteUpdate, limit=LIMIT,
               replies={404: ["notfound"], 409: ["conflict"]},
               summary="Change a note's text (and its files, if given)"),
         Route("POST", "/notes/delete", delete, section="private", body=NoteId, replies={404: ["notfound"]},

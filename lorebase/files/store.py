@@ -18,21 +18,23 @@ from pathlib import Path
 from typing import Any
 
 from ..http import ApiError
+from ..identity.sessions import GUARD, guard_keys
 
-ID = re.compile(r"^[0-9a-f]{23}$")
+ID = re.compile(r"^[0-9a-f]{23}\Z")
 S3_QUEUE = "s3:queue"
 _BIDI = re.compile("[\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 SAFE_TYPES = {"image/png", "image/jpeg", "image/gif", "image/webp", "application/pdf", "text/plain",
               "application/zip", "audio/mpeg", "video/mp4", "application/json"}
 
-_ADD = """
-local used = tonumber(redis.call('GET', KEYS[1]) or '0')
-if used + tonumber(ARGV[1]) > tonumber(ARGV[2]) then return 0 end
-redis.call('INCRBY', KEYS[1], ARGV[1])
-redis.call('HSET', KEYS[2], unpack(ARGV, 5))
-redis.call('ZADD', KEYS[3], 0, ARGV[3])
-if ARGV[4] ~= '' then redis.call('LPUSH', KEYS[4], ARGV[4]) end
-return 1
+# KEYS: the session and user of sessions.GUARD, then usage, file, files, the S3 queue
+_ADD = GUARD + """
+local used = tonumber(redis.call('GET', KEYS[3]) or '0')
+if used + tonumber(ARGV[1]) > tonumber(ARGV[2]) then return 'quota' end
+redis.call('INCRBY', KEYS[3], ARGV[1])
+redis.call('HSET', KEYS[4], unpack(ARGV, 5))
+redis.call('ZADD', KEYS[5], 0, ARGV[3])
+if ARGV[4] ~= '' then redis.call('LPUSH', KEYS[6], ARGV[4]) end
+return 'ok'
 """
 
 _REMOVE = """
@@ -98,8 +100,10 @@ class Store:
     def temp(self) -> Path:
         return self.tmp / f"upload-{secrets.token_hex(12)}"
 
-    async def add(self, db: Any, user: str, tmp: Path, meta: dict[str, Any]) -> None:
-        """Moves the upload into place and records it; 409 quota if it no longer fits."""
+    async def add(self, db: Any, session: dict[str, Any], tmp: Path, meta: dict[str, Any]) -> None:
+        """Moves the upload into place and records it; 409 quota if it no longer fits, 403
+        session if the session that sent it ended meanwhile (its user destroyed, say)."""
+        user = session["user"]
         file_id = meta["id"]
         final = self.path(file_id)
         final.parent.mkdir(exist_ok=True)
@@ -108,15 +112,15 @@ class Store:
         fields: list[Any] = []
         for key, value in meta.items():
             fields += [key, value]
-        keys = [f"usage:{user}", f"file:{file_id}", f"files:{user}", S3_QUEUE]
+        keys = [*guard_keys(session), f"usage:{user}", f"file:{file_id}", f"files:{user}", S3_QUEUE]
         try:
             added = await db.script(_ADD, keys, [meta["size"], self.quota, file_id, job, *fields])
         except BaseException:
             final.unlink(missing_ok=True)
             raise
-        if not added:
+        if added != "ok":
             final.unlink(missing_ok=True)
-            raise ApiError(409, "quota")
+            raise ApiError(409, "quota") if added == "quota" else ApiError(403, "session")
 
     async def get(self, db: Any, user: str, file_id: str) -> dict[str, str] | None:
         """The file's metadata if it is `user`'s; None otherwise (another user's id included)."""

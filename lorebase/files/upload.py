@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 import hmac
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,9 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from ..http import ApiError, Request
 from ..notify import notify
 from .store import clean_name
+
+# type "/" subtype, RFC 6838's restricted names: no control character, space or parameter
+MEDIA_TYPE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,62}/[a-z0-9][a-z0-9!#$&^_.+-]{0,62}")
 
 
 class _Abort(Exception):
@@ -75,7 +79,7 @@ class Upload:
             self._field = "file"
             self.name = clean_name(options.get(b"filename", b"").decode("utf-8", "replace"))
             declared = self._headers.get("content-type", "").split(";")[0].strip().lower()
-            self.type = declared[:100] if declared and declared.isascii() else "application/octet-stream"
+            self.type = declared if MEDIA_TYPE.fullmatch(declared) else "application/octet-stream"
             fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             self.file = os.fdopen(fd, "wb")
         else:
@@ -114,8 +118,11 @@ class Upload:
         self.tmp.unlink(missing_ok=True)
 
 
-async def receive_upload(req: Request, tmp: Path, limit: int, room: int, csrf: str | None) -> Upload:
-    """Reads the request body into `tmp`; raises ApiError (and leaves nothing) on failure."""
+async def receive_upload(req: Request, tmp: Path, limit: int, room: int, csrf: str | None,
+                         body_limit: int, idle: float) -> Upload:
+    """Reads the request body into `tmp`; raises ApiError (and leaves nothing) on failure.
+    The whole body is held to `body_limit` (a preamble or epilogue around the file part
+    counts too), and a client that sends nothing for `idle` seconds gets 408."""
     content_type = req.headers.get("content-type", "")
     _, options = parse_options_header(content_type)
     boundary = options.get(b"boundary")
@@ -126,12 +133,20 @@ async def receive_upload(req: Request, tmp: Path, limit: int, room: int, csrf: s
         "on_part_begin", "on_header_field", "on_header_value", "on_header_end", "on_headers_finished",
         "on_part_data", "on_part_end")}
     parser = MultipartParser(boundary, callbacks)  # type: ignore[arg-type]
+    received = 0
     try:
         while True:
-            message = await req.receive()
+            try:
+                async with asyncio.timeout(idle):
+                    message = await req.receive()
+            except TimeoutError:
+                raise ApiError(408, "timeout") from None
             if message["type"] == "http.disconnect":
                 raise ApiError(400, "disconnect")
             chunk = message.get("body", b"")
+            received += len(chunk)
+            if received > body_limit:
+                raise ApiError(413, "size")
             if chunk:
                 parser.write(chunk)
             if not message.get("more_body"):

@@ -1,12 +1,23 @@
-"""Sessions: an opaque random id in a signed cookie, the session itself in Redis.
+"""Sessions: an opaque random id in a signed cookie, the session itself in Redis, bound to
+the state of the user that opened it.
 
 Cookie value: `<id>.<signature>`, the signature an HMAC-SHA256 of the id under
 COOKIE_SECRET. A bad signature is a forgery (403 tampered); a good one whose session is
 gone has expired (403 session): the signature tells the two apart without keeping dead
-sessions (seed: Identity & security).
+sessions (seed: Identity & security). The id is `<username>:<random>` (256 bits).
 
-Redis: `session:<id>` hash {user, csrf, created (unix ms)}, expiring SESSION_IDLE seconds after its
-last use; `sessions:<user>` set of the user's session ids, so all can be revoked.
+Redis: `session:<id>` hash {user, csrf, created (unix ms), gen}, expiring SESSION_IDLE seconds
+after its last use; `sessions:<user>` set of the user's session ids, so all can be ended.
+
+The binding: every user has a generation `gen` (random, new at signup and at every event
+that must end all sessions: reset, password change, disable, destroy, an admin's revoke).
+A session is created by one script that checks, at that moment, that the user exists, is
+not disabled and still has the generation read before its password was verified; it records
+that generation. Ending all sessions is one script too: new generation, every session in the
+set deleted. The gatekeeper reads the session and its user together and refuses a session
+whose generation is not its user's (a re-registered username has another one) or whose user
+is disabled or gone. So a login racing a destroy, disable, reset or password change either
+lands before it (and is ended by it) or after it (and is refused).
 """
 
 from __future__ import annotations
@@ -18,6 +29,8 @@ import secrets
 import time
 from typing import Any
 
+from . import keys
+
 FAR_FUTURE = "Fri, 31 Dec 9999 23:59:59 GMT"
 
 
@@ -26,10 +39,63 @@ def new_token() -> str:
     return secrets.token_urlsafe(32)
 
 
+def new_gen() -> str:
+    return secrets.token_hex(8)
+
+
+# KEYS: user, session, sessions. ARGV: the generation read before the password was checked,
+# csrf, created (ms), idle (s), the session id, a new hash for the password or ''
+_CREATE = """
+local u = redis.call('HMGET', KEYS[1], 'username', 'gen', 'disabled')
+if not u[1] or (u[2] or '') ~= ARGV[1] or u[3] == '1' then return 0 end
+if ARGV[6] ~= '' then redis.call('HSET', KEYS[1], 'hash', ARGV[6]) end
+redis.call('HSET', KEYS[1], 'last', ARGV[3])
+redis.call('HSET', KEYS[2], 'user', u[1], 'csrf', ARGV[2], 'created', ARGV[3], 'gen', ARGV[1])
+redis.call('EXPIRE', KEYS[2], ARGV[4])
+redis.call('SADD', KEYS[3], ARGV[5])
+return 1
+"""
+
+# KEYS: user, sessions, the session to keep (or the user's key again), then keys to delete with it (the user's
+# reset token). ARGV: the new generation, the id of the session to keep (or ''), then
+# field/value pairs to set on the user in the same step. -1 if the user is gone. The
+# session keys named by the set are built here: they share the user's hash slot once tagged.
+_END_ALL = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+local n = 0
+for _, sid in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  if sid ~= ARGV[2] then
+    redis.call('DEL', 'session:' .. sid)
+    redis.call('SREM', KEYS[2], sid)
+    n = n + 1
+  end
+end
+redis.call('HSET', KEYS[1], 'gen', ARGV[1], unpack(ARGV, 3))
+if ARGV[2] ~= '' and redis.call('EXISTS', KEYS[3]) == 1 then redis.call('HSET', KEYS[3], 'gen', ARGV[1]) end
+for i = 4, #KEYS do redis.call('DEL', KEYS[i]) end
+return n
+"""
+
+
+# The first lines of a script that writes new data for a user on behalf of a session: it
+# writes only while that session is live and of its user's generation, so a request that
+# passed the gatekeeper just before a destroy, disable or reset cannot land data after it
+# (a destroyed user's notebook refilled, then read by whoever signs up as that name).
+# KEYS[1] the session, KEYS[2] its user (see `guard_keys`); the script's own keys follow.
+GUARD = """
+local g = redis.call('HGET', KEYS[1], 'gen')
+if not g or g ~= (redis.call('HGET', KEYS[2], 'gen') or '') then return 'ended' end
+"""
+
+
+def guard_keys(session: dict[str, Any]) -> list[str]:
+    return [keys.session(session["id"]), keys.user(session["user"])]
+
+
 class Sessions:
     def __init__(self, config: Any):
         self.key = config.COOKIE_SECRET.encode()
-        self.name = config.COOKIE_NAME
+        self.name = config.cookie_name
         self.idle = int(config.SESSION_IDLE)
         self.max = int(config.SESSION_MAX)
         self.per_user = int(config.SESSIONS_PER_USER)
@@ -48,7 +114,7 @@ class Sessions:
             return None
         if not hmac.compare_digest(signature.encode(), self.sign(sid).encode()):
             return None
-        return sid
+        return sid if keys.session_owner(sid) else None
 
     def set_cookie(self, sid: str) -> str:
         # Expires far away: the server decides when a session ends (seed: Identity & security)
@@ -61,53 +127,66 @@ class Sessions:
 
     # -- the session --------------------------------------------------------------------
 
-    async def create(self, db: Any, user: str) -> tuple[str, str]:
-        sid, csrf = new_token(), new_token()
-        await db.multi([
-            ("HSET", f"session:{sid}", "user", user, "csrf", csrf, "created", int(time.time() * 1000)),
-            ("EXPIRE", f"session:{sid}", self.idle),
-            ("SADD", f"sessions:{user}", sid),
-        ])
-        return sid, csrf
+    async def create(self, db: Any, user: dict[str, str], rehash: str = "") -> tuple[str, str] | None:
+        """A new session for `user` as it was read before its password was checked, or None
+        if the user changed since (gone, disabled, another generation). `rehash`: a new hash
+        of the same password, stored only if the session is made."""
+        name = user["username"]
+        sid, csrf = f"{name}:{new_token()}", new_token()
+        made = await db.script(_CREATE, [keys.user(name), keys.session(sid), keys.sessions(name)],
+                               [user.get("gen", ""), csrf, int(time.time() * 1000), self.idle, sid, rehash])
+        return (sid, csrf) if made else None
 
     async def load(self, db: Any, sid: str) -> dict[str, Any] | None:
-        """The live session, renewed, or None; one round trip."""
-        key = f"session:{sid}"
-        (user, csrf, created), _ = await db.pipeline([("HMGET", key, "user", "csrf", "created"),
-                                                      ("EXPIRE", key, self.idle, "XX")])
-        if user is None or csrf is None:
+        """The live session, renewed, or None; one round trip. A session whose user is gone,
+        disabled or of another generation is deleted."""
+        name = keys.session_owner(sid)
+        if name is None:
             return None
-        if time.time() * 1000 - int(created or 0) > self.max * 1000:
-            await self.delete(db, sid, user)
+        key = keys.session(sid)
+        (csrf, created, gen), (exists, user_gen, disabled), _ = await db.pipeline([
+            ("HMGET", key, "csrf", "created", "gen"),
+            ("HMGET", keys.user(name), "username", "gen", "disabled"),
+            ("EXPIRE", key, self.idle, "XX")])
+        if csrf is None:
             return None
-        return {"id": sid, "user": user, "csrf": csrf}
+        if (exists is None or disabled == "1" or (gen or "") != (user_gen or "")
+                or time.time() * 1000 - int(created or 0) > self.max * 1000):
+            await self.delete(db, sid, name)
+            return None
+        return {"id": sid, "user": name, "csrf": csrf}
 
     async def delete(self, db: Any, sid: str, user: str) -> None:
-        await db.multi([("DEL", f"session:{sid}"), ("SREM", f"sessions:{user}", sid)])
+        await db.multi([("DEL", keys.session(sid)), ("SREM", keys.sessions(user), sid)])
 
-    async def revoke_all(self, db: Any, user: str, keep: str | None = None) -> int:
-        """Ends every session of `user` (but `keep`); how many were ended."""
-        ids = [sid for sid in await db.call("SMEMBERS", f"sessions:{user}") if sid != keep]
-        if not ids:
-            return 0
-        await db.multi([("DEL", *[f"session:{sid}" for sid in ids]), ("SREM", f"sessions:{user}", *ids)])
-        return len(ids)
+    async def end_all(self, db: Any, user: str, keep: str | None = None, fields: dict[str, Any] | None = None,
+                      also: tuple[str, ...] = ()) -> int:
+        """In one step: a new generation for `user`, `fields` set on it, every session but
+        `keep` ended (`keep` moves to the new generation), the keys in `also` deleted. How
+        many sessions ended; -1 if the user is gone."""
+        pairs = [item for pair in (fields or {}).items() for item in pair]
+        return int(await db.script(_END_ALL, [keys.user(user), keys.sessions(user),
+                                              keys.session(keep) if keep else keys.user(user), *also],
+                                   [new_gen(), keep or "", *pairs]))
+
+    async def live(self, db: Any, user: str) -> list[str]:
+        return list(await db.call("SMEMBERS", keys.sessions(user)))
 
     async def prune(self, db: Any, user: str) -> None:
         """Keeps a user to SESSIONS_PER_USER live sessions, run after each login: past it, the
         oldest end, and ids of sessions that expired on their own leave the set. Bounded work
         (one SCARD until the set outgrows the cap), however many times a user logs in."""
-        key = f"sessions:{user}"
+        key = keys.sessions(user)
         if await db.call("SCARD", key) <= self.per_user:
             return
         ids = await db.call("SMEMBERS", key)
-        created = await db.pipeline([("HGET", f"session:{sid}", "created") for sid in ids])
+        created = await db.pipeline([("HGET", keys.session(sid), "created") for sid in ids])
         dead = [sid for sid, when in zip(ids, created, strict=True) if when is None]
         live = sorted((int(when), sid) for sid, when in zip(ids, created, strict=True) if when is not None)
         oldest = [sid for _, sid in live[:max(0, len(live) - self.per_user)]]
         commands: list[tuple[Any, ...]] = []
         if oldest:
-            commands.append(("DEL", *[f"session:{sid}" for sid in oldest]))
+            commands.append(("DEL", *[keys.session(sid) for sid in oldest]))
         if dead or oldest:
             commands.append(("SREM", key, *dead, *oldest))
             await db.multi(commands)

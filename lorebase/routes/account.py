@@ -69,8 +69,11 @@ async def change_password(req: Request) -> Reply:
     check_new_password(data.new, "new")
     user = await _user_with_password(req, data.old)
     assert req.session is not None
-    await app.db.call("HSET", f"user:{user['username']}", "hash", await app.passwords.hash(data.new))
-    await app.sessions.revoke_all(app.db, user["username"], keep=req.session["id"])
+    # the new hash and a new generation in one step: every other session ends, a login
+    # with the old password still in flight is refused, this session carries on
+    if await users.set_password(app.db, app.sessions, user["username"], await app.passwords.hash(data.new),
+                                keep=req.session["id"]) < 0:
+        raise ApiError(403, "session")
     await enqueue(app.db, user["email"], *password_changed_mail(app.config.BASE_URL, user["username"]))
     notify("password changed", user=user["username"], ip=req.ip)
     return reply(200, {})
@@ -80,7 +83,11 @@ async def destroy(req: Request) -> Reply:
     data: Destroy = req.data
     app = req.app
     user = await _user_with_password(req, data.password)
-    for hook in app.destroy_hooks:  # the apps' data first (notes, files), then the user
+    # first every session ends and no new one can open (the username stays taken, so
+    # nobody can sign up as it while its data is removed); then the apps' data (notes,
+    # files); then the user, its indexes and tokens
+    await users.disable(app.db, app.sessions, user["username"])
+    for hook in app.destroy_hooks:
         await hook(app, user["username"])
     await users.delete(app.db, user)
     notify("destroy", user=user["username"], ip=req.ip)

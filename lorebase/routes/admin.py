@@ -36,23 +36,24 @@ async def _target(req: Request) -> dict[str, str]:
 
 async def revoke(req: Request) -> Reply:
     user = await _target(req)
-    count = await req.app.sessions.revoke_all(req.app.db, user["username"])
+    count = max(0, await req.app.sessions.end_all(req.app.db, user["username"]))
     notify("admin revoke", user=user["username"], by=req.session and req.session["user"], sessions=count)
     return reply(200, {"revoked": count})
 
 
 async def disable(req: Request) -> Reply:
     user = await _target(req)
-    await req.app.db.call("HSET", f"user:{user['username']}", "disabled", int(req.data.value))
-    if req.data.value:
-        await req.app.sessions.revoke_all(req.app.db, user["username"])
+    if req.data.value:  # disabled and every session ended in one step
+        await users.disable(req.app.db, req.app.sessions, user["username"])
+    else:
+        await users.set_flag(req.app.db, user["username"], "disabled", False)
     notify("admin disable", user=user["username"], value=req.data.value, by=req.session and req.session["user"])
     return reply(200, {})
 
 
 async def set_admin(req: Request) -> Reply:
     user = await _target(req)
-    await req.app.db.call("HSET", f"user:{user['username']}", "admin", int(req.data.value))
+    await users.set_flag(req.app.db, user["username"], "admin", req.data.value)
     notify("admin flag", user=user["username"], value=req.data.value, by=req.session and req.session["user"])
     return reply(200, {})
 

@@ -1,17 +1,21 @@
 """The auth routes (seed: Routes), before the gatekeeper: signup, verifyEmail, login,
-recover, reset. Rate limits per IP and per account are kept in Redis (lorebase.ratelimit)."""
+releaseEmail, recover, reset. Rate limits per IP and per account are kept in Redis (lorebase.ratelimit)."""
 
 from __future__ import annotations
 
 from ..chain import Route
 from ..http import ApiError, Reply, Request, reply
-from ..identity import passwords, tokens, users
+from ..identity import keys, passwords, tokens, users
 from ..mail import enqueue, reset_mail, verify_mail
 from ..notify import notify
 from ..ratelimit import check, hit, key, take_back
 from ..schema import Schema, Text
 
 HOUR = 3600
+# every auth body is a few short fields (a password is at most 128 characters, 12 bytes
+# each as a JSON escape): 4 KiB holds the largest, and bounds what an anonymous client
+# can make the server parse
+LIMIT = 4096
 NO_STORE = {"cache-control": "no-store"}
 
 Password = Text(1, passwords.MAX_LENGTH, description="8-128 characters, not a common password")
@@ -26,6 +30,11 @@ class Signup(Schema):
 
 
 class VerifyEmail(Schema):
+    token: Token  # type: ignore[valid-type]
+    password: Password | None = None  # type: ignore[valid-type]
+
+
+class ReleaseEmail(Schema):
     token: Token  # type: ignore[valid-type]
 
 
@@ -61,26 +70,76 @@ async def signup(req: Request) -> Reply:
     if config.WHITELIST and email not in config.WHITELIST:
         raise ApiError(403, "whitelist")
     await check(db, "signup-ip", req.ip, config.SIGNUPS_PER_IP, HOUR)
-    if await db.call("EXISTS", f"user:{username}"):
-        raise ApiError(409, "username")
-    if await db.call("EXISTS", f"email:{email}"):
-        raise ApiError(409, "email")
+    refused = await users.taken(db, username, email, config.VERIFY_TTL)
+    if refused:  # before the hash: a taken name costs no argon2
+        raise ApiError(409, refused)
     password_hash = await req.app.passwords.hash(data.password)
-    await users.create(db, username, email, password_hash)
+    previous = await users.create(db, username, email, password_hash, config.VERIFY_TTL)
+    if previous:
+        notify("email taken over", user=username, previous=previous, ip=req.ip)
     token = await tokens.issue(db, "verify", username, email, config.VERIFY_TTL)
     await enqueue(db, email, *verify_mail(config.BASE_URL, username, token))
     notify("signup", user=username, ip=req.ip)
     return reply(200, {})
 
 
-async def verify_email(req: Request) -> Reply:
-    data: VerifyEmail = req.data
-    db = req.app.db
-    issued = await tokens.redeem(db, "verify", data.token)
-    user = await users.get(db, issued[0]) if issued else None
+async def _token_user(req: Request, kind: str, token: str) -> dict[str, str]:
+    """The user a live token was issued for, its email unchanged since; else 403 token."""
+    issued = await tokens.peek(req.app.db, kind, token)
+    user = await users.get(req.app.db, issued[0]) if issued else None
     if issued is None or user is None or user["email"] != issued[1]:
         raise ApiError(403, "token")
-    await db.call("HSET", f"user:{user['username']}", "verified", 1)
+    return user
+
+
+async def _password_proof(req: Request, user: dict[str, str], password: str) -> bool:
+    """The account's password, under the login limits (each try costs a hash)."""
+    app, config = req.app, req.app.config
+    ip_key, account_key = key("login-ip", req.ip), key("login-account", user["username"])
+    ip_ok, ip_wait = await hit(app.db, "login-ip", req.ip, config.LOGIN_FAILS_PER_IP, config.LOGIN_WINDOW)
+    account_ok, account_wait = await hit(app.db, "login-account", user["username"],
+                                         config.LOGIN_FAILS_PER_ACCOUNT, config.LOGIN_WINDOW)
+    if not (ip_ok and account_ok):
+        await take_back(app.db, ip_key, account_key)
+        raise ApiError(429, "rate", headers={"retry-after": str(max(ip_wait, account_wait))})
+    if not await app.passwords.verify(user["hash"], password):
+        return False
+    await take_back(app.db, ip_key, account_key)
+    return True
+
+
+async def _session_of(req: Request, username: str) -> bool:
+    """The request carries a live session of `username`."""
+    sessions = req.app.sessions
+    value = req.cookies.get(sessions.name)
+    sid = sessions.unsign(value) if value else None
+    return sid is not None and keys.session_owner(sid) == username and \
+        await sessions.load(req.app.db, sid) is not None
+
+
+async def verify_email(req: Request) -> Reply:
+    """The token proves the mailbox; a live session of the account or its password proves
+    the account. Both are needed, so nobody's click verifies an account someone else made."""
+    data: VerifyEmail = req.data
+    user = await _token_user(req, "verify", data.token)
+    if not await _session_of(req, user["username"]):
+        if data.password is None or not await _password_proof(req, user, data.password):
+            raise ApiError(403, "auth")
+    if not await users.verify(req.app.db, data.token, user["email"]):
+        raise ApiError(403, "token")
+    notify("email verified", user=user["username"], ip=req.ip)
+    return reply(200, {})
+
+
+async def release_email(req: Request) -> Reply:
+    """"This was not me": the mailbox owner takes the address back from the account that
+    signed up with it, which keeps everything else; the address is free to sign up with."""
+    data: ReleaseEmail = req.data
+    db = req.app.db
+    issued = await tokens.redeem(db, "verify", data.token)
+    if issued is None or not await users.release(db, issued[0], issued[1]):
+        raise ApiError(403, "token")
+    notify("email released", user=issued[0], ip=req.ip)
     return reply(200, {})
 
 
@@ -110,18 +169,20 @@ async def login(req: Request) -> Reply:
     await take_back(db, ip_key, account_key)
     if config.REQUIRE_VERIFIED and user.get("verified") != "1":
         raise ApiError(403, "verify")
-    username = user["username"]
-    if app.passwords.needs_rehash(user["hash"]):
-        await db.call("HSET", f"user:{username}", "hash", await app.passwords.hash(data.password))
+    rehash = await app.passwords.hash(data.password) if app.passwords.needs_rehash(user["hash"]) else ""
     old = req.cookies.get(app.sessions.name)
     old_sid = app.sessions.unsign(old) if old else None
-    if old_sid:  # a new id at every login: the one before stops working (S2)
-        owner = await db.call("HGET", f"session:{old_sid}", "user")
-        if owner:
-            await app.sessions.delete(db, old_sid, owner)
+    old_owner = keys.session_owner(old_sid) if old_sid else None
+    if old_sid and old_owner:  # a new id at every login: the one before stops working (S2)
+        await app.sessions.delete(db, old_sid, old_owner)
     await db.call("DEL", account_key)
-    sid, csrf = await app.sessions.create(db, username)
-    await app.sessions.prune(db, username)
+    # made only if the user is still the one whose password was checked: not destroyed,
+    # disabled, reset or changed meanwhile (else the same reply as a wrong password)
+    made = await app.sessions.create(db, user, rehash)
+    if made is None:
+        raise ApiError(403, "auth")
+    sid, csrf = made
+    await app.sessions.prune(db, user["username"])
     return reply(200, {"csrf": csrf}, {"set-cookie": app.sessions.set_cookie(sid), **NO_STORE})
 
 
@@ -135,7 +196,8 @@ async def recover(req: Request) -> Reply:
         # tell whether the account exists
         allowed, _ = await hit(db, "recover-account", user["username"], config.RECOVER_MAILS_PER_ACCOUNT, HOUR)
         if allowed:
-            token = await tokens.issue(db, "reset", user["username"], user["email"], config.RESET_TTL)
+            token = await tokens.issue(db, "reset", user["username"], user["email"], config.RESET_TTL,
+                                       user.get("gen", ""))
             await enqueue(db, user["email"], *reset_mail(config.BASE_URL, user["username"], token))
     return reply(200, {})
 
@@ -147,29 +209,35 @@ async def reset(req: Request) -> Reply:
     check_new_password(data.password, "password")
     issued = await tokens.redeem(db, "reset", data.token)
     user = await users.get(db, issued[0]) if issued else None
-    if issued is None or user is None or user["email"] != issued[1]:
+    # the token's user, with the email and the generation it was issued for: a token that
+    # a password change, disable or destroy overtook is dead even if it was mailed after
+    if issued is None or user is None or user["email"] != issued[1] or user.get("gen", "") != issued[2]:
         raise ApiError(403, "token")
     password_hash = await app.passwords.hash(data.password)
-    await db.call("HSET", f"user:{user['username']}", "hash", password_hash, "verified", 1)
-    await app.sessions.revoke_all(db, user["username"])
+    if await users.set_password(db, app.sessions, user["username"], password_hash, verified=True) < 0:
+        raise ApiError(403, "token")
     notify("password reset", user=user["username"], ip=req.ip)
     return reply(200, {})
 
 
 def routes() -> list[Route]:
     return [
-        Route("POST", "/auth/signup", signup, section="auth", body=Signup,
+        Route("POST", "/auth/signup", signup, section="auth", body=Signup, limit=LIMIT,
               summary="Create an account; a verification mail is sent",
               replies={403: ["whitelist"], 409: ["username", "email"], 429: ["rate"]}),
-        Route("POST", "/auth/verifyEmail", verify_email, section="auth", body=VerifyEmail,
-              summary="Mark the email verified with the token from the mail", replies={403: ["token"]}),
-        Route("POST", "/auth/login", login, section="auth", body=LoginIn,
+        Route("POST", "/auth/verifyEmail", verify_email, section="auth", body=VerifyEmail, limit=LIMIT,
+              summary="Mark the email verified: the token from the mail, and a live session of the "
+                      "account or its password", replies={403: ["token", "auth"], 429: ["rate"]}),
+        Route("POST", "/auth/releaseEmail", release_email, section="auth", body=ReleaseEmail, limit=LIMIT,
+              summary="'This was not me': the token from the verification mail takes the address "
+                      "back from the account that signed up with it", replies={403: ["token"]}),
+        Route("POST", "/auth/login", login, section="auth", body=LoginIn, limit=LIMIT,
               summary="Open a session: sets the cookie, returns the CSRF token",
               replies={403: ["auth", "verify"], 429: ["rate"]}),
-        Route("POST", "/auth/recover", recover, section="auth", body=Recover,
+        Route("POST", "/auth/recover", recover, section="auth", body=Recover, limit=LIMIT,
               summary="Mail a reset link if the account exists (the reply is the same either way)",
               replies={429: ["rate"]}),
-        Route("POST", "/auth/reset", reset, section="auth", body=Reset,
+        Route("POST", "/auth/reset", reset, section="auth", body=Reset, limit=LIMIT,
               summary="Set a new password with the token from the mail; ends all sessions",
               replies={403: ["token"]}),
     ]

@@ -14,7 +14,7 @@ import msgspec
 
 from ..chain import Route
 from ..files import s3
-from ..files.store import check_id, new_id, serve_type
+from ..files.store import ID, check_id, new_id, serve_type
 from ..files.upload import receive_upload
 from ..http import ApiError, Reply, Request, etag_matches, reply
 from ..schema import Schema, Text
@@ -32,7 +32,7 @@ class FileOut(msgspec.Struct):
 
 
 class ListQuery(Schema):
-    before: Text(23, 23, pattern=r"^[0-9a-f]{23}$") = ""  # type: ignore[valid-type]
+    before: Text(23, 23, pattern=ID.pattern) = ""  # type: ignore[valid-type]
 
 
 class FileRow(msgspec.Struct):
@@ -42,6 +42,9 @@ class FileRow(msgspec.Struct):
     type: str
     sha256: str
     created: int
+
+
+MULTIPART_OVERHEAD = 65536  # the csrf field, part headers and boundaries around the file
 
 
 class DeleteIn(Schema):
@@ -58,10 +61,11 @@ async def upload(req: Request) -> Reply:
         raise ApiError(409, "quota")
     expected = req.session["csrf"] if req.session.get("csrf_in_body") else None
     tmp = store.temp()
-    got = await receive_upload(req, tmp, app.config.FILE_LIMIT, room, expected)
+    got = await receive_upload(req, tmp, app.config.FILE_LIMIT, room, expected,
+                               body_limit=app.config.FILE_LIMIT + MULTIPART_OVERHEAD, idle=app.config.BODY_TIMEOUT)
     meta = {"id": new_id(), "user": user, "name": got.name, "size": got.size, "type": got.type,
             "sha256": got.digest.hexdigest(), "created": int(time.time()), "s3": 0}
-    await store.add(app.db, user, tmp, meta)
+    await store.add(app.db, req.session, tmp, meta)
     return reply(200, {k: meta[k] for k in ("id", "name", "size", "type", "sha256")})
 
 
@@ -168,7 +172,8 @@ async def remove_user_files(app: Any, user: str) -> None:
 
 def routes(config: Any) -> list[Route]:
     return [
-        Route("POST", "/files", upload, section="private", accepts="multipart", limit=config.FILE_LIMIT + 65536,
+        Route("POST", "/files", upload, section="private", accepts="multipart",
+              limit=config.FILE_LIMIT + MULTIPART_OVERHEAD,
               summary="Upload one file (multipart field `file`; CSRF in X-CSRF-Token or a `csrf` field before it)",
               ok=FileOut, replies={409: ["quota"], 507: ["storage"]}),
         Route("GET", "/files", list_files, section="private", query=ListQuery, ok=list[FileRow],

@@ -164,16 +164,36 @@ function recover() {
     }, h('p', {}, h('a', {href: '/'}, 'Back to log in'))));
 }
 
+// The verification link: it names the account and acts only on a click. The token proves
+// the mailbox; the account's password (or being logged in as it) proves the account.
 async function verifyPage(token) {
-  show(h('p', {class: 'muted'}, 'Verifying your email…'));
+  const account = token.slice(0, token.lastIndexOf('.'));
+  let me = null;
   try {
-    await api('POST', '/auth/verifyEmail', {token});
-    flash('Your email is verified. You can log in.', 'ok');
-  } catch (e) {
-    flash(e.message, 'error');
-  }
-  history.replaceState(null, '', '/');
-  welcome();
+    state.csrf = (await api('GET', '/auth/csrf')).csrf;
+    me = await api('GET', '/auth/me');
+  } catch (e) { /* not logged in */ }
+  const own = me && me.username === account;
+  const done = (message) => {
+    history.replaceState(null, '', '/');
+    flash(message, 'ok');
+    if (state.me) go('notes'); else welcome();
+  };
+  const fields = own ? [] : [['password', `Password of "${account}"`, 'password', {autocomplete: 'current-password'}]];
+  const release = h('button', {type: 'button', id: 'not-me', class: 'danger', onclick: async () => {
+    try {
+      await api('POST', '/auth/releaseEmail', {token});
+      done(`The address is no longer held by "${account}". You can sign up with it.`);
+    } catch (e) {
+      flash(e.message, 'error');
+    }
+  }}, 'This was not me');
+  state.me = me;
+  show(form('verify', `Verify the email of "${account}"`, fields, 'Verify my email', async (v) => {
+    await api('POST', '/auth/verifyEmail', own ? {token} : {token, password: v.password});
+    if (state.me) state.me = await api('GET', '/auth/me');
+    done('Your email is verified.' + (state.me ? '' : ' You can log in.'));
+  }, h('p', {}, `Did not sign up as "${account}"? `, release)));
 }
 
 function resetPage(token) {

@@ -1,0 +1,40 @@
+"""Every Redis key of identity, named in one place.
+
+A session id carries its user (`<username>:<random>`), so the gatekeeper names the user's
+key without reading the session first, and both land in one hash slot once the keys are
+tagged for Redis Cluster. One-time tokens carry their user the same way
+(`<username>.<random>`), so each user has at most one live token of each kind.
+"""
+
+from __future__ import annotations
+
+import re
+
+USERNAME = re.compile(r"[a-z0-9_.-]{3,32}")
+USERS = "users"
+
+
+def user(name: str) -> str:
+    return f"user:{name}"
+
+
+def email(address: str) -> str:
+    return f"email:{address}"
+
+
+def session(sid: str) -> str:
+    return f"session:{sid}"
+
+
+def sessions(name: str) -> str:
+    return f"sessions:{name}"
+
+
+def token(kind: str, name: str) -> str:
+    return f"{kind}:{name}"
+
+
+def session_owner(sid: str) -> str | None:
+    """The username a session id was made for, or None if it is not one of ours."""
+    name, colon, rest = sid.partition(":")
+    return name if colon and rest and USERNAME.fullmatch(name) else None
