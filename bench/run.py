@@ -315,7 +315,30 @@ class Lorebase(Peer):
         return [str(binary if binary.exists() else "lorebase"), "serve", "dev"], env, ROOT
 
 
-PEERS: list[Peer] = [Express(), Hello(), HelloHeaders(), HelloReuseport(), Granian(), GranianRSGI(), Lorebase()]
+class LorebaseBase(Lorebase):
+    """lorebase from another checkout (`--base PATH`, e.g. a `git worktree` of main before a
+    change), run by the same Python: a change is measured against the code before it, in
+    the same run."""
+
+    name = "lorebase-base"
+    about = "lorebase from the checkout given by --base (the code before a change), same settings"
+
+    def skip_reason(self, ctx: Context) -> str | None:
+        base = ctx.args.base
+        if base is None:
+            return "no --base checkout given"
+        if not (base / "lorebase" / "__main__.py").exists():
+            return f"no lorebase package in {base}"
+        return None
+
+    def command(self, ctx: Context, port: int) -> tuple[list[str], dict[str, str], Path]:
+        _, env, _ = super().command(ctx, port)
+        # `python -m` from the checkout's root imports its lorebase, not the installed one
+        return [sys.executable, "-m", "lorebase", "serve", "dev"], env, ctx.args.base.resolve()
+
+
+PEERS: list[Peer] = [Express(), Hello(), HelloHeaders(), HelloReuseport(), Granian(), GranianRSGI(), Lorebase(),
+                     LorebaseBase()]
 
 
 # -- processes ------------------------------------------------------------------------------
@@ -856,6 +879,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--retries", type=int, default=2, help="how many times to measure again (default 2)")
     p.add_argument("--threads", type=int, default=2, help="wrk -t (default 2)")
     p.add_argument("--connections", type=int, default=64, help="wrk -c (default 64)")
+    p.add_argument("--base", type=Path, default=None, metavar="PATH",
+                   help="also run lorebase from this checkout as the peer lorebase-base (the code before a change)")
     p.add_argument("--shared-redis", action="store_true",
                    help="point lorebase at the throwaway TCP Redis express uses, not its embedded one")
     p.add_argument("--shared", type=Path, default=SHARED, help=f"the seed's bench folder (default {SHARED})")
