@@ -135,6 +135,7 @@ class Context:
 
 class Peer:
     name = ""
+    serves_as = ""  # the peer whose workload paths this one serves (default: its own name)
     about = ""
     ready_path = "/"
     cookie_name = "session"
@@ -184,6 +185,10 @@ class Peer:
         if not isinstance(body, list) or len(body) != items:
             got = len(body) if isinstance(body, list) else type(body).__name__
             raise RuntimeError(f"GET {path} answered {got} items, not {items}")
+
+
+def route_name(peer: Peer) -> str:
+    return peer.serves_as or peer.name
 
 
 class Express(Peer):
@@ -321,6 +326,7 @@ class LorebaseBase(Lorebase):
     the same run."""
 
     name = "lorebase-base"
+    serves_as = "lorebase"
     about = "lorebase from the checkout given by --base (the code before a change), same settings"
 
     def skip_reason(self, ctx: Context) -> str | None:
@@ -622,8 +628,9 @@ def wait_quiet(ctx: Context, what: str) -> None:
 
 def measure_once(ctx: Context, server: Server, peer: Peer, workload: Workload, port: int,
                  env: dict[str, str], session: Session | None, login_as: Session | None = None) -> Result:
-    path = workload.paths[peer.name].format(file=session.file if session else "")
-    result = Result(peer.name, workload.name, f"{workload.method} {workload.paths[peer.name].format(file='<id>')}")
+    route = workload.paths[route_name(peer)]
+    path = route.format(file=session.file if session else "")
+    result = Result(peer.name, workload.name, f"{workload.method} {route.format(file='<id>')}")
     url = f"http://{HOST}:{port}{path}"
     script = (BENCH / "wrk" if workload.own else ctx.shared / "wrk") / workload.script
     stem = f"{peer.name}-{workload.name}"
@@ -693,16 +700,16 @@ def run_peer(ctx: Context, peer: Peer, workloads: list[Workload]) -> tuple[list[
             try:
                 if workload.session and session is None:
                     session = peer.login(base)
-                    if any("{file}" in w.paths.get(peer.name, "") for w in workloads):
+                    if any("{file}" in w.paths.get(route_name(peer), "") for w in workloads):
                         peer.upload(base, session)
                 # the login load logs another user in: the sessions it makes (lorebase keeps 100 a
                 # user) must not end the one wrk uses
                 login_as = peer.login(base) if workload.logins else None
                 if workload.items and session is not None:
-                    peer.check_list(base, workload.paths[peer.name], session, workload.items)
+                    peer.check_list(base, workload.paths[route_name(peer)], session, workload.items)
                 result = measure(ctx, server, peer, workload, port, session, login_as)
             except (RuntimeError, OSError, subprocess.SubprocessError, KeyError, ValueError) as error:
-                result = Result(peer.name, workload.name, f"{workload.method} {workload.paths[peer.name]}",
+                result = Result(peer.name, workload.name, f"{workload.method} {workload.paths[route_name(peer)]}",
                                 error=str(error))
             results.append(result)
             print(f"  {workload.name} {result.route}: " + (f"error: {result.error}" if result.error else
@@ -889,7 +896,7 @@ def main(argv: list[str] | None = None) -> int:
     only = names(args.only, [p.name for p in PEERS], "peer")
     wanted = names(args.workload, [w.name for w in WORKLOADS], "workload")
     workloads = [w for w in WORKLOADS if (w.name in wanted if wanted else w.default)]
-    peers = [p for p in PEERS if (only is None or p.name in only) and any(p.name in w.paths for w in workloads)]
+    peers = [p for p in PEERS if (only is None or p.name in only) and any(route_name(p) in w.paths for w in workloads)]
     for tool in ("wrk", "redis-server"):
         if not shutil.which(tool):
             raise SystemExit(f"{tool} is not installed (apt-get install -y wrk redis-server)")
@@ -923,7 +930,7 @@ def main(argv: list[str] | None = None) -> int:
                 if args.rounds > 1:
                     print(f"-- round {round_} of {args.rounds}", flush=True)
                 for peer in runnable:
-                    mine = [w for w in workloads if peer.name in w.paths]
+                    mine = [w for w in workloads if route_name(peer) in w.paths]
                     try:
                         peer_results, memory[peer.name] = run_peer(ctx, peer, mine)
                     except (RuntimeError, OSError, subprocess.SubprocessError) as error:

@@ -21,12 +21,14 @@ from typing import Any
 
 from . import db as dbmod
 from .http import (
+    CLOSE,
     GZIP_MIN,
     HTML,
     JSON,
     PAGE_SECURITY_HEADERS,
     SECURITY_HEADERS,
     ApiError,
+    Deadlines,
     Reply,
     Request,
     client_address,
@@ -163,6 +165,7 @@ class Chain:
             methods[route.method] = endpoint
         self.json_limit = config.JSON_LIMIT
         self.body_timeout = float(config.BODY_TIMEOUT)
+        self.deadlines = Deadlines()
         self.db: Any = None  # the worker's Redis client, set at start-up
         self.openapi: bytes = b"{}"  # the OpenAPI document, set by the app
 
@@ -277,21 +280,25 @@ class Chain:
         limit = route.limit or self.json_limit
         chunks = []
         size = 0
+        task = self.deadlines.start(self.body_timeout)  # a slow body holds a worker's memory
         try:
-            async with asyncio.timeout(self.body_timeout):  # a slow body holds a worker's memory
-                while True:
-                    message = await req.receive()
-                    if message["type"] == "http.disconnect":
-                        raise ApiError(400, "disconnect")
-                    chunk = message.get("body", b"")
-                    size += len(chunk)
-                    if size > limit:
-                        raise ApiError(413, "size")
-                    chunks.append(chunk)
-                    if not message.get("more_body"):
-                        break
-        except TimeoutError:
-            raise ApiError(408, "timeout") from None
+            while True:
+                message = await req.receive()
+                if message["type"] == "http.disconnect":
+                    raise ApiError(400, "disconnect")
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > limit:
+                    raise ApiError(413, "size", headers=CLOSE)
+                chunks.append(chunk)
+                if not message.get("more_body"):
+                    break
+        except asyncio.CancelledError:
+            if self.deadlines.missed(task):
+                raise ApiError(408, "timeout", headers=CLOSE) from None
+            raise
+        finally:
+            self.deadlines.end(task)
         req.body = b"".join(chunks)
         if not req.body.strip():
             raise ApiError(400, "validation", "")

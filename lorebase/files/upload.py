@@ -18,7 +18,7 @@ from typing import Any
 
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from ..http import ApiError, Request
+from ..http import CLOSE, ApiError, Request
 from ..notify import notify
 from .store import clean_name
 
@@ -94,7 +94,7 @@ class Upload:
             return
         self.size += len(chunk)
         if self.size > self.limit:
-            raise _Abort(ApiError(413, "size"))
+            raise _Abort(ApiError(413, "size", headers=CLOSE))
         if self.size > self.room:
             raise _Abort(ApiError(409, "quota"))
         self.digest.update(chunk)
@@ -134,19 +134,23 @@ async def receive_upload(req: Request, tmp: Path, limit: int, room: int, csrf: s
         "on_part_data", "on_part_end")}
     parser = MultipartParser(boundary, callbacks)  # type: ignore[arg-type]
     received = 0
+    deadlines = req.app.deadlines
+    task = deadlines.start(idle)
     try:
         while True:
             try:
-                async with asyncio.timeout(idle):
-                    message = await req.receive()
-            except TimeoutError:
-                raise ApiError(408, "timeout") from None
+                message = await req.receive()
+            except asyncio.CancelledError:
+                if deadlines.missed(task):
+                    raise ApiError(408, "timeout", headers=CLOSE) from None
+                raise
+            deadlines.start(idle)  # idle: each chunk gives the next one `idle` seconds again
             if message["type"] == "http.disconnect":
                 raise ApiError(400, "disconnect")
             chunk = message.get("body", b"")
             received += len(chunk)
             if received > body_limit:
-                raise ApiError(413, "size")
+                raise ApiError(413, "size", headers=CLOSE)
             if chunk:
                 parser.write(chunk)
             if not message.get("more_body"):
@@ -163,6 +167,11 @@ async def receive_upload(req: Request, tmp: Path, limit: int, room: int, csrf: s
     except Exception:  # noqa: BLE001 - a malformed body is the client's, not a 500
         upload.discard()
         raise ApiError(400, "validation", "file") from None
+    except BaseException:  # cancelled (the worker stops): nothing left behind
+        upload.discard()
+        raise
+    finally:
+        deadlines.end(task)
     if not upload.done_file:
         upload.discard()
         raise ApiError(400, "validation", "file")
