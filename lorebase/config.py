@@ -42,6 +42,7 @@ DEFAULTS: dict[str, Any] = {
     "WHITELIST": [],
     "TRUSTED_PROXIES": [],  # peers whose X-Forwarded-For / X-Real-IP is believed
     "JSON_LIMIT": 16 * 1024,  # bytes of a JSON body, for a route without a limit of its own
+    "HEADER_TIMEOUT": 10.0,  # seconds a request's line and headers may take to arrive (408, closed)
     "BODY_TIMEOUT": 30.0,  # seconds a JSON body may take to arrive, or an upload may send nothing (408)
     "LOG_STREAM_MAX": 10000,  # entries kept in the Redis stream `log`
     "ERROR_REPORTS_PER_MINUTE": 30,  # POST /error per client IP

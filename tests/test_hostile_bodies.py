@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import socket
+import time
 from collections.abc import Callable, Iterator
 
 import httpx
@@ -60,8 +61,9 @@ def empty_objects(size: int) -> bytes:
 
 @pytest.fixture(scope="module")
 def hostile(tmp_path_factory, mail) -> Iterator[Lorebase]:
-    """Quiet workers of its own; uploads of at most 64 KiB; bodies get 1 s to arrive."""
-    with dedicated(tmp_path_factory, mail, "hostile", FILE_LIMIT=FILE_LIMIT, BODY_TIMEOUT=1) as lore:
+    """Quiet workers of its own; uploads of at most 64 KiB; heads and bodies get 1 s to arrive."""
+    with dedicated(tmp_path_factory, mail, "hostile", FILE_LIMIT=FILE_LIMIT, BODY_TIMEOUT=1,
+                   HEADER_TIMEOUT=1) as lore:
         yield lore
 
 
@@ -279,6 +281,51 @@ def test_an_upload_that_stops_arriving_is_408_timeout_and_stores_nothing(hostile
         assert reply == (408, {"error": "timeout"})
         assert api.files() == []
         assert list(tmp.iterdir()) == []
+
+
+def test_a_request_head_that_trickles_in_is_408_and_the_connection_closes(hostile):
+    """Slowloris: a byte of the head every 0.2 s keeps the connection busy but never ends the
+    head. HEADER_TIMEOUT=1: the server answers 408 and closes, though bytes kept coming."""
+    with socket.create_connection(("127.0.0.1", hostile.port), timeout=15) as s:
+        head = b"GET /ping HTTP/1.1\r\nHost: lore\r\nX-Padding: " + b"a" * 200
+        sent = 0
+        s.settimeout(0.2)
+        reply = b""
+        while sent < len(head):
+            s.sendall(head[sent:sent + 1])
+            sent += 1
+            try:
+                reply = s.recv(4096)
+                break
+            except TimeoutError:
+                continue
+        assert sent < len(head), "the whole trickled head was taken in"
+        s.settimeout(15)
+        while not reply.endswith(b"}"):
+            more = s.recv(4096)
+            assert more, reply
+            reply += more
+        assert reply.startswith(b"HTTP/1.1 408 "), reply[:200]
+        assert reply.endswith(b'{"error":"timeout"}')
+        assert s.recv(1) == b""  # closed
+    assert httpx.get(hostile.url + "/ping", timeout=10).json() == {"pong": True}
+
+
+def test_a_connection_that_never_sends_a_request_is_closed(hostile):
+    with socket.create_connection(("127.0.0.1", hostile.port), timeout=15) as s:
+        status, _ = read_reply(s)
+        assert status == 408
+        assert s.recv(1) == b""
+
+
+def test_a_keep_alive_connection_serves_request_after_request(hostile):
+    """The head deadline is per request: one connection that sends whole requests in time,
+    each a little apart, is never cut (three requests over about 1.5 s, past HEADER_TIMEOUT)."""
+    with httpx.Client(base_url=hostile.url, timeout=10) as http:
+        for _ in range(3):
+            assert http.get("/ping").json() == {"pong": True}
+            time.sleep(0.5)  # the gap is the point of the test: idle between requests, not mid-head
+        assert http.get("/ping").json() == {"pong": True}
 
 
 # -- the cookie of an https site ----------------------------------------------------------------------
