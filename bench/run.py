@@ -929,7 +929,9 @@ def main(argv: list[str] | None = None) -> int:
             for round_ in range(1, args.rounds + 1):
                 if args.rounds > 1:
                     print(f"-- round {round_} of {args.rounds}", flush=True)
-                for peer in runnable:
+                # every other round in the reverse order: a peer that always goes first (a cool
+                # box, a fresh page cache) or last would be favoured by its place, not its code
+                for peer in (runnable if round_ % 2 else runnable[::-1]):
                     mine = [w for w in workloads if route_name(peer) in w.paths]
                     try:
                         peer_results, memory[peer.name] = run_peer(ctx, peer, mine)

@@ -12,7 +12,6 @@ is checked against its schema (400 validation with the field's path).
 
 from __future__ import annotations
 
-import asyncio
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -28,7 +27,6 @@ from .http import (
     PAGE_SECURITY_HEADERS,
     SECURITY_HEADERS,
     ApiError,
-    Deadlines,
     Reply,
     Request,
     client_address,
@@ -164,8 +162,6 @@ class Chain:
                 raise ValueError(f"two routes for {route.method} {route.path}")
             methods[route.method] = endpoint
         self.json_limit = config.JSON_LIMIT
-        self.body_timeout = float(config.BODY_TIMEOUT)
-        self.deadlines = Deadlines()
         self.db: Any = None  # the worker's Redis client, set at start-up
         self.openapi: bytes = b"{}"  # the OpenAPI document, set by the app
 
@@ -280,25 +276,17 @@ class Chain:
         limit = route.limit or self.json_limit
         chunks = []
         size = 0
-        task = self.deadlines.start(self.body_timeout)  # a slow body holds a worker's memory
-        try:
-            while True:
-                message = await req.receive()
-                if message["type"] == "http.disconnect":
-                    raise ApiError(400, "disconnect")
-                chunk = message.get("body", b"")
-                size += len(chunk)
-                if size > limit:
-                    raise ApiError(413, "size", headers=CLOSE)
-                chunks.append(chunk)
-                if not message.get("more_body"):
-                    break
-        except asyncio.CancelledError:
-            if self.deadlines.missed(task):
-                raise ApiError(408, "timeout", headers=CLOSE) from None
-            raise
-        finally:
-            self.deadlines.end(task)
+        while True:  # a body too slow to arrive is cut by the protocol (protocol.py)
+            message = await req.receive()
+            if message["type"] == "http.disconnect":
+                raise ApiError(400, "disconnect")
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise ApiError(413, "size", headers=CLOSE)
+            chunks.append(chunk)
+            if not message.get("more_body"):
+                break
         req.body = b"".join(chunks)
         if not req.body.strip():
             raise ApiError(400, "validation", "")

@@ -7,7 +7,6 @@ The error hierarchy is one class: ApiError(status, code[, path]). Its public bod
 
 from __future__ import annotations
 
-import asyncio
 import gzip
 import hashlib
 import ipaddress
@@ -45,52 +44,6 @@ _encode = msgspec.json.Encoder().encode
 # a reply after which the connection cannot carry another request: the rest of the body
 # was not read (too slow, too large), so the server closes it rather than wait or drain
 CLOSE = {"connection": "close"}
-
-
-class Deadlines:
-    """Deadlines for bodies being read, kept by one sweeping timer per worker: a body that has
-    not arrived in time gets its task cancelled, which the reader turns into 408. Cheaper on
-    the hot path than a timer per request (`asyncio.timeout` costs ~7 µs under uvloop, a
-    dict entry here ~0.3 µs); the price is a sweep every SWEEP seconds while bodies are read."""
-
-    SWEEP = 0.25
-
-    def __init__(self) -> None:
-        self.due: dict[asyncio.Task[Any], float] = {}
-        self.expired: set[asyncio.Task[Any]] = set()
-        self.timer: asyncio.TimerHandle | None = None
-
-    def start(self, seconds: float) -> asyncio.Task[Any]:
-        """The current task must finish its read within `seconds` (again from now if it had
-        a deadline already: an upload renews it with each chunk)."""
-        task = asyncio.current_task()
-        assert task is not None
-        self.due[task] = time.monotonic() + seconds
-        if self.timer is None:
-            self.timer = asyncio.get_running_loop().call_later(self.SWEEP, self._sweep)
-        return task
-
-    def end(self, task: asyncio.Task[Any]) -> None:
-        self.due.pop(task, None)
-
-    def missed(self, task: asyncio.Task[Any]) -> bool:
-        """After a CancelledError: whether it was this deadline (the cancel is then undone)."""
-        if task not in self.expired:
-            return False
-        self.expired.discard(task)
-        task.uncancel()
-        return True
-
-    def _sweep(self) -> None:
-        self.timer = None
-        now = time.monotonic()
-        for task, when in list(self.due.items()):
-            if when <= now:
-                del self.due[task]
-                self.expired.add(task)
-                task.cancel()
-        if self.due:
-            self.timer = asyncio.get_running_loop().call_later(self.SWEEP, self._sweep)
 
 
 class ApiError(Exception):

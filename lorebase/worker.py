@@ -1,5 +1,5 @@
 """A worker: a forked child of the master serving HTTP on the master's listening socket
-with uvicorn (httptools + uvloop, with a deadline for request heads: protocol.py), the
+with uvicorn (httptools + uvloop, with deadlines for request heads and bodies: protocol.py), the
 chain as its ASGI app. It opens its own Redis connection after the fork, so no connection
 is ever shared between processes."""
 
@@ -39,8 +39,8 @@ def serve(config: Any, sock: socket.socket, index: int) -> None:
         app = create_app(config)
         server = uvicorn.Server(uvicorn.Config(
             # proxy_headers off: the chain reads X-Real-IP itself, and only from TRUSTED_PROXIES
-            app, loop="uvloop", http=protocol_class(float(config.HEADER_TIMEOUT)), lifespan="on",
-            access_log=False, proxy_headers=False,
+            app, loop="uvloop", lifespan="on", access_log=False, proxy_headers=False,
+            http=protocol_class(float(config.HEADER_TIMEOUT), float(config.BODY_TIMEOUT)),
             server_header=False, log_level="warning", timeout_graceful_shutdown=int(config.SHUTDOWN_GRACE),
             timeout_keep_alive=5, h11_max_incomplete_event_size=16 * 1024))
         server.run(sockets=[sock])

@@ -18,7 +18,7 @@ import msgspec
 from ..chain import Route
 from ..files.store import ID, new_id
 from ..http import ApiError, Reply, Request, reply
-from ..identity.sessions import GUARD, guard_keys
+from ..identity.sessions import live_probe, was_live
 from ..schema import Schema, Text
 
 PAGE = 20
@@ -75,13 +75,6 @@ _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder(Note).decode
 NO_FILES = '"files":[]}'  # how a note without files ends: the fields keep their order
 
-# a new note, written only while the session that sends it is live (sessions.GUARD)
-_CREATE = GUARD + """
-redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
-redis.call('ZADD', KEYS[4], 0, ARGV[1])
-return 'ok'
-"""
-
 # one page: the ids newest first (older than ARGV[1] if given), then their notes
 _PAGE = """
 local top = '+'
@@ -105,9 +98,14 @@ async def create(req: Request) -> Reply:
     user = req.session["user"]
     files = await _own_files(req, data.files)
     note = Note(id=new_id(), text=data.text, ts=int(time.time() * 1000), files=files)
-    written = await req.app.db.script(_CREATE, [*guard_keys(req.session), f"notebook:{user}", f"notes:{user}"],
-                                      [note.id, _encode(note)])
-    if written != "ok":
+    db = req.app.db
+    # the write and a probe of the session in one MULTI: a note written into an account whose
+    # sessions ended after this request passed the gatekeeper is taken back (see sessions.was_live)
+    *_, session_gen, user_gen = await db.multi([
+        ("HSET", f"notebook:{user}", note.id, _encode(note)), ("ZADD", f"notes:{user}", 0, note.id),
+        *live_probe(req.session)])
+    if not was_live(session_gen, user_gen):
+        await db.multi([("HDEL", f"notebook:{user}", note.id), ("ZREM", f"notes:{user}", note.id)])
         raise ApiError(403, "session")
     return reply(200, {"id": note.id})
 

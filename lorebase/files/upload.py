@@ -119,10 +119,10 @@ class Upload:
 
 
 async def receive_upload(req: Request, tmp: Path, limit: int, room: int, csrf: str | None,
-                         body_limit: int, idle: float) -> Upload:
+                         body_limit: int) -> Upload:
     """Reads the request body into `tmp`; raises ApiError (and leaves nothing) on failure.
     The whole body is held to `body_limit` (a preamble or epilogue around the file part
-    counts too), and a client that sends nothing for `idle` seconds gets 408."""
+    counts too)."""
     content_type = req.headers.get("content-type", "")
     _, options = parse_options_header(content_type)
     boundary = options.get(b"boundary")
@@ -134,17 +134,9 @@ async def receive_upload(req: Request, tmp: Path, limit: int, room: int, csrf: s
         "on_part_data", "on_part_end")}
     parser = MultipartParser(boundary, callbacks)  # type: ignore[arg-type]
     received = 0
-    deadlines = req.app.deadlines
-    task = deadlines.start(idle)
     try:
-        while True:
-            try:
-                message = await req.receive()
-            except asyncio.CancelledError:
-                if deadlines.missed(task):
-                    raise ApiError(408, "timeout", headers=CLOSE) from None
-                raise
-            deadlines.start(idle)  # idle: each chunk gives the next one `idle` seconds again
+        while True:  # a body that stops arriving is cut by the protocol (protocol.py)
+            message = await req.receive()
             if message["type"] == "http.disconnect":
                 raise ApiError(400, "disconnect")
             chunk = message.get("body", b"")
@@ -170,8 +162,6 @@ async def receive_upload(req: Request, tmp: Path, limit: int, room: int, csrf: s
     except BaseException:  # cancelled (the worker stops): nothing left behind
         upload.discard()
         raise
-    finally:
-        deadlines.end(task)
     if not upload.done_file:
         upload.discard()
         raise ApiError(400, "validation", "file")
