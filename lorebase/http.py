@@ -203,7 +203,7 @@ def parse_cookies(header: str) -> dict[str, str]:
     if not header or len(header) > 8192:
         return {}
     jar: dict[str, str] = {}
-    for pair in header.split(";"):
+    for pair in reversed(header.split(";")):  # backwards, so the first of a name is the one kept
         name, eq, value = pair.partition("=")
         name = name.strip()
         if not eq or not name:
@@ -211,7 +211,7 @@ def parse_cookies(header: str) -> dict[str, str]:
         value = value.strip()
         if len(value) >= 2 and value[0] == value[-1] == '"':
             value = value[1:-1]
-        jar.setdefault(name, value)
+        jar[name] = value
     return jar
 
 

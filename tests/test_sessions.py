@@ -52,8 +52,9 @@ def test_login_sets_a_host_only_httponly_lax_cookie_that_expires_far_away(server
     owner, colon, token = sid.partition(":")  # the id carries its user: the gatekeeper reads both at once
     assert owner == "s_cookie_1" and colon and TOKEN.match(token) and signature
     assert r.json() == {"csrf": api.csrf} and TOKEN.match(api.csrf) and api.csrf != token
-    stored = server.redis().hgetall(f"session:{sid}")
-    assert stored["user"] == "s_cookie_1" and stored["csrf"] == api.csrf
+    csrf, created, gen = server.redis().get(f"session:{sid}").split(" ")
+    assert csrf == api.csrf and abs(int(created) / 1000 - time.time()) < 60
+    assert gen == server.redis().hget("user:s_cookie_1", "gen") and len(gen) == 16
     assert server.redis().sismember("sessions:s_cookie_1", sid)
 
 

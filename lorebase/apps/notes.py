@@ -101,10 +101,10 @@ async def create(req: Request) -> Reply:
     db = req.app.db
     # the write and a probe of the session in one MULTI: a note written into an account whose
     # sessions ended after this request passed the gatekeeper is taken back (see sessions.was_live)
-    *_, session_gen, user_gen = await db.multi([
+    *_, probe = await db.multi([
         ("HSET", f"notebook:{user}", note.id, _encode(note)), ("ZADD", f"notes:{user}", 0, note.id),
-        *live_probe(req.session)])
-    if not was_live(session_gen, user_gen):
+        live_probe(req.session)])
+    if not was_live(probe):
         await db.multi([("HDEL", f"notebook:{user}", note.id), ("ZREM", f"notes:{user}", note.id)])
         raise ApiError(403, "session")
     return reply(200, {"id": note.id})

@@ -6,8 +6,9 @@ COOKIE_SECRET. A bad signature is a forgery (403 tampered); a good one whose ses
 gone has expired (403 session): the signature tells the two apart without keeping dead
 sessions (seed: Identity & security). The id is `<username>:<random>` (256 bits).
 
-Redis: `session:<id>` hash {user, csrf, created (unix ms), gen}, expiring SESSION_IDLE seconds
-after its last use; `sessions:<user>` set of the user's session ids, so all can be ended.
+Redis: `session:<id>` string `<csrf> <created (unix ms)> <gen>`, expiring SESSION_IDLE seconds
+after its last use (a string, not a hash, so that one GETEX reads and renews it);
+`sessions:<user>` set of the user's session ids, so all can be ended.
 
 The binding: every user has a generation `gen` (random, new at signup and at every event
 that must end all sessions: reset, password change, disable, destroy, an admin's revoke).
@@ -50,8 +51,7 @@ local u = redis.call('HMGET', KEYS[1], 'username', 'gen', 'disabled')
 if not u[1] or (u[2] or '') ~= ARGV[1] or u[3] == '1' then return 0 end
 if ARGV[6] ~= '' then redis.call('HSET', KEYS[1], 'hash', ARGV[6]) end
 redis.call('HSET', KEYS[1], 'last', ARGV[3])
-redis.call('HSET', KEYS[2], 'user', u[1], 'csrf', ARGV[2], 'created', ARGV[3], 'gen', ARGV[1])
-redis.call('EXPIRE', KEYS[2], ARGV[4])
+redis.call('SET', KEYS[2], ARGV[2] .. ' ' .. ARGV[3] .. ' ' .. ARGV[1], 'EX', ARGV[4])
 redis.call('SADD', KEYS[3], ARGV[5])
 return 1
 """
@@ -71,7 +71,13 @@ for _, sid in ipairs(redis.call('SMEMBERS', KEYS[2])) do
   end
 end
 redis.call('HSET', KEYS[1], 'gen', ARGV[1], unpack(ARGV, 3))
-if ARGV[2] ~= '' and redis.call('EXISTS', KEYS[3]) == 1 then redis.call('HSET', KEYS[3], 'gen', ARGV[1]) end
+if ARGV[2] ~= '' then
+  local kept = redis.call('GET', KEYS[3])
+  if kept then
+    local csrf, created = string.match(kept, '^(%S+) (%S+)')
+    redis.call('SET', KEYS[3], csrf .. ' ' .. created .. ' ' .. ARGV[1], 'KEEPTTL')
+  end
+end
 for i = 4, #KEYS do redis.call('DEL', KEYS[i]) end
 return n
 """
@@ -83,7 +89,8 @@ return n
 # (a destroyed user's notebook refilled, then read by whoever signs up as that name).
 # KEYS[1] the session, KEYS[2] its user (see `guard_keys`); the script's own keys follow.
 GUARD = """
-local g = redis.call('HGET', KEYS[1], 'gen')
+local s = redis.call('GET', KEYS[1])
+local g = s and string.match(s, '^%S+ %S+ (%S*)')
 if not g or g ~= (redis.call('HGET', KEYS[2], 'gen') or '') then return 'ended' end
 """
 
@@ -92,18 +99,20 @@ def guard_keys(session: dict[str, Any]) -> list[str]:
     return [keys.session(session["id"]), keys.user(session["user"])]
 
 
-def live_probe(session: dict[str, Any]) -> list[tuple[Any, ...]]:
-    """The commands to put in a write's MULTI instead of GUARD, where a Lua script costs too
-    much (Redis 7 spends ~4 µs more on EVALSHA than on a MULTI of the same writes): they read,
-    atomically with the write, whether the session was live. See `was_live`."""
-    return [("HGET", keys.session(session["id"]), "gen"), ("HGET", keys.user(session["user"]), "gen")]
+def live_probe(session: dict[str, Any]) -> tuple[Any, ...]:
+    """The command to put in a write's MULTI instead of GUARD, where a Lua script costs too
+    much (Redis 7 spends ~4 µs more on EVALSHA than on a MULTI of the same writes): it reads,
+    atomically with the write, whether the session still exists. That is enough: every end
+    of a user's sessions deletes them in the same step as it changes the user (`end_all`),
+    so a session that exists is one of its user's generation. See `was_live`."""
+    return ("EXISTS", keys.session(session["id"]))
 
 
-def was_live(session_gen: str | None, user_gen: str | None) -> bool:
-    """From the replies of `live_probe`: the session was live when the write landed. If not,
+def was_live(probe: int) -> bool:
+    """From the reply of `live_probe`: the session was live when the write landed. If not,
     the write went into an account whose sessions had ended (destroyed, say, after this
     request passed the gatekeeper): the caller takes it back and answers 403 session."""
-    return session_gen is not None and session_gen == (user_gen or "")
+    return probe == 1
 
 
 class Sessions:
@@ -128,7 +137,8 @@ class Sessions:
             return None
         if not hmac.compare_digest(signature.encode(), self.sign(sid).encode()):
             return None
-        return sid if keys.session_owner(sid) else None
+        # signed by us, so made by `create`: `<username>:<random>`
+        return sid if ":" in sid else None
 
     def set_cookie(self, sid: str) -> str:
         # Expires far away: the server decides when a session ends (seed: Identity & security)
@@ -156,12 +166,12 @@ class Sessions:
         disabled or of another generation is deleted."""
         name = sid.partition(":")[0]  # `unsign` made sure it is a username
         key = keys.session(sid)
-        (csrf, created, gen), (exists, user_gen, disabled), _ = await db.pipeline([
-            ("HMGET", key, "csrf", "created", "gen"),
-            ("HMGET", keys.user(name), "username", "gen", "disabled"),
-            ("EXPIRE", key, self.idle, "XX")])
-        if csrf is None:
+        value, (exists, user_gen, disabled) = await db.pipeline([
+            ("GETEX", key, "EX", self.idle), ("HMGET", keys.user(name), "username", "gen", "disabled")])
+        if value is None:
             return None
+        csrf, _, rest = value.partition(" ")
+        created, _, gen = rest.partition(" ")
         if (exists is None or disabled == "1" or (gen or "") != (user_gen or "")
                 or time.time() * 1000 - int(created or 0) > self.max * 1000):
             await self.delete(db, sid, name)
@@ -192,7 +202,8 @@ class Sessions:
         if await db.call("SCARD", key) <= self.per_user:
             return
         ids = await db.call("SMEMBERS", key)
-        created = await db.pipeline([("HGET", keys.session(sid), "created") for sid in ids])
+        values = await db.pipeline([("GET", keys.session(sid)) for sid in ids])
+        created = [v.split(" ")[1] if v else None for v in values]
         dead = [sid for sid, when in zip(ids, created, strict=True) if when is None]
         live = sorted((int(when), sid) for sid, when in zip(ids, created, strict=True) if when is not None)
         oldest = [sid for _, sid in live[:max(0, len(live) - self.per_user)]]
