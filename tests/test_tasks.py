@@ -1,0 +1,66 @@
+"""The tasks process's queues survive any Redis failure (master tasks issue): a job that
+fails while Redis cannot take it back is not lost, and the loop that works the queue goes on."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+
+import httpx
+import psutil
+
+from .identity_support import dedicated, fresh_ip, signup_body
+from .lore import MailSink, wait_for
+from .support import redis_pid
+
+
+def tasks_pid(lore) -> int:
+    master = psutil.Process(lore.proc.pid)
+    [tasks] = [c for c in master.children() if "tasks" in " ".join(c.cmdline())]
+    return int(tasks.pid)
+
+
+def test_a_mail_whose_failure_meets_a_stalled_redis_is_still_sent(tmp_path_factory):
+    """The SMTP server first accepts connections and never greets (the send hangs for the
+    sender's 20 s timeout); meanwhile Redis is stopped (SIGSTOP), so when the send fails,
+    putting the mail back for a retry fails too. Redis comes back, a real SMTP server takes
+    the port: the mail arrives, and the tasks process was never restarted (its loop went on,
+    rather than the master starting a new one)."""
+    sink = MailSink()  # not started yet: its port is held by a server that never answers
+    silent = socket.socket()
+    silent.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    silent.bind(("127.0.0.1", sink.port))
+    silent.listen(16)
+    started = False
+    try:
+        with dedicated(tmp_path_factory, sink, "stalled-redis") as lore:
+            before = tasks_pid(lore)
+            db = lore.redis()
+            r = httpx.post(lore.url + "/auth/signup", json=signup_body("tq_stalled", "tq_stalled@example.com"),
+                           headers={"x-real-ip": fresh_ip()}, timeout=10)
+            assert r.status_code == 200, r.text
+            wait_for(lambda: db.llen("mail:sending") == 1, 10, what="the mail being sent")
+            pid = redis_pid(lore)
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                # the send times out (20 s), the retry's ZADD then waits on the stopped Redis
+                wait_for(lambda: "mail failed" in lore.log_text(), 40, 0.2, "the send to fail")
+                # Redis stays stopped until putting the mail back has surely failed: the tasks
+                # process says so (redis-py gives up after 5 s), or 8 s have passed
+                failed_at = time.monotonic()
+                wait_for(lambda: "mail queue redis error" in lore.log_text() or time.monotonic() - failed_at > 8,
+                         15, 0.2, "the retry's write to fail")
+            finally:
+                os.kill(pid, signal.SIGCONT)
+            silent.close()
+            sink.start()
+            started = True
+            wait_for(lambda: sink.to("tq_stalled@example.com"), 60, 0.2, "the mail, retried")
+            assert tasks_pid(lore) == before, "the tasks process was restarted"
+            assert db.llen("mail:sending") == 0 and db.zcard("mail:retry") == 0
+    finally:
+        silent.close()
+        if started:
+            sink.stop()
