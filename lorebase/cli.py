@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from typing import Any
 
 from . import __version__
@@ -67,6 +68,76 @@ def cmd_files_check(args: argparse.Namespace) -> int:
     return 1 if left else 0
 
 
+def _redis_url(config: configmod.Config) -> str | None:
+    """The URL of the environment's Redis if it is running: REDIS_URL, or the embedded one's
+    socket while `lorebase serve` runs. None: the embedded Redis is not running."""
+    from .redisserver import EmbeddedRedis
+
+    if not config.embedded_redis:
+        return str(config.REDIS_URL)
+    embedded = EmbeddedRedis(config)
+    return embedded.url if embedded.running_elsewhere() else None
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    from .tasks import backup
+
+    words = list(args.words)
+    env = next((w for w in words if w in configmod.ENVIRONMENTS), "dev")
+    unknown = [w for w in words if w not in (*configmod.ENVIRONMENTS, "list")]
+    if unknown:
+        print(f"lorebase backup: unknown argument {unknown[0]!r} (lorebase backup [list] [ENV])", file=sys.stderr)
+        return 2
+    config = _load(env)
+    where = backup.store(config)
+    if "list" in words:
+        for name in where.names():
+            manifest = where.manifest(name)
+            when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(manifest["created"]))
+            print(f"{name}  {when}  {manifest['size']} bytes  {manifest['keys']} keys  {len(manifest['files'])} files")
+        return 0
+    url = _redis_url(config)
+    if url is None:
+        print("lorebase backup: the embedded Redis is not running: start `lorebase serve` first", file=sys.stderr)
+        return 2
+    try:
+        manifest = backup.take(config, url, where)
+    except backup.BackupError as error:
+        print(f"lorebase backup: {error}", file=sys.stderr)
+        return 1
+    print(f"{manifest['name']}: {manifest['keys']} keys, {len(manifest['files'])} files, "
+          f"{manifest['size']} bytes, sha256 {manifest['sha256']} in {where.where}")
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from .redisserver import EmbeddedRedis
+    from .tasks import backup
+
+    config = _load(args.env)
+    where = backup.store(config)
+    url = _redis_url(config)
+    embedded = None
+    try:
+        name = backup.resolve(where, args.name)
+        if url is None:  # no lorebase running: start the embedded Redis for the restore
+            embedded = EmbeddedRedis(config)
+            embedded.start()
+            url = embedded.url
+        report = backup.restore(where, name, url)
+    except backup.BackupError as error:
+        print(f"lorebase restore: {error}", file=sys.stderr)
+        return 1
+    finally:
+        if embedded is not None:
+            embedded.stop()  # SIGTERM: the AOF and the RDB are written before it exits
+    print(f"restored {report['name']} into {url.split('@')[-1]}: {report['keys']} keys, {report['users']} users, "
+          f"{report['files']} files")
+    print("files whose bytes are not on this disk come back from S3 on download, or now with "
+          "`lorebase files check --repair`")
+    return 0
+
+
 def cmd_s3_setup(args: argparse.Namespace) -> int:
     from .files import s3
 
@@ -116,6 +187,22 @@ def parser() -> argparse.ArgumentParser:
                            "trash objects expire after 30 days")
     env_arg(sp)
     sp.set_defaults(func=cmd_s3_setup)
+
+    sp = sub.add_parser("backup", help="`backup [ENV]`: a Redis backup now; `backup list [ENV]`: the backups",
+                        description="A consistent snapshot of Redis, gzipped, with its SHA-256 and a manifest, "
+                                    "to s3://S3_BUCKET/backups/<env>/ (or DATA_DIR/backups/<env>/ without S3); "
+                                    "then the retention. `list` prints one line per backup, newest first.")
+    sp.add_argument("words", nargs="*", metavar="[list] [ENV]")
+    sp.set_defaults(func=cmd_backup)
+
+    sp = sub.add_parser("restore", help="replace the database with a backup: `restore NAME|latest [ENV]`",
+                        description="Checks the backup's SHA-256 and loads it into a scratch Redis first (a "
+                                    "corrupted one is refused, nothing touched); then empties the target Redis and "
+                                    "copies every key in. With the embedded Redis and no lorebase running, it "
+                                    "starts that Redis for the restore. Stop lorebase first on a live box.")
+    sp.add_argument("name", help="a name from `lorebase backup list`, or latest")
+    env_arg(sp)
+    sp.set_defaults(func=cmd_restore)
 
     sp = sub.add_parser("openapi", help="print the OpenAPI 3.1 document (the same as GET /openapi.json)")
     env_arg(sp)

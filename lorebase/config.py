@@ -42,6 +42,11 @@ DEFAULTS: dict[str, Any] = {
     "WHITELIST": [],
     "TRUSTED_PROXIES": [],  # peers whose X-Forwarded-For / X-Real-IP is believed
     "JSON_LIMIT": 16 * 1024,  # bytes of a JSON body, for a route without a limit of its own
+    # master tasks
+    "BACKUP_EVERY": 3600,  # seconds between two Redis backups (0: none scheduled; `lorebase backup` still works)
+    "BACKUP_KEEP": 24,  # newest backups kept
+    "BACKUP_DAILY": 30,  # days for which the newest backup of each day is kept too
+    "LOCK_TTL": 10.0,  # seconds a scheduled task's Redis lock outlives a node that died holding it
     "HEADER_TIMEOUT": 10.0,  # seconds a request's line and headers may take to arrive (408, closed)
     "BODY_TIMEOUT": 30.0,  # seconds a JSON body may take to arrive, or an upload may send nothing (408)
     "LOG_STREAM_MAX": 10000,  # entries kept in the Redis stream `log`

@@ -7,12 +7,14 @@ import os
 import signal
 import socket
 import time
+from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
 
 from .identity_support import dedicated, fresh_ip, signup_body
-from .lore import MailSink, wait_for
+from .lore import Lorebase, MailSink, RedisServer, wait_for
 from .support import redis_pid
 
 
@@ -64,3 +66,37 @@ def test_a_mail_whose_failure_meets_a_stalled_redis_is_still_sent(tmp_path_facto
         silent.close()
         if started:
             sink.stop()
+
+
+def test_two_nodes_on_one_redis_take_turns_and_the_survivor_goes_on(tmp_path_factory):
+    """Two lorebase nodes share an external Redis; the backup task (every 2 s, a 2 s lock) runs
+    once per interval in all, not once per node, and each run is one node's; after node A is
+    killed with -9, node B runs it on its own."""
+    base = Path(tmp_path_factory.mktemp("two-nodes"))
+    shared = RedisServer(base / "redis").start()
+    nodes = [Lorebase(base / name / "data", REDIS_URL=shared.url, BACKUP_EVERY="2", LOCK_TTL="2",
+                      MAIL_URL="console://") for name in ("a", "b")]
+    try:
+        for node in nodes:
+            node.start()
+        started = time.monotonic()
+
+        def runs() -> list[dict[str, Any]]:
+            return [e for node in nodes for e in node.events("task backup")]
+        wait_for(lambda: len(runs()) >= 4, 30, 0.2, "four backups")
+        elapsed = time.monotonic() - started
+        assert len(runs()) <= elapsed / 2 + 1, (len(runs()), elapsed)  # once per interval, not per node
+        assert all(e.get("outcome", "").startswith("backup ") for e in runs())
+        a, b = nodes
+        a_runs = len(a.events("task backup"))
+        assert a.proc is not None
+        a.proc.kill()  # -9 to the master: its children die with it
+        a.proc.wait(10)
+        b_before = len(b.events("task backup"))
+        wait_for(lambda: len(b.events("task backup")) >= b_before + 2, 20, 0.2, "node b going on alone")
+        assert len(a.events("task backup")) == a_runs
+    finally:
+        for node in nodes:
+            if node.proc is not None and node.proc.poll() is None:
+                node.stop()
+        shared.stop()

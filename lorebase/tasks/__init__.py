@@ -9,7 +9,7 @@ import asyncio
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,9 @@ import redis.asyncio as aioredis
 from .. import mail, procs
 from ..notify import notify
 from ..procs import die_with_parent
+from . import backup
 from .queue import DurableQueue
+from .schedule import Scheduler, Task
 
 
 class Tasks:
@@ -40,6 +42,27 @@ class Tasks:
                                             lambda job: s3.run_job(config, s3_client, job, data_dir),
                                             lambda n: min(2 ** n, 30), None, self.mirrored))
 
+        tasks = []
+        if float(config.BACKUP_EVERY) > 0:
+            tasks.append(Task("backup", float(config.BACKUP_EVERY), self.alerting("backup", self.backup)))
+        self.scheduler = Scheduler(self.db, tasks, float(config.LOCK_TTL))
+
+    async def backup(self) -> str:
+        manifest = await asyncio.to_thread(backup.take, self.config, self.config.REDIS_URL)
+        return f"backup {manifest['name']}: {manifest['keys']} keys, {manifest['size']} bytes"
+
+    def alerting(self, name: str, run: Callable[[], Awaitable[str]]) -> Callable[[], Awaitable[str]]:
+        """`run`, and a mail to every address in ADMINS when it fails."""
+        async def wrapped() -> str:
+            try:
+                return await run()
+            except Exception as error:
+                for admin in self.config.ADMINS:
+                    await mail.enqueue(self.db, admin, f"lorebase: the {name} task failed",
+                                       f"The {name} task of lorebase ({self.config.ENV}) failed:\n\n{error}\n")
+                raise
+        return wrapped
+
     async def mirrored(self, job: dict[str, Any], outcome: str) -> None:
         if outcome == "put":  # only if the file was not deleted meanwhile
             await self.db.eval("if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 's3', 1) end",
@@ -52,6 +75,7 @@ class Tasks:
         notify.attach_async(_Adapter(self.db))
         jobs = [asyncio.create_task(q.work(self.stopping)) for q in self.queues]
         jobs += [asyncio.create_task(q.promote(self.stopping)) for q in self.queues]
+        jobs.append(asyncio.create_task(self.scheduler.run(self.stopping)))
         await self.stopping.wait()
         for job in jobs:
             job.cancel()

@@ -1,0 +1,339 @@
+"""Backups of Redis and their restore (seed: "uploading redis dumps to S3 periodically",
+"Making structural changes to a production database").
+
+A backup is a consistent snapshot taken over the replication stream (`redis-cli --rdb`: the
+same path for the embedded Redis and an external one), gzipped, and a manifest:
+
+  backups/<env>/<name>.rdb.gz   the snapshot; <name> is its UTC time, 20261201T230000Z
+  backups/<env>/<name>.json     {"name", "created" (unix s), "size", "sha256" (of the .rdb.gz),
+                                 "keys", "files": {file id: sha256}}
+
+in S3_BUCKET, or under DATA_DIR/backups/ without S3. The manifest is written last: a
+snapshot without one is unfinished, never restored, and removed by the retention.
+
+Restore checks the snapshot's SHA-256 against its manifest and loads it into a scratch
+redis-server (a temp dir, a unix socket) before it touches anything: a corrupted or
+truncated snapshot is refused with nothing changed. Then the target (the embedded Redis, or
+REDIS_URL) is emptied and every key copied in with DUMP/RESTORE, its TTL kept.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from ..db import parse_url
+
+CHUNK = 1 << 20
+
+
+class BackupError(Exception):
+    """A backup or restore that cannot go on; the message says why, for a person."""
+
+
+def now_name(at: float | None = None) -> str:
+    return datetime.fromtimestamp(at if at is not None else time.time(), UTC).strftime("%Y%m%dT%H%M%SZ")
+
+
+def name_time(name: str) -> float:
+    return datetime.strptime(name, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC).timestamp()
+
+
+# -- where backups live -------------------------------------------------------------------
+
+
+class Local:
+    """DATA_DIR/backups/<env>/: for a box without S3 (not a backup against losing the box)."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.where = str(root)
+
+    def names(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted((p.name[:-5] for p in self.root.glob("*.json")), reverse=True)
+
+    def partial(self) -> list[str]:
+        done = set(self.names())
+        return [p.name[:-7] for p in self.root.glob("*.rdb.gz") if p.name[:-7] not in done]
+
+    def put(self, name: str, snapshot: Path, manifest: dict[str, Any]) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(snapshot, self.root / f"{name}.rdb.gz.tmp")
+        os.replace(self.root / f"{name}.rdb.gz.tmp", self.root / f"{name}.rdb.gz")
+        (self.root / f"{name}.json.tmp").write_text(json.dumps(manifest))
+        os.replace(self.root / f"{name}.json.tmp", self.root / f"{name}.json")
+
+    def manifest(self, name: str) -> dict[str, Any]:
+        return dict(json.loads((self.root / f"{name}.json").read_text()))
+
+    def fetch(self, name: str, into: Path) -> None:
+        shutil.copyfile(self.root / f"{name}.rdb.gz", into)
+
+    def delete(self, name: str) -> None:
+        for suffix in (".json", ".rdb.gz"):
+            (self.root / f"{name}{suffix}").unlink(missing_ok=True)
+
+
+class S3:
+    """s3://S3_BUCKET/backups/<env>/."""
+
+    def __init__(self, client: Any, bucket: str, prefix: str):
+        self.client = client
+        self.bucket = bucket
+        self.prefix = prefix
+        self.where = f"s3://{bucket}/{prefix}"
+
+    def _keys(self) -> list[str]:
+        keys: list[str] = []
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix):
+            keys += [item["Key"][len(self.prefix):] for item in page.get("Contents", [])]
+        return keys
+
+    def names(self) -> list[str]:
+        return sorted((k[:-5] for k in self._keys() if k.endswith(".json")), reverse=True)
+
+    def partial(self) -> list[str]:
+        keys = self._keys()
+        done = {k[:-5] for k in keys if k.endswith(".json")}
+        return [k[:-7] for k in keys if k.endswith(".rdb.gz") and k[:-7] not in done]
+
+    def put(self, name: str, snapshot: Path, manifest: dict[str, Any]) -> None:
+        self.client.upload_file(str(snapshot), self.bucket, f"{self.prefix}{name}.rdb.gz")
+        self.client.put_object(Bucket=self.bucket, Key=f"{self.prefix}{name}.json",
+                               Body=json.dumps(manifest).encode(), ContentType="application/json")
+
+    def manifest(self, name: str) -> dict[str, Any]:
+        body = self.client.get_object(Bucket=self.bucket, Key=f"{self.prefix}{name}.json")["Body"].read()
+        return dict(json.loads(body))
+
+    def fetch(self, name: str, into: Path) -> None:
+        self.client.download_file(self.bucket, f"{self.prefix}{name}.rdb.gz", str(into))
+
+    def delete(self, name: str) -> None:
+        self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": [
+            {"Key": f"{self.prefix}{name}.json"}, {"Key": f"{self.prefix}{name}.rdb.gz"}]})
+
+
+def store(config: Any) -> Local | S3:
+    if config.S3_BUCKET:
+        from ..files import s3
+
+        return S3(s3.client(config), config.S3_BUCKET, f"backups/{config.ENV}/")
+    return Local(Path(config.DATA_DIR) / "backups" / config.ENV)
+
+
+# -- taking one ---------------------------------------------------------------------------
+
+
+def cli_args(url: str) -> tuple[list[str], dict[str, str]]:
+    """redis-cli's arguments for a Redis URL (the password in REDISCLI_AUTH, never in argv)."""
+    opts = parse_url(url)
+    args = ["-s", opts["path"]] if "path" in opts else ["-h", opts["host"], "-p", str(opts["port"])]
+    env = dict(os.environ)
+    if opts["password"]:
+        env["REDISCLI_AUTH"] = opts["password"]
+    if opts["username"]:
+        args += ["--user", opts["username"]]
+    return args, env
+
+
+def snapshot(url: str, into: Path, timeout: float = 3600) -> None:
+    """A consistent RDB of the Redis at `url`, over its replication stream."""
+    args, env = cli_args(url)
+    done = subprocess.run(["redis-cli", *args, "--rdb", str(into)], env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    if done.returncode != 0 or not into.exists() or into.stat().st_size == 0:
+        raise BackupError(f"redis-cli --rdb failed: {(done.stderr or done.stdout).strip()[-300:]}")
+
+
+def compress(rdb: Path, into: Path) -> tuple[int, str]:
+    """gzip `rdb` into `into`; (size, SHA-256) of the result."""
+    with open(rdb, "rb") as src, gzip.open(into, "wb", compresslevel=6) as dst:
+        shutil.copyfileobj(src, dst, CHUNK)
+    return into.stat().st_size, sha256_of(into)
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def file_hashes(db: redis.Redis) -> dict[str, str]:
+    """Every stored file's id → SHA-256, read from the snapshot's scratch copy."""
+    from ..files.store import ID
+
+    out: dict[str, str] = {}
+    for key in db.scan_iter(match="file:*", count=1000):
+        file_id = key.decode().split(":", 1)[1]
+        if ID.match(file_id):
+            digest = db.hget(key, "sha256")
+            out[file_id] = digest.decode() if isinstance(digest, bytes) else str(digest or "")
+    return out
+
+
+def take(config: Any, url: str, where: Local | S3 | None = None) -> dict[str, Any]:
+    """One backup now, then the retention; its manifest."""
+    where = where or store(config)
+    name = now_name()
+    with tempfile.TemporaryDirectory(prefix="lorebase-backup-") as tmp:
+        rdb, packed = Path(tmp) / "dump.rdb", Path(tmp) / f"{name}.rdb.gz"
+        snapshot(url, rdb)
+        with scratch(rdb) as db:  # read the manifest from the snapshot itself: the same moment
+            keys = int(db.dbsize())
+            files = file_hashes(db)
+        size, digest = compress(rdb, packed)
+        manifest = {"name": name, "created": int(name_time(name)), "size": size, "sha256": digest,
+                    "keys": keys, "files": files}
+        where.put(name, packed, manifest)
+    for old in expired(where.names(), int(config.BACKUP_KEEP), int(config.BACKUP_DAILY), time.time()):
+        where.delete(old)
+    for unfinished in where.partial():
+        if unfinished != name and time.time() - name_time(unfinished) > 3600:
+            where.delete(unfinished)
+    return manifest
+
+
+def expired(names: list[str], keep: int, daily: int, now: float) -> list[str]:
+    """Which backups the retention deletes: all but the newest `keep`, and the newest of each
+    UTC day for the last `daily` days."""
+    newest_first = sorted(names, reverse=True)
+    kept = set(newest_first[:keep])
+    days: set[str] = set()
+    for name in newest_first:
+        day = name[:8]
+        if day not in days and now - name_time(name) < daily * 86400:
+            days.add(day)
+            kept.add(name)
+    return [n for n in newest_first if n not in kept]
+
+
+# -- restoring one --------------------------------------------------------------------------
+
+
+@contextmanager
+def scratch(rdb: Path, wait: float = 60) -> Iterator[redis.Redis]:
+    """A throwaway redis-server serving `rdb` on a unix socket; refuses a snapshot it cannot load."""
+    with tempfile.TemporaryDirectory(prefix="lorebase-scratch-") as tmp:
+        sock = Path(tmp) / "redis.sock"
+        shutil.copyfile(rdb, Path(tmp) / "dump.rdb")
+        proc = subprocess.Popen(["redis-server", "--port", "0", "--unixsocket", str(sock), "--dir", tmp,
+                                 "--dbfilename", "dump.rdb", "--appendonly", "no", "--save", "",
+                                 "--logfile", str(Path(tmp) / "redis.log")],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            db = redis.Redis(unix_socket_path=str(sock), decode_responses=False, socket_timeout=30)
+            deadline = time.monotonic() + wait
+            while True:
+                if proc.poll() is not None:
+                    log = (Path(tmp) / "redis.log").read_text(errors="replace")[-400:]
+                    raise BackupError(f"the snapshot does not load into Redis: {log.strip()}")
+                try:
+                    if sock.exists() and db.ping():
+                        break
+                except redis.BusyLoadingError:
+                    pass
+                except redis.ConnectionError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise BackupError("the scratch Redis did not start")
+                time.sleep(0.05)
+            yield db
+        finally:
+            proc.kill()
+            proc.wait()
+
+
+def resolve(where: Local | S3, name: str) -> str:
+    names = where.names()
+    if name == "latest":
+        if not names:
+            raise BackupError(f"no backups in {where.where}")
+        return names[0]
+    if name not in names:
+        raise BackupError(f"no backup {name} in {where.where} (see `lorebase backup list`)")
+    return name
+
+
+def fetch_checked(where: Local | S3, name: str, into: Path) -> dict[str, Any]:
+    """The backup's manifest, its snapshot in `into` as an RDB, checksum verified."""
+    manifest = where.manifest(name)
+    packed = into.with_suffix(".rdb.gz")
+    where.fetch(name, packed)
+    if sha256_of(packed) != manifest.get("sha256"):
+        raise BackupError(f"backup {name} is corrupted: its SHA-256 does not match its manifest; nothing was changed")
+    try:
+        with gzip.open(packed, "rb") as src, open(into, "wb") as dst:
+            shutil.copyfileobj(src, dst, CHUNK)
+    except (OSError, EOFError) as error:
+        raise BackupError(f"backup {name} does not decompress ({error}); nothing was changed") from None
+    return manifest
+
+
+def copy_all(source: redis.Redis, target: redis.Redis, batch: int = 500) -> int:
+    """Empties `target` and copies every key of `source` into it, TTLs kept; how many."""
+    target.flushall()
+    count = 0
+    keys: list[bytes] = []
+
+    def flush() -> None:
+        pipe = source.pipeline(transaction=False)
+        for key in keys:
+            pipe.pttl(key)
+            pipe.dump(key)
+        replies = pipe.execute()
+        out = target.pipeline(transaction=False)
+        for key, ttl, blob in zip(keys, replies[::2], replies[1::2], strict=True):
+            if blob is None or ttl == -2:
+                continue  # expired meanwhile
+            out.restore(key, max(int(ttl), 0), blob, replace=True)
+        out.execute()
+        keys.clear()
+
+    for key in source.scan_iter(count=1000):
+        keys.append(key)
+        count += 1
+        if len(keys) >= batch:
+            flush()
+    if keys:
+        flush()
+    return count
+
+
+def restore(where: Local | S3, name: str, url: str) -> dict[str, Any]:
+    """Replaces the database at `url` with backup `name` (already resolved); what it restored."""
+    from ..identity.keys import USERS
+
+    with tempfile.TemporaryDirectory(prefix="lorebase-restore-") as tmp:
+        rdb = Path(tmp) / "dump.rdb"
+        manifest = fetch_checked(where, name, rdb)
+        with scratch(rdb) as source:
+            if int(source.dbsize()) != int(manifest["keys"]):
+                raise BackupError(f"backup {name} holds {source.dbsize()} keys, its manifest says "
+                                  f"{manifest['keys']}; nothing was changed")
+            target = redis.Redis.from_url(url, decode_responses=False, socket_timeout=60)
+            try:
+                count = copy_all(source, target)
+                users = int(target.scard(USERS))
+            except redis.RedisError as error:
+                raise BackupError(f"the target Redis failed during the restore ({error}): run it again") from None
+            finally:
+                target.close()
+    return {"name": name, "keys": count, "users": users, "files": len(manifest["files"])}

@@ -1,0 +1,149 @@
+"""Tasks that run on an interval, once per cluster (seed: Master tasks): every lorebase node
+runs this scheduler in its tasks process, and a Redis lock decides which one runs a task.
+
+For each task: `task:<name>` hash {last (unix ms the last run started), took (ms), ok (1/0),
+error, node} says when it last ran, so whichever node holds the lock next knows whether the
+task is due; `lock:<name>` string, the holder's random token, with an expiry of LOCK_TTL
+seconds. A node sets the lock only if it is free (SET NX PX), renews it every third of its
+TTL while the task runs (only if the token is still its own), and deletes it when done (only
+if its own). A run that loses its lock (Redis lost it, or a renewal came too late) is
+cancelled: two nodes never run a task at once. A node that dies holding a lock frees it within
+LOCK_TTL; another node then runs the task once it is due: within LOCK_TTL plus one interval.
+
+Every Redis call is inside the loop's retry (see queue.Outage): no Redis error stops it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from ..notify import notify
+from .queue import REDIS_ERRORS, Outage
+
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+def lock_key(name: str) -> str:
+    return f"lock:{name}"
+
+
+def state_key(name: str) -> str:
+    return f"task:{name}"
+
+
+@dataclass
+class Task:
+    name: str
+    every: float  # seconds between the starts of two runs
+    run: Callable[[], Awaitable[str]]  # what it did, in a few words (notified)
+
+
+class LockLost(Exception):
+    pass
+
+
+class Scheduler:
+    def __init__(self, db: aioredis.Redis, tasks: list[Task], lock_ttl: float, node: str | None = None):
+        self.db = db
+        self.tasks = tasks
+        self.ttl_ms = int(lock_ttl * 1000)
+        self.node = node or f"{socket.gethostname()}:{secrets.token_hex(3)}"
+        self.renew = db.register_script(_RENEW)
+        self.release = db.register_script(_RELEASE)
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        await asyncio.gather(*(self.loop(task, stopping) for task in self.tasks))
+
+    async def loop(self, task: Task, stopping: asyncio.Event) -> None:
+        outage = Outage(f"task {task.name}")
+        while not stopping.is_set():
+            wait = 1.0
+            try:
+                wait = await self.step(task)
+                outage.ok()
+            except REDIS_ERRORS as error:
+                await outage.failed(error, stopping)
+                continue
+            try:
+                await asyncio.wait_for(stopping.wait(), max(0.05, min(wait, 1.0)))
+            except TimeoutError:
+                pass
+
+    async def step(self, task: Task) -> float:
+        """Runs `task` if it is due and the lock is free; the seconds until it is due again."""
+        last = await self.db.hget(state_key(task.name), "last")
+        now = time.time()
+        if not last:  # never ran: the first run is one interval after the first start
+            await self.db.hsetnx(state_key(task.name), "last", int(now * 1000))
+            return task.every
+        due = int(last) / 1000 + task.every
+        if due > now:
+            return due - now
+        token = secrets.token_hex(16)
+        if not await self.db.set(lock_key(task.name), token, nx=True, px=self.ttl_ms):
+            return 1.0  # another node runs it
+        try:
+            await self.db.hset(state_key(task.name), mapping={"last": int(now * 1000), "node": self.node})
+            await self._run_holding(task, token)
+        finally:
+            try:
+                await self.release(keys=[lock_key(task.name)], args=[token])
+            except REDIS_ERRORS:
+                pass  # it expires by itself
+        return task.every
+
+    async def _run_holding(self, task: Task, token: str) -> None:
+        started = time.monotonic()
+        work = asyncio.ensure_future(task.run())
+        keeper = asyncio.ensure_future(self._keep(task, token, work))
+        error = ""
+        outcome = ""
+        try:
+            outcome = await work
+        except asyncio.CancelledError:
+            if not keeper.done():
+                raise
+            error = "lost its lock"
+        except Exception as failure:  # noqa: BLE001 - a task's failure is notified, never the loop's
+            error = f"{type(failure).__name__}: {failure}"[:500]
+        finally:
+            keeper.cancel()
+        took = int((time.monotonic() - started) * 1000)
+        await self.db.hset(state_key(task.name), mapping={"took": took, "ok": 0 if error else 1, "error": error})
+        if error:
+            notify(f"task {task.name} failed", error=error, took_ms=took)
+        else:
+            notify(f"task {task.name}", outcome=outcome, took_ms=took)
+
+    async def _keep(self, task: Task, token: str, work: asyncio.Future[Any]) -> None:
+        """Renews the lock every third of its TTL; cancels the work when it is no longer ours."""
+        renewed = time.monotonic()
+        while not work.done():
+            await asyncio.sleep(self.ttl_ms / 3000)
+            try:
+                kept = await self.renew(keys=[lock_key(task.name)], args=[token, self.ttl_ms])
+            except REDIS_ERRORS:
+                # one missed renewal is survivable; two third-TTLs without one, and the lock
+                # may be gone before the next: stop while it is surely still ours
+                if time.monotonic() - renewed < self.ttl_ms / 1000 * 2 / 3:
+                    continue
+                kept = 0
+            if not kept:
+                work.cancel()
+                return
+            renewed = time.monotonic()

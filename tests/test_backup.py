@@ -1,0 +1,128 @@
+"""Backups and restores (master tasks issue): the box is lost, S3 holds what is left.
+
+Real processes only: lorebase with its embedded Redis, moto's S3 server over HTTP, the
+`lorebase backup` / `backup list` / `restore` commands as an operator types them."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections.abc import Iterator
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+
+from .files_support import (
+    PASSWORD,
+    S3_BUCKET,
+    Api,
+    Moto,
+    blob,
+    lorebase_cmd,
+    sha256,
+    signup,
+)
+from .lore import Lorebase, wait_for
+
+
+@pytest.fixture(scope="module")
+def moto(tmp_path_factory) -> Iterator[Moto]:
+    server = Moto(Path(tmp_path_factory.mktemp("moto-backup"))).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def box(base: Path, moto: Moto, **overrides: str) -> Lorebase:
+    settings = {"TRUSTED_PROXIES": "127.0.0.1", "MAIL_URL": "console://", **moto.settings(), **overrides}
+    lore = Lorebase(base / "data", **settings)
+    lore.data_dir.mkdir(parents=True, exist_ok=True)
+    return lore
+
+
+def setup_buckets(lore: Lorebase) -> None:
+    done = lorebase_cmd(lore, "s3", "setup")
+    assert done.returncode == 0, (done.stdout, done.stderr)
+
+
+def backup_names(lore: Lorebase) -> list[str]:
+    done = lorebase_cmd(lore, "backup", "list")
+    assert done.returncode == 0, done.stderr
+    return [line.split()[0] for line in done.stdout.splitlines() if line.strip()]
+
+
+def test_a_lost_box_comes_back_from_s3_with_its_users_notes_and_files(tmp_path, moto):
+    """Backup, lose the data dir, restore latest on a new one with only the S3 settings,
+    serve: the user logs in with its password, its notes are there, its file downloads
+    (fetched back from S3) with the SHA-256 the manifest recorded."""
+    first = box(tmp_path / "first", moto)
+    setup_buckets(first)
+    data = blob(70_000, "backup")
+    with first.running():
+        signup(first, "bk_owner")
+        with closing(Api(first)) as api:
+            api.login("bk_owner")
+            stored = api.ok_upload(data, "kept.bin")
+            note = api.post("/notes", {"text": "written before the box was lost", "files": [stored["id"]]})
+            assert note.status_code == 200, note.text
+        s3 = moto.client()
+        wait_for(lambda: s3.list_objects_v2(Bucket=S3_BUCKET, Prefix=f"files/bk_owner/{stored['id']}").get(
+            "KeyCount"), 15, what="the file mirrored to S3")
+        done = lorebase_cmd(first, "backup")
+        assert done.returncode == 0, done.stderr
+    [name] = backup_names(first)
+    manifest = json.loads(s3.get_object(Bucket=S3_BUCKET, Key=f"backups/dev/{name}.json")["Body"].read())
+    assert manifest["files"] == {stored["id"]: sha256(data)}
+    packed = s3.get_object(Bucket=S3_BUCKET, Key=f"backups/dev/{name}.rdb.gz")["Body"].read()
+    assert gzip.decompress(packed).startswith(b"REDIS"), "an RDB, gzipped"
+
+    second = box(tmp_path / "second", moto)  # a new data dir: nothing of the first box
+    done = lorebase_cmd(second, "restore", "latest")
+    assert done.returncode == 0, done.stderr
+    assert f"restored {name}" in done.stdout and "1 users" in done.stdout, done.stdout
+    with second.running(), closing(Api(second)) as api:
+        api.login("bk_owner")
+        notes = api.notes()
+        assert [n["text"] for n in notes] == ["written before the box was lost"]
+        assert notes[0]["files"] == [stored["id"]]
+        got = api.get(f"/files/{stored['id']}")
+        assert got.status_code == 200 and sha256(got.content) == manifest["files"][stored["id"]]
+        wrong = api.request("POST", "/auth/login", json_body={"username": "bk_owner", "password": PASSWORD + "x"})
+        assert wrong.status_code == 403
+
+
+def test_a_corrupted_backup_is_refused_and_nothing_is_touched(tmp_path, moto):
+    lore = box(tmp_path / "corrupt", moto, S3_BUCKET="lore-corrupt")
+    setup_buckets(lore)
+    with lore.running():
+        signup(lore, "bk_before")
+        assert lorebase_cmd(lore, "backup").returncode == 0
+        [name] = backup_names(lore)
+        s3 = moto.client()
+        key = f"backups/dev/{name}.rdb.gz"
+        packed = s3.get_object(Bucket="lore-corrupt", Key=key)["Body"].read()
+        s3.put_object(Bucket="lore-corrupt", Key=key, Body=packed[: len(packed) // 2])  # truncated
+        signup(lore, "bk_after")  # made after the backup: a restore would remove it
+        done = lorebase_cmd(lore, "restore", name)
+        assert done.returncode == 1
+        assert "corrupted" in done.stderr and "nothing was changed" in done.stderr, done.stderr
+        assert lore.redis().sismember("users", "bk_after"), "the refused restore touched the database"
+        assert lorebase_cmd(lore, "restore", "20200101T000000Z").returncode == 1  # no such backup
+
+
+def test_retention_keeps_the_newest_backups(tmp_path, moto):
+    lore = box(tmp_path / "keep", moto, S3_BUCKET="lore-keep", BACKUP_KEEP="2", BACKUP_DAILY="0")
+    setup_buckets(lore)
+    with lore.running():
+        made = []
+        def new_backup(before: set[str]) -> bool:
+            return lorebase_cmd(lore, "backup").returncode == 0 and bool(set(backup_names(lore)) - before)
+
+        for _ in range(3):
+            before = set(backup_names(lore))
+            # names are to the second: a second backup within one would take the same name
+            wait_for(lambda b=before: new_backup(b), 10, 1.0, "a backup with a name of its own")
+            made.append(max(backup_names(lore)))
+        assert backup_names(lore) == sorted(made, reverse=True)[:2]
