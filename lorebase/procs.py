@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import signal
+from typing import Any
 
 _PR_SET_PDEATHSIG = 1
 _libc = None
@@ -28,3 +29,18 @@ def title(role: str, env: str) -> None:
     import setproctitle
 
     setproctitle.setproctitle(f"lorebase: {role} {env}")
+
+
+def become_child(config: Any, role: str) -> None:
+    """What a forked worker or tasks process does first: the master's signal handlers and
+    wakeup fd undone, death with the parent, its own notify (the master's Redis connection
+    is not the child's), its name."""
+    from .notify import notify
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, signal.SIGTTIN, signal.SIGTTOU):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.set_wakeup_fd(-1)
+    die_with_parent()
+    notify._sync = None
+    notify.setup(config.ENV, role, config.LOG_STREAM_MAX)
+    title(role, config.ENV)

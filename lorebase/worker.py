@@ -6,7 +6,6 @@ is ever shared between processes."""
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import sys
 from typing import Any
@@ -16,7 +15,6 @@ import uvicorn
 from . import procs
 from .app import create_app
 from .notify import notify
-from .procs import die_with_parent
 from .protocol import protocol_class
 
 
@@ -24,13 +22,7 @@ def serve(config: Any, sock: socket.socket, index: int) -> None:
     """Runs in the child; never returns."""
     code = 1
     try:
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, signal.SIGTTIN, signal.SIGTTOU):
-            signal.signal(sig, signal.SIG_DFL)
-        signal.set_wakeup_fd(-1)
-        die_with_parent()
-        notify._sync = None  # the master's connection is not ours
-        notify.setup(config.ENV, f"worker{index}", config.LOG_STREAM_MAX)
-        procs.title(f"worker{index}", config.ENV)
+        procs.become_child(config, f"worker{index}")
 
         def uncaught(kind: type[BaseException], error: BaseException, trace: Any) -> None:
             notify.exception("worker exception", error)

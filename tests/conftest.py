@@ -6,6 +6,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from .files_support import Moto
 from .identity_support import Users, assert_no_secret_logged
 from .lore import Lorebase, MailSink
 
@@ -53,3 +54,13 @@ def no_secret_logged(server: Lorebase) -> Iterator[None]:
     """After the module: no password, token or cookie appeared in the server's log."""
     yield
     assert_no_secret_logged(server)
+
+
+@pytest.fixture(scope="module")
+def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Moto]:
+    """moto's S3 server (real HTTP on loopback), one per test module that asks for it."""
+    server = Moto(Path(tmp_path_factory.mktemp("moto"))).start()
+    try:
+        yield server
+    finally:
+        server.stop()

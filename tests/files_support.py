@@ -323,6 +323,13 @@ class Moto:
                 "S3_ACCESS_KEY": "testing", "S3_SECRET_KEY": "testing", "S3_REGION": "us-east-1"}
 
 
+def setup_buckets(lore: Lorebase) -> str:
+    """`lorebase s3 setup` with the server's settings; its output."""
+    done = lorebase_cmd(lore, "s3", "setup")
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    return done.stdout
+
+
 def s3_keys(s3: Any, bucket: str) -> set[str]:
     return {o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])}
 

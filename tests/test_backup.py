@@ -7,11 +7,8 @@ from __future__ import annotations
 
 import gzip
 import json
-from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
-
-import pytest
 
 from .files_support import (
     PASSWORD,
@@ -20,19 +17,11 @@ from .files_support import (
     Moto,
     blob,
     lorebase_cmd,
+    setup_buckets,
     sha256,
     signup,
 )
 from .lore import Lorebase, wait_for
-
-
-@pytest.fixture(scope="module")
-def moto(tmp_path_factory) -> Iterator[Moto]:
-    server = Moto(Path(tmp_path_factory.mktemp("moto-backup"))).start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def box(base: Path, moto: Moto, **overrides: str) -> Lorebase:
@@ -40,11 +29,6 @@ def box(base: Path, moto: Moto, **overrides: str) -> Lorebase:
     lore = Lorebase(base / "data", **settings)
     lore.data_dir.mkdir(parents=True, exist_ok=True)
     return lore
-
-
-def setup_buckets(lore: Lorebase) -> None:
-    done = lorebase_cmd(lore, "s3", "setup")
-    assert done.returncode == 0, (done.stdout, done.stderr)
 
 
 def backup_names(lore: Lorebase) -> list[str]:

@@ -19,28 +19,13 @@ from .files_support import (
     blob,
     destroy,
     local_path,
-    lorebase_cmd,
     s3_bytes,
     s3_keys,
+    setup_buckets,
     sha256,
     user,
 )
 from .lore import Lorebase, wait_for
-
-
-@pytest.fixture(scope="module")
-def moto(tmp_path_factory) -> Iterator[Moto]:
-    server = Moto(Path(tmp_path_factory.mktemp("moto"))).start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-def setup_buckets(lore: Lorebase) -> str:
-    done = lorebase_cmd(lore, "s3", "setup")
-    assert done.returncode == 0, (done.stdout, done.stderr)
-    return done.stdout
 
 
 @pytest.fixture(scope="module")

@@ -191,9 +191,6 @@ class Sessions:
                                               keys.session(keep) if keep else keys.user(user), *also],
                                    [new_gen(), keep or "", *pairs]))
 
-    async def live(self, db: Any, user: str) -> list[str]:
-        return list(await db.call("SMEMBERS", keys.sessions(user)))
-
     async def prune(self, db: Any, user: str) -> None:
         """Keeps a user to SESSIONS_PER_USER live sessions, run after each login: past it, the
         oldest end, and ids of sessions that expired on their own leave the set. Bounded work

@@ -92,19 +92,28 @@ async def _token_user(req: Request, kind: str, token: str) -> dict[str, str]:
     return user
 
 
+async def _count_attempt(req: Request, account: str) -> tuple[str, str]:
+    """One password attempt counted against the login limits, per IP and per account, before
+    its hash runs (parallel guesses cannot all slip under the limit); 429 rate past either.
+    The two counters' keys, for `take_back` once the password proved right."""
+    config, db = req.app.config, req.app.db
+    ip_key, account_key = key("login-ip", req.ip), key("login-account", account)
+    ip_ok, ip_wait = await hit(db, "login-ip", req.ip, config.LOGIN_FAILS_PER_IP, config.LOGIN_WINDOW)
+    account_ok, account_wait = await hit(db, "login-account", account, config.LOGIN_FAILS_PER_ACCOUNT,
+                                         config.LOGIN_WINDOW)
+    if not (ip_ok and account_ok):
+        await take_back(db, ip_key, account_key)
+        wait = max(ip_wait if not ip_ok else 0, account_wait if not account_ok else 0)
+        raise ApiError(429, "rate", headers={"retry-after": str(wait)})
+    return ip_key, account_key
+
+
 async def _password_proof(req: Request, user: dict[str, str], password: str) -> bool:
     """The account's password, under the login limits (each try costs a hash)."""
-    app, config = req.app, req.app.config
-    ip_key, account_key = key("login-ip", req.ip), key("login-account", user["username"])
-    ip_ok, ip_wait = await hit(app.db, "login-ip", req.ip, config.LOGIN_FAILS_PER_IP, config.LOGIN_WINDOW)
-    account_ok, account_wait = await hit(app.db, "login-account", user["username"],
-                                         config.LOGIN_FAILS_PER_ACCOUNT, config.LOGIN_WINDOW)
-    if not (ip_ok and account_ok):
-        await take_back(app.db, ip_key, account_key)
-        raise ApiError(429, "rate", headers={"retry-after": str(max(ip_wait, account_wait))})
-    if not await app.passwords.verify(user["hash"], password):
+    counters = await _count_attempt(req, user["username"])
+    if not await req.app.passwords.verify(user["hash"], password):
         return False
-    await take_back(app.db, ip_key, account_key)
+    await take_back(req.app.db, *counters)
     return True
 
 
@@ -151,17 +160,7 @@ async def login(req: Request) -> Reply:
     user = await users.find(db, name)
     # an account's failures count under its username, whichever name was typed (an
     # unknown name counts under itself)
-    account = user["username"] if user else name
-    ip_key, account_key = key("login-ip", req.ip), key("login-account", account)
-    # every attempt is counted before its password is checked, so parallel guesses cannot
-    # all slip under the limit; one refused, or whose password was right, is taken back
-    ip_ok, ip_wait = await hit(db, "login-ip", req.ip, config.LOGIN_FAILS_PER_IP, config.LOGIN_WINDOW)
-    account_ok, account_wait = await hit(db, "login-account", account, config.LOGIN_FAILS_PER_ACCOUNT,
-                                         config.LOGIN_WINDOW)
-    if not (ip_ok and account_ok):
-        await take_back(db, ip_key, account_key)
-        wait = max(ip_wait if not ip_ok else 0, account_wait if not account_ok else 0)
-        raise ApiError(429, "rate", headers={"retry-after": str(wait)})
+    ip_key, account_key = await _count_attempt(req, user["username"] if user else name)
     ok = await app.passwords.verify(user["hash"] if user else None, data.password)
     if not ok or user is None or user.get("disabled") == "1":
         # the same reply whether the user exists or not, after the same work (A1, A2)

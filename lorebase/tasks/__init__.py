@@ -17,7 +17,6 @@ import redis.asyncio as aioredis
 
 from .. import mail, procs
 from ..notify import notify
-from ..procs import die_with_parent
 from . import backup
 from .queue import DurableQueue
 from .schedule import Scheduler, Task
@@ -108,13 +107,7 @@ def serve(config: Any) -> None:
     """Runs in the forked child; never returns."""
     code = 1
     try:
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, signal.SIGTTIN, signal.SIGTTOU):
-            signal.signal(sig, signal.SIG_DFL)
-        signal.set_wakeup_fd(-1)
-        die_with_parent()
-        notify._sync = None
-        notify.setup(config.ENV, "tasks", config.LOG_STREAM_MAX)
-        procs.title("tasks", config.ENV)
+        procs.become_child(config, "tasks")
         asyncio.run(Tasks(config).run())
         code = 0
     except BaseException as error:  # noqa: BLE001
