@@ -12,11 +12,10 @@ from typing import Any
 
 import msgspec
 
-from . import __version__
+from . import __version__, db
 from .apps import notes
 from .chain import Chain, Route, insert
 from .config import Config
-from .db import Redis
 from .files.store import Store
 from .http import Request
 from .identity import users
@@ -65,7 +64,7 @@ def create_app(config: Config, chain_routes: list[Route] | None = None) -> App:
     app = App(config, chain_routes or routes(config))
 
     async def start() -> None:
-        app.db = Redis(config.REDIS_URL, timeout=config.REDIS_TIMEOUT)
+        app.db = db.connect(config)
         notify.attach_async(app.db)
 
     async def stop() -> None:

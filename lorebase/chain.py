@@ -162,7 +162,7 @@ class Chain:
                 raise ValueError(f"two routes for {route.method} {route.path}")
             methods[route.method] = endpoint
         self.json_limit = config.JSON_LIMIT
-        self.db: Any = None  # the worker's Redis client, set at start-up
+        self.db: dbmod.Client = None  # type: ignore[assignment]  # the worker's Redis client, set at start-up
         self.openapi: bytes = b"{}"  # the OpenAPI document, set by the app
 
     # -- ASGI -------------------------------------------------------------------------

@@ -40,8 +40,7 @@ def cmd_openapi(args: argparse.Namespace) -> int:
 
 def _redis(config: configmod.Config) -> Any:
     """A client for the environment's Redis: REDIS_URL, or the embedded one's socket."""
-    import redis
-
+    from .db import connect_sync
     from .redisserver import EmbeddedRedis
 
     if config.embedded_redis:
@@ -50,8 +49,7 @@ def _redis(config: configmod.Config) -> Any:
             print(f"lorebase: the embedded Redis ({embedded.socket}) is not running: start `lorebase serve` first",
                   file=sys.stderr)
             raise SystemExit(2)
-        return embedded.client(timeout=30)
-    return redis.Redis.from_url(config.REDIS_URL, decode_responses=True, socket_timeout=30)
+    return connect_sync(config, timeout=30)
 
 
 def cmd_files_check(args: argparse.Namespace) -> int:
@@ -71,12 +69,12 @@ def cmd_files_check(args: argparse.Namespace) -> int:
 def _redis_url(config: configmod.Config) -> str | None:
     """The URL of the environment's Redis if it is running: REDIS_URL, or the embedded one's
     socket while `lorebase serve` runs. None: the embedded Redis is not running."""
+    from .db import address
     from .redisserver import EmbeddedRedis
 
-    if not config.embedded_redis:
-        return str(config.REDIS_URL)
-    embedded = EmbeddedRedis(config)
-    return embedded.url if embedded.running_elsewhere() else None
+    if not config.embedded_redis or EmbeddedRedis(config).running_elsewhere():
+        return address(config)
+    return None
 
 
 def cmd_backup(args: argparse.Namespace) -> int:

@@ -124,6 +124,11 @@ class Config:
     def redis_dir(self) -> Path:
         return Path(self.DATA_DIR) / "redis"
 
+    @property
+    def redis_socket(self) -> Path:
+        """The embedded Redis's unix socket (its only way in)."""
+        return self.redis_dir / "redis.sock"
+
     def public(self) -> dict[str, Any]:
         """The settings with secrets masked (and passwords inside URLs), for logs and the admin UI."""
         return {k: ("***" if k in SECRET_KEYS and v else _mask_password(v)) for k, v in self._values.items()}

@@ -1,4 +1,6 @@
-"""The workers' Redis client: one connection per worker, shared by every request in flight,
+"""Every process's Redis client, made here and nowhere else (`connect`, `connect_sync`).
+
+The async client (workers and the tasks process): one connection per client, shared by every request in flight,
 with all commands issued in one event-loop turn written to the socket together
 (auto-pipelining). Replies are parsed by hiredis and handed back in order.
 
@@ -11,6 +13,10 @@ A command that gets no reply within `timeout` seconds (Redis paused, network gon
 fails every command waiting on that connection with `Unavailable` and drops the
 connection; the next command reconnects. So a dead Redis costs a request at most
 `timeout`, never a hang, and recovery needs no restart.
+
+The master and the command line, which run no event loop, get redis-py's blocking client
+from `connect_sync`, made from the same URL by the same parser. Code that takes a client
+takes a `Client` (what the async one offers), so the type checker sees every joint.
 """
 
 from __future__ import annotations
@@ -18,10 +24,16 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import hiredis
+
+if TYPE_CHECKING:
+    import redis
+
+Command = tuple[Any, ...]
 
 
 class RedisError(Exception):
@@ -57,6 +69,50 @@ def parse_url(url: str) -> dict[str, Any]:
     else:
         raise ValueError(f"unsupported Redis URL scheme {parts.scheme!r} (use redis:// or unix://)")
     return out
+
+
+class Client(Protocol):
+    """What code that talks to Redis may use: one command, several written together,
+    MULTI/EXEC, a Lua script. Replies are decoded str (None, int, list as Redis sends)."""
+
+    async def call(self, *args: Any) -> Any: ...
+
+    async def pipeline(self, commands: Sequence[Command]) -> list[Any]: ...
+
+    async def multi(self, commands: Sequence[Command]) -> list[Any]: ...
+
+    async def script(self, lua: str, keys: Sequence[Any], args: Sequence[Any]) -> Any: ...
+
+    async def close(self) -> None: ...
+
+
+def address(config: Any) -> str:
+    """The URL of the environment's Redis: REDIS_URL, or the embedded one's socket. The
+    config is never changed: every process (and every child) finds the same answer."""
+    return str(config.REDIS_URL) or f"unix://{config.redis_socket}"
+
+
+def connect(config: Any, timeout: float | None = None) -> Redis:
+    """The async client of a worker or the tasks process (`timeout`: REDIS_TIMEOUT)."""
+    return Redis(address(config), float(config.REDIS_TIMEOUT) if timeout is None else timeout)
+
+
+def connect_sync(where: Any, timeout: float = 5.0, decode: bool = True, retry: bool = True) -> redis.Redis:
+    """A blocking client (the master, the command line, backups): `where` a config or a URL.
+    retry=False: a dead server is reported at once (redis-py otherwise retries with backoff)."""
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    opts = parse_url(where if isinstance(where, str) else address(where))
+    common: dict[str, Any] = {"password": opts["password"], "username": opts["username"], "db": opts["db"],
+                              "socket_timeout": timeout, "socket_connect_timeout": timeout,
+                              "decode_responses": decode}
+    if not retry:
+        common["retry"] = Retry(NoBackoff(), 0)
+    if "path" in opts:
+        return redis.Redis(unix_socket_path=opts["path"], **common)
+    return redis.Redis(host=opts["host"], port=opts["port"], **common)
 
 
 class _Waiter:
@@ -197,7 +253,7 @@ class Redis:
     def _send(self, protocol: _Protocol, args: tuple[Any, ...]) -> asyncio.Future[Any]:
         return self._send_batch(protocol, [args], 1)
 
-    def _send_batch(self, protocol: _Protocol, commands: list[tuple[Any, ...]], count: int) -> asyncio.Future[Any]:
+    def _send_batch(self, protocol: _Protocol, commands: Sequence[Command], count: int) -> asyncio.Future[Any]:
         """Queue commands to be written at the end of this event-loop turn; one future for
         their reply (count 1) or the list of their replies."""
         loop = asyncio.get_running_loop()
@@ -223,7 +279,7 @@ class Redis:
         protocol = await self._ready()
         return await self._send(protocol, args)
 
-    async def pipeline(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+    async def pipeline(self, commands: Sequence[Command]) -> list[Any]:
         """Several commands written together; their replies in order (the first error
         raised). Not atomic."""
         if len(commands) == 1:
@@ -237,7 +293,7 @@ class Redis:
                 raise reply
         return replies
 
-    async def multi(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+    async def multi(self, commands: Sequence[Command]) -> list[Any]:
         """MULTI ... EXEC: all or nothing; the replies of the commands in order."""
         protocol = await self._ready()
         replies: list[Any] = await self._send_batch(protocol, [("MULTI",), *commands, ("EXEC",)], len(commands) + 2)
@@ -254,7 +310,7 @@ class Redis:
                 raise _not_now(reply)
         return list(result)
 
-    async def script(self, lua: str, keys: list[Any], args: list[Any]) -> Any:
+    async def script(self, lua: str, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         """Run a Lua script by its SHA1, loading it the first time this process sees it."""
         sha = self._scripts.get(lua)
         if sha is not None:

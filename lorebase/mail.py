@@ -23,6 +23,8 @@ from email.utils import formatdate, make_msgid
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from .db import Client
+
 QUEUE, SENDING, RETRY, DEAD = "mail:queue", "mail:sending", "mail:retry", "mail:dead"
 MAX_TRIES = 12
 
@@ -31,7 +33,7 @@ def message(to: str, subject: str, text: str) -> str:
     return json.dumps({"to": to, "subject": subject, "text": text, "t": int(time.time()), "tries": 0})
 
 
-async def enqueue(db: Any, to: str, subject: str, text: str) -> None:
+async def enqueue(db: Client, to: str, subject: str, text: str) -> None:
     await db.call("LPUSH", QUEUE, message(to, subject, text))
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import redis
 
-from . import __version__, procs, tasks, worker
+from . import __version__, db, procs, tasks, worker
 from .notify import notify
 from .redisserver import EmbeddedRedis
 
@@ -64,8 +64,7 @@ class Master:
             if config.embedded_redis:
                 self.redis = EmbeddedRedis(config)
                 self.redis.start()
-                config.REDIS_URL = self.redis.url
-            notify.attach_sync(self._sync_client())
+            notify.attach_sync(db.connect_sync(config, 0.5, retry=False))
             self.sock = bind(config.HOST, config.PORT)
         except Exception as error:  # noqa: BLE001
             notify("start failed", error=str(error))
@@ -82,10 +81,6 @@ class Master:
         finally:
             self.shutdown()
         return 0
-
-    def _sync_client(self) -> redis.Redis:
-        return redis.Redis.from_url(self.config.REDIS_URL, socket_timeout=0.5, socket_connect_timeout=0.5,
-                                    decode_responses=True)
 
     def spawn(self, index: int) -> None:
         assert self.sock is not None
@@ -190,7 +185,7 @@ class Master:
             up = False
         if up != self.redis_up:
             self.redis_up = up
-            notify("redis up" if up else "redis down", url=self.config.REDIS_URL.split("@")[-1])
+            notify("redis up" if up else "redis down", url=db.address(self.config).split("@")[-1])
 
     def restart_workers(self) -> None:
         """One by one, so the socket always has a worker serving it."""

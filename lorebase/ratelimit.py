@@ -6,8 +6,7 @@ the window as its TTL; past `limit` hits the caller gets 429 `rate` with Retry-A
 
 from __future__ import annotations
 
-from typing import Any
-
+from .db import Client
 from .http import ApiError
 
 _HIT = """
@@ -23,13 +22,13 @@ def key(name: str, subject: str) -> str:
     return f"rate:{name}:{subject}"
 
 
-async def hit(db: Any, name: str, subject: str, limit: int, window: int) -> tuple[bool, int]:
+async def hit(db: Client, name: str, subject: str, limit: int, window: int) -> tuple[bool, int]:
     """Count one hit; (still within the limit?, seconds until the window ends)."""
     count, ttl = await db.script(_HIT, [key(name, subject)], [window])
     return int(count) <= limit, max(int(ttl), 1)
 
 
-async def check(db: Any, name: str, subject: str, limit: int, window: int) -> None:
+async def check(db: Client, name: str, subject: str, limit: int, window: int) -> None:
     """Count one hit and raise 429 `rate` past the limit."""
     ok, retry = await hit(db, name, subject, limit, window)
     if not ok:
@@ -43,6 +42,11 @@ end
 """
 
 
-async def take_back(db: Any, *keys: str) -> None:
+async def clear(db: Client, *keys: str) -> None:
+    """Forget counters (an account's failures after a good login)."""
+    await db.call("DEL", *keys)
+
+
+async def take_back(db: Client, *keys: str) -> None:
     """Undo one hit on each counter (one whose window ended meanwhile stays gone)."""
     await db.script(_TAKE_BACK, list(keys), [])

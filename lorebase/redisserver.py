@@ -13,9 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
+from .db import connect_sync
 from .procs import die_with_parent
 
 
@@ -27,7 +26,7 @@ class EmbeddedRedis:
     def __init__(self, config: Any):
         self.dir: Path = config.redis_dir
         self.fsync = config.REDIS_APPENDFSYNC
-        self.socket = self.dir / "redis.sock"
+        self.socket: Path = config.redis_socket
         self.proc: subprocess.Popen[bytes] | None = None
         self.binary = shutil.which("redis-server") or "/usr/bin/redis-server"
 
@@ -59,8 +58,7 @@ class EmbeddedRedis:
     def client(self, timeout: float = 0.5) -> redis.Redis:
         # a probe: no retries (redis-py's default backoff spends ~4 s on a dead socket, which
         # is what a crashed Redis leaves behind for the restart to find)
-        return redis.Redis(unix_socket_path=str(self.socket), socket_timeout=timeout,
-                           socket_connect_timeout=timeout, decode_responses=True, retry=Retry(NoBackoff(), 0))
+        return connect_sync(self.url, timeout, retry=False)
 
     def running_elsewhere(self) -> bool:
         if not self.socket.exists():

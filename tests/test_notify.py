@@ -9,6 +9,7 @@ import json
 import httpx
 import pytest
 
+from .lore import wait_for
 from .support import (
     JSON_TYPE,
     assert_error,
@@ -156,11 +157,46 @@ def test_client_error_reports_are_limited_to_30_a_minute_per_ip(client, server):
     assert sorted(e["message"] for e in reports) == sorted(f"rate test {i}" for i in range(30))
 
 
+def _connection_per_worker(server) -> list[httpx.Client]:
+    """Keep-alive connections, opened until two are served by different workers (each
+    probe reports an error under an address of its own, and the stream names the pid)."""
+    found: dict[int, httpx.Client] = {}
+    spare = []
+    for n in range(40):
+        conn = httpx.Client(base_url=server.url, timeout=10)
+        probe = client_ip()
+        assert post_json(conn, "/error", {"message": f"probe {n}"}, probe).status_code == 200
+        pid = wait_stream_event(server, "client error", ip=probe)["pid"]
+        if pid in found:
+            spare.append(conn)
+        else:
+            found[pid] = conn
+        if len(found) == 2:
+            break
+    for conn in spare:
+        conn.close()
+    assert len(found) == 2, f"40 connections all landed on worker(s) {sorted(found)}"
+    return list(found.values())
+
+
 def test_rate_limit_is_shared_by_the_workers(server):
-    """Fresh connections land on either worker; the count is kept in Redis, not per process."""
+    """Reports from one address through two workers count against one limit, kept in Redis:
+    both workers accept some of the first 30, and both refuse past it."""
+    conns = _connection_per_worker(server)
     ip = client_ip()
     statuses = []
-    for i in range(32):
-        r = httpx.post(server.url + "/error", json={"message": f"shared {i}"}, headers={"x-real-ip": ip}, timeout=10)
-        statuses.append(r.status_code)
-    assert statuses == [200] * 30 + [429, 429]
+    try:
+        for i in range(34):
+            r = post_json(conns[i % 2], "/error", {"message": f"shared {i}"}, ip)
+            statuses.append(r.status_code)
+    finally:
+        for conn in conns:
+            conn.close()
+    assert statuses == [200] * 30 + [429] * 4
+
+    def accepted() -> list[dict]:
+        return [e for e in stream_entries(server) if e.get("ev") == "client error" and e.get("ip") == ip]
+
+    wait_for(lambda: len(accepted()) == 30, 10, 0.05, "the 30 accepted reports in the stream")
+    assert len({e["pid"] for e in accepted()}) == 2  # both workers served them, under one count
+

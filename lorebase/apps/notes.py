@@ -27,6 +27,15 @@ LIMIT = 128 * 1024
 FileId = Text(23, 23, pattern=ID.pattern)
 
 
+def notes_key(user: str) -> str:
+    """The user's note ids (the only place this app names a key, with notebook_key)."""
+    return f"notes:{user}"
+
+
+def notebook_key(user: str) -> str:
+    return f"notebook:{user}"
+
+
 class NoteIn(Schema):
     text: Text(1, 10000, multiline=True)  # type: ignore[valid-type]
     files: list[FileId] = []  # type: ignore[valid-type]
@@ -63,7 +72,7 @@ async def _own_files(req: Request, ids: list[str]) -> list[str]:
     if len(unique) > 20:
         raise ApiError(400, "validation", "files")
     if unique:
-        owners = await req.app.db.pipeline([("HGET", f"file:{i}", "user") for i in unique])
+        owners = await req.app.store.owners(req.app.db, unique)
         assert req.session is not None
         for index, owner in enumerate(owners):
             if owner != req.session["user"]:
@@ -102,10 +111,10 @@ async def create(req: Request) -> Reply:
     # the write and a probe of the session in one MULTI: a note written into an account whose
     # sessions ended after this request passed the gatekeeper is taken back (see sessions.was_live)
     *_, probe = await db.multi([
-        ("HSET", f"notebook:{user}", note.id, _encode(note)), ("ZADD", f"notes:{user}", 0, note.id),
+        ("HSET", notebook_key(user), note.id, _encode(note)), ("ZADD", notes_key(user), 0, note.id),
         live_probe(req.session)])
     if not was_live(probe):
-        await db.multi([("HDEL", f"notebook:{user}", note.id), ("ZREM", f"notes:{user}", note.id)])
+        await db.multi([("HDEL", notebook_key(user), note.id), ("ZREM", notes_key(user), note.id)])
         raise ApiError(403, "session")
     return reply(200, {"id": note.id})
 
@@ -114,7 +123,7 @@ async def list_notes(req: Request) -> Reply:
     assert req.session is not None
     user = req.session["user"]
     db = req.app.db
-    blobs = [blob for blob in await db.script(_PAGE, [f"notes:{user}", f"notebook:{user}"], [req.data.before, PAGE])
+    blobs = [blob for blob in await db.script(_PAGE, [notes_key(user), notebook_key(user)], [req.data.before, PAGE])
              if blob is not None]
     page: list[Any] = [msgspec.Raw(blob) for blob in blobs]
     # a file deleted since the note was written drops out of it here, at read time: one
@@ -122,8 +131,7 @@ async def list_notes(req: Request) -> Reply:
     with_files = {i: _decode(blob) for i, blob in enumerate(blobs) if not blob.endswith(NO_FILES)}
     if with_files:
         named = list(dict.fromkeys(f for note in with_files.values() for f in note.files))
-        scores = await db.call("ZMSCORE", f"files:{user}", *named)
-        gone = {f for f, score in zip(named, scores, strict=True) if score is None}
+        gone = await req.app.store.missing(db, user, named)
         for i, note in with_files.items():
             if gone.intersection(note.files):
                 note.files = [f for f in note.files if f not in gone]
@@ -134,7 +142,7 @@ async def list_notes(req: Request) -> Reply:
 async def update(req: Request) -> Reply:
     data: NoteUpdate = req.data
     assert req.session is not None
-    db, key = req.app.db, f"notebook:{req.session['user']}"
+    db, key = req.app.db, notebook_key(req.session['user'])
     files = await _own_files(req, data.files) if data.files is not None else None
     for _ in range(5):  # a concurrent update of the same note: read it again and retry
         old = await db.call("HGET", key, data.id)
@@ -152,7 +160,7 @@ async def update(req: Request) -> Reply:
 async def delete(req: Request) -> Reply:
     assert req.session is not None
     user, note_id = req.session["user"], req.data.id
-    removed, _ = await req.app.db.multi([("HDEL", f"notebook:{user}", note_id), ("ZREM", f"notes:{user}", note_id)])
+    removed, _ = await req.app.db.multi([("HDEL", notebook_key(user), note_id), ("ZREM", notes_key(user), note_id)])
     if not removed:
         raise ApiError(404, "notfound")
     return reply(200, {})
@@ -161,7 +169,7 @@ async def delete(req: Request) -> Reply:
 async def remove_user_notes(app: Any, user: str) -> None:
     """Called by /auth/destroy before the user goes (UNLINK: a big notebook is freed off
     Redis's main thread)."""
-    await app.db.call("UNLINK", f"notes:{user}", f"notebook:{user}")
+    await app.db.call("UNLINK", notes_key(user), notebook_key(user))
 
 
 def routes() -> list[Route]:

@@ -10,8 +10,11 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
+from ..tasks.queue import names
+from . import keys
 from . import s3 as s3mod
-from .store import ID, S3_QUEUE, s3_key
+from .keys import S3_QUEUE
+from .store import ID, s3_key
 
 
 def _progress(done: int, total: int, out: TextIO) -> None:
@@ -27,7 +30,8 @@ def _progress(done: int, total: int, out: TextIO) -> None:
 
 def _pending_puts(db: Any) -> set[str]:
     """Ids whose S3 upload is still on its way: queued, running or waiting for a retry."""
-    raws = [*db.lrange(S3_QUEUE, 0, -1), *db.lrange("s3:doing", 0, -1), *db.zrange("s3:retry", 0, -1)]
+    queue = names(S3_QUEUE)
+    raws = [*db.lrange(queue["queue"], 0, -1), *db.lrange(queue["doing"], 0, -1), *db.zrange(queue["retry"], 0, -1)]
     pending = set()
     for raw in raws:
         try:
@@ -44,23 +48,23 @@ def check(config: Any, db: Any, repair: bool = False, verify: bool = False,
     """Prints one line per problem; returns how many problems are left: all those found, or
     with `repair` those it could not fix."""
     data = Path(config.DATA_DIR)
-    keys = sorted(k for k in db.scan_iter(match="file:*", count=1000) if ID.match(k.split(":", 1)[1]))
+    records = sorted(k for k in db.scan_iter(match=keys.file("*"), count=1000) if ID.match(k.split(":", 1)[1]))
     s3 = s3mod.client(config) if config.S3_BUCKET else None
     pending = _pending_puts(db) if s3 is not None else set()
     waiting = 0
     problems = fixed = 0
     seen: set[str] = set()
-    for n, key in enumerate(keys, 1):
+    for n, key in enumerate(records, 1):
         meta = db.hgetall(key)
         file_id = key.split(":", 1)[1]
         seen.add(file_id)
         user = meta.get("user", "")
         local = data / "files" / file_id[-2:] / file_id
-        if db.zscore(f"files:{user}", file_id) is None:  # every score is 0: test presence, not truth
+        if db.zscore(keys.files(user), file_id) is None:  # every score is 0: test presence, not truth
             problems += 1
             print(f"{file_id}: not in files:{user}" + (" (added)" if repair else ""), file=out)
             if repair:
-                db.zadd(f"files:{user}", {file_id: 0})
+                db.zadd(keys.files(user), {file_id: 0})
                 fixed += 1
         on_disk = local.exists()
         if on_disk and local.stat().st_size != int(meta.get("size", -1)):
@@ -89,14 +93,14 @@ def check(config: Any, db: Any, repair: bool = False, verify: bool = False,
                 fixed += 1
             else:
                 print(f"{file_id}: missing on disk" + (" and in S3" if s3 is not None and not in_s3 else ""), file=out)
-        _progress(n, len(keys), progress)
+        _progress(n, len(records), progress)
     files_dir = data / "files"
     if files_dir.exists():
         for path in files_dir.glob("*/*"):
             if path.name not in seen and ID.match(path.name):
                 problems += 1
                 print(f"{path.name}: on disk but not in Redis (orphan)", file=out)
-    for user_key in db.scan_iter(match="files:*", count=1000):
+    for user_key in db.scan_iter(match=keys.files("*"), count=1000):
         for file_id in db.zrange(user_key, 0, -1):
             if file_id not in seen:
                 problems += 1
@@ -105,7 +109,7 @@ def check(config: Any, db: Any, repair: bool = False, verify: bool = False,
                 if repair:
                     db.zrem(user_key, file_id)
                     fixed += 1
-    summary = f"{len(keys)} files checked, {problems} problem{'s' if problems != 1 else ''}"
+    summary = f"{len(records)} files checked, {problems} problem{'s' if problems != 1 else ''}"
     if repair:
         summary += f", {fixed} repaired"
     if waiting:

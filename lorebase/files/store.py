@@ -18,14 +18,18 @@ import unicodedata
 from pathlib import Path
 from typing import Any
 
+from ..db import Client
 from ..http import ApiError
 from ..identity.sessions import GUARD, guard_keys
+from . import keys
+from .keys import S3_QUEUE
 
 ID = re.compile(r"^[0-9a-f]{23}\Z")
-S3_QUEUE = "s3:queue"
 _BIDI = re.compile("[\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 SAFE_TYPES = {"image/png", "image/jpeg", "image/gif", "image/webp", "application/pdf", "text/plain",
               "application/zip", "audio/mpeg", "video/mp4", "application/json"}
+
+_MIRRORED = "if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 's3', 1) end"
 
 # KEYS: the session and user of sessions.GUARD, then usage, file, files, the S3 queue
 _ADD = GUARD + """
@@ -104,7 +108,7 @@ class Store:
     def temp(self) -> Path:
         return self.tmp / f"upload-{secrets.token_hex(12)}"
 
-    async def add(self, db: Any, session: dict[str, Any], tmp: Path, meta: dict[str, Any]) -> None:
+    async def add(self, db: Client, session: dict[str, Any], tmp: Path, meta: dict[str, Any]) -> None:
         """Moves the upload into place and records it; 409 quota if it no longer fits, 403
         session if the session that sent it ended meanwhile (its user destroyed, say)."""
         user = session["user"]
@@ -116,9 +120,9 @@ class Store:
         fields: list[Any] = []
         for key, value in meta.items():
             fields += [key, value]
-        keys = [*guard_keys(session), f"usage:{user}", f"file:{file_id}", f"files:{user}", S3_QUEUE]
+        names = [*guard_keys(session), keys.usage(user), keys.file(file_id), keys.files(user), S3_QUEUE]
         try:
-            added = await db.script(_ADD, keys, [meta["size"], self.quota, file_id, job, *fields])
+            added = await db.script(_ADD, names, [meta["size"], self.quota, file_id, job, *fields])
         except BaseException:
             final.unlink(missing_ok=True)
             raise
@@ -126,26 +130,26 @@ class Store:
             final.unlink(missing_ok=True)
             raise ApiError(409, "quota") if added == "quota" else ApiError(403, "session")
 
-    async def get(self, db: Any, user: str, file_id: str) -> dict[str, str] | None:
+    async def get(self, db: Client, user: str, file_id: str) -> dict[str, str] | None:
         """The file's metadata if it is `user`'s; None otherwise (another user's id included)."""
-        raw = await db.call("HGETALL", f"file:{file_id}")
+        raw = await db.call("HGETALL", keys.file(file_id))
         meta = dict(zip(raw[::2], raw[1::2], strict=True)) if raw else None
         return meta if meta and meta.get("user") == user else None
 
-    async def used(self, db: Any, user: str) -> int:
-        return int(await db.call("GET", f"usage:{user}") or 0)
+    async def used(self, db: Client, user: str) -> int:
+        return int(await db.call("GET", keys.usage(user)) or 0)
 
-    async def page(self, db: Any, user: str, before: str | None, count: int) -> list[dict[str, Any]]:
+    async def page(self, db: Client, user: str, before: str | None, count: int) -> list[dict[str, Any]]:
         top = f"({before}" if before else "+"
-        ids = await db.call("ZRANGE", f"files:{user}", top, "-", "BYLEX", "REV", "LIMIT", 0, count)
+        ids = await db.call("ZRANGE", keys.files(user), top, "-", "BYLEX", "REV", "LIMIT", 0, count)
         if not ids:
             return []
-        rows = await db.pipeline([("HMGET", f"file:{i}", "id", "name", "size", "type", "sha256", "created")
+        rows = await db.pipeline([("HMGET", keys.file(i), "id", "name", "size", "type", "sha256", "created")
                                   for i in ids])
         return [{"id": r[0], "name": r[1], "size": int(r[2]), "type": r[3], "sha256": r[4], "created": int(r[5])}
                 for r in rows if r[0] is not None]
 
-    async def remove(self, db: Any, user: str, file_id: str) -> bool:
+    async def remove(self, db: Client, user: str, file_id: str) -> bool:
         """Forgets the file; its bytes go to the S3 trash (through the queue) or away."""
         local = self.path(file_id)
         job = ""
@@ -153,8 +157,8 @@ class Store:
             job = json.dumps({"op": "trash", "id": file_id, "user": user})
             if local.exists():
                 os.replace(local, self.trash / file_id)  # kept until the S3 trash has it
-        keys = [f"file:{file_id}", f"files:{user}", f"usage:{user}", S3_QUEUE]
-        removed = await db.script(_REMOVE, keys, [user, file_id, job])
+        removed = await db.script(_REMOVE, [keys.file(file_id), keys.files(user), keys.usage(user), S3_QUEUE],
+                                  [user, file_id, job])
         if not removed:
             if self.s3 and (self.trash / file_id).exists():
                 os.replace(self.trash / file_id, local)
@@ -163,13 +167,26 @@ class Store:
             local.unlink(missing_ok=True)
         return True
 
-    async def remove_all(self, db: Any, user: str) -> int:
+    async def owners(self, db: Client, ids: list[str]) -> list[str | None]:
+        """The user owning each file id (None: no such file)."""
+        return await db.pipeline([("HGET", keys.file(i), "user") for i in ids])
+
+    async def missing(self, db: Client, user: str, ids: list[str]) -> set[str]:
+        """Those of `ids` that are not (or no longer) among the user's files: one round trip."""
+        scores = await db.call("ZMSCORE", keys.files(user), *ids)
+        return {i for i, score in zip(ids, scores, strict=True) if score is None}
+
+    async def mirrored(self, db: Client, file_id: str) -> None:
+        """Marks the file as held by S3, unless it was deleted meanwhile."""
+        await db.script(_MIRRORED, [keys.file(file_id)], [])
+
+    async def remove_all(self, db: Client, user: str) -> int:
         count = 0
         while True:
-            ids = await db.call("ZRANGE", f"files:{user}", 0, 99)
+            ids = await db.call("ZRANGE", keys.files(user), 0, 99)
             if not ids:
                 return count
             for file_id in ids:
                 if not await self.remove(db, user, file_id):
-                    await db.call("ZREM", f"files:{user}", file_id)  # a dangling id
+                    await db.call("ZREM", keys.files(user), file_id)  # a dangling id
                 count += 1

@@ -30,6 +30,7 @@ import secrets
 import time
 from typing import Any
 
+from ..db import Client
 from . import keys
 
 FAR_FUTURE = "Fri, 31 Dec 9999 23:59:59 GMT"
@@ -151,7 +152,7 @@ class Sessions:
 
     # -- the session --------------------------------------------------------------------
 
-    async def create(self, db: Any, user: dict[str, str], rehash: str = "") -> tuple[str, str] | None:
+    async def create(self, db: Client, user: dict[str, str], rehash: str = "") -> tuple[str, str] | None:
         """A new session for `user` as it was read before its password was checked, or None
         if the user changed since (gone, disabled, another generation). `rehash`: a new hash
         of the same password, stored only if the session is made."""
@@ -161,7 +162,7 @@ class Sessions:
                                [user.get("gen", ""), csrf, int(time.time() * 1000), self.idle, sid, rehash])
         return (sid, csrf) if made else None
 
-    async def load(self, db: Any, sid: str) -> dict[str, Any] | None:
+    async def load(self, db: Client, sid: str) -> dict[str, Any] | None:
         """The live session of an id `unsign` returned, renewed, or None; one round trip. A session whose user is gone,
         disabled or of another generation is deleted."""
         name = sid.partition(":")[0]  # `unsign` made sure it is a username
@@ -178,10 +179,10 @@ class Sessions:
             return None
         return {"id": sid, "user": name, "csrf": csrf}
 
-    async def delete(self, db: Any, sid: str, user: str) -> None:
+    async def delete(self, db: Client, sid: str, user: str) -> None:
         await db.multi([("DEL", keys.session(sid)), ("SREM", keys.sessions(user), sid)])
 
-    async def end_all(self, db: Any, user: str, keep: str | None = None, fields: dict[str, Any] | None = None,
+    async def end_all(self, db: Client, user: str, keep: str | None = None, fields: dict[str, Any] | None = None,
                       also: tuple[str, ...] = ()) -> int:
         """In one step: a new generation for `user`, `fields` set on it, every session but
         `keep` ended (`keep` moves to the new generation), the keys in `also` deleted. How
@@ -191,7 +192,7 @@ class Sessions:
                                               keys.session(keep) if keep else keys.user(user), *also],
                                    [new_gen(), keep or "", *pairs]))
 
-    async def prune(self, db: Any, user: str) -> None:
+    async def prune(self, db: Client, user: str) -> None:
         """Keeps a user to SESSIONS_PER_USER live sessions, run after each login: past it, the
         oldest end, and ids of sessions that expired on their own leave the set. Bounded work
         (one SCARD until the set outgrows the cap), however many times a user logs in."""

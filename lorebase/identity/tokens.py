@@ -14,6 +14,7 @@ import hashlib
 import hmac
 from typing import Any
 
+from ..db import Client
 from . import keys
 from .sessions import new_token
 
@@ -53,7 +54,7 @@ def _sha(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-async def issue(db: Any, kind: str, username: str, email: str, ttl: int, gen: str = "") -> str:
+async def issue(db: Client, kind: str, username: str, email: str, ttl: int, gen: str = "") -> str:
     token = f"{username}.{new_token()}"
     await db.call("SET", key(kind, username), f"{_sha(token)} {gen or '-'} {email}", "EX", ttl)
     return token
@@ -64,7 +65,7 @@ def _parse(username: str, value: str) -> tuple[str, str, str]:
     return username, email, "" if gen == "-" else gen
 
 
-async def peek(db: Any, kind: str, token: str) -> tuple[str, str, str] | None:
+async def peek(db: Client, kind: str, token: str) -> tuple[str, str, str] | None:
     """(username, email, gen) of a live token, without using it up."""
     name = owner(token)
     value = await db.call("GET", key(kind, name)) if name else None
@@ -73,14 +74,14 @@ async def peek(db: Any, kind: str, token: str) -> tuple[str, str, str] | None:
     return _parse(name or "", value)
 
 
-async def redeem(db: Any, kind: str, token: str) -> tuple[str, str, str] | None:
+async def redeem(db: Client, kind: str, token: str) -> tuple[str, str, str] | None:
     """(username, email, gen) the token was issued for, once; None if unknown, used or expired."""
     name = owner(token)
     value = await db.script(_TAKE, [key(kind, name)], [_sha(token)]) if name else None
     return _parse(name or "", value) if value else None
 
 
-async def use(db: Any, kind: str, token: str, email: str, *fields: Any) -> bool:
+async def use(db: Client, kind: str, token: str, email: str, *fields: Any) -> bool:
     """Uses the token up and sets `fields` on its user, if the token is live and the user's
     email is still `email`: one step."""
     name = owner(token)

@@ -13,6 +13,7 @@ import re
 import time
 from typing import Any
 
+from ..db import Client
 from ..http import ApiError
 from . import keys, tokens
 from .sessions import Sessions, new_gen
@@ -77,7 +78,7 @@ def normal_email(raw: str, path: str = "email") -> str:
     return email
 
 
-async def taken(db: Any, username: str, email: str, verify_ttl: int) -> str | None:
+async def taken(db: Client, username: str, email: str, verify_ttl: int) -> str | None:
     """'username' or 'email' if a signup with these would be refused (before hashing)."""
     exists, holder = await db.pipeline([("EXISTS", keys.user(username)), ("GET", keys.email(email))])
     if exists:
@@ -87,14 +88,14 @@ async def taken(db: Any, username: str, email: str, verify_ttl: int) -> str | No
     return None
 
 
-async def _stale_holder(db: Any, holder: str, verify_ttl: int) -> bool:
+async def _stale_holder(db: Client, holder: str, verify_ttl: int) -> bool:
     """The account holding an address never verified it, VERIFY_TTL after it signed up:
     it stops blocking the address's real owner."""
     verified, created = await db.call("HMGET", keys.user(holder), "verified", "created")
     return verified != "1" and int(created or 0) < time.time() - verify_ttl
 
 
-async def create(db: Any, username: str, email: str, password_hash: str, verify_ttl: int) -> str | None:
+async def create(db: Client, username: str, email: str, password_hash: str, verify_ttl: int) -> str | None:
     """Stores a new user and its indexes at once; 409 username/email when taken. An address
     held by an account that never verified it within VERIFY_TTL is taken from that account;
     its username is returned (None otherwise)."""
@@ -112,12 +113,17 @@ async def create(db: Any, username: str, email: str, password_hash: str, verify_
     raise ApiError(409, result)
 
 
-async def get(db: Any, username: str) -> dict[str, str] | None:
+async def names(db: Client) -> list[str]:
+    """Every username (the `users` set)."""
+    return list(await db.call("SMEMBERS", keys.USERS))
+
+
+async def get(db: Client, username: str) -> dict[str, str] | None:
     user = await db.call("HGETALL", keys.user(username))
     return dict(zip(user[::2], user[1::2], strict=True)) if user else None
 
 
-async def find(db: Any, login: str) -> dict[str, str] | None:
+async def find(db: Client, login: str) -> dict[str, str] | None:
     """By username or email (already trimmed and lower-cased)."""
     if "@" in login:
         login = await db.call("GET", keys.email(login)) or ""
@@ -145,12 +151,12 @@ def is_admin(user: dict[str, str], admins: list[str]) -> bool:
                                         and user.get("email", "") in admins)
 
 
-async def set_flag(db: Any, username: str, field: str, value: bool) -> None:
+async def set_flag(db: Client, username: str, field: str, value: bool) -> None:
     """admin or disabled = 0 (disabling goes through `disable`, which ends the sessions)."""
     await db.call("HSET", keys.user(username), field, int(value))
 
 
-async def set_password(db: Any, sessions: Sessions, username: str, password_hash: str,
+async def set_password(db: Client, sessions: Sessions, username: str, password_hash: str,
                        keep: str | None = None, verified: bool = False) -> int:
     """The new hash; every session but `keep` ends, and the live reset token with them."""
     fields: dict[str, Any] = {"hash": password_hash}
@@ -159,22 +165,22 @@ async def set_password(db: Any, sessions: Sessions, username: str, password_hash
     return await sessions.end_all(db, username, keep=keep, fields=fields, also=(tokens.key("reset", username),))
 
 
-async def disable(db: Any, sessions: Sessions, username: str) -> int:
+async def disable(db: Client, sessions: Sessions, username: str) -> int:
     """Disabled at once: every session and the live reset token end in the same step."""
     return await sessions.end_all(db, username, fields={"disabled": 1}, also=(tokens.key("reset", username),))
 
 
-async def verify(db: Any, token: str, email: str) -> bool:
+async def verify(db: Client, token: str, email: str) -> bool:
     """Marks the token's user verified and uses the token up, if both still hold."""
     return await tokens.use(db, "verify", token, email, ("verified", 1))
 
 
-async def release(db: Any, username: str, email: str) -> bool:
+async def release(db: Client, username: str, email: str) -> bool:
     """Takes `email` from an account that never verified it (its email becomes empty)."""
     return bool(await db.script(_RELEASE, [keys.user(username), keys.email(email)], [email]))
 
 
-async def delete(db: Any, user: dict[str, str]) -> None:
+async def delete(db: Client, user: dict[str, str]) -> None:
     """The user, its indexes, its sessions and its tokens, at once."""
     name = user["username"]
     await db.script(_DELETE, [keys.user(name), keys.email(user["email"]), keys.USERS, keys.sessions(name),

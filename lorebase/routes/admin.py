@@ -21,7 +21,7 @@ class Flag(Schema):
 
 async def list_users(req: Request) -> Reply:
     db = req.app.db
-    names = sorted(await db.call("SMEMBERS", "users"))[:1000]
+    names = sorted(await users.names(db))[:1000]
     found = [await users.get(db, name) for name in names]
     admins = req.app.config.ADMINS
     return reply(200, [users.public(u, admins) for u in found if u is not None])

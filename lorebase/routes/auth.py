@@ -8,7 +8,7 @@ from ..http import ApiError, Reply, Request, reply
 from ..identity import keys, passwords, tokens, users
 from ..mail import enqueue, reset_mail, verify_mail
 from ..notify import notify
-from ..ratelimit import check, hit, key, take_back
+from ..ratelimit import check, clear, hit, key, take_back
 from ..schema import Schema, Text
 
 HOUR = 3600
@@ -174,7 +174,7 @@ async def login(req: Request) -> Reply:
     old_owner = keys.session_owner(old_sid) if old_sid else None
     if old_sid and old_owner:  # a new id at every login: the one before stops working (S2)
         await app.sessions.delete(db, old_sid, old_owner)
-    await db.call("DEL", account_key)
+    await clear(db, account_key)
     # made only if the user is still the one whose password was checked: not destroyed,
     # disabled, reset or changed meanwhile (else the same reply as a wrong password)
     made = await app.sessions.create(db, user, rehash)

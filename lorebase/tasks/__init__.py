@@ -13,31 +13,32 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import redis.asyncio as aioredis
-
-from .. import mail, procs
+from .. import db, mail, procs
 from ..notify import notify
 from . import backup
-from .queue import DurableQueue
+from .queue import BLOCK, DurableQueue
 from .schedule import Scheduler, Task
 
 
 class Tasks:
     def __init__(self, config: Any):
         self.config = config
-        self.db = aioredis.Redis.from_url(config.REDIS_URL, decode_responses=True, socket_timeout=5,
-                                          socket_connect_timeout=2)
-        self.stopping = asyncio.Event()
+        self.db = db.connect(config, timeout=5)
+        # each queue blocks on its own connection (BLMOVE): one connection each, waiting longer
+        self.clients = [self.db]
         sender = mail.Sender(config.MAIL_URL or "console://", config.MAIL_FROM, config)
-        self.queues = [DurableQueue(self.db, mail.QUEUE, _send_mail(sender),
+        self.queues = [DurableQueue(self._blocking(), mail.QUEUE, _send_mail(sender),
                                     lambda n: min(5 * 2 ** (n - 1), 3600), mail.MAX_TRIES, doing=mail.SENDING)]
         if config.S3_BUCKET:
             from ..files import s3
-            from ..files.store import S3_QUEUE
+            from ..files.keys import S3_QUEUE
+            from ..files.store import Store
+
+            self.store = Store(config)
 
             s3_client = s3.client(config)
             data_dir = Path(config.DATA_DIR)
-            self.queues.append(DurableQueue(self.db, S3_QUEUE,
+            self.queues.append(DurableQueue(self._blocking(), S3_QUEUE,
                                             lambda job: s3.run_job(config, s3_client, job, data_dir),
                                             lambda n: min(2 ** n, 30), None, self.mirrored))
 
@@ -45,9 +46,15 @@ class Tasks:
         if float(config.BACKUP_EVERY) > 0:
             tasks.append(Task("backup", float(config.BACKUP_EVERY), self.alerting("backup", self.backup)))
         self.scheduler = Scheduler(self.db, tasks, float(config.LOCK_TTL))
+        self.stopping = asyncio.Event()
+
+    def _blocking(self) -> db.Redis:
+        client = db.connect(self.config, timeout=BLOCK + 5)
+        self.clients.append(client)
+        return client
 
     async def backup(self) -> str:
-        manifest = await asyncio.to_thread(backup.take, self.config, self.config.REDIS_URL)
+        manifest = await asyncio.to_thread(backup.take, self.config, db.address(self.config))
         return f"backup {manifest['name']}: {manifest['keys']} keys, {manifest['size']} bytes"
 
     def alerting(self, name: str, run: Callable[[], Awaitable[str]]) -> Callable[[], Awaitable[str]]:
@@ -64,14 +71,13 @@ class Tasks:
 
     async def mirrored(self, job: dict[str, Any], outcome: str) -> None:
         if outcome == "put":  # only if the file was not deleted meanwhile
-            await self.db.eval("if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 's3', 1) end",
-                               1, f"file:{job['id']}")
+            await self.store.mirrored(self.db, str(job["id"]))
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
-        notify.attach_async(_Adapter(self.db))
+        notify.attach_async(self.db)
         jobs = [asyncio.create_task(q.work(self.stopping)) for q in self.queues]
         jobs += [asyncio.create_task(q.promote(self.stopping)) for q in self.queues]
         jobs.append(asyncio.create_task(self.scheduler.run(self.stopping)))
@@ -80,7 +86,8 @@ class Tasks:
             job.cancel()
         await asyncio.gather(*jobs, return_exceptions=True)
         await notify.close()
-        await self.db.aclose()
+        for client in self.clients:
+            await client.close()
 
 
 def _send_mail(sender: mail.Sender) -> Callable[[dict[str, Any]], str]:
@@ -88,19 +95,6 @@ def _send_mail(sender: mail.Sender) -> Callable[[dict[str, Any]], str]:
         sender.send(item)
         return f"sent to {item['to']}"
     return send
-
-
-class _Adapter:
-    """notify's batch writer speaks our pipeline(); give it redis-py's."""
-
-    def __init__(self, db: aioredis.Redis):
-        self.db = db
-
-    async def pipeline(self, commands: list[tuple[Any, ...]]) -> list[Any]:
-        pipe = self.db.pipeline(transaction=False)
-        for command in commands:
-            pipe.execute_command(*command)
-        return list(await pipe.execute())
 
 
 def serve(config: Any) -> None:

@@ -35,7 +35,7 @@ from typing import Any
 
 import redis
 
-from ..db import parse_url
+from ..db import connect_sync, parse_url
 
 CHUNK = 1 << 20
 
@@ -178,10 +178,11 @@ def sha256_of(path: Path) -> str:
 
 def file_hashes(db: redis.Redis) -> dict[str, str]:
     """Every stored file's id → SHA-256, read from the snapshot's scratch copy."""
+    from ..files import keys
     from ..files.store import ID
 
     out: dict[str, str] = {}
-    for key in db.scan_iter(match="file:*", count=1000):
+    for key in db.scan_iter(match=keys.file("*"), count=1000):
         file_id = key.decode().split(":", 1)[1]
         if ID.match(file_id):
             digest = db.hget(key, "sha256")
@@ -239,7 +240,7 @@ def scratch(rdb: Path, wait: float = 60) -> Iterator[redis.Redis]:
                                  "--logfile", str(Path(tmp) / "redis.log")],
                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            db = redis.Redis(unix_socket_path=str(sock), decode_responses=False, socket_timeout=30)
+            db = connect_sync(f"unix://{sock}", 30, decode=False)
             deadline = time.monotonic() + wait
             while True:
                 if proc.poll() is not None:
@@ -328,7 +329,7 @@ def restore(where: Local | S3, name: str, url: str) -> dict[str, Any]:
             if int(source.dbsize()) != int(manifest["keys"]):
                 raise BackupError(f"backup {name} holds {source.dbsize()} keys, its manifest says "
                                   f"{manifest['keys']}; nothing was changed")
-            target = redis.Redis.from_url(url, decode_responses=False, socket_timeout=60)
+            target = connect_sync(url, 60, decode=False)
             try:
                 count = copy_all(source, target)
                 users = int(target.scard(USERS))

@@ -21,8 +21,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import redis.asyncio as aioredis
-
+from ..db import Client, RedisError, Unavailable
 from ..notify import notify
 
 # KEYS: doing, retry, dead. ARGV: the job as taken, the job as it goes on, the retry time
@@ -43,7 +42,8 @@ end
 return #due
 """
 
-REDIS_ERRORS = (aioredis.RedisError, OSError)
+REDIS_ERRORS = (RedisError, Unavailable)
+BLOCK = 1  # seconds a worker's BLMOVE waits for a job (its connection's timeout must be longer)
 PAUSE_MIN, PAUSE_MAX = 0.5, 5.0
 
 
@@ -79,7 +79,7 @@ class Outage:
 
 
 class DurableQueue:
-    def __init__(self, db: aioredis.Redis, queue: str, run: Callable[[dict[str, Any]], str],
+    def __init__(self, db: Client, queue: str, run: Callable[[dict[str, Any]], str],
                  backoff: Callable[[int], float], max_tries: int | None,
                  after: Callable[[dict[str, Any], str], Awaitable[None]] | None = None,
                  doing: str | None = None):
@@ -92,13 +92,11 @@ class DurableQueue:
         self.after = after
         self.backoff = backoff
         self.max_tries = max_tries
-        self.fail_script = db.register_script(_FAIL)
-        self.promote_script = db.register_script(_PROMOTE)
 
     async def requeue_interrupted(self) -> int:
         """Jobs a crash left half-done go back to the queue; how many."""
         count = 0
-        while await self.db.lmove(self.keys["doing"], self.keys["queue"], "RIGHT", "RIGHT") is not None:
+        while await self.db.call("LMOVE", self.keys["doing"], self.keys["queue"], "RIGHT", "RIGHT") is not None:
             count += 1
         return count
 
@@ -115,7 +113,7 @@ class DurableQueue:
                 if ending is not None:
                     await self._end(*ending)
                     ending = None
-                raw = await self.db.blmove(self.keys["queue"], self.keys["doing"], 1, "RIGHT", "LEFT")
+                raw = await self.db.call("BLMOVE", self.keys["queue"], self.keys["doing"], "RIGHT", "LEFT", BLOCK)
                 outage.ok()
                 if raw is None:
                     continue
@@ -153,18 +151,18 @@ class DurableQueue:
 
     async def _end(self, raw: str, then: str | None, retry_at: float | None) -> None:
         if then is None:
-            await self.db.lrem(self.keys["doing"], 1, raw)
+            await self.db.call("LREM", self.keys["doing"], 1, raw)
             return
-        await self.fail_script(keys=[self.keys["doing"], self.keys["retry"], self.keys["dead"]],
-                               args=[raw, then, "" if retry_at is None else retry_at])
+        await self.db.script(_FAIL, [self.keys["doing"], self.keys["retry"], self.keys["dead"]],
+                             [raw, then, "" if retry_at is None else retry_at])
 
     async def promote(self, stopping: asyncio.Event) -> None:
         """Moves due retries back onto the queue, in one step each round."""
         outage = Outage(f"{self.name} retries")
         while not stopping.is_set():
             try:
-                while await self.promote_script(keys=[self.keys["retry"], self.keys["queue"]],
-                                                args=[time.time(), 100]) == 100:
+                while await self.db.script(_PROMOTE, [self.keys["retry"], self.keys["queue"]],
+                                           [time.time(), 100]) == 100:
                     pass
                 outage.ok()
             except REDIS_ERRORS as error:

@@ -23,8 +23,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import redis.asyncio as aioredis
-
+from ..db import Client
 from ..notify import notify
 from .queue import REDIS_ERRORS, Outage
 
@@ -58,13 +57,11 @@ class LockLost(Exception):
 
 
 class Scheduler:
-    def __init__(self, db: aioredis.Redis, tasks: list[Task], lock_ttl: float, node: str | None = None):
+    def __init__(self, db: Client, tasks: list[Task], lock_ttl: float, node: str | None = None):
         self.db = db
         self.tasks = tasks
         self.ttl_ms = int(lock_ttl * 1000)
         self.node = node or f"{socket.gethostname()}:{secrets.token_hex(3)}"
-        self.renew = db.register_script(_RENEW)
-        self.release = db.register_script(_RELEASE)
 
     async def run(self, stopping: asyncio.Event) -> None:
         await asyncio.gather(*(self.loop(task, stopping) for task in self.tasks))
@@ -86,23 +83,23 @@ class Scheduler:
 
     async def step(self, task: Task) -> float:
         """Runs `task` if it is due and the lock is free; the seconds until it is due again."""
-        last = await self.db.hget(state_key(task.name), "last")
+        last = await self.db.call("HGET", state_key(task.name), "last")
         now = time.time()
         if not last:  # never ran: the first run is one interval after the first start
-            await self.db.hsetnx(state_key(task.name), "last", int(now * 1000))
+            await self.db.call("HSETNX", state_key(task.name), "last", int(now * 1000))
             return task.every
         due = int(last) / 1000 + task.every
         if due > now:
             return due - now
         token = secrets.token_hex(16)
-        if not await self.db.set(lock_key(task.name), token, nx=True, px=self.ttl_ms):
+        if not await self.db.call("SET", lock_key(task.name), token, "NX", "PX", self.ttl_ms):
             return 1.0  # another node runs it
         try:
-            await self.db.hset(state_key(task.name), mapping={"last": int(now * 1000), "node": self.node})
+            await self.db.call("HSET", state_key(task.name), "last", int(now * 1000), "node", self.node)
             await self._run_holding(task, token)
         finally:
             try:
-                await self.release(keys=[lock_key(task.name)], args=[token])
+                await self.db.script(_RELEASE, [lock_key(task.name)], [token])
             except REDIS_ERRORS:
                 pass  # it expires by itself
         return task.every
@@ -124,7 +121,7 @@ class Scheduler:
         finally:
             keeper.cancel()
         took = int((time.monotonic() - started) * 1000)
-        await self.db.hset(state_key(task.name), mapping={"took": took, "ok": 0 if error else 1, "error": error})
+        await self.db.call("HSET", state_key(task.name), "took", took, "ok", 0 if error else 1, "error", error)
         if error:
             notify(f"task {task.name} failed", error=error, took_ms=took)
         else:
@@ -136,7 +133,7 @@ class Scheduler:
         while not work.done():
             await asyncio.sleep(self.ttl_ms / 3000)
             try:
-                kept = await self.renew(keys=[lock_key(task.name)], args=[token, self.ttl_ms])
+                kept = await self.db.script(_RENEW, [lock_key(task.name)], [token, self.ttl_ms])
             except REDIS_ERRORS:
                 # one missed renewal is survivable; two third-TTLs without one, and the lock
                 # may be gone before the next: stop while it is surely still ours
