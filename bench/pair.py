@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/pair.py --base ../base W2 W3 W4      # this checkout against ../base
     .venv/bin/python bench/pair.py --base . W2                   # A/A: the method's own noise
+    .venv/bin/python bench/pair.py --base . --base-env STATS=0   # one setting's cost: on ÷ off
 
 Each checkout runs `lorebase serve` with one worker, pinned to CPU 1 (both workers share it);
 their Redis, masters and the two wrk clients (`-t1 -c16`, 6 s) run on CPU 0. Both are driven
@@ -52,12 +53,15 @@ def post(url: str, body: Any, cookie: str | None = None) -> tuple[Any, list[str]
 
 
 class Server:
-    def __init__(self, tree: Path):
+    def __init__(self, tree: Path, settings: list[str]):
         self.tree = tree
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "LOREBASE_PORT": str(self.port), "LOREBASE_WORKERS": "1",
                "LOREBASE_DATA_DIR": tempfile.mkdtemp(prefix="lorebase-pair-")}
+        for setting in settings:  # KEY=VALUE, as LOREBASE_KEY
+            key, _, value = setting.partition("=")
+            env[f"LOREBASE_{key}"] = value
         self.proc = subprocess.Popen([sys.executable, "-m", "lorebase", "serve", "dev"], cwd=tree, env=env,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + 30
@@ -94,11 +98,13 @@ class Server:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--base", type=Path, required=True, help="the other checkout (the code before a change)")
+    p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="a setting of this server")
+    p.add_argument("--base-env", action="append", default=[], metavar="KEY=VALUE", help="a setting of the base server")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--seconds", type=int, default=6)
     p.add_argument("workloads", nargs="*", default=["W2", "W3", "W4"], choices=sorted(SCRIPTS))
     args = p.parse_args()
-    this, base = Server(HERE.parent), Server(args.base.resolve())
+    this, base = Server(HERE.parent, args.env), Server(args.base.resolve(), args.base_env)
     ratios: dict[str, list[float]] = {}
     try:
         for round_ in range(args.rounds):

@@ -7,6 +7,7 @@ they belong: `insert(base, "private", notes.routes())` below is how the example 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -63,11 +64,18 @@ class App(Chain):
 def create_app(config: Config, chain_routes: list[Route] | None = None) -> App:
     app = App(config, chain_routes or routes(config))
 
+    flusher: list[asyncio.Task[None]] = []
+
     async def start() -> None:
         app.db = db.connect(config)
         notify.attach_async(app.db)
+        if app.stats.enabled:
+            flusher.append(asyncio.get_running_loop().create_task(app.stats.run(app.db)))
 
     async def stop() -> None:
+        for task in flusher:  # its last counts written, then stopped
+            task.cancel()
+        await asyncio.gather(*flusher, return_exceptions=True)
         await notify.close()
         await app.db.close()
 

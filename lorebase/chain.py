@@ -38,6 +38,7 @@ from .http import (
 )
 from .notify import notify
 from .schema import parse_json, validate
+from .stats import Stats
 
 Handler = Callable[[Request], Awaitable[Reply | None]]
 UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -162,6 +163,7 @@ class Chain:
                 raise ValueError(f"two routes for {route.method} {route.path}")
             methods[route.method] = endpoint
         self.json_limit = config.JSON_LIMIT
+        self.stats = Stats(config)
         self.db: dbmod.Client = None  # type: ignore[assignment]  # the worker's Redis client, set at start-up
         self.openapi: bytes = b"{}"  # the OpenAPI document, set by the app
 
@@ -220,7 +222,16 @@ class Chain:
         except Exception as error:  # noqa: BLE001 - the client gets a code, notify the trace
             notify.exception("error", error, method=req.method, path=req.path, rid=req.log["id"])
             result = error_reply(ApiError(500, "server"))
-        await self.send(req, result, send)
+        status, sent = await self.send(req, result, send)
+        stats = self.stats
+        if stats.enabled:
+            route = req.route
+            stats.request(route.path if route is not None else "-", req.method, status,
+                          time.perf_counter() - req.log["t"], sent)
+            if req.session is not None:
+                stats.uniques["active_users"].add(req.session["user"])
+            if req.ip:
+                stats.uniques["client_ips"].add(req.ip)
 
     async def run(self, req: Request) -> Reply:
         query = req.scope.get("query_string") or b""
@@ -292,7 +303,8 @@ class Chain:
             raise ApiError(400, "validation", "")
         req.data = parse_json(req.body)
 
-    async def send(self, req: Request, result: Reply, send: Any) -> None:
+    async def send(self, req: Request, result: Reply, send: Any) -> tuple[int, int]:
+        """Sends the reply; its status and the body bytes sent."""
         status = result.status
         headers = list(PAGE_SECURITY_HEADERS if result.content_type == HTML else SECURITY_HEADERS)
         body = result.body
@@ -322,7 +334,7 @@ class Chain:
                     headers.append((b"etag", etag.encode()))
                     await send({"type": "http.response.start", "status": 304, "headers": headers})
                     await send({"type": "http.response.body", "body": b""})
-                    return
+                    return 304, 0
                 if gzipped:
                     body = compress(body)
                     headers.append((b"content-encoding", b"gzip"))
@@ -330,9 +342,12 @@ class Chain:
             headers.append((b"content-length", str(len(body)).encode()))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         if result.stream is None:
+            sent = len(body)
             await send({"type": "http.response.body", "body": body})
         else:
+            sent = 0
             async for chunk in result.stream:
+                sent += len(chunk)
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": b""})
         if status >= 400:
@@ -340,3 +355,4 @@ class Chain:
                 req.ip = client_address(req.scope, req.raw_headers, self.config.TRUSTED_PROXIES)
             notify("reply", status=status, error=result.code, method=req.method, path=req.path[:200],
                    ip=req.ip, rid=req.log["id"], ms=round((time.perf_counter() - req.log["t"]) * 1000, 2))
+        return status, sent

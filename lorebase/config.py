@@ -49,6 +49,9 @@ DEFAULTS: dict[str, Any] = {
     "LOCK_TTL": 10.0,  # seconds a scheduled task's Redis lock outlives a node that died holding it
     "HEADER_TIMEOUT": 10.0,  # seconds a request's line and headers may take to arrive (408, closed)
     "BODY_TIMEOUT": 30.0,  # seconds a JSON body may take to arrive, or an upload may send nothing (408)
+    "STATS": True,  # count requests, logins, bytes... per minute in Redis (stats.py); off: nothing counted
+    "STATS_KEEP": 2 * 86400,  # seconds a minute's stats are kept
+    "METRICS_TOKEN": "",  # GET /metrics also answers `Authorization: Bearer <this>` (a Prometheus scraper)
     "LOG_STREAM_MAX": 10000,  # entries kept in the Redis stream `log`
     "ERROR_REPORTS_PER_MINUTE": 30,  # POST /error per client IP
     "SHUTDOWN_GRACE": 10.0,  # seconds workers get to finish in-flight requests
@@ -84,7 +87,7 @@ PER_ENV: dict[str, dict[str, Any]] = {
     },
 }
 
-SECRET_KEYS = ("COOKIE_SECRET", "S3_SECRET_KEY")
+SECRET_KEYS = ("COOKIE_SECRET", "S3_SECRET_KEY", "METRICS_TOKEN")
 MIN_SECRET_BYTES = 32
 KNOWN_WEAK = {"", "changeme", "secret", "dev", "change-me", "lorebase"}
 

@@ -77,6 +77,28 @@ def wait_stream_event(lore: Lorebase, ev: str, timeout: float = 10.0, **fields: 
                     f"stream entry {ev} {fields}")
 
 
+def connection_per_worker(server: Lorebase) -> list[httpx.Client]:
+    """Keep-alive connections, opened until two are served by different workers (each
+    probe reports an error under an address of its own, and the stream names the pid)."""
+    found: dict[int, httpx.Client] = {}
+    spare = []
+    for n in range(40):
+        conn = httpx.Client(base_url=server.url, timeout=10)
+        probe = client_ip()
+        assert post_json(conn, "/error", {"message": f"probe {n}"}, probe).status_code == 200
+        pid = wait_stream_event(server, "client error", ip=probe)["pid"]
+        if pid in found:
+            spare.append(conn)
+        else:
+            found[pid] = conn
+        if len(found) == 2:
+            break
+    for conn in spare:
+        conn.close()
+    assert len(found) == 2, f"40 connections all landed on worker(s) {sorted(found)}"
+    return list(found.values())
+
+
 # -- processes --------------------------------------------------------------------------
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 
-import httpx
 import pytest
 
 from .lore import wait_for
@@ -14,6 +13,7 @@ from .support import (
     JSON_TYPE,
     assert_error,
     client_ip,
+    connection_per_worker,
     post_json,
     stream_entries,
     wait_event,
@@ -157,32 +157,10 @@ def test_client_error_reports_are_limited_to_30_a_minute_per_ip(client, server):
     assert sorted(e["message"] for e in reports) == sorted(f"rate test {i}" for i in range(30))
 
 
-def _connection_per_worker(server) -> list[httpx.Client]:
-    """Keep-alive connections, opened until two are served by different workers (each
-    probe reports an error under an address of its own, and the stream names the pid)."""
-    found: dict[int, httpx.Client] = {}
-    spare = []
-    for n in range(40):
-        conn = httpx.Client(base_url=server.url, timeout=10)
-        probe = client_ip()
-        assert post_json(conn, "/error", {"message": f"probe {n}"}, probe).status_code == 200
-        pid = wait_stream_event(server, "client error", ip=probe)["pid"]
-        if pid in found:
-            spare.append(conn)
-        else:
-            found[pid] = conn
-        if len(found) == 2:
-            break
-    for conn in spare:
-        conn.close()
-    assert len(found) == 2, f"40 connections all landed on worker(s) {sorted(found)}"
-    return list(found.values())
-
-
 def test_rate_limit_is_shared_by_the_workers(server):
     """Reports from one address through two workers count against one limit, kept in Redis:
     both workers accept some of the first 30, and both refuse past it."""
-    conns = _connection_per_worker(server)
+    conns = connection_per_worker(server)
     ip = client_ip()
     statuses = []
     try:

@@ -80,6 +80,7 @@ async def signup(req: Request) -> Reply:
     token = await tokens.issue(db, "verify", username, email, config.VERIFY_TTL)
     await enqueue(db, email, *verify_mail(config.BASE_URL, username, token))
     notify("signup", user=username, ip=req.ip)
+    req.app.stats.flow("signups")
     return reply(200, {})
 
 
@@ -164,6 +165,7 @@ async def login(req: Request) -> Reply:
     ok = await app.passwords.verify(user["hash"] if user else None, data.password)
     if not ok or user is None or user.get("disabled") == "1":
         # the same reply whether the user exists or not, after the same work (A1, A2)
+        app.stats.flow("login_failures")
         raise ApiError(403, "auth")
     await take_back(db, ip_key, account_key)
     if config.REQUIRE_VERIFIED and user.get("verified") != "1":
@@ -182,6 +184,7 @@ async def login(req: Request) -> Reply:
         raise ApiError(403, "auth")
     sid, csrf = made
     await app.sessions.prune(db, user["username"])
+    app.stats.flow("logins")
     return reply(200, {"csrf": csrf}, {"set-cookie": app.sessions.set_cookie(sid), **NO_STORE})
 
 

@@ -66,6 +66,7 @@ async def upload(req: Request) -> Reply:
     meta = {"id": new_id(), "user": user, "name": got.name, "size": got.size, "type": got.type,
             "sha256": got.digest.hexdigest(), "created": int(time.time()), "s3": 0}
     await store.add(app.db, req.session, tmp, meta)
+    app.stats.flow("upload_bytes", got.size)
     return reply(200, {k: meta[k] for k in ("id", "name", "size", "type", "sha256")})
 
 

@@ -4,14 +4,18 @@ document. None of them needs a session."""
 from __future__ import annotations
 
 import ipaddress
+import time
 
 import msgspec
 
-from .. import ratelimit
+from .. import ratelimit, stats
 from ..chain import Route
-from ..http import Reply, Request, reply
+from ..http import ApiError, Reply, Request, reply
+from ..identity import users
 from ..notify import notify
 from ..schema import Int, Schema, Text
+
+PROMETHEUS = b"text/plain; version=0.0.4; charset=utf-8"
 
 
 def client_ip(req: Request) -> str:
@@ -76,6 +80,41 @@ async def openapi(req: Request) -> Reply:
     return Reply(200, req.app.openapi, None)
 
 
+async def _admin(req: Request) -> bool:
+    """Does the request carry a live session of an admin? (/metrics sits before the gatekeeper,
+    so that a scraper with a token and no session gets through.)"""
+    sessions = req.app.sessions
+    value = req.cookies.get(sessions.name)
+    sid = sessions.unsign(value) if value else None
+    session = await sessions.load(req.app.db, sid) if sid else None
+    if session is None:
+        return False
+    req.session = session
+    user = await req.app.current_user(req)
+    return user is not None and users.is_admin(user, req.app.config.ADMINS)
+
+
+async def metrics(req: Request) -> Reply:
+    """The Prometheus text format, for `Authorization: Bearer <METRICS_TOKEN>` or an admin's
+    session; 403 admin to anyone else."""
+    app = req.app
+    given = req.header(b"authorization") or b""
+    token_ok = given[:7].lower() == b"bearer " and stats.equal_token(given[7:].decode("latin-1").strip(),
+                                                                     app.config.METRICS_TOKEN)
+    if not token_ok and not await _admin(req):
+        raise ApiError(403, "admin")
+    stock_names, commands = stats.stock_commands(stats.queues(app.config))
+    day = int(time.time() // 86400)
+    unique_names = list(stats.UNIQUES)
+    replies = await app.db.pipeline([("HGETALL", stats.TOTAL), *commands,
+                                     *(("PFCOUNT", stats.unique_key(name, day)) for name in unique_names)])
+    total = stats.fields(replies[0])
+    levels = dict(zip(stock_names, replies[1:1 + len(commands)], strict=True))
+    uniques = dict(zip(unique_names, replies[1 + len(commands):], strict=True))
+    return Reply(200, stats.render(total, levels, uniques).encode(), {"cache-control": "no-store"},
+                 content_type=PROMETHEUS)
+
+
 def routes() -> list[Route]:
     return [
         Route("*", "*", avant, section="avant"),
@@ -84,4 +123,6 @@ def routes() -> list[Route]:
         Route("POST", "/error", client_error, body=ClientError, summary="A browser reports an error",
               replies={429: ["rate"]}),
         Route("GET", "/openapi.json", openapi, summary="This API's OpenAPI 3.1 document"),
+        Route("GET", "/metrics", metrics, summary="Prometheus metrics: an admin's session or Bearer METRICS_TOKEN",
+              replies={403: ["admin"]}),
     ]

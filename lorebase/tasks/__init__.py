@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from .. import db, mail, procs
+from .. import db, mail, procs, stats
 from ..notify import notify
 from . import backup
 from .queue import BLOCK, DurableQueue
@@ -43,6 +43,8 @@ class Tasks:
                                             lambda n: min(2 ** n, 30), None, self.mirrored))
 
         tasks = []
+        if config.STATS:
+            tasks.append(Task("stats", 60, self.stocks, quiet=True))
         if float(config.BACKUP_EVERY) > 0:
             tasks.append(Task("backup", float(config.BACKUP_EVERY), self.alerting("backup", self.backup)))
         self.scheduler = Scheduler(self.db, tasks, float(config.LOCK_TTL))
@@ -52,6 +54,9 @@ class Tasks:
         client = db.connect(self.config, timeout=BLOCK + 5)
         self.clients.append(client)
         return client
+
+    async def stocks(self) -> str:
+        return await stats.record_stocks(self.db, stats.queues(self.config), int(self.config.STATS_KEEP))
 
     async def backup(self) -> str:
         manifest = await asyncio.to_thread(backup.take, self.config, db.address(self.config))

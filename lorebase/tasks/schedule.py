@@ -50,6 +50,7 @@ class Task:
     name: str
     every: float  # seconds between the starts of two runs
     run: Callable[[], Awaitable[str]]  # what it did, in a few words (notified)
+    quiet: bool = False  # notify only its failures (a task that runs every minute)
 
 
 class LockLost(Exception):
@@ -124,7 +125,7 @@ class Scheduler:
         await self.db.call("HSET", state_key(task.name), "took", took, "ok", 0 if error else 1, "error", error)
         if error:
             notify(f"task {task.name} failed", error=error, took_ms=took)
-        else:
+        elif not task.quiet:
             notify(f"task {task.name}", outcome=outcome, took_ms=took)
 
     async def _keep(self, task: Task, token: str, work: asyncio.Future[Any]) -> None:

@@ -1,0 +1,304 @@
+"""Stats (seed: Future directions, "stats"): what the server does, counted per minute and
+summed over every worker and node in Redis, and `GET /metrics` in the Prometheus format.
+
+The kinds the seed's reference keeps:
+- flows: counters (requests by route template, method and status; signups, logins, failed
+  logins, bytes uploaded, bytes served), and a latency histogram per route;
+- max and min: the slowest and fastest request of each route in the minute;
+- uniques: HyperLogLogs (users active in a day, client addresses in a day);
+- stocks: levels (users, jobs in each queue), recorded each minute by the `stats` task.
+
+A worker counts in memory, nothing on the request path but a few dict updates, and
+writes what it counted once a second in one Lua call: into `stats:total` (counters since the
+database began: what Prometheus reads) and `stats:<minute>` (that minute's flows, max and
+min; expires after STATS_KEEP). A worker killed with -9 loses at most its last second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import hmac
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from .db import Client, RedisError, Unavailable
+
+TOTAL = "stats:total"
+PENDING_MAX = 300_000  # ops and members held while Redis refuses flushes
+UNIQUE_TTL = 8 * 86400  # a day's uniques stay a week after it
+# latency histogram bounds, in milliseconds; the last bucket is everything slower
+BUCKETS_MS = (1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 10000)
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+FLOWS = {  # the named counters a route may bump, with their help text
+    "signups": "Accounts created.",
+    "logins": "Successful logins.",
+    "login_failures": "Refused logins (wrong password, unknown or disabled account).",
+    "upload_bytes": "Bytes of files uploaded and stored.",
+    "served_bytes": "Bytes of reply bodies sent (files included).",
+}
+UNIQUES = {"active_users": "Users who made a request with a session", "client_ips": "Client addresses seen"}
+
+
+def minute_key(minute: int) -> str:
+    """A minute's hash; `minute` in unix minutes (unix seconds // 60)."""
+    return f"stats:{minute}"
+
+
+def unique_key(name: str, day: int) -> str:
+    """A day's HyperLogLog; `day` in unix days."""
+    return f"stats:u:{name}:{day}"
+
+
+# KEYS: total, minute. ARGV: the minute's TTL, then triples (op, field, value): i adds an
+# integer to both, f a float to both, x keeps the larger in the minute, n the smaller.
+_FLUSH = """
+local i = 2
+while i <= #ARGV do
+  local op, f, v = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  if op == 'i' then
+    redis.call('HINCRBY', KEYS[1], f, v); redis.call('HINCRBY', KEYS[2], f, v)
+  elseif op == 'f' then
+    redis.call('HINCRBYFLOAT', KEYS[1], f, v); redis.call('HINCRBYFLOAT', KEYS[2], f, v)
+  else
+    local cur = tonumber(redis.call('HGET', KEYS[2], f))
+    if cur == nil or (op == 'x' and tonumber(v) > cur) or (op == 'n' and tonumber(v) < cur) then
+      redis.call('HSET', KEYS[2], f, v)
+    end
+  end
+  i = i + 3
+end
+redis.call('EXPIRE', KEYS[2], ARGV[1])
+return 1
+"""
+
+
+class _Route:
+    """One route's (and method's) counts since the last flush."""
+
+    __slots__ = ("buckets", "high", "low", "statuses", "sum")
+
+    def __init__(self) -> None:
+        self.statuses: dict[int, int] = {}
+        self.buckets = [0] * (len(BUCKETS_MS) + 1)
+        self.sum = 0.0
+        self.high = 0.0
+        self.low = float("inf")
+
+
+class Stats:
+    """One per worker. `request` and `flow` count in memory; `run` writes them to Redis."""
+
+    def __init__(self, config: Any):
+        self.enabled = bool(config.STATS)
+        self.keep = int(config.STATS_KEEP)
+        self.routes: dict[tuple[str, str], _Route] = {}
+        self.flows: dict[str, int] = {}
+        self.uniques: dict[str, set[str]] = {name: set() for name in UNIQUES}
+        # a flush Redis refused: sent again with the next (bounded; past it, dropped and counted)
+        self.pending: list[Any] = []
+        self.pending_uniques: dict[str, set[str]] = {}
+        self.lost = 0
+
+    def request(self, route: str, method: str, status: int, seconds: float, sent: int) -> None:
+        """One request answered: `route` its template ('-' when no route matched)."""
+        key = (route, method if method in METHODS else "OTHER")
+        acc = self.routes.get(key)
+        if acc is None:
+            acc = self.routes[key] = _Route()
+        acc.statuses[status] = acc.statuses.get(status, 0) + 1
+        ms = seconds * 1000
+        acc.buckets[bisect.bisect_left(BUCKETS_MS, ms)] += 1
+        acc.sum += ms
+        if ms > acc.high:
+            acc.high = ms
+        if ms < acc.low:
+            acc.low = ms
+        if sent:
+            self.flows["served_bytes"] = self.flows.get("served_bytes", 0) + sent
+
+    def flow(self, name: str, amount: int = 1) -> None:
+        if self.enabled:
+            self.flows[name] = self.flows.get(name, 0) + amount
+
+    def seen(self, name: str, member: str) -> None:
+        if self.enabled:
+            self.uniques[name].add(member)
+
+    def _take(self) -> tuple[list[Any], dict[str, set[str]]]:
+        """What was counted since the last flush, as the script's triples; the counts reset."""
+        routes, self.routes = self.routes, {}
+        flows, self.flows = self.flows, {}
+        uniques = {k: v for k, v in self.uniques.items() if v}
+        self.uniques = {name: set() for name in UNIQUES}
+        ops: list[Any] = []
+        for (route, method), acc in routes.items():
+            label = f"{method} {route}"
+            for status, count in acc.statuses.items():
+                ops += ["i", f"requests|{label}|{status}", count]
+            for index, count in enumerate(acc.buckets):
+                if count:
+                    ops += ["i", f"latency|{label}|{index}", count]
+            ops += ["f", f"latency_sum|{label}", round(acc.sum, 3),
+                    "x", f"latency_max|{label}", round(acc.high, 3), "n", f"latency_min|{label}", round(acc.low, 3)]
+        for name, amount in flows.items():
+            ops += ["i", name, amount]
+        return ops, uniques
+
+    async def flush(self, db: Client) -> None:
+        ops, uniques = self._take()
+        if self.pending:
+            ops, self.pending = self.pending + ops, []
+        for name, members in self.pending_uniques.items():
+            uniques[name] = uniques.get(name, set()) | members
+        self.pending_uniques = {}
+        if not ops and not uniques:
+            return
+        now = time.time()
+        day = int(now // 86400)
+        commands: list[tuple[Any, ...]] = []
+        for name, members in uniques.items():
+            commands += [("PFADD", unique_key(name, day), *members), ("EXPIRE", unique_key(name, day), UNIQUE_TTL)]
+        if ops:
+            try:
+                await db.script(_FLUSH, [TOTAL, minute_key(int(now // 60))], [self.keep, *ops])
+            except (RedisError, Unavailable):
+                self.pending = self._hold(ops, len(ops))
+        if commands:
+            try:
+                await db.pipeline(commands)
+            except (RedisError, Unavailable):
+                self.pending_uniques = self._hold(uniques, sum(map(len, uniques.values())))
+
+    def _hold(self, items: Any, size: int) -> Any:
+        """What a refused flush keeps for the next one: all of it, or nothing past PENDING_MAX."""
+        if size > PENDING_MAX:
+            self.lost += 1  # a long outage: this much is dropped rather than held
+            return type(items)()
+        return items
+
+    async def run(self, db: Client, every: float = 1.0) -> None:
+        """Flushes every `every` seconds until cancelled (then once more, bounded)."""
+        try:
+            while True:
+                await asyncio.sleep(every)
+                await self.flush(db)
+        except asyncio.CancelledError:
+            try:
+                await asyncio.wait_for(self.flush(db), 1.0)
+            except (TimeoutError, RedisError, Unavailable):
+                pass
+            raise
+
+
+# -- reading: /metrics, and the series the admin charts --------------------------------
+
+
+def fields(raw: Any) -> dict[str, str]:
+    if isinstance(raw, dict):
+        return raw
+    return dict(zip(raw[::2], raw[1::2], strict=True)) if raw else {}
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def render(total: dict[str, str], stocks: dict[str, float], uniques: dict[str, int]) -> str:
+    """The Prometheus text format (version 0.0.4) of the counters and levels."""
+    requests: dict[tuple[str, str], dict[str, int]] = {}
+    buckets: dict[tuple[str, str], list[int]] = {}
+    sums: dict[tuple[str, str], float] = {}
+    flows: dict[str, int] = {}
+    for field, value in total.items():
+        kind, _, rest = field.partition("|")
+        if kind == "requests":
+            label, status = rest.rsplit("|", 1)
+            method, route = label.split(" ", 1)
+            requests.setdefault((route, method), {})[status] = int(value)
+        elif kind == "latency":
+            label, index = rest.rsplit("|", 1)
+            method, route = label.split(" ", 1)
+            counts = buckets.setdefault((route, method), [0] * (len(BUCKETS_MS) + 1))
+            if index.isdigit() and int(index) < len(counts):
+                counts[int(index)] += int(value)
+        elif kind == "latency_sum":
+            method, route = rest.split(" ", 1)
+            sums[(route, method)] = float(value)
+        elif not rest and kind in FLOWS:
+            flows[kind] = int(value)
+    out = ["# HELP lorebase_requests_total Requests answered, by route template, method and status.",
+           "# TYPE lorebase_requests_total counter"]
+    for (route, method), statuses in sorted(requests.items()):
+        for status, count in sorted(statuses.items()):
+            labels = f'route="{_label(route)}",method="{method}",status="{status}"'
+            out.append(f"lorebase_requests_total{{{labels}}} {count}")
+    out += ["# HELP lorebase_request_duration_seconds Time from a request's arrival to its reply, by route.",
+            "# TYPE lorebase_request_duration_seconds histogram"]
+    for (route, method), counts in sorted(buckets.items()):
+        labels = f'route="{_label(route)}",method="{method}"'
+        running = 0
+        for bound, count in zip(BUCKETS_MS, counts, strict=False):
+            running += count
+            out.append(f'lorebase_request_duration_seconds_bucket{{{labels},le="{bound / 1000:g}"}} {running}')
+        running += counts[-1]
+        out.append(f'lorebase_request_duration_seconds_bucket{{{labels},le="+Inf"}} {running}')
+        out.append(f"lorebase_request_duration_seconds_sum{{{labels}}} {_number(sums.get((route, method), 0) / 1000)}")
+        out.append(f"lorebase_request_duration_seconds_count{{{labels}}} {running}")
+    for name, text in FLOWS.items():
+        out += [f"# HELP lorebase_{name}_total {text}", f"# TYPE lorebase_{name}_total counter",
+                f"lorebase_{name}_total {flows.get(name, 0)}"]
+    for name, text in UNIQUES.items():
+        out += [f"# HELP lorebase_{name} {text} today (UTC), estimated (HyperLogLog).",
+                f"# TYPE lorebase_{name} gauge", f"lorebase_{name} {uniques.get(name, 0)}"]
+    out += ["# HELP lorebase_users Accounts.", "# TYPE lorebase_users gauge",
+            f"lorebase_users {_number(stocks.get('users', 0))}",
+            "# HELP lorebase_queue_jobs Jobs in each durable queue, by state.", "# TYPE lorebase_queue_jobs gauge"]
+    for name, level in sorted(stocks.items()):
+        if name.startswith("queue|"):
+            _, queue, state = name.split("|")
+            out.append(f'lorebase_queue_jobs{{queue="{queue}",state="{state}"}} {_number(level)}')
+    return "\n".join(out) + "\n"
+
+
+def equal_token(given: str, expected: str) -> bool:
+    """A Bearer token against METRICS_TOKEN, in constant time; an empty one never matches."""
+    return bool(expected) and hmac.compare_digest(given.encode("utf-8", "replace"), expected.encode())
+
+
+async def record_stocks(db: Client, queues: Iterable[dict[str, str]], keep: int) -> str:
+    """The levels now, into this minute's hash (`stock|<name>`): the `stats` task, once a minute."""
+    names, commands = stock_commands(queues)
+    levels = await db.pipeline(commands)
+    key = minute_key(int(time.time() // 60))
+    fields = [x for name, level in zip(names, levels, strict=True) for x in (f"stock|{name}", level)]
+    await db.pipeline([("HSET", key, *fields), ("EXPIRE", key, keep)])
+    return ", ".join(f"{name} {level}" for name, level in zip(names, levels, strict=True))
+
+
+def queues(config: Any) -> list[dict[str, str]]:
+    """The durable queues whose lengths are levels: the outbox, and the S3 mirror when on."""
+    from . import mail
+    from .files.keys import S3_QUEUE
+    from .tasks.queue import names
+
+    outbox = {"queue": mail.QUEUE, "doing": mail.SENDING, "retry": mail.RETRY, "dead": mail.DEAD}
+    return [outbox, names(S3_QUEUE)] if config.S3_BUCKET else [outbox]
+
+
+def stock_commands(queues: Iterable[dict[str, str]]) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """The names and Redis commands that read the levels (users, each queue's keys)."""
+    from .identity.keys import USERS
+
+    names, commands = ["users"], [("SCARD", USERS)]
+    for keys in queues:
+        queue = keys["queue"].split(":")[0]
+        for state, key in keys.items():
+            names.append(f"queue|{queue}|{state}")
+            commands.append(("ZCARD", key) if state == "retry" else ("LLEN", key))
+    return names, commands
