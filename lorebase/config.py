@@ -53,6 +53,8 @@ DEFAULTS: dict[str, Any] = {
     "STATS_KEEP": 2 * 86400,  # seconds a minute's stats are kept
     "METRICS_TOKEN": "",  # GET /metrics also answers `Authorization: Bearer <this>` (a Prometheus scraper)
     "LOG_STREAM_MAX": 10000,  # entries kept in the Redis stream `log`
+    "LOG_URL": "",  # also POST every notify line there, in batches of JSON lines (empty: don't)
+    "LOG_BUFFER": 10000,  # lines a process holds for LOG_URL while it is down; past it, dropped and counted
     "ERROR_REPORTS_PER_MINUTE": 30,  # POST /error per client IP
     "SHUTDOWN_GRACE": 10.0,  # seconds workers get to finish in-flight requests
     # identity
@@ -218,6 +220,8 @@ def _check(env: str, values: dict[str, Any]) -> None:
         raise ConfigError(f"PORT must be 1-65535, got {values['PORT']}")
     if values["REDIS_APPENDFSYNC"] not in ("everysec", "always"):
         raise ConfigError("REDIS_APPENDFSYNC must be everysec or always")
+    if values["LOG_URL"] and urlsplit(str(values["LOG_URL"])).scheme not in ("http", "https"):
+        raise ConfigError("LOG_URL must be an http:// or https:// URL")
     if env != "prod":
         return
     secret = values["COOKIE_SECRET"]

@@ -52,7 +52,7 @@ class Master:
 
     def run(self) -> int:
         config = self.config
-        notify.setup(config.ENV, "master", config.LOG_STREAM_MAX)
+        notify.setup(config.ENV, "master", config.LOG_STREAM_MAX, config.LOG_URL, config.LOG_BUFFER)
         procs.title("master", config.ENV)
         wake_r, wake_w = os.pipe()
         os.set_blocking(wake_r, False)
@@ -246,6 +246,7 @@ class Master:
         if self.redis is not None:
             notify._sync = None
             self.redis.stop()
+        notify.close_forwarder()
 
 
 def serve(config: Any) -> int:

@@ -6,6 +6,11 @@ either, secrets are redacted: passwords, cookies, CSRF, reset and verify tokens.
 
 Events: `start`, `stop`, `worker exit`, `redis down`/`redis up`, `redis exit`,
 `reply` (every reply >= 400), `client error` (POST /error), `error` (an exception).
+
+With LOG_URL set, every process also forwards its lines to that endpoint (the seed's
+"Logging as a service"): a thread of its own POSTs them in batches as JSON lines, so no
+request ever waits on it; while the endpoint is down the lines wait in a bounded buffer
+(LOG_BUFFER), and what did not fit is counted and reported as a `log dropped` line.
 """
 
 from __future__ import annotations
@@ -15,8 +20,10 @@ import collections
 import os
 import re
 import sys
+import threading
 import time
 import traceback
+import urllib.request
 from typing import Any
 
 import msgspec
@@ -51,6 +58,89 @@ def redact(value: Any, depth: int = 0) -> Any:
     return redact(str(value), depth + 1)
 
 
+class Forwarder:
+    """Lines to LOG_URL, from a daemon thread: a batch (at most BATCH lines) every EVERY
+    seconds or sooner when one is full; a failed POST is retried with backoff, its lines
+    kept while the buffer has room."""
+
+    BATCH = 500
+    EVERY = 1.0
+    TIMEOUT = 5.0
+
+    def __init__(self, url: str, buffer: int, env: str, role: str):
+        self.url = url
+        self.buffer = max(1, buffer)
+        self.env, self.role = env, role
+        self.lines: collections.deque[bytes] = collections.deque()
+        self.dropped = 0  # lines that found the buffer full
+        self.reported = 0  # of those, how many a `log dropped` line has told
+        self.sent = 0
+        self.failures = 0
+        self.wake = threading.Event()
+        self.stopping = False
+        self.thread = threading.Thread(target=self._run, name="lorebase-log-forward", daemon=True)
+        self.thread.start()
+
+    def put(self, line: bytes) -> None:
+        """Never blocks: a full buffer drops the line (counted)."""
+        if len(self.lines) >= self.buffer:
+            self.dropped += 1
+            return
+        self.lines.append(line)
+        if len(self.lines) >= self.BATCH:
+            self.wake.set()
+
+    def _run(self) -> None:
+        pause = self.EVERY
+        while True:
+            self.wake.wait(pause)
+            self.wake.clear()
+            stopping = self.stopping
+            pause = self.EVERY if self._send_all() else min(max(pause * 2, 1.0), 30.0)
+            if stopping:
+                return
+
+    def _send_all(self) -> bool:
+        """Sends what is buffered; False when the endpoint failed (the batch kept if it fits)."""
+        while self.lines or self.dropped > self.reported:
+            batch = [self.lines.popleft() for _ in range(min(self.BATCH, len(self.lines)))]
+            missed = self.dropped - self.reported
+            if missed:
+                report = _encode({"t": round(time.time(), 3), "ev": "log dropped", "env": self.env,
+                                  "role": self.role, "pid": os.getpid(), "count": missed, "url": _host(self.url)})
+                batch.insert(0, report)
+            if not self._post(batch):
+                self.failures += 1
+                kept = batch[1:] if missed else batch  # the report is made again, with the new count
+                room = self.buffer - len(self.lines)
+                self.dropped += max(0, len(kept) - room)
+                self.lines.extendleft(reversed(kept[:max(0, room)]))
+                return False
+            self.reported += missed
+            self.sent += len(batch)
+        return True
+
+    def _post(self, batch: list[bytes]) -> bool:
+        # the operator's URL, checked to be http(s) by config
+        request = urllib.request.Request(self.url, data=b"\n".join(batch) + b"\n", method="POST",  # noqa: S310
+                                         headers={"content-type": "application/x-ndjson"})
+        try:
+            with urllib.request.urlopen(request, timeout=self.TIMEOUT) as reply:  # noqa: S310
+                return 200 <= reply.status < 300
+        except (OSError, ValueError):
+            return False
+
+    def close(self, timeout: float = 2.0) -> None:
+        """One last send (bounded), then the thread ends."""
+        self.stopping = True
+        self.wake.set()
+        self.thread.join(timeout)
+
+
+def _host(url: str) -> str:
+    return url.split("@")[-1].split("/")[2] if "://" in url else url
+
+
 class Notifier:
     """Call it: notify("event", key=value, ...). Never raises, never blocks on Redis."""
 
@@ -64,9 +154,13 @@ class Notifier:
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self.lost = 0  # entries dropped because Redis was unreachable
+        self.forwarder: Forwarder | None = None
 
-    def setup(self, env: str, role: str, maxlen: int) -> None:
+    def setup(self, env: str, role: str, maxlen: int, log_url: str = "", log_buffer: int = 10000) -> None:
+        """Who this process is; with `log_url`, its own forwarder (a forked child never uses
+        its parent's: that thread did not survive the fork)."""
         self.env, self.role, self.maxlen = env, role, maxlen
+        self.forwarder = Forwarder(log_url, log_buffer, env, role) if log_url else None
 
     def attach_async(self, db: Any) -> None:
         """In a worker's event loop: entries go to Redis in batches from a background task."""
@@ -89,6 +183,8 @@ class Notifier:
             os.write(sys.stdout.fileno(), line + b"\n")
         except (OSError, ValueError):
             pass
+        if self.forwarder is not None:
+            self.forwarder.put(line)
         if self._sync is not None:
             try:
                 self._sync.xadd(STREAM, {"json": line}, maxlen=self.maxlen, approximate=True)
@@ -120,6 +216,10 @@ class Notifier:
             if self._queue:
                 self._wake.set()
 
+    def close_forwarder(self) -> None:
+        if self.forwarder is not None:
+            self.forwarder.close()
+
     async def close(self) -> None:
         """Flush what is queued (bounded), then stop the background task."""
         for _ in range(50):
@@ -129,6 +229,8 @@ class Notifier:
         if self._task is not None:
             self._task.cancel()
             self._task = None
+        if self.forwarder is not None:
+            await asyncio.to_thread(self.close_forwarder)
 
 
 notify = Notifier()
