@@ -331,9 +331,10 @@ class Beat:
 
     async def cross(self, key: str, what: str, value: Any, threshold: Any, now: int) -> None:
         """Records the crossing; the first to record it notifies and mails the admins."""
-        subject = f"lorebase ({self.config.ENV}): {what} {value} over {threshold} on {self.node}"
-        text = (f"Beat of lorebase ({self.config.ENV}) on {self.node}: {what} is {value}, over its threshold "
-                f"of {threshold}, for {self.streaks.need} samples in a row.\n\nYou get one mail per crossing; "
+        state = f"{value} over {threshold}" if isinstance(value, (int, float)) else f"{value} (not {threshold})"
+        subject = f"lorebase ({self.config.ENV}): {what} {state} on {self.node}"
+        text = (f"Beat of lorebase ({self.config.ENV}) on {self.node}: {what} is {state}, for "
+                f"{self.streaks.need} samples in a row.\n\nYou get one mail per crossing; "
                 f"`beat ok` is notified when it is back under the threshold.\n")
         mails = [mail.message(admin, subject, text) for admin in self.config.ADMINS]
         recorded = json.dumps({"value": value, "threshold": threshold, "node": self.node, "since": now})
