@@ -47,6 +47,12 @@ DEFAULTS: dict[str, Any] = {
     "BACKUP_KEEP": 24,  # newest backups kept
     "BACKUP_DAILY": 30,  # days for which the newest backup of each day is kept too
     "LOCK_TTL": 10.0,  # seconds a scheduled task's Redis lock outlives a node that died holding it
+    "BEAT_EVERY": 10.0,  # seconds between two samples of the machine and Redis (0: no beat)
+    "BEAT_SAMPLES": 3,  # consecutive samples over a threshold before it alerts (and under it before it is back)
+    "BEAT_CPU": 90.0,  # % of all cores busy since the previous sample (0: no alert, for each threshold)
+    "BEAT_MEMORY": 90.0,  # % of RAM used (not available)
+    "BEAT_DISK": 90.0,  # % used of the disk holding DATA_DIR
+    "BEAT_REDIS_MEMORY": 80.0,  # % of Redis's maxmemory used (no alert when maxmemory is 0)
     "HEADER_TIMEOUT": 10.0,  # seconds a request's line and headers may take to arrive (408, closed)
     "BODY_TIMEOUT": 30.0,  # seconds a JSON body may take to arrive, or an upload may send nothing (408)
     "STATS": True,  # count requests, logins, bytes... per minute in Redis (stats.py); off: nothing counted

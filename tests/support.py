@@ -120,6 +120,12 @@ def _listens_on(proc: psutil.Process, port: int) -> bool:
         return False
 
 
+def tasks_pid(lore: Lorebase) -> int:
+    """The pid of the tasks process (`lorebase: tasks <env>`)."""
+    [tasks] = [c for c in master(lore).children() if "tasks" in " ".join(c.cmdline())]
+    return int(tasks.pid)
+
+
 def worker_pids(lore: Lorebase) -> set[int]:
     """The master's children that serve HTTP: those holding the listening socket."""
     return {child.pid for child in master(lore).children()

@@ -11,17 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psutil
 
 from .identity_support import dedicated, fresh_ip, signup_body
 from .lore import Lorebase, MailSink, RedisServer, wait_for
-from .support import redis_pid
-
-
-def tasks_pid(lore) -> int:
-    master = psutil.Process(lore.proc.pid)
-    [tasks] = [c for c in master.children() if "tasks" in " ".join(c.cmdline())]
-    return int(tasks.pid)
+from .support import redis_pid, tasks_pid
 
 
 def test_a_mail_whose_failure_meets_a_stalled_redis_is_still_sent(tmp_path_factory):

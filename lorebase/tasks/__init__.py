@@ -1,7 +1,8 @@
 """The tasks process (seed: Master tasks): a child of the master, beside the workers,
-running the jobs that are not requests: the mail outbox (lorebase.mail) and the S3
-mirror queue (lorebase.files.s3). The master restarts it if it dies; it picks up where
-it stopped, because every job waits in Redis until it is done."""
+running the jobs that are not requests: the mail outbox (lorebase.mail), the S3
+mirror queue (lorebase.files.s3), the scheduled tasks (schedule.py) and the beat (beat.py).
+The master restarts it if it dies; it picks up where it stopped, because every job waits in
+Redis until it is done."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from typing import Any
 from .. import db, mail, procs, stats
 from ..notify import notify
 from . import backup
+from .beat import Beat
 from .queue import BLOCK, DurableQueue
 from .schedule import Scheduler, Task
 
@@ -48,6 +50,7 @@ class Tasks:
         if float(config.BACKUP_EVERY) > 0:
             tasks.append(Task("backup", float(config.BACKUP_EVERY), self.alerting("backup", self.backup)))
         self.scheduler = Scheduler(self.db, tasks, float(config.LOCK_TTL))
+        self.beat = Beat(self.db, config) if float(config.BEAT_EVERY) > 0 else None  # on every node
         self.stopping = asyncio.Event()
 
     def _blocking(self) -> db.Redis:
@@ -86,6 +89,8 @@ class Tasks:
         jobs = [asyncio.create_task(q.work(self.stopping)) for q in self.queues]
         jobs += [asyncio.create_task(q.promote(self.stopping)) for q in self.queues]
         jobs.append(asyncio.create_task(self.scheduler.run(self.stopping)))
+        if self.beat is not None:
+            jobs.append(asyncio.create_task(self.beat.run(self.stopping)))
         await self.stopping.wait()
         for job in jobs:
             job.cancel()
