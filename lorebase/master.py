@@ -1,10 +1,21 @@
 """The master (seed: Master node): starts the embedded Redis when no REDIS_URL is set,
-binds the listening socket, forks one worker per CPU, restarts a worker or Redis that
-dies (and notifies), and on SIGTERM/SIGINT stops the workers, then Redis, and exits 0.
+binds the listening socket, forks one worker per CPU and the tasks process, and
+supervises them; on SIGTERM/SIGINT it stops the workers, then Redis, and exits 0.
 
-Signals, as uvicorn's supervisor: TERM/INT stop, HUP restarts the workers one by one,
-TTIN/TTOU add or remove a worker. The master itself runs no event loop and serves no
-request, so it has nothing that can wedge.
+The master accepts every connection itself and hands it to a worker over that worker's
+channel (a unix socketpair, the descriptor passed with SCM_RIGHTS), choosing the worker
+holding the fewest connections. So the load is spread evenly (a shared accept socket let
+one worker take 48 of 64 connections), a worker being replaced gets no new connection
+while it finishes its own (a SIGHUP drops nothing), and a worker that stopped answering
+gets none either. Over the same channel each worker pings once every PING seconds from its
+event loop, with its count of open connections; one silent for WORKER_TIMEOUT seconds is
+stuck (an endless loop in a handler, say): it is killed and replaced, notified `worker hung`.
+
+Signals, one `handle_<name>` method each (as uvicorn's supervisor reads): TERM/INT stop, HUP
+replaces the workers one by one, TTIN/TTOU add or remove one. A handler only changes state;
+the main loop does the work a step at a time (reaping, accepting, pings, a rolling restart),
+so nothing waits on anything else: a worker dying during a rolling restart is replaced, and a
+TERM during one stops everything cleanly. The master runs no event loop and serves no request.
 """
 
 from __future__ import annotations
@@ -14,7 +25,10 @@ import os
 import select
 import signal
 import socket
+import struct
+import threading
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
@@ -24,6 +38,10 @@ from .notify import notify
 from .redisserver import EmbeddedRedis
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, signal.SIGTTIN, signal.SIGTTOU)
+PING = 0.5  # seconds between a worker's pings
+START_TIMEOUT = 60.0  # seconds a new worker may take to start serving
+UNACKED_FOR = 0.5  # a worker that has not taken a handed connection for this long gets no more
+MESSAGE = struct.Struct("!cI")  # worker → master: b"P" + open connections, or b"A" + connections taken
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -32,21 +50,48 @@ def bind(host: str, port: int) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     sock.listen(2048)
-    sock.set_inheritable(True)
+    sock.setblocking(False)
     return sock
+
+
+@dataclass
+class Worker:
+    pid: int
+    index: int
+    chan: socket.socket  # the master's end of the worker's channel
+    started: float
+    last_ping: float = 0.0
+    ready: bool = False  # it has pinged: it serves
+    leaving: bool = False  # being replaced or removed: no new connection
+    stop_by: float | None = None  # TERM sent: killed if still alive then
+    hung: bool = False
+    open: int = 0  # connections it holds (its last ping, plus those handed since)
+    handed: int = 0  # when it last got one (a sequence number): ties go to the longest waiting
+    unacked: int = 0  # connections handed that it has not taken yet
+    unacked_since: float = 0.0
+    inbox: bytes = field(default=b"", repr=False)
 
 
 class Master:
     def __init__(self, config: Any):
         self.config = config
-        self.workers: dict[int, int] = {}  # pid → index
+        self.workers: dict[int, Worker] = {}
         self.target = config.WORKERS
+        self.timeout = float(config.WORKER_TIMEOUT)
         self.redis: EmbeddedRedis | None = None
         self.sock: socket.socket | None = None
         self.stopping = False
         self.crashes: list[float] = []  # recent unexpected exits, for backoff
+        self.respawns: list[tuple[float, int]] = []  # (when, index): workers to start
+        self.rolling: list[int] = []  # pids a SIGHUP still has to replace
+        self.replacing: tuple[int, int] | None = None  # (old pid, new pid) of the step in progress
+        self.restarting = False  # a rolling restart is under way
         self.redis_up = True
         self.tasks_pid: int | None = None
+        self.refused = 0  # connections closed because no worker could take them
+        self.handed = 0
+        self.keeper_stop = threading.Event()
+        self.keeper: threading.Thread | None = None
 
     # -- start --------------------------------------------------------------------------
 
@@ -74,6 +119,8 @@ class Master:
         for index in range(self.target):
             self.spawn(index)
         self.spawn_tasks()
+        self.keeper = threading.Thread(target=self.keep_redis, name="lorebase-redis-keeper", daemon=True)
+        self.keeper.start()
         notify("start", version=__version__, host=config.HOST, port=config.PORT, workers=self.target,
                redis="embedded" if self.redis else "external", base_url=config.BASE_URL)
         try:
@@ -82,60 +129,257 @@ class Master:
             self.shutdown()
         return 0
 
-    def spawn(self, index: int) -> None:
-        assert self.sock is not None
+    def _in_child(self, keep: socket.socket | None = None) -> None:
+        """In a forked child: the master's sockets closed (the listening one, every channel
+        but `keep`), so a channel's end is seen when its worker dies."""
+        if self.sock is not None:
+            self.sock.close()
+        for other in self.workers.values():
+            other.chan.close()
+        del keep
+
+    def spawn(self, index: int) -> int:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         pid = os.fork()
         if pid == 0:
             os.close(0)
-            worker.serve(self.config, self.sock, index)
-        self.workers[pid] = index
+            ours.close()
+            self._in_child(theirs)
+            worker.serve(self.config, theirs, index)
+        theirs.close()
+        ours.setblocking(False)
+        self.workers[pid] = Worker(pid, index, ours, time.monotonic())
+        return pid
 
     def spawn_tasks(self) -> None:
         pid = os.fork()
         if pid == 0:
             os.close(0)
-            if self.sock is not None:
-                self.sock.close()
+            self._in_child()
             tasks.serve(self.config)
         self.tasks_pid = pid
 
-    # -- supervise ----------------------------------------------------------------------
+    # -- the main loop ------------------------------------------------------------------
 
     def loop(self, wake_r: int) -> None:
-        last_check = 0.0
         while not self.stopping:
+            takers = self.takers()
+            watched: list[Any] = [wake_r, *(w.chan for w in self.workers.values() if w.chan.fileno() >= 0)]
+            if takers and self.sock is not None:
+                watched.append(self.sock)
             try:
-                select.select([wake_r], [], [], 1.0)
+                readable, _, _ = select.select(watched, [], [], self._pause())
             except InterruptedError:
-                pass
-            try:
-                data = os.read(wake_r, 64)
-            except BlockingIOError:
-                data = b""
-            for signum in data:
-                self.handle(signum)
+                readable = []
+            for item in readable:
+                if item is wake_r:
+                    self.signals(wake_r)
+                elif item is self.sock:
+                    self.accept()
+                else:
+                    self.hear(item)
             self.reap()
-            if time.monotonic() - last_check >= 1.0:
-                last_check = time.monotonic()
-                self.check_redis()
+            self.step()
 
-    def handle(self, signum: int) -> None:
-        if signum in (signal.SIGTERM, signal.SIGINT):
-            notify("stopping", signal=signal.Signals(signum).name)
-            self.stopping = True
-        elif signum == signal.SIGHUP:
-            self.restart_workers()
-        elif signum == signal.SIGTTIN:
-            self.target += 1
-            self.spawn(self._free_index())
-        elif signum == signal.SIGTTOU and self.target > 1:
-            self.target -= 1
-            pid = max(self.workers, key=lambda p: self.workers[p])
-            os.kill(pid, signal.SIGTERM)
+    def _pause(self) -> float:
+        pause = PING
+        if self.respawns:
+            pause = min(pause, max(0.0, min(t for t, _ in self.respawns) - time.monotonic()))
+        return pause
+
+    def step(self) -> None:
+        """What the loop does each turn besides reading: due respawns, the rolling restart,
+        stuck or overdue workers, Redis."""
+        now = time.monotonic()
+        for due in [r for r in self.respawns if r[0] <= now]:
+            self.respawns.remove(due)
+            if not self.stopping and self._active() < self.target:
+                self.spawn(due[1])
+        self.step_rolling()
+        for w in list(self.workers.values()):
+            if w.stop_by is not None and now > w.stop_by:
+                self._kill(w.pid)  # did not finish within SHUTDOWN_GRACE
+            elif w.stop_by is None and not w.hung and self._silent(w, now):
+                w.hung = True
+                notify("worker hung", worker=w.index, worker_pid=w.pid, ready=w.ready,
+                       silent_s=round(now - (w.last_ping if w.ready else w.started), 1))
+                self._kill(w.pid)
+
+    def _silent(self, w: Worker, now: float) -> bool:
+        """A serving worker that stopped pinging, or a new one that never started serving."""
+        if w.ready:
+            return now - w.last_ping > self.timeout
+        return now - w.started > START_TIMEOUT
+
+    # -- signals ------------------------------------------------------------------------
+
+    def signals(self, wake_r: int) -> None:
+        try:
+            data = os.read(wake_r, 64)
+        except BlockingIOError:
+            return
+        for signum in data:
+            name = signal.Signals(signum).name[3:].lower()
+            handler = getattr(self, f"handle_{name}", None)
+            if handler is not None:
+                handler()
+
+    def handle_term(self) -> None:
+        notify("stopping", signal="SIGTERM")
+        self.stopping = True
+
+    def handle_int(self) -> None:
+        notify("stopping", signal="SIGINT")
+        self.stopping = True
+
+    def handle_hup(self) -> None:
+        """Replace every worker, one at a time: each new one serves before the one it replaces
+        stops taking connections (then it finishes its own and exits). A HUP during a rolling
+        restart starts it over with the workers of that moment."""
+        if self.stopping:
+            return
+        self.rolling = [w.pid for w in self.workers.values() if not w.leaving and w.stop_by is None]
+        self.restarting = True
+        notify("workers restarting", workers=len(self.rolling))
+
+    def handle_ttin(self) -> None:
+        self.target += 1
+        self.spawn(self._free_index())
+
+    def handle_ttou(self) -> None:
+        if self.target <= 1:
+            return
+        self.target -= 1
+        active = [w for w in self.workers.values() if not w.leaving and w.stop_by is None]
+        if len(active) > self.target:
+            self.stop_worker(max(active, key=lambda w: w.index).pid)
+
+    def handle_chld(self) -> None:
+        pass  # the loop reaps every turn
 
     def _free_index(self) -> int:
-        used = set(self.workers.values())
+        used = {w.index for w in self.workers.values() if not w.leaving}
         return next(i for i in range(len(used) + 1) if i not in used)
+
+    def _active(self) -> int:
+        return sum(1 for w in self.workers.values() if not w.leaving and w.stop_by is None)
+
+    # -- connections --------------------------------------------------------------------
+
+    def takers(self) -> list[Worker]:
+        """Workers that may get a new connection: serving, staying, and taking what they get."""
+        now = time.monotonic()
+        return [w for w in self.workers.values() if w.ready and not w.leaving and w.stop_by is None
+                and not w.hung and (not w.unacked or now - w.unacked_since < UNACKED_FOR)]
+
+    def accept(self) -> None:
+        assert self.sock is not None
+        for _ in range(256):  # then the loop's other work gets its turn
+            takers = self.takers()
+            if not takers:
+                return
+            try:
+                conn, _ = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as error:  # out of file descriptors, say: the backlog keeps them
+                notify("accept failed", error=str(error))
+                return
+            self.hand(conn, takers)
+
+    def hand(self, conn: socket.socket, takers: list[Worker]) -> None:
+        """The connection to the worker holding the fewest; the next one if its channel is full."""
+        try:
+            for w in sorted(takers, key=lambda w: (w.unacked > 0, w.open, w.handed)):
+                try:
+                    socket.send_fds(w.chan, [b"C"], [conn.fileno()])
+                except (BlockingIOError, OSError):
+                    continue
+                if not w.unacked:
+                    w.unacked_since = time.monotonic()
+                w.unacked += 1
+                w.open += 1
+                self.handed += 1
+                w.handed = self.handed
+                return
+            self.refused += 1
+            if self.refused == 1 or self.refused % 1000 == 0:
+                notify("connection refused", refused=self.refused, reason="no worker could take it")
+        finally:
+            conn.close()  # the worker has its own copy of the descriptor
+
+    def hear(self, chan: socket.socket) -> None:
+        """A worker's pings and acknowledgements."""
+        w = next((w for w in self.workers.values() if w.chan is chan), None)
+        if w is None:
+            return
+        while True:
+            try:
+                data = chan.recv(64)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                data = b""
+            if not data:  # the worker is gone; reaping replaces it (a closed channel is not watched)
+                chan.close()
+                return
+            if len(data) != MESSAGE.size:
+                continue
+            kind, count = MESSAGE.unpack(data)
+            now = time.monotonic()
+            if kind == b"P":
+                w.last_ping = now
+                w.open = count + w.unacked
+                if not w.ready:
+                    w.ready = True
+            elif kind == b"A":
+                w.unacked = max(0, w.unacked - count)
+                w.unacked_since = now
+
+    # -- workers coming and going ---------------------------------------------------------
+
+    def stop_worker(self, pid: int) -> None:
+        """No new connection, TERM (it finishes what it holds), killed if it outstays SHUTDOWN_GRACE."""
+        w = self.workers.get(pid)
+        if w is None or w.stop_by is not None:
+            return
+        w.leaving = True
+        w.stop_by = time.monotonic() + float(self.config.SHUTDOWN_GRACE) + 2
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+
+    def _kill(self, pid: int) -> None:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def step_rolling(self) -> None:
+        if self.replacing is not None:
+            old, new = self.replacing
+            fresh = self.workers.get(new)
+            if fresh is None:  # the new one died before serving: try that step again
+                self.replacing = None
+                if old in self.workers:
+                    self.rolling.insert(0, old)
+                return
+            if not fresh.ready:
+                return
+            self.stop_worker(old)
+            self.replacing = None
+        while self.rolling and self.replacing is None:
+            pid = self.rolling.pop(0)
+            w = self.workers.get(pid)
+            if w is None or w.leaving or w.stop_by is not None:
+                continue
+            w.leaving = True  # from now on it only finishes its own connections
+            self.replacing = (pid, self.spawn(w.index))
+            return
+        if self.restarting and self.replacing is None and not self.rolling:
+            self.restarting = False
+            notify("workers restarted", workers=self._active())
 
     def reap(self) -> None:
         while True:
@@ -145,29 +389,40 @@ class Master:
                 return
             if pid == 0:
                 return
+            code = os.waitstatus_to_exitcode(status)
             if pid == self.tasks_pid:
                 self.tasks_pid = None
                 if not self.stopping:
-                    notify("tasks exit", code=os.waitstatus_to_exitcode(status))
+                    notify("tasks exit", code=code)
                     time.sleep(0.5)  # a crash loop must not spin
                     self.spawn_tasks()
                 continue
-            if pid not in self.workers:
+            w = self.workers.pop(pid, None)
+            if w is None:
                 if self.redis is not None and self.redis.proc is not None and pid == self.redis.pid:
-                    self.redis.proc.returncode = os.waitstatus_to_exitcode(status)
+                    self.redis.proc.returncode = code
                 continue  # check_redis restarts it
-            index = self.workers.pop(pid)
-            if self.stopping:
-                continue
-            if len(self.workers) >= self.target:
-                continue  # shrunk on purpose (TTOU) or replaced during a restart
-            code = os.waitstatus_to_exitcode(status)
-            notify("worker exit", worker=index, worker_pid=pid, code=code)
+            w.chan.close()
+            if self.stopping or w.stop_by is not None:
+                continue  # stopped on purpose
+            notify("worker exit", worker=w.index, worker_pid=pid, code=code, hung=w.hung)
+            if w.leaving:
+                continue  # its replacement is already there
             now = time.monotonic()
             self.crashes = [t for t in self.crashes if now - t < 10] + [now]
-            if len(self.crashes) > 5:
-                time.sleep(min(len(self.crashes) * 0.5, 5.0))  # a crash loop: slow it down
-            self.spawn(index)
+            # a crash loop is slowed down (0.5 s more per crash past 5 in 10 s, at most 5 s)
+            delay = 0.0 if len(self.crashes) <= 5 else min((len(self.crashes) - 5) * 0.5, 5.0)
+            self.respawns.append((now + delay, w.index))
+
+    def keep_redis(self) -> None:
+        """A thread of its own (a ping or a restart of Redis can take seconds; the loop must
+        keep accepting meanwhile): once a second, the embedded Redis restarted if it died,
+        and `redis down`/`redis up` notified on a change."""
+        while not self.keeper_stop.wait(1.0):
+            try:
+                self.check_redis()
+            except Exception as error:  # noqa: BLE001 - the next second tries again
+                notify.exception("redis check failed", error)
 
     def check_redis(self) -> None:
         if self.redis is not None and not self.redis.alive():
@@ -187,44 +442,25 @@ class Master:
             self.redis_up = up
             notify("redis up" if up else "redis down", url=db.address(self.config).split("@")[-1])
 
-    def restart_workers(self) -> None:
-        """One by one, so the socket always has a worker serving it."""
-        for pid, index in list(self.workers.items()):
-            self.workers.pop(pid)
-            self.spawn(index)
-            os.kill(pid, signal.SIGTERM)
-            self._wait_for(pid, self.config.SHUTDOWN_GRACE + 2)
-        notify("workers restarted", workers=len(self.workers))
-
-    def _wait_for(self, pid: int, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                done, _ = os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if done:
-                return
-            time.sleep(0.05)
-        try:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-        except (ProcessLookupError, ChildProcessError):
-            pass
-
     # -- stop ---------------------------------------------------------------------------
 
     def shutdown(self) -> None:
+        self.keeper_stop.set()
+        if self.sock is not None:
+            self.sock.close()  # no new connection from here on
+            self.sock = None
+        children = list(self.workers)
         if self.tasks_pid is not None:
-            self.workers[self.tasks_pid] = -1  # stopped and awaited like a worker
+            children.append(self.tasks_pid)
             self.tasks_pid = None
-        for pid in list(self.workers):
+        for pid in children:
             try:
                 os.kill(pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
-        deadline = time.monotonic() + self.config.SHUTDOWN_GRACE + 2
-        while self.workers and time.monotonic() < deadline:
+        left = set(children)
+        deadline = time.monotonic() + float(self.config.SHUTDOWN_GRACE) + 2
+        while left and time.monotonic() < deadline:
             try:
                 pid, _ = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
@@ -232,19 +468,21 @@ class Master:
             if pid == 0:
                 time.sleep(0.05)
                 continue
-            self.workers.pop(pid, None)
-        for pid in list(self.workers):
+            left.discard(pid)
+        for pid in left:
             try:
                 os.kill(pid, signal.SIGKILL)
                 os.waitpid(pid, 0)
             except (ProcessLookupError, ChildProcessError):
                 pass
+        for w in self.workers.values():
+            w.chan.close()
         self.workers.clear()
-        if self.sock is not None:
-            self.sock.close()
+        if self.keeper is not None:
+            self.keeper.join(20)  # a restart of the embedded Redis in progress ends first
         notify("stop")
+        notify.detach_sync()
         if self.redis is not None:
-            notify._sync = None
             self.redis.stop()
         notify.close_forwarder()
 

@@ -169,7 +169,39 @@ class Notifier:
         self._task = asyncio.get_running_loop().create_task(self._drain())
 
     def attach_sync(self, client: Any) -> None:
+        """In the master: entries go to Redis from a thread of their own, so no caller (the
+        master's loop, which accepts every connection) ever waits on a slow Redis."""
         self._sync = client
+        self._sync_lines: collections.deque[bytes] = collections.deque()
+        self._sync_wake = threading.Event()
+        self._sync_thread = threading.Thread(target=self._drain_sync, args=(client,), daemon=True,
+                                             name="lorebase-notify")
+        self._sync_thread.start()
+
+    def _drain_sync(self, client: Any) -> None:
+        while self._sync is client:
+            self._sync_wake.wait(1.0)
+            self._sync_wake.clear()
+            while self._sync_lines:
+                batch = [self._sync_lines.popleft() for _ in range(min(500, len(self._sync_lines)))]
+                try:
+                    pipe = client.pipeline(transaction=False)
+                    for line in batch:
+                        pipe.xadd(STREAM, {"json": line}, maxlen=self.maxlen, approximate=True)
+                    pipe.execute()
+                except Exception:  # noqa: BLE001 - Redis down: stdout has them
+                    self.lost += len(batch)
+
+    def detach_sync(self, timeout: float = 2.0) -> None:
+        """Write what is queued (waiting at most `timeout`), then stop writing to Redis."""
+        if self._sync is None:
+            return
+        deadline = time.monotonic() + timeout
+        while self._sync_lines and time.monotonic() < deadline:
+            self._sync_wake.set()
+            time.sleep(0.01)
+        self._sync = None
+        self._sync_wake.set()
 
     def __call__(self, event: str, **fields: Any) -> None:
         try:
@@ -186,9 +218,10 @@ class Notifier:
         if self.forwarder is not None:
             self.forwarder.put(line)
         if self._sync is not None:
-            try:
-                self._sync.xadd(STREAM, {"json": line}, maxlen=self.maxlen, approximate=True)
-            except Exception:  # noqa: BLE001 - Redis down: the line above is the record
+            if len(self._sync_lines) < 10000:
+                self._sync_lines.append(line)
+                self._sync_wake.set()
+            else:
                 self.lost += 1
         elif self._wake is not None:
             self._queue.append(line)

@@ -29,6 +29,7 @@ from typing import Any
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 SWEEP = 0.5
+LAST_CALL = 0.5  # seconds an idle keep-alive connection stays open once its worker is stopping
 EARN = 64 * 1024  # bytes of body that earn another BODY_TIMEOUT
 TIMEOUT_REPLY = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
                  b"content-length: 19\r\nconnection: close\r\n\r\n{\"error\":\"timeout\"}")
@@ -97,5 +98,33 @@ def protocol_class(header_timeout: float, body_timeout: float) -> type[HttpTools
         def on_body(self, body: bytes) -> None:
             self.received += len(body)
             super().on_body(body)
+
+        # A stopping worker (SIGHUP, TTOU) closes its keep-alive connections. uvicorn closes an
+        # idle one at once, and a request the client has just written on it is lost (wrk and
+        # browsers write the next request the moment a reply ends). Here an idle connection
+        # gets LAST_CALL: a request arriving meanwhile is answered with `Connection: close`;
+        # one still idle is then closed. So a rolling restart fails no request.
+        closing = False
+
+        def shutdown(self) -> None:
+            if self.cycle is None or self.cycle.response_complete:
+                self.closing = True
+                self.loop.call_later(LAST_CALL, self._close_if_idle)
+            else:
+                self.cycle.keep_alive = False
+
+        def on_headers_complete(self) -> None:
+            super().on_headers_complete()
+            if self.closing and self.cycle is not None:
+                self.cycle.keep_alive = False
+
+        def _close_if_idle(self) -> None:
+            if self.transport is None or self.transport.is_closing():
+                return
+            head_begun = self.scope is not None and "method" not in self.scope
+            if head_begun or (self.cycle is not None and not self.cycle.response_complete):
+                self.loop.call_later(LAST_CALL, self._close_if_idle)  # its reply closes it
+                return
+            self.transport.close()
 
     return Protocol

@@ -112,24 +112,16 @@ def redis_pid(lore: Lorebase) -> int:
     return int((lore.data_dir / "redis" / "redis.pid").read_text().strip())
 
 
-def _listens_on(proc: psutil.Process, port: int) -> bool:
-    try:
-        return any(c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port
-                   for c in proc.net_connections(kind="tcp"))
-    except (psutil.NoSuchProcess, psutil.ZombieProcess):
-        return False
-
-
-def tasks_pid(lore: Lorebase) -> int:
-    """The pid of the tasks process (`lorebase: tasks <env>`)."""
-    [tasks] = [c for c in master(lore).children() if "tasks" in " ".join(c.cmdline())]
-    return int(tasks.pid)
-
-
 def worker_pids(lore: Lorebase) -> set[int]:
-    """The master's children that serve HTTP: those holding the listening socket."""
-    return {child.pid for child in master(lore).children()
-            if child.status() != psutil.STATUS_ZOMBIE and _listens_on(child, lore.port)}
+    """The master's children that serve HTTP (named `lorebase: worker<N> <env>`)."""
+    found = set()
+    for child in master(lore).children():
+        try:
+            if child.status() != psutil.STATUS_ZOMBIE and " ".join(child.cmdline()).startswith("lorebase: worker"):
+                found.add(child.pid)
+        except (psutil.NoSuchProcess, psutil.ZombieProcess):
+            pass
+    return found
 
 
 def wait_workers(lore: Lorebase, count: int, timeout: float = 15.0) -> set[int]:
