@@ -54,6 +54,16 @@ class App(Chain):
         self.destroy_hooks: list[Callable[[Any, str], Awaitable[None]]] = [
             notes.remove_user_notes, files.remove_user_files]
 
+    async def erase_user(self, username: str, destroying: str) -> bool:
+        """Destroy's steps 2 and 3, after `users.begin_destroy`: the apps' data (notes, files
+        to the S3 trash), then the user, its indexes and tokens, if it still carries the
+        `destroying` mark. The route runs it; so does `lorebase check --repair` for a destroy
+        that died half-way. Each step is safe to run again."""
+        for hook in self.destroy_hooks:
+            await hook(self, username)
+        user = await users.get(self.db, username)
+        return user is not None and await users.delete(self.db, user, destroying)
+
     async def current_user(self, req: Request) -> dict[str, str] | None:
         """The user record of the request's session, read once per request."""
         if req.user is None and req.session is not None:

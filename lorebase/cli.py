@@ -66,6 +66,30 @@ def cmd_files_check(args: argparse.Namespace) -> int:
     return 1 if left else 0
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    config = _load(args.env)
+    return _run_check(config, _redis(config), args.repair, "lorebase check")
+
+
+def _run_check(config: configmod.Config, client: Any, repair: bool, who: str) -> int:
+    """The consistency check with its exit code: 0 clean, 1 problems left, 2 Redis or S3
+    unreachable (said on stderr)."""
+    import redis
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from .check import check
+
+    try:
+        report = check(config, client, repair=repair, progress=sys.stderr)
+    except (redis.ConnectionError, redis.TimeoutError) as error:
+        print(f"{who}: cannot reach Redis ({error}); nothing more checked", file=sys.stderr)
+        return 2
+    except (BotoCoreError, ClientError) as error:
+        print(f"{who}: S3 unreachable or refusing ({error}); nothing more checked", file=sys.stderr)
+        return 2
+    return 1 if report.left else 0
+
+
 def _redis_url(config: configmod.Config) -> str | None:
     """The URL of the environment's Redis if it is running: REDIS_URL, or the embedded one's
     socket while `lorebase serve` runs. None: the embedded Redis is not running."""
@@ -123,16 +147,25 @@ def cmd_restore(args: argparse.Namespace) -> int:
             embedded.start()
             url = embedded.url
         report = backup.restore(where, name, url)
+        print(f"restored {report['name']} into {url.split('@')[-1]}: {report['keys']} keys, {report['users']} "
+              f"users, {report['files']} files")
+        print("files whose bytes are not on this disk come back from S3 on download, or now with "
+              "`lorebase files check --repair`")
+        print("consistency check of the restored database:", flush=True)
+        from .db import connect_sync
+
+        client = connect_sync(url, 30)
+        try:
+            if _run_check(config, client, False, "lorebase restore: check") != 0:
+                print("the restore is done; `lorebase check --repair` fixes what can be fixed")
+        finally:
+            client.close()
     except backup.BackupError as error:
         print(f"lorebase restore: {error}", file=sys.stderr)
         return 1
     finally:
         if embedded is not None:
             embedded.stop()  # SIGTERM: the AOF and the RDB are written before it exits
-    print(f"restored {report['name']} into {url.split('@')[-1]}: {report['keys']} keys, {report['users']} users, "
-          f"{report['files']} files")
-    print("files whose bytes are not on this disk come back from S3 on download, or now with "
-          "`lorebase files check --repair`")
     return 0
 
 
@@ -178,6 +211,15 @@ def parser() -> argparse.ArgumentParser:
                     "S3 uploads, drop dangling ids")
     sp.add_argument("--verify", action="store_true", help="also hash every local file against its SHA-256")
     sp.set_defaults(func=cmd_files_check)
+
+    sp = sub.add_parser("check", help="the consistency check: users and their indexes, sessions, tokens, notes, "
+                        "usage, files (as `files check`), queued jobs; print what disagrees",
+                        description="One line per problem, then a summary; a progress bar on stderr when it is a "
+                                    "terminal. Exit 0 clean, 1 problems left, 2 Redis or S3 unreachable.")
+    env_arg(sp)
+    sp.add_argument("--repair", action="store_true", help="fix each problem that can be fixed, each re-checked "
+                    "atomically first; finish destroys that stopped half-way")
+    sp.set_defaults(func=cmd_check)
 
     s3p = sub.add_parser("s3", help="S3: `s3 setup` creates the buckets and the trash's 30-day expiry")
     s3_sub = s3p.add_subparsers(dest="s3_command", metavar="SUBCOMMAND", required=True)

@@ -46,6 +46,7 @@ DEFAULTS: dict[str, Any] = {
     "BACKUP_EVERY": 3600,  # seconds between two Redis backups (0: none scheduled; `lorebase backup` still works)
     "BACKUP_KEEP": 24,  # newest backups kept
     "BACKUP_DAILY": 30,  # days for which the newest backup of each day is kept too
+    "CHECK_EVERY": 86400,  # seconds between two consistency checks (0: none; also one when the tasks process starts)
     "LOCK_TTL": 10.0,  # seconds a scheduled task's Redis lock outlives a node that died holding it
     "BEAT_EVERY": 10.0,  # seconds between two samples of the machine and Redis (0: no beat)
     "BEAT_SAMPLES": 3,  # consecutive samples over a threshold before it alerts (and under it before it is back)

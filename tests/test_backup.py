@@ -66,6 +66,9 @@ def test_a_lost_box_comes_back_from_s3_with_its_users_notes_and_files(tmp_path, 
     done = lorebase_cmd(second, "restore", "latest")
     assert done.returncode == 0, done.stderr
     assert f"restored {name}" in done.stdout and "1 users" in done.stdout, done.stdout
+    # the consistency check runs on the restored database: the file's bytes are only in S3 yet
+    assert "consistency check of the restored database:" in done.stdout, done.stdout
+    assert f"{stored['id']}: missing on disk" in done.stdout.splitlines(), done.stdout
     with second.running(), closing(Api(second)) as api:
         api.login("bk_owner")
         notes = api.notes()

@@ -5,6 +5,8 @@ the lost copy back and queues a missing S3 upload."""
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -79,6 +81,8 @@ def test_a_dangling_id_and_an_orphan_file_are_reported(plain):
         orphan_path = local_path(plain, orphan)
         orphan_path.parent.mkdir(parents=True, exist_ok=True)
         orphan_path.write_bytes(b"nobody's")
+        old = time.time() - 120  # a younger file may be an upload about to be recorded
+        os.utime(orphan_path, (old, old))
 
         code, lines = check(plain)
         assert code == 1

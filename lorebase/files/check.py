@@ -1,12 +1,17 @@
 """`lorebase files check [--repair]`: compares the file metadata in Redis, the local disk and
 S3, prints every disagreement, and with --repair fixes what it can: a missing local copy is
 fetched back from S3, a missing S3 copy is queued for upload, a dangling id is dropped. A file
-whose upload is still queued (or waiting to be retried) is not missing from S3, only pending."""
+whose upload is still queued (or waiting to be retried) is not missing from S3, only pending.
+
+The server may write while this runs: each repair in Redis is one script that re-checks its
+problem first (an id is dropped only while it still has no record, a record listed only while
+it still exists), and a file deleted or uploaded since the scan is not reported."""
 
 from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -15,6 +20,13 @@ from . import keys
 from . import s3 as s3mod
 from .keys import S3_QUEUE
 from .store import ID, s3_key
+
+# a record listed in its user's set, only while it still exists with that user
+_LIST = ("if redis.call('HGET', KEYS[1], 'user') == ARGV[1] then return redis.call('ZADD', KEYS[2], 0, ARGV[2]) end "
+         "return 0")
+# a listed id dropped, only while it still has no record
+_DROP = "if redis.call('EXISTS', KEYS[1]) == 0 then return redis.call('ZREM', KEYS[2], ARGV[1]) end return 0"
+ORPHAN_AGE = 60  # seconds: a younger file on disk may be an upload about to be recorded
 
 
 def _progress(done: int, total: int, out: TextIO) -> None:
@@ -58,13 +70,16 @@ def check(config: Any, db: Any, repair: bool = False, verify: bool = False,
         meta = db.hgetall(key)
         file_id = key.split(":", 1)[1]
         seen.add(file_id)
+        if not meta:  # deleted since the scan
+            _progress(n, len(records), progress)
+            continue
         user = meta.get("user", "")
         local = data / "files" / file_id[-2:] / file_id
         if db.zscore(keys.files(user), file_id) is None:  # every score is 0: test presence, not truth
             problems += 1
             print(f"{file_id}: not in files:{user}" + (" (added)" if repair else ""), file=out)
             if repair:
-                db.zadd(keys.files(user), {file_id: 0})
+                db.eval(_LIST, 2, key, keys.files(user), user, file_id)
                 fixed += 1
         on_disk = local.exists()
         if on_disk and local.stat().st_size != int(meta.get("size", -1)):
@@ -84,6 +99,9 @@ def check(config: Any, db: Any, repair: bool = False, verify: bool = False,
                 if repair and on_disk:
                     db.lpush(S3_QUEUE, json.dumps({"op": "put", "id": file_id, "user": user}))
                     fixed += 1
+        if not on_disk and not db.exists(key):  # deleted meanwhile: not a problem
+            _progress(n, len(records), progress)
+            continue
         if not on_disk:
             problems += 1
             if repair and in_s3 and s3 is not None:
@@ -97,17 +115,18 @@ def check(config: Any, db: Any, repair: bool = False, verify: bool = False,
     files_dir = data / "files"
     if files_dir.exists():
         for path in files_dir.glob("*/*"):
-            if path.name not in seen and ID.match(path.name):
+            if (path.name not in seen and ID.match(path.name) and not db.exists(keys.file(path.name))
+                    and time.time() - path.stat().st_mtime >= ORPHAN_AGE):
                 problems += 1
                 print(f"{path.name}: on disk but not in Redis (orphan)", file=out)
     for user_key in db.scan_iter(match=keys.files("*"), count=1000):
         for file_id in db.zrange(user_key, 0, -1):
-            if file_id not in seen:
+            if file_id not in seen and not db.exists(keys.file(file_id)):  # not one uploaded since
                 problems += 1
                 print(f"{file_id}: listed in {user_key} but has no metadata" + (" (dropped)" if repair else ""),
                       file=out)
                 if repair:
-                    db.zrem(user_key, file_id)
+                    db.eval(_DROP, 2, keys.file(file_id), user_key, file_id)
                     fixed += 1
     summary = f"{len(records)} files checked, {problems} problem{'s' if problems != 1 else ''}"
     if repair:

@@ -20,6 +20,7 @@ from typing import Any
 
 from ..db import Client
 from ..http import ApiError
+from ..identity.keys import user as user_key
 from ..identity.sessions import GUARD, guard_keys
 from . import keys
 from .keys import S3_QUEUE
@@ -42,9 +43,12 @@ if ARGV[4] ~= '' then redis.call('LPUSH', KEYS[6], ARGV[4]) end
 return 'ok'
 """
 
+# KEYS: file, files, usage, the S3 queue, the owner's user key. ARGV: user, id, the S3 job
+# (or ''), '1' to remove only while the owner does not exist (the check's orphans)
 _REMOVE = """
 local f = redis.call('HMGET', KEYS[1], 'user', 'size')
 if not f[1] or f[1] ~= ARGV[1] then return 0 end
+if ARGV[4] == '1' and redis.call('EXISTS', KEYS[5]) == 1 then return 0 end
 redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[2], ARGV[2])
 local left = redis.call('DECRBY', KEYS[3], f[2])
@@ -52,6 +56,10 @@ if left <= 0 then redis.call('DEL', KEYS[3]) end
 if ARGV[3] ~= '' then redis.call('LPUSH', KEYS[4], ARGV[3]) end
 return 1
 """
+
+
+# a listed id without a record leaves the list (only if it still has none)
+_DANGLING = "if redis.call('EXISTS', KEYS[1]) == 0 then return redis.call('ZREM', KEYS[2], ARGV[1]) end return 0"
 
 
 def new_id() -> str:
@@ -149,16 +157,17 @@ class Store:
         return [{"id": r[0], "name": r[1], "size": int(r[2]), "type": r[3], "sha256": r[4], "created": int(r[5])}
                 for r in rows if r[0] is not None]
 
-    async def remove(self, db: Client, user: str, file_id: str) -> bool:
-        """Forgets the file; its bytes go to the S3 trash (through the queue) or away."""
+    async def remove(self, db: Client, user: str, file_id: str, orphan: bool = False) -> bool:
+        """Forgets the file; its bytes go to the S3 trash (through the queue) or away.
+        orphan=True: only while its user does not exist (a leftover of a missing user)."""
         local = self.path(file_id)
         job = ""
         if self.s3:
             job = json.dumps({"op": "trash", "id": file_id, "user": user})
             if local.exists():
                 os.replace(local, self.trash / file_id)  # kept until the S3 trash has it
-        removed = await db.script(_REMOVE, [keys.file(file_id), keys.files(user), keys.usage(user), S3_QUEUE],
-                                  [user, file_id, job])
+        removed = await db.script(_REMOVE, [keys.file(file_id), keys.files(user), keys.usage(user), S3_QUEUE,
+                                            user_key(user)], [user, file_id, job, "1" if orphan else ""])
         if not removed:
             if self.s3 and (self.trash / file_id).exists():
                 os.replace(self.trash / file_id, local)
@@ -180,13 +189,16 @@ class Store:
         """Marks the file as held by S3, unless it was deleted meanwhile."""
         await db.script(_MIRRORED, [keys.file(file_id)], [])
 
-    async def remove_all(self, db: Client, user: str) -> int:
+    async def remove_all(self, db: Client, user: str, orphan: bool = False) -> int:
+        """Every file of `user` (orphan=True: only while the user does not exist)."""
         count = 0
         while True:
             ids = await db.call("ZRANGE", keys.files(user), 0, 99)
             if not ids:
                 return count
             for file_id in ids:
-                if not await self.remove(db, user, file_id):
-                    await db.call("ZREM", keys.files(user), file_id)  # a dangling id
+                if not await self.remove(db, user, file_id, orphan):
+                    if orphan and await db.call("EXISTS", user_key(user)):
+                        return count  # the name was signed up again meanwhile: its files are live
+                    await db.script(_DANGLING, [keys.file(file_id), keys.files(user)], [file_id])
                 count += 1

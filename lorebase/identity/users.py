@@ -1,7 +1,9 @@
 """Users in Redis: the records, their indexes, and the verbs that change them.
 
 `user:<username>` hash {username, email, hash, created (unix s), verified, admin, disabled,
-gen, last (unix ms of the last login)}; `email:<email>` string → username (the email
+gen, last (unix ms of the last login), destroying (unix ms: a destroy began; set with
+disabled in the step that ends the sessions, so a destroy that died half-way is
+recognisable and `lorebase check --repair` finishes it)}; `email:<email>` string → username (the email
 index); `users` set of all usernames. A user and its indexes are written and removed
 together (Lua), so a crash never leaves half a user. Every change that must end the user's
 sessions goes through `Sessions.end_all` in the same step (see sessions.py).
@@ -52,10 +54,12 @@ if redis.call('GET', KEYS[2]) == u[1] then redis.call('DEL', KEYS[2]) end
 return 1
 """
 
-# KEYS: user, email, users, sessions, verify token, reset token
+# KEYS: user, email, users, sessions, verify token, reset token. ARGV: the `destroying` mark
+# the user must still carry (or '': any user)
 _DELETE = """
-local u = redis.call('HMGET', KEYS[1], 'username', 'email')
+local u = redis.call('HMGET', KEYS[1], 'username', 'email', 'destroying')
 if not u[1] then return 0 end
+if ARGV[1] ~= '' and u[3] ~= ARGV[1] then return 0 end
 for _, sid in ipairs(redis.call('SMEMBERS', KEYS[4])) do redis.call('DEL', 'session:' .. sid) end
 redis.call('DEL', KEYS[1], KEYS[4], KEYS[5], KEYS[6])
 redis.call('SREM', KEYS[3], u[1])
@@ -152,8 +156,13 @@ def is_admin(user: dict[str, str], admins: list[str]) -> bool:
 
 
 async def set_flag(db: Client, username: str, field: str, value: bool) -> None:
-    """admin or disabled = 0 (disabling goes through `disable`, which ends the sessions)."""
-    await db.call("HSET", keys.user(username), field, int(value))
+    """admin or disabled = 0 (disabling goes through `disable`, which ends the sessions).
+    Enabling an account also takes back a destroy that died half-way (its `destroying`
+    mark), so `lorebase check --repair` leaves it alone from then on."""
+    commands: list[tuple[Any, ...]] = [("HSET", keys.user(username), field, int(value))]
+    if field == "disabled" and not value:
+        commands.append(("HDEL", keys.user(username), "destroying"))
+    await db.multi(commands)
 
 
 async def set_password(db: Client, sessions: Sessions, username: str, password_hash: str,
@@ -170,6 +179,15 @@ async def disable(db: Client, sessions: Sessions, username: str) -> int:
     return await sessions.end_all(db, username, fields={"disabled": 1}, also=(tokens.key("reset", username),))
 
 
+async def begin_destroy(db: Client, sessions: Sessions, username: str) -> str:
+    """Destroy's first step: disabled, every session and the live reset token ended, and the
+    `destroying` mark (unix ms) set, all at once. The mark, which `delete` then requires."""
+    mark = str(int(time.time() * 1000))
+    await sessions.end_all(db, username, fields={"disabled": 1, "destroying": mark},
+                           also=(tokens.key("reset", username),))
+    return mark
+
+
 async def verify(db: Client, token: str, email: str) -> bool:
     """Marks the token's user verified and uses the token up, if both still hold."""
     return await tokens.use(db, "verify", token, email, ("verified", 1))
@@ -180,8 +198,10 @@ async def release(db: Client, username: str, email: str) -> bool:
     return bool(await db.script(_RELEASE, [keys.user(username), keys.email(email)], [email]))
 
 
-async def delete(db: Client, user: dict[str, str]) -> None:
-    """The user, its indexes, its sessions and its tokens, at once."""
+async def delete(db: Client, user: dict[str, str], destroying: str = "") -> bool:
+    """The user, its indexes, its sessions and its tokens, at once; with `destroying`, only
+    if the user still carries that mark (not re-enabled, not another user of the name)."""
     name = user["username"]
-    await db.script(_DELETE, [keys.user(name), keys.email(user["email"]), keys.USERS, keys.sessions(name),
-                              tokens.key("verify", name), tokens.key("reset", name)], [])
+    return bool(await db.script(_DELETE, [keys.user(name), keys.email(user.get("email", "")), keys.USERS,
+                                          keys.sessions(name), tokens.key("verify", name),
+                                          tokens.key("reset", name)], [destroying]))

@@ -7,6 +7,7 @@ Redis until it is done."""
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import signal
 import sys
@@ -20,6 +21,9 @@ from . import backup
 from .beat import Beat
 from .queue import BLOCK, DurableQueue
 from .schedule import Scheduler, Task
+
+# the start-up check is skipped if one (of any node) started within this many seconds
+CHECK_AT_START = 3600.0
 
 
 class Tasks:
@@ -49,6 +53,9 @@ class Tasks:
             tasks.append(Task("stats", 60, self.stocks, quiet=True))
         if float(config.BACKUP_EVERY) > 0:
             tasks.append(Task("backup", float(config.BACKUP_EVERY), self.alerting("backup", self.backup)))
+        if float(config.CHECK_EVERY) > 0:
+            tasks.append(Task("check", float(config.CHECK_EVERY), self.alerting("check", self.check),
+                              at_start=CHECK_AT_START))
         self.scheduler = Scheduler(self.db, tasks, float(config.LOCK_TTL))
         self.beat = Beat(self.db, config) if float(config.BEAT_EVERY) > 0 else None  # on every node
         self.stopping = asyncio.Event()
@@ -64,6 +71,26 @@ class Tasks:
     async def backup(self) -> str:
         manifest = await asyncio.to_thread(backup.take, self.config, db.address(self.config))
         return f"backup {manifest['name']}: {manifest['keys']} keys, {manifest['size']} bytes"
+
+    async def check(self) -> str:
+        """The consistency check, reporting only (never repairing unattended): each problem
+        notified as `check problem` (at most NOTIFY_MAX of them), then one `check`."""
+        from .. import check as checkmod
+
+        def run() -> checkmod.Report:
+            client = db.connect_sync(self.config, timeout=30)
+            try:
+                return checkmod.check(self.config, client, out=io.StringIO(), progress=None)
+            finally:
+                client.close()
+
+        report = await asyncio.to_thread(run)
+        problems = report.problems
+        for finding in problems[:checkmod.NOTIFY_MAX]:
+            notify("check problem", key=finding.key, problem=finding.what)
+        notify("check", problems=len(problems), unnotified=max(0, len(problems) - checkmod.NOTIFY_MAX),
+               tidy=len(report.findings) - len(problems), summary=report.summary())
+        return report.summary()
 
     def alerting(self, name: str, run: Callable[[], Awaitable[str]]) -> Callable[[], Awaitable[str]]:
         """`run`, and a mail to every address in ADMINS when it fails."""

@@ -51,6 +51,9 @@ class Task:
     every: float  # seconds between the starts of two runs
     run: Callable[[], Awaitable[str]]  # what it did, in a few words (notified)
     quiet: bool = False  # notify only its failures (a task that runs every minute)
+    # also run when the tasks process starts, unless a run (of any node) started within these
+    # seconds: a deploy or a crash loop of N nodes runs it once, not N times per restart
+    at_start: float | None = None
 
 
 class LockLost(Exception):
@@ -69,10 +72,12 @@ class Scheduler:
 
     async def loop(self, task: Task, stopping: asyncio.Event) -> None:
         outage = Outage(f"task {task.name}")
+        starting = True
         while not stopping.is_set():
             wait = 1.0
             try:
-                wait = await self.step(task)
+                wait = await self.step(task, starting)
+                starting = False
                 outage.ok()
             except REDIS_ERRORS as error:
                 await outage.failed(error, stopping)
@@ -82,14 +87,19 @@ class Scheduler:
             except TimeoutError:
                 pass
 
-    async def step(self, task: Task) -> float:
-        """Runs `task` if it is due and the lock is free; the seconds until it is due again."""
+    async def step(self, task: Task, starting: bool = False) -> float:
+        """Runs `task` if it is due and the lock is free; the seconds until it is due again.
+        `starting`: the first step of this process (see Task.at_start)."""
         last = await self.db.call("HGET", state_key(task.name), "last")
         now = time.time()
-        if not last:  # never ran: the first run is one interval after the first start
+        gap = task.every
+        if starting and task.at_start is not None:
+            gap = min(task.every, task.at_start)
+            last = last or 0
+        elif not last:  # never ran: the first run is one interval after the first start
             await self.db.call("HSETNX", state_key(task.name), "last", int(now * 1000))
             return task.every
-        due = int(last) / 1000 + task.every
+        due = int(last) / 1000 + gap
         if due > now:
             return due - now
         token = secrets.token_hex(16)
