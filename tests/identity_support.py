@@ -347,15 +347,13 @@ def wait_gone(lore: Lorebase, key: str, timeout: float = 10.0) -> None:
 
 
 def worker_cpu(lore: Lorebase) -> dict[int, float]:
-    """CPU seconds used so far by each worker (the master's children that hold the
-    listening socket), by pid."""
+    """CPU seconds used so far by each worker (the master's children named
+    `lorebase: worker<N>`), by pid."""
     assert lore.proc is not None
     out = {}
     for child in psutil.Process(lore.proc.pid).children():
         try:
-            listening = any(c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == lore.port
-                            for c in child.net_connections(kind="tcp"))
-            if listening:
+            if " ".join(child.cmdline()).startswith("lorebase: worker"):
                 times = child.cpu_times()
                 out[child.pid] = times.user + times.system
         except psutil.NoSuchProcess:

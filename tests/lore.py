@@ -159,10 +159,11 @@ class Lorebase:
                     out.append(entry)
         return out
 
-    def redis(self) -> redis.Redis:
-        """The embedded Redis, on its unix socket, as redis-cli -s would reach it."""
+    def redis(self, decode: bool = True) -> redis.Redis:
+        """The embedded Redis, on its unix socket, as redis-cli -s would reach it (decode=False:
+        values as bytes, for those that are not text)."""
         return redis.Redis(unix_socket_path=str(self.data_dir / "redis" / "redis.sock"),
-                           socket_timeout=2, decode_responses=True)
+                           socket_timeout=2, decode_responses=decode)
 
     def remove(self) -> None:
         self.stop()

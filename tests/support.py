@@ -112,6 +112,12 @@ def redis_pid(lore: Lorebase) -> int:
     return int((lore.data_dir / "redis" / "redis.pid").read_text().strip())
 
 
+def tasks_pid(lore: Lorebase) -> int:
+    """The pid of the tasks process (`lorebase: tasks <env>`)."""
+    [tasks] = [c for c in master(lore).children() if "tasks" in " ".join(c.cmdline())]
+    return int(tasks.pid)
+
+
 def worker_pids(lore: Lorebase) -> set[int]:
     """The master's children that serve HTTP (named `lorebase: worker<N> <env>`)."""
     found = set()

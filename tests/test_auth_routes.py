@@ -34,12 +34,15 @@ pytestmark = pytest.mark.usefixtures("no_secret_logged")
 
 
 def redis_strings_containing(lore, needle: str) -> list[str]:
-    """Keys whose name, or whose string value, contains `needle`."""
+    """Keys whose name, or whose string value, contains `needle` (values read as bytes: some,
+    the stats' HyperLogLogs, are not text)."""
     db = lore.redis()
+    raw = lore.redis(decode=False)
     found = []
     for key in db.scan_iter(count=1000):
-        if needle in key or (db.type(key) == "string" and needle in (db.get(key) or "")):
+        if needle in key or (db.type(key) == "string" and needle.encode() in (raw.get(key) or b"")):
             found.append(key)
+    raw.close()
     return found
 
 
