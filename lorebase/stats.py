@@ -17,7 +17,6 @@ min; expires after STATS_KEEP). A worker killed with -9 loses at most its last s
 from __future__ import annotations
 
 import asyncio
-import bisect
 import hmac
 import time
 from collections.abc import Iterable
@@ -30,6 +29,7 @@ PENDING_MAX = 300_000  # ops and members held while Redis refuses flushes
 UNIQUE_TTL = 8 * 86400  # a day's uniques stay a week after it
 # latency histogram bounds, in milliseconds; the last bucket is everything slower
 BUCKETS_MS = (1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 10000)
+BUCKETS_S = tuple(b / 1000 for b in BUCKETS_MS)
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 FLOWS = {  # the named counters a route may bump, with their help text
     "signups": "Accounts created.",
@@ -74,74 +74,80 @@ return 1
 """
 
 
-class _Route:
-    """One route's (and method's) counts since the last flush."""
+class Tally:
+    """One route's (and method's) counts since the last flush, in seconds. The chain updates
+    its fields itself, inline, for every request (see Chain.handle)."""
 
-    __slots__ = ("buckets", "high", "low", "statuses", "sum")
+    __slots__ = ("buckets", "high", "label", "low", "sent", "statuses", "sum")
 
-    def __init__(self) -> None:
+    def __init__(self, label: str):
+        self.label = label  # "<METHOD> <route template>"
+        self.reset()
+
+    def reset(self) -> None:
         self.statuses: dict[int, int] = {}
-        self.buckets = [0] * (len(BUCKETS_MS) + 1)
+        self.buckets = [0] * (len(BUCKETS_S) + 1)
         self.sum = 0.0
         self.high = 0.0
         self.low = float("inf")
+        self.sent = 0
 
 
 class Stats:
-    """One per worker. `request` and `flow` count in memory; `run` writes them to Redis."""
+    """One per worker. The chain counts into Tallies, `flow` and `seen` count for the routes;
+    `run` writes it all to Redis once a second."""
 
     def __init__(self, config: Any):
         self.enabled = bool(config.STATS)
         self.keep = int(config.STATS_KEEP)
-        self.routes: dict[tuple[str, str], _Route] = {}
+        self.tallies: dict[str, Tally] = {}
         self.flows: dict[str, int] = {}
-        self.uniques: dict[str, set[str]] = {name: set() for name in UNIQUES}
+        self.active: set[str] = set()  # usernames with a session, since the last flush
+        self.ips: set[str] = set()
         # a flush Redis refused: sent again with the next (bounded; past it, dropped and counted)
         self.pending: list[Any] = []
         self.pending_uniques: dict[str, set[str]] = {}
         self.lost = 0
 
-    def request(self, route: str, method: str, status: int, seconds: float, sent: int) -> None:
-        """One request answered: `route` its template ('-' when no route matched)."""
-        key = (route, method if method in METHODS else "OTHER")
-        acc = self.routes.get(key)
-        if acc is None:
-            acc = self.routes[key] = _Route()
-        acc.statuses[status] = acc.statuses.get(status, 0) + 1
-        ms = seconds * 1000
-        acc.buckets[bisect.bisect_left(BUCKETS_MS, ms)] += 1
-        acc.sum += ms
-        if ms > acc.high:
-            acc.high = ms
-        if ms < acc.low:
-            acc.low = ms
-        if sent:
-            self.flows["served_bytes"] = self.flows.get("served_bytes", 0) + sent
+    def tally(self, method: str, route: str) -> Tally:
+        """The tally of a route template (`-` when no route matched) and method."""
+        label = f"{method if method in METHODS else 'OTHER'} {route}"
+        found = self.tallies.get(label)
+        if found is None:
+            found = self.tallies[label] = Tally(label)
+        return found
+
+    def unmatched(self, method: str) -> Tally:
+        return self.tally(method, "-")
 
     def flow(self, name: str, amount: int = 1) -> None:
         if self.enabled:
             self.flows[name] = self.flows.get(name, 0) + amount
 
-    def seen(self, name: str, member: str) -> None:
-        if self.enabled:
-            self.uniques[name].add(member)
 
     def _take(self) -> tuple[list[Any], dict[str, set[str]]]:
         """What was counted since the last flush, as the script's triples; the counts reset."""
-        routes, self.routes = self.routes, {}
         flows, self.flows = self.flows, {}
-        uniques = {k: v for k, v in self.uniques.items() if v}
-        self.uniques = {name: set() for name in UNIQUES}
+        self.ips.discard("")
+        uniques = {"active_users": self.active, "client_ips": self.ips}
+        uniques = {name: members for name, members in uniques.items() if members}
+        self.active, self.ips = set(), set()
         ops: list[Any] = []
-        for (route, method), acc in routes.items():
-            label = f"{method} {route}"
-            for status, count in acc.statuses.items():
+        for tally in self.tallies.values():
+            if not tally.statuses:
+                continue
+            label = tally.label
+            for status, count in tally.statuses.items():
                 ops += ["i", f"requests|{label}|{status}", count]
-            for index, count in enumerate(acc.buckets):
+            for index, count in enumerate(tally.buckets):
                 if count:
                     ops += ["i", f"latency|{label}|{index}", count]
-            ops += ["f", f"latency_sum|{label}", round(acc.sum, 3),
-                    "x", f"latency_max|{label}", round(acc.high, 3), "n", f"latency_min|{label}", round(acc.low, 3)]
+            ops += ["f", f"latency_sum|{label}", round(tally.sum * 1000, 3),
+                    "x", f"latency_max|{label}", round(tally.high * 1000, 3),
+                    "n", f"latency_min|{label}", round(tally.low * 1000, 3)]
+            if tally.sent:
+                flows["served_bytes"] = flows.get("served_bytes", 0) + tally.sent
+            tally.reset()
         for name, amount in flows.items():
             ops += ["i", name, amount]
         return ops, uniques
