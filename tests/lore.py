@@ -47,23 +47,27 @@ def wait_for(condition: Callable[[], Any], timeout: float = 10.0, interval: floa
 class RedisServer:
     """A standalone redis-server on a free port (the 'external Redis' of REDIS_URL)."""
 
-    def __init__(self, data_dir: Path):
+    def __init__(self, data_dir: Path, password: str = ""):
         self.dir = data_dir
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
+        self.password = password  # requirepass, when set
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}"
 
     def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port, socket_timeout=2, decode_responses=True)
+        return redis.Redis(port=self.port, password=self.password or None, socket_timeout=2, decode_responses=True)
 
     def start(self) -> RedisServer:
+        auth = ["--requirepass", self.password] if self.password else []
         self.proc = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
-             "--save", "", "--appendonly", "no", "--daemonize", "no", "--logfile", str(self.dir / "redis.log")],
+             "--save", "", "--appendonly", "no", "--daemonize", "no", "--logfile", str(self.dir / "redis.log"),
+             *auth],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
         wait_for(lambda: self.client().ping(), what="redis-server")
         return self

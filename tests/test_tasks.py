@@ -93,3 +93,69 @@ def test_two_nodes_on_one_redis_take_turns_and_the_survivor_goes_on(tmp_path_fac
             if node.proc is not None and node.proc.poll() is None:
                 node.stop()
         shared.stop()
+
+
+def test_jobs_queued_when_redis_is_killed_are_all_done_after_it_returns(tmp_path, moto):
+    """Mail and S3 jobs wait in their queues (the SMTP server and S3 are down); Redis is killed
+    with -9 (the master restarts it from its AOF); then SMTP and S3 come back: every mail
+    arrives and every file reaches S3."""
+    from .files_support import S3_BUCKET, Api, s3_keys, setup_buckets, signup
+
+    sink = MailSink()  # down until later
+    lore = Lorebase(tmp_path / "data", TRUSTED_PROXIES="127.0.0.1", MAIL_URL=sink.url, **moto.settings())
+    lore.start()
+    try:
+        setup_buckets(lore)
+        signup(lore, "tq_files")
+        api = Api(lore)
+        api.login("tq_files")
+        moto.stop()
+        try:
+            names = [f"tq_mail{i}" for i in range(3)]
+            for name in names:
+                r = httpx.post(lore.url + "/auth/signup", json=signup_body(name, f"{name}@example.com"),
+                               headers={"x-real-ip": fresh_ip()}, timeout=10)
+                assert r.status_code == 200, r.text
+            ids = [api.ok_upload(f"tq file {i}".encode() * 100, f"f{i}.bin")["id"] for i in range(3)]
+            db = lore.redis()
+            wait_for(lambda: db.zcard("mail:retry") + db.llen("mail:queue") >= 4, 30, 0.1, "the mails waiting")
+            time.sleep(1.5)  # past the AOF's fsync (everysec): the queues are on disk
+            old = redis_pid(lore)
+            os.kill(old, signal.SIGKILL)
+            wait_for(lambda: redis_pid(lore) != old and lore.redis().ping(), 30, 0.1, "Redis restarted")
+        finally:
+            moto.start()
+        setup_buckets(lore)  # a new moto server knows no bucket
+        sink.start()
+        try:
+            for name in ["tq_files", *names]:
+                wait_for(lambda n=name: sink.to(f"{n}@example.com"), 90, 0.2, f"the mail to {name}")
+            s3 = moto.client()
+            for file_id in ids:
+                wait_for(lambda f=file_id: f"files/tq_files/{f}" in s3_keys(s3, S3_BUCKET), 90, 0.2, f"{file_id} in S3")
+        finally:
+            sink.stop()
+        api.close()
+    finally:
+        assert lore.stop() == 0
+
+
+def test_a_failed_backup_is_mailed_to_the_admins(tmp_path):
+    """S3 refuses (nothing listens at its endpoint): the scheduled backup fails, is notified,
+    and each address in ADMINS gets one mail saying so."""
+    sink = MailSink().start()
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))
+    endpoint = f"http://127.0.0.1:{dead.getsockname()[1]}"  # bound, never listening: refused
+    lore = Lorebase(tmp_path / "data", MAIL_URL=sink.url, BACKUP_EVERY="1", ADMINS="ops@example.com",
+                    S3_ENDPOINT=endpoint, S3_BUCKET="nowhere", S3_ACCESS_KEY="k", S3_SECRET_KEY="s" * 40)
+    lore.start()
+    try:
+        wait_for(lambda: "task backup failed" in lore.log_text(), 60, 0.2, "the backup to fail")
+        mails = wait_for(lambda: sink.to("ops@example.com"), 60, 0.2, "the admins' mail")
+        subject = str(mails[0]["Subject"])
+        assert "backup" in subject and "failed" in subject, subject
+    finally:
+        assert lore.stop() == 0
+        sink.stop()
+        dead.close()
