@@ -88,6 +88,7 @@ class Master:
         self.restarting = False  # a rolling restart is under way
         self.redis_up = True
         self.tasks_pid: int | None = None
+        self.tasks_due: float | None = None  # when to start the tasks process again
         self.refused = 0  # connections closed because no worker could take them
         self.handed = 0
         self.keeper_stop = threading.Event()
@@ -129,14 +130,13 @@ class Master:
             self.shutdown()
         return 0
 
-    def _in_child(self, keep: socket.socket | None = None) -> None:
-        """In a forked child: the master's sockets closed (the listening one, every channel
-        but `keep`), so a channel's end is seen when its worker dies."""
+    def _in_child(self) -> None:
+        """In a forked child: the master's sockets closed (the listening one, the other
+        workers' channels), so a channel's end is seen when its worker dies."""
         if self.sock is not None:
             self.sock.close()
         for other in self.workers.values():
             other.chan.close()
-        del keep
 
     def spawn(self, index: int) -> int:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -144,7 +144,7 @@ class Master:
         if pid == 0:
             os.close(0)
             ours.close()
-            self._in_child(theirs)
+            self._in_child()
             worker.serve(self.config, theirs, index)
         theirs.close()
         ours.setblocking(False)
@@ -183,8 +183,9 @@ class Master:
 
     def _pause(self) -> float:
         pause = PING
-        if self.respawns:
-            pause = min(pause, max(0.0, min(t for t, _ in self.respawns) - time.monotonic()))
+        due = [t for t, _ in self.respawns] + ([self.tasks_due] if self.tasks_due is not None else [])
+        if due:
+            pause = min(pause, max(0.0, min(due) - time.monotonic()))
         return pause
 
     def step(self) -> None:
@@ -195,6 +196,9 @@ class Master:
             self.respawns.remove(due)
             if not self.stopping and self._active() < self.target:
                 self.spawn(due[1])
+        if self.tasks_due is not None and now >= self.tasks_due and not self.stopping:
+            self.tasks_due = None
+            self.spawn_tasks()
         self.step_rolling()
         for w in list(self.workers.values()):
             if w.stop_by is not None and now > w.stop_by:
@@ -394,8 +398,7 @@ class Master:
                 self.tasks_pid = None
                 if not self.stopping:
                     notify("tasks exit", code=code)
-                    time.sleep(0.5)  # a crash loop must not spin
-                    self.spawn_tasks()
+                    self.tasks_due = time.monotonic() + 0.5  # a crash loop must not spin
                 continue
             w = self.workers.pop(pid, None)
             if w is None:
