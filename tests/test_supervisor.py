@@ -224,3 +224,19 @@ def test_sigterm_under_load_drains_in_flight_requests_and_exits_0(tmp_path: Path
     assert instance.proc.wait(30) == 0
     assert results == [200] * 4, results
     assert all(gone(pid) for pid in children)
+
+
+def test_sigterm_during_a_rolling_restart_stops_cleanly(tmp_path: Path, mail):
+    """TERM right after HUP, while the workers roll: the master still exits 0 and leaves no
+    process of its behind (old workers, new ones, the tasks process, Redis)."""
+    instance = Lorebase(tmp_path / "data", TRUSTED_PROXIES="127.0.0.1", MAIL_URL=mail.url)
+    instance.start()
+    wait_workers(instance, 2)
+    os.kill(instance.proc.pid, signal.SIGHUP)
+    wait_event(instance, "workers restarting")
+    wait_for(lambda: len(worker_pids(instance)) == 3, 10, 0.01, "a new worker beside the old two")
+    children = {p.pid for p in master(instance).children(recursive=True)}
+    os.kill(instance.proc.pid, signal.SIGTERM)
+    assert instance.proc.wait(30) == 0
+    assert all(gone(pid) for pid in children)
+    assert "workers restarted" not in instance.log_text()  # it stopped mid-way, as asked
