@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from . import __version__
@@ -169,6 +170,18 @@ def cmd_restore(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_nginx(args: argparse.Namespace) -> int:
+    from . import nginx
+
+    if bool(args.cert) != bool(args.key):
+        print("lorebase nginx: give --cert and --key together (or neither, for certbot's files)", file=sys.stderr)
+        return 2
+    config = _load(args.env)
+    sys.stdout.write(nginx.render(config, args.domain, args.cert, args.key, args.http_port, args.https_port,
+                                  args.static, args.listen))
+    return 0
+
+
 def cmd_s3_setup(args: argparse.Namespace) -> int:
     from .files import s3
 
@@ -243,6 +256,22 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("name", help="a name from `lorebase backup list`, or latest")
     env_arg(sp)
     sp.set_defaults(func=cmd_restore)
+
+    sp = sub.add_parser("nginx", help="print the nginx site for this environment (HTTPS, limits, static files)",
+                        description="The server blocks to put in /etc/nginx/sites-available/: HTTP redirects to "
+                                    "HTTPS (certbot's challenge excepted), HSTS, the body limit and timeouts from "
+                                    "lorebase's config, X-Real-IP/X-Forwarded-For set by nginx, a request rate "
+                                    "on /auth/, static files served by nginx. Without --cert/--key it uses "
+                                    "certbot's files for --domain.")
+    env_arg(sp)
+    sp.add_argument("--domain", required=True, help="the site's name (server_name)")
+    sp.add_argument("--cert", help="a certificate file (self-contained site; else certbot's fullchain.pem)")
+    sp.add_argument("--key", help="its private key")
+    sp.add_argument("--http-port", type=int, default=80)
+    sp.add_argument("--https-port", type=int, default=443)
+    sp.add_argument("--static", type=Path, default=None, help="the web client's files (default: the installed ones)")
+    sp.add_argument("--listen", default="", metavar="ADDRESS", help="listen on this address only (default: all)")
+    sp.set_defaults(func=cmd_nginx)
 
     sp = sub.add_parser("openapi", help="print the OpenAPI 3.1 document (the same as GET /openapi.json)")
     env_arg(sp)

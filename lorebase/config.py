@@ -82,6 +82,9 @@ DEFAULTS: dict[str, Any] = {
     "SIGNUPS_PER_IP": 20,  # valid signups per client IP per hour
     "RECOVER_PER_IP": 20,  # recover requests per client IP per hour
     "RECOVER_MAILS_PER_ACCOUNT": 5,  # reset mails per account per hour (past it: silently none)
+    # nginx in front (`lorebase nginx`)
+    "NGINX_AUTH_RATE": 10,  # requests per second per client address to /auth/ that nginx lets through,
+    "NGINX_AUTH_BURST": 20,  # and how many beyond that rate it lets through at once (then 429)
     # files
     "FILE_LIMIT": 100 * 1024 * 1024,  # bytes of one upload
     "QUOTA": 1024 * 1024 * 1024,  # bytes of files per user

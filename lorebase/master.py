@@ -26,6 +26,7 @@ import select
 import signal
 import socket
 import struct
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -114,6 +115,7 @@ class Master:
             self.sock = bind(config.HOST, config.PORT)
         except Exception as error:  # noqa: BLE001
             notify("start failed", error=str(error))
+            print(f"lorebase: {error}", file=sys.stderr)  # for the person at the terminal, too
             if self.redis:
                 self.redis.stop()
             return 1

@@ -28,7 +28,7 @@ class EmbeddedRedis:
         self.fsync = config.REDIS_APPENDFSYNC
         self.socket: Path = config.redis_socket
         self.proc: subprocess.Popen[bytes] | None = None
-        self.binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+        self.binary = shutil.which("redis-server")
 
     @property
     def url(self) -> str:
@@ -72,6 +72,10 @@ class EmbeddedRedis:
         if self.running_elsewhere():
             raise EmbeddedRedisError(f"a Redis already serves {self.socket}: is another lorebase "
                                      f"running with this DATA_DIR?")
+        if self.binary is None:
+            raise EmbeddedRedisError(
+                "redis-server is not installed (not on PATH): install it with `sudo apt-get install redis-server` "
+                "(scripts/dev does), or set REDIS_URL to a Redis that runs elsewhere")
         self.dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.dir, 0o700)
         conf = self.dir / "redis.conf"

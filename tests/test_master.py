@@ -241,3 +241,14 @@ def test_restart_keeps_redis_data(tmp_path: Path):
         assert len(lore.events("start")) == 2
     finally:
         assert lore.stop() == 0
+
+
+def test_without_redis_server_installed_it_says_what_to_install(tmp_path: Path):
+    """No REDIS_URL and no redis-server on PATH: exit 1 with a sentence naming the package,
+    not a bare `[Errno 2]`."""
+    env = {**Lorebase(tmp_path / "data").environ(), "PATH": str(tmp_path / "empty-path")}
+    done = subprocess.run([sys.executable, "-m", "lorebase", "serve"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 1
+    assert "apt-get install redis-server" in done.stderr and "REDIS_URL" in done.stderr, done.stderr
+    assert "Errno" not in done.stderr
