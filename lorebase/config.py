@@ -64,6 +64,7 @@ DEFAULTS: dict[str, Any] = {
     "LOG_BUFFER": 10000,  # lines a process holds for LOG_URL while it is down; past it, dropped and counted
     "ERROR_REPORTS_PER_MINUTE": 30,  # POST /error per client IP
     "SHUTDOWN_GRACE": 10.0,  # seconds workers get to finish in-flight requests
+    "WORKER_CONNECTIONS": 1000,  # connections one worker holds at most (idle keep-alive ones make room)
     "WORKER_TIMEOUT": 10.0,  # seconds a worker may go without pinging the master before it is killed as hung
     # identity
     "SESSION_IDLE": 7 * 86400,  # seconds a session lives unused; every use renews it

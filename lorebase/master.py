@@ -79,6 +79,7 @@ class Master:
         self.workers: dict[int, Worker] = {}
         self.target = config.WORKERS
         self.timeout = float(config.WORKER_TIMEOUT)
+        self.cap = int(config.WORKER_CONNECTIONS)  # past it a worker gets none; all full: they wait
         self.redis: EmbeddedRedis | None = None
         self.sock: socket.socket | None = None
         self.stopping = False
@@ -276,7 +277,8 @@ class Master:
         """Workers that may get a new connection: serving, staying, and taking what they get."""
         now = time.monotonic()
         return [w for w in self.workers.values() if w.ready and not w.leaving and w.stop_by is None
-                and not w.hung and (not w.unacked or now - w.unacked_since < UNACKED_FOR)]
+                and not w.hung and (not w.unacked or now - w.unacked_since < UNACKED_FOR)
+                and (not self.cap or w.open < self.cap)]
 
     def accept(self) -> None:
         assert self.sock is not None

@@ -38,9 +38,10 @@ TIMEOUT_REPLY = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/jso
 class _Watch:
     """What each open connection is waiting for (a head or a body), since when."""
 
-    def __init__(self, header_timeout: float, body_timeout: float):
+    def __init__(self, header_timeout: float, body_timeout: float, cap: int = 0):
         self.header_timeout = header_timeout
         self.body_timeout = body_timeout
+        self.cap = cap  # connections the worker holds at most (WORKER_CONNECTIONS; 0: no cap)
         self.open: weakref.WeakSet[Any] = weakref.WeakSet()
         # connection → (what it waits for, the deadline, body bytes counted at the last extension)
         self.waiting: weakref.WeakKeyDictionary[Any, tuple[object, float, int]] = weakref.WeakKeyDictionary()
@@ -49,12 +50,31 @@ class _Watch:
     def add(self, protocol: Any) -> None:
         self.open.add(protocol)
         self.waiting[protocol] = (None, time.monotonic() + self.header_timeout, 0)
+        if self.cap and len(self.open) > self.cap:
+            self.make_room()
         if self.timer is None:
             self.timer = protocol.loop.call_later(SWEEP, self.sweep, protocol.loop)
+
+    def make_room(self) -> None:
+        """At the cap: close idle keep-alive connections (a reply sent, no new request begun),
+        down to half the cap. A connection in the middle of a request is never
+        touched; the master stops handing this worker connections while it is full. (Read from
+        uvicorn's state, like the sweep: a hook on every request to date each one costs W2.)"""
+        excess = len(self.open) - self.cap // 2
+        for protocol in list(self.open):
+            if excess <= 0:
+                break
+            transport, cycle = protocol.transport, protocol.cycle
+            idle = cycle is not None and cycle.response_complete and protocol.scope is cycle.scope
+            if idle and transport is not None and not transport.is_closing():
+                transport.close()
+                excess -= 1
 
     def sweep(self, loop: asyncio.AbstractEventLoop) -> None:
         self.timer = None
         now = time.monotonic()
+        if self.cap and len(self.open) >= self.cap * 19 // 20:
+            self.make_room()  # idle ones go, so that the master hands this worker new ones again
         for protocol in list(self.open):
             transport = protocol.transport
             if transport is None or transport.is_closing():
@@ -85,8 +105,8 @@ class _Watch:
             self.timer = loop.call_later(SWEEP, self.sweep, loop)
 
 
-def protocol_class(header_timeout: float, body_timeout: float) -> type[HttpToolsProtocol]:
-    watch = _Watch(header_timeout, body_timeout)
+def protocol_class(header_timeout: float, body_timeout: float, cap: int = 0) -> type[HttpToolsProtocol]:
+    watch = _Watch(header_timeout, body_timeout, cap)
 
     class Protocol(HttpToolsProtocol):
         received = 0  # body bytes of this connection, for the upload's earned time

@@ -122,7 +122,8 @@ def serve(config: Any, chan: socket.socket, index: int) -> None:
         server = Server(uvicorn.Config(
             # proxy_headers off: the chain reads X-Real-IP itself, and only from TRUSTED_PROXIES
             app, loop="uvloop", lifespan="on", access_log=False, proxy_headers=False,
-            http=protocol_class(float(config.HEADER_TIMEOUT), float(config.BODY_TIMEOUT)),
+            http=protocol_class(float(config.HEADER_TIMEOUT), float(config.BODY_TIMEOUT),
+                                int(config.WORKER_CONNECTIONS)),
             server_header=False, log_level="warning", timeout_graceful_shutdown=int(config.SHUTDOWN_GRACE),
             timeout_keep_alive=5, h11_max_incomplete_event_size=16 * 1024), chan)
         server.run()

@@ -354,3 +354,67 @@ def test_https_session_cookie_is_host_prefixed_and_the_plain_name_is_not_accepte
                 r = http.get("/auth/csrf", headers={"cookie": cookie, "x-real-ip": api.ip})
                 assert_error(r, 403, "nocookie")
         assert api.get("/auth/csrf").status_code == 200  # the session lives on
+
+
+def test_two_thousand_half_sent_requests_are_closed_and_health_answers_throughout(tmp_path):
+    """Straight at lorebase (no nginx): 2,000 connections each send half a request head and
+    stop. Each is closed within HEADER_TIMEOUT (2 s here, plus the 0.5 s sweep), and /health
+    answers on new connections all the while."""
+    import socket as socketmod
+    import time as timemod
+
+    lore = Lorebase(tmp_path / "data", HEADER_TIMEOUT="2", WORKER_CONNECTIONS="3000")
+    lore.start()
+    held: list[socketmod.socket] = []
+    try:
+        for _ in range(2000):
+            s = socketmod.create_connection(("127.0.0.1", lore.port))
+            s.sendall(b"GET /health HTTP/1.1\r\nhost: x\r\nx-slow: ")
+            s.settimeout(0)
+            held.append(s)
+        opened = timemod.monotonic()
+        answered = 0
+        open_left = len(held)
+        while open_left and timemod.monotonic() - opened < 15:
+            assert httpx.get(lore.url + "/health", timeout=5).status_code == 200
+            answered += 1
+            for s in list(held):
+                try:
+                    s.recv(4096)  # the 408, or the close
+                except BlockingIOError:
+                    continue  # still open
+                except OSError:
+                    pass
+                held.remove(s)
+                s.close()
+            open_left = len(held)
+        assert not held, f"{len(held)} half-sent requests still open after 15 s"
+        assert answered >= 3
+    finally:
+        for s in held:
+            s.close()
+        assert lore.stop() == 0
+
+
+def test_idle_keep_alive_connections_past_the_cap_make_room_for_new_clients(tmp_path):
+    """WORKER_CONNECTIONS 20 with one worker: 60 clients each make a request and keep their
+    connection idle. New clients are still served (idle ones are closed to make room);
+    nothing crashes."""
+    import socket as socketmod
+
+    lore = Lorebase(tmp_path / "data", WORKERS="1", WORKER_CONNECTIONS="20")
+    lore.start()
+    idle: list[socketmod.socket] = []
+    try:
+        for _ in range(60):
+            s = socketmod.create_connection(("127.0.0.1", lore.port))
+            idle.append(s)
+        for s in idle:
+            s.sendall(b"GET /ping HTTP/1.1\r\nhost: x\r\n\r\n")
+        for _ in range(10):
+            assert httpx.get(lore.url + "/health", timeout=10).status_code == 200
+        assert lore.proc is not None and lore.proc.poll() is None
+    finally:
+        for s in idle:
+            s.close()
+        assert lore.stop() == 0
