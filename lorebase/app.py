@@ -71,6 +71,19 @@ class App(Chain):
         return req.user
 
 
+async def watch_maintenance(app: App) -> None:
+    """Once a second: is the `maintenance` key there (`lorebase migrate` pausing writes)? The
+    chain then answers state-changing requests 503 `maintenance`; nothing per request."""
+    from .migrate import MAINTENANCE
+
+    while True:
+        try:
+            app.maintenance = bool(await app.db.call("EXISTS", MAINTENANCE))
+        except (db.RedisError, db.Unavailable):
+            pass  # Redis down: writes fail on their own
+        await asyncio.sleep(1.0)
+
+
 def create_app(config: Config, chain_routes: list[Route] | None = None) -> App:
     app = App(config, chain_routes or routes(config))
 
@@ -79,6 +92,7 @@ def create_app(config: Config, chain_routes: list[Route] | None = None) -> App:
     async def start() -> None:
         app.db = db.connect(config)
         notify.attach_async(app.db)
+        flusher.append(asyncio.get_running_loop().create_task(watch_maintenance(app)))
         if app.stats.enabled:
             flusher.append(asyncio.get_running_loop().create_task(app.stats.run(app.db)))
 

@@ -134,6 +134,7 @@ class Chain:
         self.on_start = on_start
         self.on_stop = on_stop
         self.stats = Stats(config)
+        self.maintenance = False  # writes paused by `lorebase migrate` (app.watch_maintenance)
         last = -1
         for route in routes:
             index = SECTIONS.index(route.section)
@@ -253,6 +254,8 @@ class Chain:
         endpoint, req.params = self.find(req.method, req.path)
         route = endpoint.route
         req.route = route
+        if self.maintenance and req.method in UNSAFE:
+            raise ApiError(503, "maintenance", headers={"retry-after": "5"})
         at = -1
         if route.accepts is not None:
             self.check_body_headers(req, route)

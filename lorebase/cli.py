@@ -170,6 +170,21 @@ def cmd_restore(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from . import migrate
+    from .tasks import backup
+
+    config = _load(args.env)
+    if _redis_url(config) is None:
+        print("lorebase migrate: the embedded Redis is not running: start `lorebase serve` first", file=sys.stderr)
+        return 2
+    try:
+        return (migrate.apply if args.apply else migrate.rehearse)(config, args.script)
+    except (migrate.MigrationError, backup.BackupError) as error:
+        print(f"lorebase migrate: {error}", file=sys.stderr)
+        return 1
+
+
 def cmd_nginx(args: argparse.Namespace) -> int:
     from . import nginx
 
@@ -256,6 +271,16 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("name", help="a name from `lorebase backup list`, or latest")
     env_arg(sp)
     sp.set_defaults(func=cmd_restore)
+
+    sp = sub.add_parser("migrate", help="a structural change to the database: `migrate SCRIPT [ENV]` rehearses it "
+                        "on a copy, `--apply` runs it on the live database (a backup first, restored on failure)",
+                        description="SCRIPT is a file of migrations/ (NNNN_what.py) with migrate(db), and optionally "
+                                    "check(db) -> problems and PAUSE = True (writes answer 503 maintenance while it "
+                                    "runs). Prints what changed, by key pattern, and the command that undoes it.")
+    sp.add_argument("script", type=Path)
+    env_arg(sp)
+    sp.add_argument("--apply", action="store_true", help="run it on the live database")
+    sp.set_defaults(func=cmd_migrate)
 
     sp = sub.add_parser("nginx", help="print the nginx site for this environment (HTTPS, limits, static files)",
                         description="The server blocks to put in /etc/nginx/sites-available/: HTTP redirects to "

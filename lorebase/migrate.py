@@ -1,0 +1,195 @@
+"""`lorebase migrate SCRIPT [--apply]`: the seed's protocol for a structural change to a
+production database, as one command ("Making structural changes to a production database").
+
+A migration is a Python file in `migrations/`, named `<number>_<what>.py`, with
+- `migrate(db)`: the change, on a redis-py client (replies decoded to str);
+- `check(db) -> list[str]` (optional): its sanity checks, the problems it sees afterwards;
+- `PAUSE = True` (optional): writes must stop while it runs on the live database.
+
+Without --apply (the rehearsal): a fresh backup, restored into a scratch Redis; the script
+runs there; its checks and the consistency check run there; what changed is printed (keys
+added, removed, changed, by pattern). The live database is not touched.
+
+With --apply: a fresh backup, verified by loading it into a scratch Redis; writes paused if
+the script asks (every worker answers 503 `maintenance` to state-changing requests within a
+second of the `maintenance` key appearing); the script on the live database; the checks
+again; on any failure the backup is restored. At the end, the command that restores the
+pre-migration backup. `migrations` (a hash: name → unix time it was applied) records what ran.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from types import ModuleType
+from typing import Any, TextIO
+
+from .db import address, connect_sync
+from .tasks import backup
+
+APPLIED = "migrations"  # hash: migration name → unix time it was applied
+MAINTENANCE = "maintenance"  # string while writes are paused: the migration's name
+PAUSE_TTL = 900  # seconds the pause lasts at most, should the command die holding it
+PAUSE_SETTLE = 1.5  # seconds for every worker to see the pause (they look once a second)
+
+
+class MigrationError(Exception):
+    pass
+
+
+def load(path: Path) -> ModuleType:
+    if not path.is_file():
+        raise MigrationError(f"{path}: no such migration")
+    if not path.stem.split("_", 1)[0].isdigit():
+        raise MigrationError(f"{path.name}: a migration's name starts with its number (0001_what.py)")
+    spec = importlib.util.spec_from_file_location(f"lorebase_migration_{path.stem}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not callable(getattr(module, "migrate", None)):
+        raise MigrationError(f"{path.name}: it has no migrate(db)")
+    return module
+
+
+def pattern(key: str) -> str:
+    """`user:alice` → `user:*`, `stats:u:active_users:20424` → `stats:*`: the family of a key."""
+    head, colon, _ = key.partition(":")
+    return f"{head}:*" if colon else key
+
+
+def fingerprint(url: str) -> dict[str, str]:
+    """Every key with a digest of its value (DUMP, read as bytes), to tell what a script changed."""
+    raw = connect_sync(url, 60, decode=False)
+    out: dict[str, str] = {}
+    try:
+        for key in raw.scan_iter(count=1000):
+            dumped = raw.dump(key)
+            if dumped is not None:
+                out[key.decode("utf-8", "replace")] = hashlib.sha256(dumped).hexdigest()
+    finally:
+        raw.close()
+    return out
+
+
+def _url_of(client: Any) -> str:
+    """The unix:// URL of a scratch Redis's client."""
+    return f"unix://{client.connection_pool.connection_kwargs['path']}"
+
+
+def changes(before: dict[str, str], after: dict[str, str]) -> dict[str, Counter[str]]:
+    added = Counter(pattern(k) for k in after.keys() - before.keys())
+    removed = Counter(pattern(k) for k in before.keys() - after.keys())
+    changed = Counter(pattern(k) for k in before.keys() & after.keys() if before[k] != after[k])
+    return {"added": added, "removed": removed, "changed": changed}
+
+
+def show(diff: dict[str, Counter[str]], out: TextIO) -> None:
+    if not any(diff.values()):
+        print("  no key changed", file=out)
+    for what, counts in diff.items():
+        for family, n in sorted(counts.items()):
+            print(f"  {what:8} {family:32} {n}", file=out)
+
+
+def sanity(config: Any, module: ModuleType, db: Any, out: TextIO) -> list[str]:
+    """The script's own checks, then the consistency check; the problems."""
+    from .check import check
+
+    problems = [f"the script's check: {p}" for p in (module.check(db) if hasattr(module, "check") else [])]
+    report = check(config, db, out=out, progress=None)
+    problems += [f"consistency: {f.key}: {f.what}" for f in report.problems]
+    return problems
+
+
+def _client(url: str) -> Any:
+    return connect_sync(url, 60)
+
+
+def rehearse(config: Any, path: Path, out: TextIO = sys.stdout) -> int:
+    """The script on a copy of the live database; 0 if its checks pass, 1 if not."""
+    module = load(path)
+    url = address(config)
+    where = backup.store(config)
+    manifest = backup.take(config, url, where)
+    print(f"backup {manifest['name']} taken; rehearsing {path.name} on a copy of it", file=out, flush=True)
+    with tempfile.TemporaryDirectory(prefix="lorebase-migrate-") as tmp:
+        rdb = Path(tmp) / "dump.rdb"
+        backup.fetch_checked(where, manifest["name"], rdb)
+        with backup.scratch(rdb) as raw:
+            copy_url = _url_of(raw)
+            copy = connect_sync(copy_url, 60)
+            try:
+                before = fingerprint(copy_url)
+                try:
+                    module.migrate(copy)
+                except Exception as error:  # noqa: BLE001 - the script's failure is the answer
+                    print(f"{path.name} failed on the copy: {type(error).__name__}: {error}", file=out)
+                    return 1
+                print("what it changed on the copy:", file=out)
+                show(changes(before, fingerprint(copy_url)), out)
+                problems = sanity(config, module, copy, out)
+            finally:
+                copy.close()
+    for problem in problems:
+        print(f"problem: {problem}", file=out)
+    if problems:
+        print(f"{path.name} is not safe to apply: {len(problems)} problem(s) on the copy", file=out)
+        return 1
+    print(f"{path.name} passed on the copy: `lorebase migrate {path} {config.ENV} --apply` applies it", file=out)
+    return 0
+
+
+def apply(config: Any, path: Path, out: TextIO = sys.stdout) -> int:
+    """The script on the live database, the backup restored if anything fails."""
+    module = load(path)
+    url = address(config)
+    live = _client(url)
+    if live.hexists(APPLIED, path.stem):
+        print(f"{path.stem} was applied already (at {live.hget(APPLIED, path.stem)})", file=out)
+        return 1
+    where = backup.store(config)
+    manifest = backup.take(config, url, where)
+    name = manifest["name"]
+    with tempfile.TemporaryDirectory(prefix="lorebase-migrate-") as tmp:  # the backup loads: verified
+        rdb = Path(tmp) / "dump.rdb"
+        backup.fetch_checked(where, name, rdb)
+        with backup.scratch(rdb) as raw:
+            if int(raw.dbsize()) != int(manifest["keys"]):
+                raise MigrationError(f"backup {name} does not hold what its manifest says; nothing was changed")
+    undo = f"lorebase restore {name} {config.ENV}"
+    print(f"backup {name} taken and verified", file=out, flush=True)
+    paused = bool(getattr(module, "PAUSE", False))
+    failure = ""
+    try:
+        if paused:
+            live.set(MAINTENANCE, path.stem, ex=PAUSE_TTL)
+            time.sleep(PAUSE_SETTLE)
+            print("writes paused (503 maintenance)", file=out, flush=True)
+        before = fingerprint(url)
+        try:
+            module.migrate(live)
+        except Exception as error:  # noqa: BLE001
+            failure = f"{type(error).__name__}: {error}"
+        if not failure:
+            print("what it changed:", file=out)
+            show(changes(before, fingerprint(url)), out)
+            problems = sanity(config, module, live, out)
+            failure = "; ".join(problems)
+        if failure:
+            print(f"{path.name} failed on the live database ({failure}); restoring backup {name}", file=out,
+                  flush=True)
+            backup.restore(where, name, url)
+            print(f"restored {name}: the database is as it was before the migration", file=out)
+            return 1
+        live.hset(APPLIED, path.stem, int(time.time()))
+    finally:
+        if paused:
+            live.delete(MAINTENANCE)
+        live.close()
+    print(f"{path.name} applied. To undo it: {undo}", file=out)
+    return 0
