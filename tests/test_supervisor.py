@@ -116,7 +116,7 @@ def test_sighup_under_load_fails_no_request(lore):
     assert not load.failures, load.failures[:5]
     after = wait_workers(lore, 2)
     assert not before & after
-    assert all(gone(pid) for pid in before)
+    wait_for(lambda: all(gone(pid) for pid in before), 15, 0.05, "the old workers to finish and exit")
 
 
 def test_a_worker_killed_under_load_costs_only_its_requests_in_flight(lore, mail):
