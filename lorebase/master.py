@@ -12,15 +12,17 @@ event loop, with its count of open connections; one silent for WORKER_TIMEOUT se
 stuck (an endless loop in a handler, say): it is killed and replaced, notified `worker hung`.
 
 Signals, one `handle_<name>` method each (as uvicorn's supervisor reads): TERM/INT stop, HUP
-replaces the workers one by one, TTIN/TTOU add or remove one. A handler only changes state;
-the main loop does the work a step at a time (reaping, accepting, pings, a rolling restart),
-so nothing waits on anything else: a worker dying during a rolling restart is replaced, and a
-TERM during one stops everything cleanly. The master runs no event loop and serves no request.
+loads the code on disk (the master re-executes itself in place, keeping its pid, socket and
+Redis; new workers start; the old ones finish and exit), TTIN/TTOU add or remove one. A
+handler only changes state; the main loop does the work a step at a time (reaping,
+accepting, pings, retiring the old workers), so nothing waits on anything else: a worker
+dying meanwhile is replaced, and a TERM stops everything cleanly. The master runs no event loop and serves no request.
 """
 
 from __future__ import annotations
 
 import errno
+import json
 import os
 import select
 import signal
@@ -42,6 +44,7 @@ SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, signal.
 PING = 0.5  # seconds between a worker's pings
 START_TIMEOUT = 60.0  # seconds a new worker may take to start serving
 UNACKED_FOR = 0.5  # a worker that has not taken a handed connection for this long gets no more
+REEXEC = "LOREBASE_REEXEC"  # what a master hands the one it re-executes into (JSON)
 MESSAGE = struct.Struct("!cI")  # worker → master: b"P" + open connections, or b"A" + connections taken
 
 
@@ -85,16 +88,19 @@ class Master:
         self.stopping = False
         self.crashes: list[float] = []  # recent unexpected exits, for backoff
         self.respawns: list[tuple[float, int]] = []  # (when, index): workers to start
-        self.rolling: list[int] = []  # pids a SIGHUP still has to replace
-        self.replacing: tuple[int, int] | None = None  # (old pid, new pid) of the step in progress
-        self.restarting = False  # a rolling restart is under way
+        self.restarting = False  # a re-exec's new workers are replacing the old ones
         self.redis_up = True
         self.tasks_pid: int | None = None
         self.tasks_due: float | None = None  # when to start the tasks process again
+        # after a re-exec (SIGHUP): the workers and tasks process of the code before, pid → TERM deadline
+        self.old: dict[int, float | None] = {}
+        self.old_tasks: int | None = None
         self.refused = 0  # connections closed because no worker could take them
         self.handed = 0
         self.keeper_stop = threading.Event()
         self.keeper: threading.Thread | None = None
+        self.respawn_redis = False  # the keeper found the embedded Redis dead: the loop starts it
+        self.respawned_redis = False  # the loop started it: the keeper waits for it to answer
 
     # -- start --------------------------------------------------------------------------
 
@@ -108,12 +114,21 @@ class Master:
         signal.set_wakeup_fd(wake_w)
         for sig in SIGNALS:
             signal.signal(sig, lambda *_: None)  # a handler, so the wakeup fd is written
+        inherited = json.loads(os.environ.pop(REEXEC, "") or "null")
         try:
             if config.embedded_redis:
                 self.redis = EmbeddedRedis(config)
-                self.redis.start()
+                if inherited and inherited.get("redis"):
+                    self.redis.adopt(int(inherited["redis"]))
+                else:
+                    self.redis.start()
             notify.attach_sync(db.connect_sync(config, 0.5, retry=False))
-            self.sock = bind(config.HOST, config.PORT)
+            if inherited:
+                self.sock = socket.socket(fileno=int(inherited["sock"]))
+                self.sock.setblocking(False)
+                self.sock.set_inheritable(False)
+            else:
+                self.sock = bind(config.HOST, config.PORT)
         except Exception as error:  # noqa: BLE001
             notify("start failed", error=str(error))
             print(f"lorebase: {error}", file=sys.stderr)  # for the person at the terminal, too
@@ -122,11 +137,20 @@ class Master:
             return 1
         for index in range(self.target):
             self.spawn(index)
-        self.spawn_tasks()
+        if inherited:
+            self.old = {int(pid): None for pid in inherited["workers"]}
+            self.old_tasks = inherited.get("tasks")
+            self.restarting = True
+            if self.old_tasks:
+                _term(self.old_tasks)  # the new one starts once it has exited
+            else:
+                self.spawn_tasks()
+        else:
+            self.spawn_tasks()
         self.keeper = threading.Thread(target=self.keep_redis, name="lorebase-redis-keeper", daemon=True)
         self.keeper.start()
-        notify("start", version=__version__, host=config.HOST, port=config.PORT, workers=self.target,
-               redis="embedded" if self.redis else "external", base_url=config.BASE_URL)
+        notify("reexec done" if inherited else "start", version=__version__, host=config.HOST, port=config.PORT,
+               workers=self.target, redis="embedded" if self.redis else "external", base_url=config.BASE_URL)
         try:
             self.loop(wake_r)
         finally:
@@ -192,17 +216,24 @@ class Master:
         return pause
 
     def step(self) -> None:
-        """What the loop does each turn besides reading: due respawns, the rolling restart,
+        """What the loop does each turn besides reading: due respawns, the old workers of a re-exec,
         stuck or overdue workers, Redis."""
         now = time.monotonic()
         for due in [r for r in self.respawns if r[0] <= now]:
             self.respawns.remove(due)
             if not self.stopping and self._active() < self.target:
                 self.spawn(due[1])
+        if self.respawn_redis and self.redis is not None:
+            self.respawn_redis = False
+            try:
+                self.redis.spawn()
+                self.respawned_redis = True  # the keeper thread waits for it to answer
+            except Exception as error:  # noqa: BLE001 - the keeper finds it dead again next second
+                notify("redis restart failed", error=str(error))
         if self.tasks_due is not None and now >= self.tasks_due and not self.stopping:
             self.tasks_due = None
             self.spawn_tasks()
-        self.step_rolling()
+        self.step_old(now)
         for w in list(self.workers.values()):
             if w.stop_by is not None and now > w.stop_by:
                 self._kill(w.pid)  # did not finish within SHUTDOWN_GRACE
@@ -240,14 +271,35 @@ class Master:
         self.stopping = True
 
     def handle_hup(self) -> None:
-        """Replace every worker, one at a time: each new one serves before the one it replaces
-        stops taking connections (then it finishes its own and exits). A HUP during a rolling
-        restart starts it over with the workers of that moment."""
+        """Load the code on disk without dropping a request: the master re-executes itself
+        (same pid, same listening socket, same Redis), starts new workers, and once they all
+        serve, the old ones finish what they hold and exit (see reexec)."""
         if self.stopping:
             return
-        self.rolling = [w.pid for w in self.workers.values() if not w.leaving and w.stop_by is None]
-        self.restarting = True
-        notify("workers restarting", workers=len(self.rolling))
+        notify("workers restarting", workers=len(self.workers) + len(self.old))
+        self.reexec()
+
+    def reexec(self) -> None:
+        assert self.sock is not None
+        state = {"sock": self.sock.fileno(), "workers": [*self.workers, *self.old],
+                 "tasks": self.tasks_pid or self.old_tasks,
+                 "redis": self.redis.pid if self.redis is not None and self.redis.alive() else None}
+        self.keeper_stop.set()
+        if self.keeper is not None:
+            self.keeper.join(20)  # a restart of the embedded Redis in progress ends first
+        notify.detach_sync()
+        notify.close_forwarder()
+        self.sock.set_inheritable(True)
+        argv = _argv()
+        try:
+            os.execve(argv[0], argv, {**os.environ, REEXEC: json.dumps(state)})  # noqa: S606 - ourselves
+        except OSError as error:  # the code on disk cannot start: keep running the old one
+            self.sock.set_inheritable(False)
+            notify.attach_sync(db.connect_sync(self.config, 0.5, retry=False))
+            notify("reexec failed", error=str(error), argv=argv)
+            self.keeper_stop = threading.Event()
+            self.keeper = threading.Thread(target=self.keep_redis, name="lorebase-redis-keeper", daemon=True)
+            self.keeper.start()
 
     def handle_ttin(self) -> None:
         self.target += 1
@@ -364,30 +416,22 @@ class Master:
         except ProcessLookupError:
             pass
 
-    def step_rolling(self) -> None:
-        if self.replacing is not None:
-            old, new = self.replacing
-            fresh = self.workers.get(new)
-            if fresh is None:  # the new one died before serving: try that step again
-                self.replacing = None
-                if old in self.workers:
-                    self.rolling.insert(0, old)
-                return
-            if not fresh.ready:
-                return
-            self.stop_worker(old)
-            self.replacing = None
-        while self.rolling and self.replacing is None:
-            pid = self.rolling.pop(0)
-            w = self.workers.get(pid)
-            if w is None or w.leaving or w.stop_by is not None:
-                continue
-            w.leaving = True  # from now on it only finishes its own connections
-            self.replacing = (pid, self.spawn(w.index))
+    def step_old(self, now: float) -> None:
+        """After a re-exec: once the new workers all serve, the old ones get TERM (they finish
+        what they hold), and are killed if they outstay SHUTDOWN_GRACE."""
+        if not self.old:
+            if self.restarting:
+                self.restarting = False
+                notify("workers restarted", workers=self._active())
             return
-        if self.restarting and self.replacing is None and not self.rolling:
-            self.restarting = False
-            notify("workers restarted", workers=self._active())
+        serving = sum(1 for w in self.workers.values() if w.ready and not w.leaving and w.stop_by is None)
+        grace = float(self.config.SHUTDOWN_GRACE) + 2
+        for pid, deadline in list(self.old.items()):
+            if deadline is None and serving >= self.target:
+                _term(pid)
+                self.old[pid] = now + grace
+            elif deadline is not None and now > deadline:
+                self._kill(pid)
 
     def reap(self) -> None:
         while True:
@@ -406,9 +450,15 @@ class Master:
                 continue
             w = self.workers.pop(pid, None)
             if w is None:
-                if self.redis is not None and self.redis.proc is not None and pid == self.redis.pid:
-                    self.redis.proc.returncode = code
-                continue  # check_redis restarts it
+                if self.redis is not None and pid == self.redis.pid:
+                    self.redis.exited(code)
+                elif pid in self.old:  # a worker of the code before a re-exec, done
+                    self.old.pop(pid)
+                elif pid == self.old_tasks:
+                    self.old_tasks = None
+                    if not self.stopping:
+                        self.spawn_tasks()  # only now: two tasks processes would share the queues' doing lists
+                continue  # check_redis restarts Redis
             w.chan.close()
             if self.stopping or w.stop_by is not None:
                 continue  # stopped on purpose
@@ -432,14 +482,20 @@ class Master:
                 notify.exception("redis check failed", error)
 
     def check_redis(self) -> None:
-        if self.redis is not None and not self.redis.alive():
-            code = self.redis.proc.returncode if self.redis.proc else None
-            notify("redis exit", code=code)
+        """On the keeper thread. A dead embedded Redis is started again by the main loop (a
+        child's death-with-parent signal follows the thread that started it, and this thread
+        ends at a re-exec); this thread waits for it to answer."""
+        if self.redis is not None and self.respawned_redis:
+            self.respawned_redis = False
             try:
-                self.redis.start()
+                self.redis.wait_ready()
                 notify("redis restarted")
-            except Exception as error:  # noqa: BLE001 - try again next second
+            except Exception as error:  # noqa: BLE001 - the next second tries again
                 notify("redis restart failed", error=str(error))
+            return
+        if self.redis is not None and not self.redis.alive() and not self.respawn_redis:
+            notify("redis exit", code=self.redis.returncode)
+            self.respawn_redis = True
             return
         try:
             up = bool(notify._sync.ping())
@@ -456,10 +512,11 @@ class Master:
         if self.sock is not None:
             self.sock.close()  # no new connection from here on
             self.sock = None
-        children = list(self.workers)
-        if self.tasks_pid is not None:
-            children.append(self.tasks_pid)
-            self.tasks_pid = None
+        children = [*self.workers, *self.old]
+        for pid in (self.tasks_pid, self.old_tasks):
+            if pid is not None:
+                children.append(pid)
+        self.tasks_pid = self.old_tasks = None
         for pid in children:
             try:
                 os.kill(pid, signal.SIGTERM)
@@ -492,6 +549,22 @@ class Master:
         if self.redis is not None:
             self.redis.stop()
         notify.close_forwarder()
+
+
+def _term(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+
+
+def _argv() -> list[str]:
+    """How to start this master again: the console script as it was started (a `current` link
+    in its path is followed anew, so a new release is what starts), else `python -m lorebase`."""
+    script = sys.argv[0]
+    if os.path.basename(script) == "lorebase" and os.access(script, os.X_OK):
+        return [script, *sys.argv[1:]]
+    return [sys.executable, "-m", "lorebase", *sys.argv[1:]]
 
 
 def serve(config: Any) -> int:

@@ -29,6 +29,8 @@ class EmbeddedRedis:
         self.socket: Path = config.redis_socket
         self.proc: subprocess.Popen[bytes] | None = None
         self.binary = shutil.which("redis-server")
+        self.adopted: int | None = None  # the pid of a Redis this process did not start (a re-exec)
+        self.adopted_exit: int | None = None  # its exit code, once the master reaped it
 
     @property
     def url(self) -> str:
@@ -69,6 +71,14 @@ class EmbeddedRedis:
             return False
 
     def start(self, wait: float = 15.0) -> None:
+        """Start it and wait until it answers (or raise EmbeddedRedisError)."""
+        self.spawn()
+        self.wait_ready(wait)
+
+    def spawn(self) -> None:
+        """Start redis-server, without waiting for it. Call it from the process's main thread:
+        its death-with-parent signal follows the thread that started it."""
+        self.adopted = None
         if self.running_elsewhere():
             raise EmbeddedRedisError(f"a Redis already serves {self.socket}: is another lorebase "
                                      f"running with this DATA_DIR?")
@@ -84,6 +94,10 @@ class EmbeddedRedis:
             self.socket.unlink()
         self.proc = subprocess.Popen([self.binary, str(conf)], stdin=subprocess.DEVNULL,
                                      start_new_session=True, preexec_fn=die_with_parent)
+
+    def wait_ready(self, wait: float = 15.0) -> None:
+        """Until it answers PING (loading its AOF can take a while), or raise."""
+        assert self.proc is not None
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -99,15 +113,35 @@ class EmbeddedRedis:
             time.sleep(0.05)
         raise EmbeddedRedisError(f"redis-server did not answer within {wait}s; see {self.dir / 'redis.log'}")
 
+    def adopt(self, pid: int) -> None:
+        """Take over the Redis the master started before it re-executed itself (still its child)."""
+        self.adopted, self.adopted_exit = pid, None
+
+    def exited(self, code: int) -> None:
+        """The master reaped it (waitpid(-1) takes every child's exit)."""
+        if self.proc is not None:
+            self.proc.returncode = code
+        elif self.adopted is not None:
+            self.adopted_exit = code
+
     def alive(self) -> bool:
+        if self.proc is None and self.adopted is not None:
+            return self.adopted_exit is None
         return self.proc is not None and self.proc.poll() is None
 
     @property
+    def returncode(self) -> int | None:
+        return self.proc.returncode if self.proc is not None else self.adopted_exit
+
+    @property
     def pid(self) -> int | None:
-        return self.proc.pid if self.proc else None
+        return self.proc.pid if self.proc else self.adopted
 
     def stop(self, timeout: float = 30.0) -> None:
         """SIGTERM: Redis flushes the AOF, writes the RDB and exits."""
+        if self.proc is None and self.adopted is not None:
+            self._stop_adopted(self.adopted, timeout)
+            return
         if self.proc is None or self.proc.poll() is not None:
             return
         self.proc.send_signal(signal.SIGTERM)
@@ -116,3 +150,22 @@ class EmbeddedRedis:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+    def _stop_adopted(self, pid: int, timeout: float) -> None:
+        if self.adopted_exit is not None:
+            return
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                done, status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if done:
+                self.adopted_exit = os.waitstatus_to_exitcode(status)
+                return
+            time.sleep(0.05)
+        os.kill(pid, signal.SIGKILL)

@@ -81,8 +81,9 @@ class RedisServer:
 class Lorebase:
     """`lorebase serve` as a child process, with LOREBASE_* overrides."""
 
-    def __init__(self, data_dir: Path, env: str = "dev", **overrides: Any):
+    def __init__(self, data_dir: Path, env: str = "dev", root: Path = ROOT, **overrides: Any):
         self.data_dir = data_dir
+        self.root = root  # the source tree `python -m lorebase` runs from
         self.port = free_port()
         self.env_name = env
         self.overrides = {"PORT": str(self.port), "DATA_DIR": str(data_dir), "WORKERS": "2",
@@ -109,7 +110,7 @@ class Lorebase:
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([*self.wrapper, sys.executable, "-m", "lorebase", "serve", self.env_name],
                                      env=self.environ(), stdout=log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, cwd=ROOT)
+                                     stdin=subprocess.DEVNULL, cwd=self.root)
         log.close()
         if wait:
             self.wait_ready()
