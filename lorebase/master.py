@@ -28,6 +28,7 @@ import select
 import signal
 import socket
 import struct
+import subprocess
 import sys
 import threading
 import time
@@ -281,25 +282,38 @@ class Master:
 
     def reexec(self) -> None:
         assert self.sock is not None
+        argv = _argv()
+        # the code on disk must at least build its app before this master becomes it: a release
+        # that cannot (an import error, a bad setting) is refused and the old code goes on serving
+        trial = subprocess.run([*argv[:argv.index("serve")], "openapi", self.config.ENV], stdin=subprocess.DEVNULL,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=60, check=False)
+        if trial.returncode != 0:
+            notify("reexec failed", argv=argv,
+                   error=trial.stderr.decode(errors="replace").strip()[-600:] or f"exit {trial.returncode}")
+            return
         state = {"sock": self.sock.fileno(), "workers": [*self.workers, *self.old],
                  "tasks": self.tasks_pid or self.old_tasks,
                  "redis": self.redis.pid if self.redis is not None and self.redis.alive() else None}
         self.keeper_stop.set()
         if self.keeper is not None:
-            self.keeper.join(20)  # a restart of the embedded Redis in progress ends first
+            self.keeper.join(20)  # a wait for the embedded Redis in progress ends first
         notify.detach_sync()
         notify.close_forwarder()
         self.sock.set_inheritable(True)
-        argv = _argv()
         try:
             os.execve(argv[0], argv, {**os.environ, REEXEC: json.dumps(state)})  # noqa: S606 - ourselves
         except OSError as error:  # the code on disk cannot start: keep running the old one
             self.sock.set_inheritable(False)
-            notify.attach_sync(db.connect_sync(self.config, 0.5, retry=False))
-            notify("reexec failed", error=str(error), argv=argv)
-            self.keeper_stop = threading.Event()
-            self.keeper = threading.Thread(target=self.keep_redis, name="lorebase-redis-keeper", daemon=True)
-            self.keeper.start()
+            self._resume(argv, str(error))
+
+    def _resume(self, argv: list[str], error: str) -> None:
+        """An exec that failed: this master goes on as it was (its forwarder to LOG_URL, if
+        any, stays closed)."""
+        notify.attach_sync(db.connect_sync(self.config, 0.5, retry=False))
+        notify("reexec failed", error=error, argv=argv)
+        self.keeper_stop = threading.Event()
+        self.keeper = threading.Thread(target=self.keep_redis, name="lorebase-redis-keeper", daemon=True)
+        self.keeper.start()
 
     def handle_ttin(self) -> None:
         self.target += 1

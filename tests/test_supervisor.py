@@ -274,3 +274,23 @@ def test_sighup_loads_the_code_on_disk_with_no_request_failed(tmp_path: Path, ma
         assert not old & wait_workers(instance, 2)
     finally:
         assert instance.stop() == 0
+
+
+def test_sighup_refuses_code_that_cannot_start_and_the_old_code_serves_on(tmp_path: Path, mail):
+    """A release whose app cannot even be built (an import error): SIGHUP is refused with
+    `reexec failed`, and the same master and workers go on serving the old code."""
+    tree = tmp_path / "tree"
+    shutil.copytree(ROOT / "lorebase", tree / "lorebase", ignore=shutil.ignore_patterns("__pycache__"))
+    instance = Lorebase(tmp_path / "data", root=tree, TRUSTED_PROXIES="127.0.0.1", MAIL_URL=mail.url)
+    instance.start()
+    try:
+        workers = wait_workers(instance, 2)
+        app = tree / "lorebase" / "app.py"
+        app.write_text(app.read_text() + "\nraise RuntimeError('a release that cannot start')\n")
+        os.kill(instance.proc.pid, signal.SIGHUP)
+        line = wait_event(instance, "reexec failed", timeout=60)
+        assert "a release that cannot start" in line["error"]
+        assert httpx.get(instance.url + "/health", timeout=10).status_code == 200
+        assert worker_pids(instance) == workers  # nothing was replaced
+    finally:
+        assert instance.stop() == 0
