@@ -29,12 +29,11 @@ from typing import Any, TextIO
 
 import msgspec
 
-from . import mail
 from .apps.notes import _SWAP, NO_FILES, notebook_key, notes_key
 from .files import check as files_check
 from .files import keys as fkeys
 from .identity import keys, tokens
-from .tasks.queue import names
+from .tasks.queue import durable
 
 DESTROY_GRACE = 15 * 60  # seconds: a younger `destroying` mark may be a destroy still running
 NOTIFY_MAX = 20  # `check problem` events a scheduled run sends at most
@@ -231,12 +230,6 @@ def shown_session(sid: str) -> str:
     """A session key as printed and notified: the id is a bearer secret, so only its start."""
     name, _, rest = sid.partition(":")
     return keys.session(f"{name}:{rest[:6]}…")
-
-
-def queues() -> dict[str, dict[str, str]]:
-    """The durable queues' keys (queue, doing, retry, dead), from their owners."""
-    return {"mail": {"queue": mail.QUEUE, "doing": mail.SENDING, "retry": mail.RETRY, "dead": mail.DEAD},
-            "s3": names(fkeys.S3_QUEUE)}
 
 
 class Check:
@@ -462,7 +455,7 @@ class Check:
     def jobs(self) -> dict[str, int]:
         dead: dict[str, int] = {}
         total = 0
-        for queue in queues().values():
+        for queue in durable().values():
             for part in ("queue", "doing", "retry"):
                 key = queue[part]
                 kind = "zset" if part == "retry" else "list"

@@ -27,7 +27,6 @@ import os
 import select
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import threading
@@ -40,13 +39,12 @@ import redis
 from . import __version__, db, procs, tasks, worker
 from .notify import notify
 from .redisserver import EmbeddedRedis
+from .worker import MESSAGE, PING
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, signal.SIGTTIN, signal.SIGTTOU)
-PING = 0.5  # seconds between a worker's pings
 START_TIMEOUT = 60.0  # seconds a new worker may take to start serving
 UNACKED_FOR = 0.5  # a worker that has not taken a handed connection for this long gets no more
 REEXEC = "LOREBASE_REEXEC"  # what a master hands the one it re-executes into (JSON)
-MESSAGE = struct.Struct("!cI")  # worker → master: b"P" + open connections, or b"A" + connections taken
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -263,13 +261,12 @@ class Master:
             if handler is not None:
                 handler()
 
-    def handle_term(self) -> None:
-        notify("stopping", signal="SIGTERM")
+    def handle_term(self, name: str = "SIGTERM") -> None:
+        notify("stopping", signal=name)
         self.stopping = True
 
     def handle_int(self) -> None:
-        notify("stopping", signal="SIGINT")
-        self.stopping = True
+        self.handle_term("SIGINT")
 
     def handle_hup(self) -> None:
         """Load the code on disk without dropping a request: the master re-executes itself

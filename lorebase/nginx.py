@@ -17,15 +17,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from .http import SECURITY_HEADERS
+from .routes.files import MULTIPART_OVERHEAD
 from .routes.web import WEB
 
-MULTIPART_OVERHEAD = 64 * 1024  # as lorebase's own limit on an upload's whole body (routes/files.py)
-# lorebase's headers for its files (http.PAGE_SECURITY_HEADERS; the page itself stays lorebase's)
-STATIC_HEADERS = [
-    ("X-Content-Type-Options", "nosniff"),
-    ("Referrer-Policy", "same-origin"),
-    ("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'; sandbox"),
-]
+# the headers lorebase itself sends with the web client's script and style (the page stays lorebase's)
+STATIC_HEADERS = [(name.decode(), value.decode()) for name, value in SECURITY_HEADERS]
 HSTS = "max-age=63072000; includeSubDomains"
 
 

@@ -289,12 +289,10 @@ async def record_stocks(db: Client, queues: Iterable[dict[str, str]], keep: int)
 
 def queues(config: Any) -> list[dict[str, str]]:
     """The durable queues whose lengths are levels: the outbox, and the S3 mirror when on."""
-    from . import mail
-    from .files.keys import S3_QUEUE
-    from .tasks.queue import names
+    from .tasks.queue import durable
 
-    outbox = {"queue": mail.QUEUE, "doing": mail.SENDING, "retry": mail.RETRY, "dead": mail.DEAD}
-    return [outbox, names(S3_QUEUE)] if config.S3_BUCKET else [outbox]
+    found = durable()
+    return [found["mail"], found["s3"]] if config.S3_BUCKET else [found["mail"]]
 
 
 def stock_commands(queues: Iterable[dict[str, str]]) -> tuple[list[str], list[tuple[Any, ...]]]:

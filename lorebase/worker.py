@@ -20,8 +20,8 @@ from .app import create_app
 from .notify import notify
 from .protocol import protocol_class
 
-PING = 0.5  # seconds between two pings (master.PING)
-MESSAGE = struct.Struct("!cI")  # b"P" + open connections, b"A" + connections taken
+PING = 0.5  # seconds between two pings of a worker to its master
+MESSAGE = struct.Struct("!cI")  # worker → master: b"P" + open connections, or b"A" + connections taken
 
 
 class Handoff:

@@ -53,6 +53,16 @@ def names(queue: str) -> dict[str, str]:
     return {"queue": queue, "doing": f"{name}:doing", "retry": f"{name}:retry", "dead": f"{name}:dead"}
 
 
+def durable() -> dict[str, dict[str, str]]:
+    """Every durable queue's keys, by name: the mail outbox (its doing list is `mail:sending`)
+    and the S3 mirror."""
+    from .. import mail
+    from ..files.keys import S3_QUEUE
+
+    return {"mail": {"queue": mail.QUEUE, "doing": mail.SENDING, "retry": mail.RETRY, "dead": mail.DEAD},
+            "s3": names(S3_QUEUE)}
+
+
 class Outage:
     """Pause after a Redis error, longer each time (PAUSE_MIN doubling to PAUSE_MAX); notified
     once when it starts and once when Redis answers again."""
