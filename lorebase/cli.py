@@ -28,7 +28,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    print(json.dumps(_load(args.env).public(), indent=2, sort_keys=True))
+    if args.get is None:
+        print(json.dumps(_load(args.env).public(), indent=2, sort_keys=True))
+        return 0
+    # one setting, unmasked and unchecked, for scripts (deploy.sh reads DEPLOY_HOST this way)
+    if args.get not in configmod.DEFAULTS:
+        print(f"lorebase config: no key {args.get}", file=sys.stderr)
+        return 2
+    try:
+        value = getattr(configmod.load(args.env, check=False), args.get)
+    except configmod.ConfigError as error:
+        print(f"lorebase: config: {error}", file=sys.stderr)
+        return 2
+    print(",".join(map(str, value)) if isinstance(value, list) else value)
     return 0
 
 
@@ -228,6 +240,8 @@ def parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("config", help="print the effective settings of an environment, secrets masked")
     env_arg(sp)
+    sp.add_argument("--get", metavar="KEY", help="print only this key's value, as it is (lists comma-separated); "
+                                                   "prod's checks are not run")
     sp.set_defaults(func=cmd_config)
 
     files = sub.add_parser("files", help="the file store: `files check [--repair]`")

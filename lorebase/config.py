@@ -86,6 +86,10 @@ DEFAULTS: dict[str, Any] = {
     # nginx in front (`lorebase nginx`)
     "NGINX_AUTH_RATE": 10,  # requests per second per client address to /auth/ that nginx lets through,
     "NGINX_AUTH_BURST": 20,  # and how many beyond that rate it lets through at once (then 429)
+    # deploy/deploy.sh (read on the deploying machine, which needs none of the box's secrets)
+    "DEPLOY_HOST": "",  # [user@]host that deploy/deploy.sh ENV copies the release to (empty: refused)
+    "DEPLOY_SSH_PORT": 22,
+    "DEPLOY_KEEP": 5,  # newest releases kept on the box (the one serving and the one before it always are)
     # files
     "FILE_LIMIT": 100 * 1024 * 1024,  # bytes of one upload
     "QUOTA": 1024 * 1024 * 1024,  # bytes of files per user
@@ -199,8 +203,10 @@ def _read_secret_file(path: Path) -> dict[str, Any]:
     return {k: v for k, v in namespace.items() if k.isupper()}
 
 
-def load(env: str = "dev", environ: dict[str, str] | None = None) -> Config:
-    """Build the settings of `env`: defaults, per-env values, secret.py, then LOREBASE_*."""
+def load(env: str = "dev", environ: dict[str, str] | None = None, check: bool = True) -> Config:
+    """Build the settings of `env`: defaults, per-env values, secret.py, then LOREBASE_*.
+    check=False: no refusal of missing prod secrets (for reading a setting such as
+    DEPLOY_HOST on a machine that does not hold them); nothing is generated either."""
     if env not in ENVIRONMENTS:
         raise ConfigError(f"unknown environment {env!r}: use one of {', '.join(ENVIRONMENTS)}")
     environ = dict(os.environ if environ is None else environ)
@@ -221,6 +227,8 @@ def load(env: str = "dev", environ: dict[str, str] | None = None) -> Config:
     values["BASE_URL"] = str(values["BASE_URL"]).rstrip("/")
     if values["WORKERS"] <= 0:
         values["WORKERS"] = os.cpu_count() or 1
+    if not check:
+        return Config(env, values)
     _check(env, values)
     if not values["COOKIE_SECRET"]:
         values["COOKIE_SECRET"] = _dev_secret(Path(values["DATA_DIR"]))

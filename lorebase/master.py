@@ -32,6 +32,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -45,6 +46,11 @@ SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, signal.
 START_TIMEOUT = 60.0  # seconds a new worker may take to start serving
 UNACKED_FOR = 0.5  # a worker that has not taken a handed connection for this long gets no more
 REEXEC = "LOREBASE_REEXEC"  # what a master hands the one it re-executes into (JSON)
+CODE = Path(__file__).resolve().parent  # the package this master runs (under a release's directory)
+
+
+def state_path(config: Any) -> Path:
+    return Path(config.DATA_DIR) / "master.json"
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -98,6 +104,7 @@ class Master:
         self.handed = 0
         self.keeper_stop = threading.Event()
         self.keeper: threading.Thread | None = None
+        self.announced = False  # STATE written: every worker serving is of this master's code
         self.respawn_redis = False  # the keeper found the embedded Redis dead: the loop starts it
         self.respawned_redis = False  # the loop started it: the keeper waits for it to answer
 
@@ -233,6 +240,10 @@ class Master:
             self.tasks_due = None
             self.spawn_tasks()
         self.step_old(now)
+        if not self.announced and not self.old and not self.stopping and \
+                sum(1 for w in self.workers.values() if w.ready) >= self.target:
+            self.announced = True
+            self.write_state()
         for w in list(self.workers.values()):
             if w.stop_by is not None and now > w.stop_by:
                 self._kill(w.pid)  # did not finish within SHUTDOWN_GRACE
@@ -241,6 +252,21 @@ class Master:
                 notify("worker hung", worker=w.index, worker_pid=w.pid, ready=w.ready,
                        silent_s=round(now - (w.last_ping if w.ready else w.started), 1))
                 self._kill(w.pid)
+
+    def write_state(self) -> None:
+        """DATA_DIR/master.json, once every worker serving runs this master's code (at start, and
+        after a re-exec once the old workers are gone): what deploy.sh reads to know which release
+        serves. Written whole (a rename); removed at a clean stop."""
+        path = state_path(self.config)
+        state = {"pid": os.getpid(), "version": __version__, "code": str(CODE), "env": self.config.ENV,
+                 "serving_since": round(time.time(), 3), "workers": self._active()}
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}")
+            tmp.write_text(json.dumps(state) + "\n")
+            os.replace(tmp, path)
+        except OSError as error:
+            notify("state not written", path=str(path), error=str(error))
 
     def _silent(self, w: Worker, now: float) -> bool:
         """A serving worker that stopped pinging, or a new one that never started serving."""
@@ -520,6 +546,10 @@ class Master:
 
     def shutdown(self) -> None:
         self.keeper_stop.set()
+        try:
+            state_path(self.config).unlink()
+        except FileNotFoundError:
+            pass
         if self.sock is not None:
             self.sock.close()  # no new connection from here on
             self.sock = None
