@@ -8,26 +8,28 @@
 #   box.sh activate RELEASE ENV        switch `current`, reload, check; on failure roll back
 #   box.sh prune KEEP                  keep the newest KEEP releases (and current, previous)
 #
-# LOREBASE_BOX_ROOT (default empty: the box itself) puts every path this script writes under
-# a directory: a box inside a box, for the tests and for containers. There the system's
-# services are not ours: nothing is reloaded but lorebase itself, which runs without systemd
-# (see `service_*` below; that is also how it runs on a box without systemd).
+# With systemd (a VM or a server) the services are systemd's; without it (a container) they are
+# the packages' init scripts (`service`), and lorebase runs from a pid file (service_* below).
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 umask 022
 
-R="${LOREBASE_BOX_ROOT:-}"
-R="${R%/}"
-ETC="$R/etc/lorebase"        # secret.py (COOKIE_SECRET, REDIS_URL, MAIL_URL...), env, box, tls/
-APP="$R/opt/lorebase"        # releases/<UTC time>-<commit>/, current -> one of them, previous
-DATA="$R/var/lib/lorebase"   # DATA_DIR: the only place lorebase writes
-LOGS="$R/var/log/lorebase"   # lorebase's output when it runs without systemd (else the journal)
+ETC=/etc/lorebase          # secret.py (COOKIE_SECRET, REDIS_URL, MAIL_URL...), env, box, pip.conf, tls/
+APP=/opt/lorebase          # releases/<UTC time>-<commit>/, current -> one of them, previous
+DATA=/var/lib/lorebase     # DATA_DIR: the only place lorebase writes
+LOGS=/var/log/lorebase     # lorebase's output when it runs without systemd (else the journal)
 PYTHON=/usr/bin/python3  # the distribution's (provision installs it), whatever else is on PATH
 PACKAGES=(redis-server nginx certbot fail2ban python3-systemd python3 python3-venv curl openssl logrotate)
 
 say() { printf '%s\n' "$*"; }
 die() { printf 'box: %s\n' "$*" >&2; exit 1; }
-with_systemd() { [ -z "$R" ] && [ -d /run/systemd/system ]; }
+with_systemd() { [ -d /run/systemd/system ]; }
+svc() {  # ACTION NAME: systemctl's, or the init script's (a box without systemd)
+  if with_systemd; then systemctl "$1" "$2"; else service "$2" "$1" >/dev/null; fi
+}
+svc_running() {
+  if with_systemd; then systemctl -q is-active "$1"; else service "$1" status >/dev/null 2>&1; fi
+}
 
 # ---- provision ---------------------------------------------------------------------------
 
@@ -52,19 +54,13 @@ put_file() {
   did "$path"
 }
 
-# ids USER:GROUP -> UID:GID, read from the box's own passwd and group files
+# ids USER:GROUP -> UID:GID
 ids() {
   local user=${1%%:*} group=${1#*:} uid gid
-  uid=$(awk -F: -v n="$user" '$1 == n { print $3 }' "$R/etc/passwd")
-  gid=$(awk -F: -v n="$group" '$1 == n { print $3 }' "$R/etc/group")
-  if [ -z "$uid" ] || [ -z "$gid" ]; then die "no user $user or group $group in $R/etc/passwd"; fi
+  uid=$(id -u "$user") || die "no user $user"
+  gid=$(getent group "$group" | cut -d: -f3)
+  [ -n "$gid" ] || die "no group $group"
   printf '%s:%s' "$uid" "$gid"
-}
-
-# the supplementary groups of USER, as GIDs (for setpriv)
-groups_of() {
-  awk -F: -v n="$1" '{ split($4, m, ","); for (i in m) if (m[i] == n) { printf "%s%s", sep, $3; sep = "," } }' \
-    "$R/etc/group"
 }
 
 ensure_dir() {  # PATH MODE OWNER:GROUP
@@ -105,26 +101,17 @@ provision_packages() {
 }
 
 provision_user() {
-  local prefix=()
-  if [ -n "$R" ]; then
-    prefix=(--prefix "$R")
-    local f
-    for f in passwd group shadow gshadow; do  # the box's base files, as a fresh system has them
-      [ -f "$R/etc/$f" ] || { mkdir -p "$R/etc"; cp -p "/etc/$f" "$R/etc/$f"; }
-    done
-  fi
-  if awk -F: '$1 == "lorebase" { found = 1 } END { exit !found }' "$R/etc/passwd"; then
+  if id lorebase >/dev/null 2>&1; then
     ok "user lorebase"
   else
-    useradd "${prefix[@]}" --system --user-group --home-dir /var/lib/lorebase --no-create-home \
-      --shell /usr/sbin/nologin --comment "lorebase server" lorebase
+    useradd --system --user-group --home-dir "$DATA" --no-create-home --shell /usr/sbin/nologin \
+      --comment "lorebase server" lorebase
     did "user lorebase (system, no login)"
   fi
-  # the Redis socket is the redis group's (unixsocketperm 770)
-  if [[ ",$(awk -F: '$1 == "redis" { print $4 }' "$R/etc/group")," = *",lorebase,"* ]]; then
+  if id -nG lorebase | tr ' ' '\n' | grep -qx redis; then  # the Redis socket is the redis group's
     ok "lorebase in group redis"
   else
-    usermod "${prefix[@]}" -a -G redis lorebase
+    usermod -a -G redis lorebase
     did "lorebase in group redis"
   fi
 }
@@ -137,9 +124,7 @@ secret_value() {  # KEY: its string value in secret.py, or nothing
 random_token() { openssl rand -hex 32; }
 
 provision_secrets() {
-  local cookie redis_url mail_url socket password
-  socket=/run/redis/redis-server.sock
-  [ -z "$R" ] || socket="$R/run/redis/redis-server.sock"
+  local cookie redis_url mail_url password socket=/run/redis/redis-server.sock
   cookie=$(secret_value COOKIE_SECRET)
   [ -n "$cookie" ] || cookie=$(random_token)
   redis_url=$(secret_value REDIS_URL)
@@ -160,60 +145,46 @@ provision_secrets() {
   password=${password%%@*}
   REDIS_PASSWORD_SHA=$(printf '%s' "$password" | sha256sum | cut -d' ' -f1)
   if [ ! -f "$ETC/env" ]; then
-    {
-      printf '# LOREBASE_<KEY>=value lines for lorebase prod (systemd EnvironmentFile); yours to edit\n'
-      [ -z "$R" ] || printf 'LOREBASE_DATA_DIR=%s\n' "$DATA"
-    } | put_file "$ETC/env" 640 root:lorebase || true
+    printf '# LOREBASE_<KEY>=value lines for lorebase prod (systemd EnvironmentFile); yours to edit\n' |
+      put_file "$ETC/env" 640 root:lorebase || true
   else
     ok "$ETC/env (yours: not rewritten)"
   fi
 }
 
 provision_redis() {
-  local conf="$R/etc/redis/redis.conf" redis_changed=0 run="" lib=/var/lib/redis log=/var/log/redis
-  [ -f "$conf" ] || { [ -n "$R" ] && mkdir -p "$R/etc/redis" && cp -p /etc/redis/redis.conf "$conf"; } ||
-    die "$conf is missing: is redis-server installed?"
-  if [ -n "$R" ]; then
-    run="$R/run/redis" lib="$R/var/lib/redis" log="$R/var/log/redis"
-    mkdir -p "$run" "$lib" "$log"
-    chown redis:redis "$run" "$lib" "$log"
-  fi
+  local conf=/etc/redis/redis.conf redis_changed=0
+  [ -f "$conf" ] || die "$conf is missing: is redis-server installed?"
   {
     printf '# lorebase settings for Debian'"'"'s redis-server (deploy/box.sh provision; rewritten by it)\n'
     printf 'port 0\n'                                   # no TCP at all: the unix socket only
-    printf 'unixsocket %s\n' "${run:-/run/redis}/redis-server.sock"
+    printf 'unixsocket /run/redis/redis-server.sock\n'
     printf 'unixsocketperm 770\n'                       # the redis group, which lorebase is in
     printf 'protected-mode yes\n'
     printf 'appendonly yes\nappendfsync everysec\n'     # AOF (at most a second lost) and RDB
     printf 'save 3600 1 300 100 60 10000\n'
     printf 'maxmemory-policy noeviction\n'              # a full Redis refuses writes; it never drops keys
-    printf 'aclfile %s\n' "$R/etc/redis/users.acl"
-    if [ -n "$R" ]; then  # a box inside a box: its own paths; run in the foreground by its supervisor
-      printf 'dir %s\npidfile %s\nlogfile %s\ndaemonize no\n' "$lib" "$run/redis-server.pid" \
-        "$log/redis-server.log"
-    fi
-  } | put_file "$R/etc/redis/lorebase.conf" 640 redis:redis && redis_changed=1
+    printf 'aclfile /etc/redis/users.acl\n'
+  } | put_file /etc/redis/lorebase.conf 640 redis:redis && redis_changed=1
   # lorebase's user: every command but the dangerous ones (CONFIG, DEBUG, KEYS, SHUTDOWN, MONITOR,
-  # REPLICAOF, MIGRATE, ACL, MODULE, SAVE...), except INFO (beat), RESTORE and FLUSHALL (restore)
+  # REPLICAOF, MIGRATE, ACL, MODULE, SAVE...), except INFO (beat), SYNC and REPLCONF (a backup is
+  # `redis-cli --rdb`), RESTORE and FLUSHALL (restore)
   {
     printf 'user default off\n'
-    printf 'user lorebase on #%s ~* &* +@all -@dangerous +info +restore +flushall\n' "$REDIS_PASSWORD_SHA"
-  } | put_file "$R/etc/redis/users.acl" 640 redis:redis && redis_changed=1
-  if grep -qx "include $R/etc/redis/lorebase.conf" "$conf"; then
+    printf 'user lorebase on #%s ~* &* +@all -@dangerous +info +sync +replconf +restore +flushall\n' \
+      "$REDIS_PASSWORD_SHA"
+  } | put_file /etc/redis/users.acl 640 redis:redis && redis_changed=1
+  if grep -qx "include /etc/redis/lorebase.conf" "$conf"; then
     ok "$conf includes lorebase.conf"
   else
     printf '\n# lorebase (deploy/box.sh provision): its settings win over the ones above\ninclude %s\n' \
-      "$R/etc/redis/lorebase.conf" >>"$conf"
+      /etc/redis/lorebase.conf >>"$conf"
     did "$conf includes lorebase.conf"; redis_changed=1
   fi
-  if with_systemd; then
-    systemctl enable -q redis-server
-    if [ "$redis_changed" = 1 ] || ! systemctl -q is-active redis-server; then
-      systemctl restart redis-server
-      did "redis-server restarted"
-    fi
-  elif [ "$redis_changed" = 1 ]; then
-    say "  note     no systemd here: start (or restart) redis-server $conf yourself"
+  if with_systemd; then systemctl enable -q redis-server; fi
+  if [ "$redis_changed" = 1 ] || ! svc_running redis-server; then
+    svc restart redis-server
+    did "redis-server restarted"
   fi
 }
 
@@ -230,7 +201,7 @@ provision_tls() {
     chmod 644 "$ETC/tls/cert.pem"
     did "$ETC/tls/ (a self-signed certificate for $name)"
   fi
-  ensure_dir "$R/var/www/letsencrypt" 755 root:root
+  ensure_dir /var/www/letsencrypt 755 root:root
   local domain=${opt_domain:-$(box_value DOMAIN)}
   printf '# the box (deploy/box.sh provision --domain)\nDOMAIN=%s\n' "${domain:-$name}" |
     put_file "$ETC/box" 644 root:root || true
@@ -239,23 +210,44 @@ provision_tls() {
 box_value() { [ -f "$ETC/box" ] && sed -n "s/^$1=//p" "$ETC/box" | tail -n 1; }
 
 provision_services() {
-  sed -e "s#/opt/lorebase#$APP#g" -e "s#/etc/lorebase#$ETC#g" -e "s#/var/lib/lorebase#$DATA#g" \
-    "$here/lorebase.service" | put_file "$R/etc/systemd/system/lorebase.service" 644 root:root &&
+  local sshd_jail='[sshd]\nenabled = true\nbackend = systemd\n'
+  with_systemd || sshd_jail='[sshd]\n# no systemd journal here (and no auth.log): off\nenabled = false\n'
+  put_file /etc/systemd/system/lorebase.service 644 root:root <"$here/lorebase.service" &&
     { ! with_systemd || { systemctl daemon-reload && systemctl enable -q lorebase; }; }
   {
     printf '# lorebase'"'"'s output when it runs without systemd (deploy/box.sh provision)\n'
     printf '%s/*.log {\n  weekly\n  rotate 8\n  compress\n  delaycompress\n  missingok\n' "$LOGS"
     printf '  notifempty\n  copytruncate\n}\n'
-  } | put_file "$R/etc/logrotate.d/lorebase" 644 root:root || true
+  } | put_file /etc/logrotate.d/lorebase 644 root:root || true
+  local jail_changed=0
   {
-    printf '# deploy/box.sh provision: ssh from the journal (Debian 12 has no auth.log), and the\n'
-    printf '# addresses nginx keeps answering 429 on /auth/ (limit_req) banned for an hour\n'
-    printf '[sshd]\nenabled = true\nbackend = systemd\n\n'
+    printf '# deploy/box.sh provision: ssh logins (from the journal: Debian 12 has no auth.log), and\n'
+    printf '# the addresses nginx keeps answering 429 on /auth/ (limit_req), banned for an hour\n'
+    printf '%b\n' "$sshd_jail"
     printf '[nginx-limit-req]\nenabled = true\nport = http,https\nlogpath = /var/log/nginx/error.log\n'
     printf 'maxretry = 20\nfindtime = 600\nbantime = 3600\n'
-  } | put_file "$R/etc/fail2ban/jail.d/lorebase.conf" 644 root:root &&
-    { ! with_systemd || systemctl restart fail2ban; }
-  if with_systemd; then systemctl enable -q --now fail2ban nginx; fi
+  } | put_file /etc/fail2ban/jail.d/lorebase.conf 644 root:root && jail_changed=1
+  if with_systemd; then systemctl enable -q fail2ban; fi
+  if [ "$jail_changed" = 1 ] || ! svc_running fail2ban; then
+    svc restart fail2ban
+    did "fail2ban restarted"
+  fi
+}
+
+provision_command() {  # /usr/local/bin/lorebase: the command as lorebase prod runs it, for the operator
+  cat <<EOF | put_file /usr/local/bin/lorebase 755 root:root || true
+#!/bin/sh
+# lorebase on this box (deploy/box.sh provision): as the lorebase user, with lorebase prod's
+# settings, from the release that serves. With sudo: sudo lorebase backup prod, check prod...
+set -e
+[ "\$(id -u)" = 0 ] || { echo "lorebase: run it with sudo (it reads $ETC, then runs as lorebase)" >&2; exit 2; }
+set -a
+[ ! -f $ETC/env ] || . $ETC/env
+set +a
+export LOREBASE_SECRET_FILE=$ETC/secret.py HOME=$DATA
+cd $DATA
+exec setpriv --reuid=lorebase --regid=lorebase --init-groups $APP/current/.venv/bin/lorebase "\$@"
+EOF
 }
 
 provision() {
@@ -268,7 +260,7 @@ provision() {
       *) die "provision: unknown option $1" ;;
     esac
   done
-  say "provision ${R:-/}"
+  say "provision $(hostname)"
   provision_packages
   provision_user
   ensure_dir "$DATA" 750 lorebase:lorebase
@@ -280,6 +272,7 @@ provision() {
   provision_redis
   provision_tls
   provision_services
+  provision_command
   if [ "$changed" = 0 ]; then
     say "provision: nothing changed"
   else
@@ -299,14 +292,7 @@ lorebase_env() {
   cd "$APP/current" 2>/dev/null || cd /
 }
 
-# exec COMMAND... as the box's lorebase user and groups (ids from the box's own files)
-exec_as_lorebase() {
-  local uid_gid groups
-  uid_gid=$(ids lorebase:lorebase)
-  groups=$(groups_of lorebase)
-  if [ -n "$groups" ]; then set -- --groups="$groups" "$@"; else set -- --clear-groups "$@"; fi
-  exec setpriv --reuid="${uid_gid%:*}" --regid="${uid_gid#*:}" "$@"
-}
+exec_as_lorebase() { exec setpriv --reuid=lorebase --regid=lorebase --init-groups "$@"; }
 
 as_lorebase() { (lorebase_env; exec_as_lorebase "$@"); }
 
@@ -329,6 +315,9 @@ install() {  # RELEASE ENV
   local dir env=$2 domain cert key
   dir=$(release_dir "$1")
   "$PYTHON" -m venv "$dir/.venv"
+  # /etc/lorebase/pip.conf, when there: pip's settings for this box (a mirror, or a wheelhouse
+  # for a box without PyPI: [global] no-index = true, find-links = /path)
+  [ ! -f "$ETC/pip.conf" ] || export PIP_CONFIG_FILE="$ETC/pip.conf"
   "$dir/.venv/bin/pip" install -q --disable-pip-version-check -e "$dir" >"$dir/.pip.log" 2>&1 ||
     { cat "$dir/.pip.log" >&2; die "pip install failed"; }
   # the settings of this release with the box's secrets: refused here, not after the switch
@@ -354,20 +343,16 @@ nginx_test() {  # SITE: `nginx -t` on the site inside a minimal main config
   rm -rf "$tmp"
 }
 
-nginx_site() {  # RELEASE: the box's nginx serves this release's site
+nginx_site() {  # RELEASE: the box's nginx serves this release's site (started if it is not running)
   local dir
   dir=$(release_dir "$1")
-  if [ -n "$R" ]; then
-    mkdir -p "$R/etc/nginx/sites-available"
-    cp "$dir/nginx.conf" "$R/etc/nginx/sites-available/lorebase"
-    return
+  if ! cmp -s "$dir/nginx.conf" /etc/nginx/sites-available/lorebase; then
+    cp "$dir/nginx.conf" /etc/nginx/sites-available/lorebase
   fi
-  if cmp -s "$dir/nginx.conf" /etc/nginx/sites-available/lorebase; then return; fi
-  cp "$dir/nginx.conf" /etc/nginx/sites-available/lorebase
   ln -sfn /etc/nginx/sites-available/lorebase /etc/nginx/sites-enabled/lorebase
   rm -f /etc/nginx/sites-enabled/default
   nginx -q -t
-  if with_systemd; then systemctl reload nginx; else nginx -s reload 2>/dev/null || nginx; fi
+  if svc_running nginx; then svc reload nginx; else svc start nginx; fi
 }
 
 link() {  # NAME TARGET: NAME -> TARGET, switched in one rename
@@ -379,9 +364,9 @@ setting() {  # KEY ENV: the value lorebase ENV has on this box
   as_lorebase "$APP/current/.venv/bin/lorebase" config "$2" --get "$1"
 }
 
-# ---- lorebase the service: systemd's unit, or (no systemd, or a box root) a pid file ----------
+# ---- lorebase the service: systemd's unit, or (no systemd) a pid file ---------------------------
 
-PIDFILE="$R/run/lorebase.pid"
+PIDFILE=/run/lorebase.pid
 
 service_running() {
   if with_systemd; then systemctl -q is-active lorebase; return; fi
@@ -390,7 +375,6 @@ service_running() {
 
 service_start() {  # ENV
   if with_systemd; then systemctl start lorebase; return; fi
-  mkdir -p "$(dirname "$PIDFILE")"
   (lorebase_env; exec_as_lorebase setsid "$APP/current/.venv/bin/lorebase" serve "$1") \
     >>"$LOGS/lorebase.log" 2>&1 </dev/null &
   echo $! >"$PIDFILE"  # the subshell's pid, which exec makes the master's

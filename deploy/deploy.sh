@@ -30,8 +30,7 @@ if [ -z "$host" ]; then
 fi
 read -r -a ssh <<<"${DEPLOY_SSH:-ssh}"
 ssh+=(-p "$port" -o BatchMode=yes "$host")
-box_root=$(printf '%q' "${LOREBASE_BOX_ROOT:-}")
-releases="${LOREBASE_BOX_ROOT:-}/opt/lorebase/releases"
+releases=/opt/lorebase/releases
 
 rev=$(git rev-parse --short=12 HEAD)
 release="$(date -u +%Y%m%dT%H%M%SZ)-$rev"
@@ -53,7 +52,7 @@ step() {  # NAME COMMAND...: run, print the time it took; stop the deploy if it 
 # on the box, as root (sudo -n when the login is another user)
 box() {
   # shellcheck disable=SC2016 # expanded on the box
-  "${ssh[@]}" 'S=; [ "$(id -u)" = 0 ] || S="sudo -n"; exec $S env LOREBASE_BOX_ROOT='"$box_root $*"
+  "${ssh[@]}" 'S=; [ "$(id -u)" = 0 ] || S="sudo -n"; exec $S '"$*"
 }
 
 pack=$(mktemp)
@@ -66,7 +65,7 @@ copy() {  # the pack to a temporary file, then unpacked by its own box.sh into r
   # shellcheck disable=SC2016
   "${ssh[@]}" 'f=$(mktemp) && cat >"$f" && tar -xzOf "$f" ./deploy/box.sh >"$f.sh" && S= &&
     { [ "$(id -u)" = 0 ] || S="sudo -n"; } &&
-    $S env LOREBASE_BOX_ROOT='"$box_root"' bash "$f.sh" receive "$f" '"$release"'; rc=$?; rm -f "$f" "$f.sh"; exit $rc' \
+    $S bash "$f.sh" receive "$f" '"$release"'; rc=$?; rm -f "$f" "$f.sh"; exit $rc' \
     <"$pack"
 }
 

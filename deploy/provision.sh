@@ -24,8 +24,8 @@ ssh+=(-p "$port" -o BatchMode=yes "$host")
 
 # box.sh and the unit go in one tar stream; the box unpacks them in a temporary directory
 # shellcheck disable=SC2016 # expanded on the box
-remote='t=$(mktemp -d) && tar -xzf - -C "$t" && S= && { [ "$(id -u)" = 0 ] || S="sudo -n"; } &&'
-remote+=" \$S env LOREBASE_BOX_ROOT=$(printf '%q' "${LOREBASE_BOX_ROOT:-}") bash \"\$t/box.sh\" provision"
+remote='t=$(mktemp -d) && tar -xzf - -C "$t" && S= && { [ "$(id -u)" = 0 ] || S="sudo -n"; } &&
+  $S bash "$t/box.sh" provision'
 for arg in "${args[@]}"; do remote+=" $(printf '%q' "$arg")"; done
 # shellcheck disable=SC2016
 remote+='; rc=$?; rm -rf "$t"; exit $rc'

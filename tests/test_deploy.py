@@ -1,14 +1,18 @@
-"""deploy/provision.sh and deploy/deploy.sh end to end, over a real sshd (Debian's
-openssh-server, started here on 127.0.0.1 with throwaway keys), into a box root: a directory
-that holds the box's /etc, /opt, /var and /run (LOREBASE_BOX_ROOT). The packages are the
-machine's own; the lorebase user exists only in the box root's passwd; Debian's redis-server
-runs with the configuration provision wrote, as the redis user, started here (the box's
-systemd would). lorebase runs as the box's lorebase user, as deploy starts it.
+"""deploy/provision.sh and deploy/deploy.sh end to end, over ssh, into a box made here: a
+mount namespace whose /etc, /opt, /var, /root and /usr/local are overlays of this machine's
+(its packages, nothing it writes reaches the machine) and whose /run is its own, in a network
+namespace of its own joined to this one by a veth pair (198.18.0.0/15, the range set aside for
+network tests). Debian's openssh-server listens there on port 22 with throwaway keys; the
+box's nginx takes its ports 80 and 443. The box has no route out: its pip installs from the
+wheelhouse scripts/install made (/etc/lorebase/pip.conf). No systemd runs in it, so the
+services are the packages' init scripts and lorebase runs from a pid file, as box.sh does on
+any box without systemd.
 
-These need root (useradd, chown, setpriv), as provisioning a box does: CI runs as root."""
+These need root (namespaces, useradd, chown), as provisioning a box does: CI runs as root."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -18,91 +22,139 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import psutil
 import pytest
-import redis
 
-from .lore import ROOT, free_port, wait_for
+from .lore import ROOT, wait_for
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="provisioning a box needs root (CI runs as root)")
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="making a box needs root (CI runs as root)")
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
+WHEELHOUSE = ROOT / ".venv" / "wheelhouse"
+OVERLAID = ("etc", "opt", "var", "root", "usr/local")
+INSIDE = """set -e
+while [ ! -e {tmp}/go ]; do sleep 0.05; done
+ip link set lo up
+ip addr add {box_ip}/30 dev {veth_box}
+ip link set {veth_box} up
+for d in {overlaid}; do
+  mkdir -p "{tmp}/$d.up" "{tmp}/$d.work"
+  mount -t overlay overlay -o "lowerdir=/$d,upperdir={tmp}/$d.up,workdir={tmp}/$d.work" "/$d"
+done
+mount -t tmpfs -o mode=755 tmpfs /run
+mkdir -p /run/sshd /run/lock
+touch {tmp}/ready
+exec {sshd} -D -e -f {keys}/sshd_config
+"""
 
 
 @dataclass
 class Box:
-    root: Path  # LOREBASE_BOX_ROOT
-    keys: Path  # the ssh client's config and keys
-    ssh_port: int
-    port: int  # lorebase's PORT on the box
-    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    tmp: Path  # the overlays' upper directories, and the keys
+    ip: str  # the box's address on the veth pair
+    host_veth: str
+    proc: subprocess.Popen[bytes]  # unshare, whose child is the box's sshd
+
+    @property
+    def keys(self) -> Path:
+        return self.tmp / "keys"
+
+    @property
+    def pid(self) -> int:
+        """The sshd inside (its namespaces are the box's)."""
+        return psutil.Process(self.proc.pid).children()[0].pid
+
+    def path(self, inside: str) -> Path:
+        """A path as the box sees it."""
+        return Path(f"/proc/{self.pid}/root") / inside.lstrip("/")
+
+    def run(self, *command: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        """A command inside the box (its mounts and network)."""
+        return subprocess.run(["nsenter", f"--target={self.pid}", "--mount", "--net", *command],
+                              capture_output=True, text=True, timeout=kwargs.pop("timeout", 120), **kwargs)
 
     def env(self, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("LOREBASE_")}
-        env.update({"LOREBASE_BOX_ROOT": str(self.root), "DEPLOY_SSH": f"ssh -F {self.keys / 'ssh_config'}",
-                    "LOREBASE_DEPLOY_HOST": "box", "LOREBASE_DEPLOY_SSH_PORT": str(self.ssh_port), **extra})
+        env.update({"DEPLOY_SSH": f"ssh -F {self.keys / 'ssh_config'}", "LOREBASE_DEPLOY_HOST": "box",
+                    "LOREBASE_DEPLOY_SSH_PORT": "22", **extra})
         return env
 
     def provision(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(ROOT / "deploy" / "provision.sh"), "box", "--port", str(self.ssh_port),
-                               "--no-upgrade", "--domain", "box.test", "--mail-url", "console://", *args],
+        return subprocess.run([str(ROOT / "deploy" / "provision.sh"), "box", "--no-upgrade", "--domain",
+                               "box.test", "--mail-url", "console://", *args],
                               env=self.env(), capture_output=True, text=True, timeout=300)
 
     def secret(self, key: str) -> str:
-        for line in (self.root / "etc/lorebase/secret.py").read_text().splitlines():
+        for line in self.path("/etc/lorebase/secret.py").read_text().splitlines():
             if line.startswith(f"{key} = "):
                 return line.split(" = ", 1)[1].strip('"')
         raise KeyError(key)
 
-    def redis(self, url: str | None = None) -> redis.Redis:
-        from lorebase.db import connect_sync
+    def redis_call(self, *command: str, url: str | None = None) -> str:
+        """A command to the box's Redis through its socket, as the box's lorebase user."""
+        from lorebase.db import parse_url
 
-        return connect_sync(url or self.secret("REDIS_URL"), retry=False)
+        opts = parse_url(url or self.secret("REDIS_URL"))
+        done = self.run("setpriv", "--reuid=lorebase", "--regid=lorebase", "--init-groups", "env",
+                        f"REDISCLI_AUTH={opts['password']}", "redis-cli", "-s", opts["path"], "--user",
+                        opts["username"], *command)
+        return done.stdout.strip() + done.stderr.strip()
 
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    def current(self) -> str:
-        return os.readlink(self.root / "opt/lorebase/current").rsplit("/", 1)[-1]
-
-    def state(self) -> dict[str, Any]:
-        import json
-
-        return json.loads((self.root / "var/lib/lorebase/master.json").read_text())
+    def https(self, path: str, **kwargs: Any) -> httpx.Response:
+        return httpx.get(f"https://{self.ip}{path}", headers={"Host": "box.test"}, verify=False, timeout=10,
+                         **kwargs)
 
     def uid(self, user: str) -> int:
-        for line in (self.root / "etc/passwd").read_text().splitlines():
+        for line in self.path("/etc/passwd").read_text().splitlines():
             if line.startswith(f"{user}:"):
                 return int(line.split(":")[2])
         raise KeyError(user)
 
+    def current(self) -> str:
+        return os.readlink(self.path("/opt/lorebase/current")).rsplit("/", 1)[-1]
+
+    def state(self) -> dict[str, Any]:
+        return json.loads(self.path("/var/lib/lorebase/master.json").read_text())
+
     def master_pid(self) -> int:
-        return int((self.root / "run/lorebase.pid").read_text())
+        return int(self.path("/run/lorebase.pid").read_text())
+
+    def processes(self) -> list[psutil.Process]:
+        """Every process in the box's mount namespace (the box's services, lorebase)."""
+        mine = os.readlink(f"/proc/{self.pid}/ns/mnt")
+        found = []
+        for proc in psutil.process_iter():
+            try:
+                if os.readlink(f"/proc/{proc.pid}/ns/mnt") == mine:
+                    found.append(proc)
+            except OSError:
+                pass
+        return found
 
 
-def _sshd(keys: Path, port: int) -> subprocess.Popen[bytes]:
+def _keys(keys: Path, box_ip: str) -> None:
+    keys.mkdir()
     for name in ("host", "id"):
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(keys / name)], check=True)
     (keys / "authorized_keys").write_text((keys / "id.pub").read_text())
-    (keys / "sshd_config").write_text(f"""Port {port}
-ListenAddress 127.0.0.1
+    (keys / "sshd_config").write_text(f"""Port 22
+ListenAddress {box_ip}
 HostKey {keys / 'host'}
-PidFile {keys / 'sshd.pid'}
+PidFile /run/sshd.pid
 AuthorizedKeysFile {keys / 'authorized_keys'}
 PermitRootLogin prohibit-password
 PasswordAuthentication no
 KbdInteractiveAuthentication no
 UsePAM no
 StrictModes no
-LogLevel VERBOSE
 """)
     (keys / "ssh_config").write_text(f"""Host box
-  HostName 127.0.0.1
+  HostName {box_ip}
   User root
   IdentityFile {keys / 'id'}
   IdentitiesOnly yes
@@ -110,70 +162,62 @@ LogLevel VERBOSE
   StrictHostKeyChecking accept-new
   ConnectTimeout 10
 """)
-    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation directory
-    with (keys / "sshd.log").open("wb") as log:
-        proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(keys / "sshd_config")],
-                                stdout=subprocess.DEVNULL, stderr=log)
-    wait_for(lambda: _listening(port), 10, what="sshd listening")
-    return proc
 
 
-def _listening(port: int) -> bool:
+def _listening(host: str, port: int) -> bool:
     try:
-        socket.create_connection(("127.0.0.1", port), 0.2).close()
+        socket.create_connection((host, port), 0.2).close()
         return True
     except OSError:
         return False
 
 
-def _stop(proc: subprocess.Popen[bytes] | psutil.Process, timeout: float = 30) -> None:
-    try:
-        proc.terminate()
-        proc.wait(timeout)
-    except (subprocess.TimeoutExpired, psutil.TimeoutExpired):
-        proc.kill()
-    except (ProcessLookupError, psutil.NoSuchProcess):
-        pass
-
-
 @pytest.fixture(scope="module")
 def box() -> Iterator[Box]:
-    root = Path(tempfile.mkdtemp(prefix="lorebase-box-", dir="/tmp"))
-    keys = Path(tempfile.mkdtemp(prefix="lorebase-keys-", dir="/tmp"))
-    root.chmod(0o755)  # the box's users (redis, lorebase) walk into it
-    b = Box(root, keys, free_port(), free_port())
-    b.procs.append(_sshd(keys, b.ssh_port))
+    tmp = Path(tempfile.mkdtemp(prefix="lorebase-box-", dir="/tmp"))
+    tmp.chmod(0o755)
+    n = os.getpid() % 250
+    host_ip, box_ip = f"198.18.{n}.1", f"198.18.{n}.2"
+    host_veth, box_veth = f"lbox{os.getpid()}h"[-15:], f"lbox{os.getpid()}b"[-15:]
+    _keys(tmp / "keys", box_ip)
+    inside = INSIDE.format(tmp=tmp, box_ip=box_ip, veth_box=box_veth, overlaid=" ".join(OVERLAID), sshd=SSHD,
+                           keys=tmp / "keys")
+    with (tmp / "box.log").open("wb") as log:
+        proc = subprocess.Popen(["unshare", "--mount", "--net", "--fork", "--kill-child", "--propagation", "private",
+                                 "bash", "-c", inside], stdout=log, stderr=log)
+    b = Box(tmp, box_ip, host_veth, proc)
     try:
+        wait_for(lambda: psutil.Process(proc.pid).children(), 10, what="the box's shell")
+        subprocess.run(["ip", "link", "add", host_veth, "type", "veth", "peer", "name", box_veth,
+                        "netns", str(b.pid)], check=True)
+        subprocess.run(["ip", "addr", "add", f"{host_ip}/30", "dev", host_veth], check=True)
+        subprocess.run(["ip", "link", "set", host_veth, "up"], check=True)
+        (tmp / "go").touch()
+        wait_for(lambda: _listening(box_ip, 22), 15, what="the box's sshd")
         yield b
     finally:
-        pidfile = root / "run/lorebase.pid"
-        if pidfile.exists():
-            try:
-                _stop(psutil.Process(int(pidfile.read_text())), 60)
-            except psutil.NoSuchProcess:
-                pass
-        for proc in reversed(b.procs):
-            _stop(proc)
-        shutil.rmtree(root, ignore_errors=True)
-        shutil.rmtree(keys, ignore_errors=True)
+        if proc.poll() is None:
+            services = [p for p in b.processes() if p.pid not in (proc.pid, b.pid)]
+            for p in services:
+                p.terminate()
+            for p in psutil.wait_procs(services, 30)[1]:
+                p.kill()
+            psutil.Process(b.pid).terminate()  # the sshd: unshare (which ignores TERM) exits with it
+        proc.wait(10)
+        subprocess.run(["ip", "link", "del", host_veth], capture_output=True)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
 def provisioned(box: Box) -> Box:
-    """The box after one provision, its Redis started as its systemd would."""
+    """The box after one provision, with what a test box needs besides (an operator edits
+    these files too): pip from the wheelhouse, and its ports and workers."""
     first = box.provision()
     assert first.returncode == 0, first.stdout + first.stderr
     assert "  changed  " in first.stdout, first.stdout
-    conf = box.root / "etc/redis/redis.conf"
-    redis_proc = subprocess.Popen(["setpriv", "--reuid=redis", "--regid=redis", "--init-groups",
-                                   "redis-server", str(conf)], stdout=subprocess.DEVNULL)
-    box.procs.append(redis_proc)
-    socket_path = box.root / "run/redis/redis-server.sock"
-    wait_for(socket_path.exists, 10, what="the box's Redis socket")
-    wait_for(lambda: box.redis().ping(), 10, what="the box's Redis answering lorebase's user")
-    # the settings a test box needs besides the box's own (an operator edits this file too)
-    with (box.root / "etc/lorebase/env").open("a") as f:
-        f.write(f"LOREBASE_PORT={box.port}\nLOREBASE_WORKERS=2\nLOREBASE_BACKUP_EVERY=0\n"
+    box.path("/etc/lorebase/pip.conf").write_text(f"[global]\nno-index = true\nfind-links = {WHEELHOUSE}\n")
+    with box.path("/etc/lorebase/env").open("a") as f:
+        f.write("LOREBASE_WORKERS=2\nLOREBASE_BACKUP_EVERY=0\n"
                 "LOREBASE_BEAT_CPU=0\nLOREBASE_BEAT_MEMORY=0\nLOREBASE_BEAT_DISK=0\n"
                 "LOREBASE_ARGON2_MEMORY=1024\nLOREBASE_ARGON2_TIME=1\n")
     return box
@@ -181,26 +225,28 @@ def provisioned(box: Box) -> Box:
 
 def test_provision_sets_the_box_up_and_a_second_run_changes_nothing(provisioned: Box) -> None:
     box = provisioned
-    root = box.root
-    passwd = (root / "etc/passwd").read_text()
+    passwd = box.path("/etc/passwd").read_text()
     assert any(line.startswith("lorebase:") and line.endswith(":/usr/sbin/nologin") for line in passwd.splitlines())
     assert "lorebase:" not in Path("/etc/passwd").read_text()  # the box's user, not this machine's
-    secret = root / "etc/lorebase/secret.py"
+    secret = box.path("/etc/lorebase/secret.py")
     assert stat.S_IMODE(secret.stat().st_mode) == 0o640
     assert len(box.secret("COOKIE_SECRET")) >= 32
     assert box.secret("MAIL_URL") == "console://"
-    data = root / "var/lib/lorebase"
+    data = box.path("/var/lib/lorebase")
     assert stat.S_IMODE(data.stat().st_mode) == 0o750
     assert data.stat().st_uid == box.uid("lorebase")
-    conf = (root / "etc/redis/lorebase.conf").read_text()
+    conf = box.path("/etc/redis/lorebase.conf").read_text()
     for line in ("port 0", "appendonly yes", "appendfsync everysec", "maxmemory-policy noeviction",
                  "protected-mode yes", "unixsocketperm 770"):
         assert line in conf.splitlines(), line
-    unit = (root / "etc/systemd/system/lorebase.service").read_text()
-    assert f"ExecStart={root}/opt/lorebase/current/.venv/bin/lorebase serve prod" in unit
-    assert (root / "etc/fail2ban/jail.d/lorebase.conf").exists()
-    assert (root / "etc/logrotate.d/lorebase").exists()
-    assert (root / "etc/lorebase/tls/cert.pem").exists()
+    assert box.path("/etc/redis/redis.conf").read_text().rstrip().endswith("include /etc/redis/lorebase.conf")
+    assert box.path("/etc/systemd/system/lorebase.service").read_bytes() == \
+        (ROOT / "deploy/lorebase.service").read_bytes()
+    assert box.path("/etc/fail2ban/jail.d/lorebase.conf").exists()
+    assert box.path("/etc/logrotate.d/lorebase").exists()
+    assert box.path("/etc/lorebase/tls/cert.pem").exists()
+    services = {" ".join(p.cmdline()) for p in box.processes()}
+    assert any("redis-server" in s for s in services) and any("fail2ban-server" in s for s in services), services
 
     again = box.provision()
     assert again.returncode == 0, again.stdout + again.stderr
@@ -211,28 +257,25 @@ def test_provision_sets_the_box_up_and_a_second_run_changes_nothing(provisioned:
 
 def test_the_box_redis_lets_lorebase_in_and_keeps_dangerous_commands_out(provisioned: Box) -> None:
     box = provisioned
-    r = box.redis()
-    assert r.ping()
-    assert r.info("memory")["used_memory"] > 0  # beat reads INFO
-    r.set("deploy-test", "1")
-    assert r.dump("deploy-test") is not None  # backups DUMP every key
-    r.delete("deploy-test")
+    assert box.redis_call("PING") == "PONG"
+    assert "used_memory:" in box.redis_call("INFO", "memory")  # beat reads INFO
+    assert box.redis_call("SET", "deploy-test", "1") == "OK"
+    assert box.redis_call("DEL", "deploy-test") == "1"
     for command in (("CONFIG", "GET", "dir"), ("KEYS", "*"), ("ACL", "LIST"), ("SAVE",), ("SHUTDOWN",),
                     ("REPLICAOF", "127.0.0.1", "1")):
-        with pytest.raises(redis.exceptions.NoPermissionError):
-            r.execute_command(*command)
-    sock = box.root / "run/redis/redis-server.sock"
-    with pytest.raises(redis.exceptions.AuthenticationError):  # the default user is off
-        redis.Redis(unix_socket_path=str(sock)).ping()
-    with pytest.raises(redis.exceptions.AuthenticationError):
-        box.redis(box.secret("REDIS_URL").replace("lorebase:", "lorebase:x")).ping()
-    assert not _listening(6379) or _redis_port_is_not_the_box(box)
-
-
-def _redis_port_is_not_the_box(box: Box) -> bool:
-    """Something else may own 6379 on this machine; the box's Redis has no TCP port at all."""
-    pid = next(p.pid for p in box.procs if "redis-server" in " ".join(map(str, p.args)))  # type: ignore[arg-type]
-    return all(c.laddr.port != 6379 for c in psutil.Process(pid).net_connections("tcp"))
+        assert "NOPERM" in box.redis_call(*command), command
+    url = box.secret("REDIS_URL")
+    assert "WRONGPASS" in box.redis_call("PING", url=url.replace("lorebase:", "lorebase:x"))
+    # the default user is off, and there is no TCP port at all
+    sock = url.rsplit("@", 1)[1]
+    default = box.run("setpriv", "--reuid=lorebase", "--regid=lorebase", "--init-groups", "redis-cli", "-s", sock,
+                      "PING")
+    assert "NOAUTH" in default.stdout + default.stderr or "WRONGPASS" in default.stdout + default.stderr
+    assert "refused" in box.run("redis-cli", "-p", "6379", "PING").stderr.lower() or \
+        "refused" in box.run("redis-cli", "-p", "6379", "PING").stdout.lower()
+    # and only the redis group gets to the socket
+    other = box.run("setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "redis-cli", "-s", sock, "PING")
+    assert "permission denied" in (other.stdout + other.stderr).lower()
 
 
 @pytest.fixture(scope="module")
@@ -248,11 +291,13 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
             (repo / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, repo / name)
     (repo / ".venv").symlink_to(ROOT / ".venv")
-    git = ["git", "-c", "user.name=test", "-c", "user.email=test@localhost"]
-    subprocess.run([*git, "init", "-q"], cwd=repo, check=True)
-    subprocess.run([*git, "add", "-A"], cwd=repo, check=True)
-    subprocess.run([*git, "commit", "-qm", "release one"], cwd=repo, check=True)
+    subprocess.run([*GIT, "init", "-q"], cwd=repo, check=True)
+    subprocess.run([*GIT, "add", "-A"], cwd=repo, check=True)
+    subprocess.run([*GIT, "commit", "-qm", "release one"], cwd=repo, check=True)
     return repo
+
+
+GIT = ["git", "-c", "user.name=test", "-c", "user.email=test@localhost"]
 
 
 def _deploy(box: Box, repo: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -261,12 +306,12 @@ def _deploy(box: Box, repo: Path, *args: str, **env: str) -> subprocess.Complete
 
 
 def _commit(repo: Path, message: str) -> None:
-    git = ["git", "-c", "user.name=test", "-c", "user.email=test@localhost"]
-    subprocess.run([*git, "commit", "-qam", message], cwd=repo, check=True)
+    subprocess.run([*GIT, "commit", "-qam", message], cwd=repo, check=True)
 
 
 class Pinger(threading.Thread):
-    """GET /ping over keep-alive and fresh connections until stopped; counts failures."""
+    """GET /ping through the box's nginx (HTTPS) over keep-alive and fresh connections until
+    stopped; counts failures."""
 
     def __init__(self, box: Box):
         super().__init__(daemon=True)
@@ -276,12 +321,13 @@ class Pinger(threading.Thread):
         self.failed: list[str] = []
 
     def run(self) -> None:
-        with httpx.Client(timeout=10) as kept:
+        url = f"https://{self.box.ip}/ping"
+        headers = {"Host": "box.test"}
+        with httpx.Client(timeout=10, verify=False, headers=headers) as kept:
             while not self.done.is_set():
                 for client in (kept, None):
                     try:
-                        r = (client.get(self.box.url("/ping")) if client else
-                             httpx.get(self.box.url("/ping"), timeout=10))
+                        r = (client.get(url) if client else httpx.get(url, timeout=10, verify=False, headers=headers))
                         if r.status_code == 200:
                             self.ok += 1
                         else:
@@ -291,25 +337,40 @@ class Pinger(threading.Thread):
                 time.sleep(0.01)
 
 
-def test_deploy_serves_then_a_failing_release_is_rolled_back_while_the_first_serves(provisioned: Box,
-                                                                                 repo: Path) -> None:
+def _releases(box: Box) -> list[str]:
+    return sorted(p.name for p in box.path("/opt/lorebase/releases").iterdir() if not p.name.startswith("."))
+
+
+def test_deploy_serves_a_failing_release_is_rolled_back_and_the_next_one_serves(provisioned: Box,
+                                                                               repo: Path) -> None:
     box = provisioned
     first = _deploy(box, repo, "prod", "confirm")
     assert first.returncode == 0, first.stdout + first.stderr
     for step in ("pack", "copy", "install", "activate", "prune"):
-        assert f"   {step}: " in first.stdout and " s\n" in first.stdout, first.stdout
+        assert f"   {step}: " in first.stdout, first.stdout
     release_one = box.current()
-    assert release_one.endswith(subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=repo,
-                                               capture_output=True, text=True).stdout.strip())
-    assert httpx.get(box.url("/health")).json() == {"redis": "ok"}
-    assert box.state()["code"].startswith(f"{box.root}/opt/lorebase/releases/{release_one}/")
+    head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=repo, capture_output=True, text=True)
+    assert release_one.endswith("-" + head.stdout.strip())
+    # HTTPS from nginx on the box's own address, HTTP redirected to it
+    assert box.https("/health").json() == {"redis": "ok"}
+    plain = httpx.get(f"http://{box.ip}/health", headers={"Host": "box.test"})
+    assert plain.status_code == 301 and plain.headers["location"] == "https://box.test/health"
+    assert box.state()["code"].startswith(f"/opt/lorebase/releases/{release_one}/")
     master = psutil.Process(box.master_pid())
-    assert master.uids().real == box.uid("lorebase") != 0  # the box's lorebase user, in the box's passwd
+    assert master.uids().real == box.uid("lorebase") != 0  # the box's lorebase user
     assert {p.uids().real for p in master.children(recursive=True)} == {box.uid("lorebase")}
-    released = box.root / "opt/lorebase/releases" / release_one
+    released = box.path(f"/opt/lorebase/releases/{release_one}")
     assert not (released / ".git").exists() and (released / "lorebase/app.py").exists()
-    assert (box.root / "etc/nginx/sites-available/lorebase").read_text() == (released / "nginx.conf").read_text()
-    with httpx.Client(base_url=box.url("")) as client:
+    assert box.path("/etc/nginx/sites-available/lorebase").read_text() == (released / "nginx.conf").read_text()
+    assert not box.path("/etc/nginx/sites-enabled/default").exists()
+    # the operator's command on the box: lorebase prod's settings, as lorebase, through the ACL user
+    check = box.run("lorebase", "check", "prod")
+    assert check.returncode == 0, check.stdout + check.stderr
+    backup = box.run("lorebase", "backup", "prod")
+    assert backup.returncode == 0, backup.stdout + backup.stderr  # redis-cli --rdb as lorebase's user
+    assert list(box.path("/var/lib/lorebase/backups/prod").glob("*.rdb.gz"))
+    base = f"https://{box.ip}"
+    with httpx.Client(base_url=base, verify=False, headers={"Host": "box.test"}) as client:
         signup = client.post("/auth/signup", json={"username": "ada", "email": "ada@example.com",
                                                    "password": "correct horse battery"})
         assert signup.status_code == 200, signup.text
@@ -332,32 +393,52 @@ def test_deploy_serves_then_a_failing_release_is_rolled_back_while_the_first_ser
     assert "rolled back: serving " + release_one in second.stderr, second.stdout + second.stderr
     assert "activate failed" in second.stderr
     assert box.current() == release_one
-    assert httpx.get(box.url("/health")).json() == {"redis": "ok"}
-    assert box.state()["code"].startswith(f"{box.root}/opt/lorebase/releases/{release_one}/")
+    assert box.https("/health").json() == {"redis": "ok"}
+    assert box.state()["code"].startswith(f"/opt/lorebase/releases/{release_one}/")
     assert box.master_pid() == master.pid  # reloaded twice, never restarted
     assert pinger.ok > 50 and pinger.failed == [], pinger.failed[:5]
-    with httpx.Client(base_url=box.url("")) as client:
+    with httpx.Client(base_url=base, verify=False, headers={"Host": "box.test"}) as client:
         login = client.post("/auth/login", json={"username": "ada", "password": "correct horse battery"})
         assert login.status_code == 200, login.text
+    release_two = _releases(box)[-1]
+    assert release_two != release_one
+
+    # release three mends it: served, with no request failed; DEPLOY_KEEP=1 prunes release two
+    public.write_text(source)
+    _commit(repo, "release three: /health mended")
+    pinger = Pinger(box)
+    pinger.start()
+    try:
+        third = _deploy(box, repo, "prod", "confirm", LOREBASE_DEPLOY_KEEP="1")
+    finally:
+        pinger.done.set()
+        pinger.join(30)
+    assert third.returncode == 0, third.stdout + third.stderr
+    release_three = box.current()
+    assert release_three not in (release_one, release_two)
+    assert box.state()["code"].startswith(f"/opt/lorebase/releases/{release_three}/")
+    assert os.readlink(box.path("/opt/lorebase/previous")).endswith(release_one)
+    assert f"removed {release_two}" in third.stdout
+    assert _releases(box) == [release_one, release_three]
+    assert box.master_pid() == master.pid
+    assert pinger.ok > 50 and pinger.failed == [], pinger.failed[:5]
 
 
 def test_prod_is_refused_without_confirm_before_anything_is_contacted(box: Box, repo: Path) -> None:
     listener = socket.create_server(("127.0.0.1", 0))
     listener.settimeout(3)
     port = listener.getsockname()[1]
+    env = box.env(LOREBASE_DEPLOY_HOST="127.0.0.1", LOREBASE_DEPLOY_SSH_PORT=str(port))
     try:
         refused = subprocess.run([str(repo / "deploy/deploy.sh"), "prod"], cwd=repo, capture_output=True,
-                                 text=True, env=box.env(LOREBASE_DEPLOY_HOST="127.0.0.1",
-                                                        LOREBASE_DEPLOY_SSH_PORT=str(port)), timeout=60)
+                                 text=True, env=env, timeout=60)
         assert refused.returncode == 2
         assert "needs confirm" in refused.stderr
         with pytest.raises(TimeoutError):
             listener.accept()
         # the same command with confirm does contact the host: the listener above can tell
         confirmed = subprocess.Popen([str(repo / "deploy/deploy.sh"), "prod", "confirm"], cwd=repo,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                     env=box.env(LOREBASE_DEPLOY_HOST="127.0.0.1",
-                                                 LOREBASE_DEPLOY_SSH_PORT=str(port)))
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
         conn, _ = listener.accept()
         conn.close()
         confirmed.wait(30)
