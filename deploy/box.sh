@@ -25,7 +25,8 @@ say() { printf '%s\n' "$*"; }
 die() { printf 'box: %s\n' "$*" >&2; exit 1; }
 with_systemd() { [ -d /run/systemd/system ]; }
 svc() {  # ACTION NAME: systemctl's, or the init script's (a box without systemd)
-  if with_systemd; then systemctl "$1" "$2"; else service "$2" "$1" >/dev/null; fi
+  # 9>&-: a daemon started here must not hold activate's lock (fd 9) for the rest of its life
+  if with_systemd; then systemctl "$1" "$2"; else service "$2" "$1" >/dev/null 9>&-; fi
 }
 svc_running() {
   if with_systemd; then systemctl -q is-active "$1"; else service "$1" status >/dev/null 2>&1; fi
@@ -303,6 +304,9 @@ release_dir() {
 
 receive() {  # PACK RELEASE
   local pack=$1 dir
+  if ! id lorebase >/dev/null 2>&1 || [ ! -d "$APP/releases" ]; then
+    die "this box is not provisioned: run deploy/provision.sh HOST first"
+  fi
   dir=$(release_dir "$2")
   [ ! -e "$dir" ] || die "release $2 exists already"
   mkdir -p "$APP/releases/.incoming-$2"
@@ -376,7 +380,7 @@ service_running() {
 service_start() {  # ENV
   if with_systemd; then systemctl start lorebase; return; fi
   (lorebase_env; exec_as_lorebase setsid "$APP/current/.venv/bin/lorebase" serve "$1") \
-    >>"$LOGS/lorebase.log" 2>&1 </dev/null &
+    >>"$LOGS/lorebase.log" 2>&1 </dev/null 9>&- &
   echo $! >"$PIDFILE"  # the subshell's pid, which exec makes the master's
 }
 
@@ -467,7 +471,10 @@ case $command in
   provision) provision "$@" ;;
   receive) receive "$@" ;;
   install) install "$@" ;;
-  activate) activate "$@" ;;
+  activate)
+    exec 9>"$APP/.activate.lock"
+    flock -n 9 || die "another deploy is activating a release on this box: try again when it is done"
+    activate "$@" ;;
   prune) prune "$@" ;;
   *) die "usage: box.sh provision|receive|install|activate|prune ..." ;;
 esac

@@ -209,9 +209,12 @@ def box() -> Iterator[Box]:
 
 
 @pytest.fixture(scope="module")
-def provisioned(box: Box) -> Box:
+def provisioned(box: Box, repo: Path) -> Box:
     """The box after one provision, with what a test box needs besides (an operator edits
-    these files too): pip from the wheelhouse, and its ports and workers."""
+    these files too): pip from the wheelhouse, and its ports and workers. A deploy before
+    the provision is refused, saying so."""
+    early = _deploy(box, repo, "prod", "confirm")
+    assert early.returncode == 1 and "this box is not provisioned" in early.stderr, early.stdout + early.stderr
     first = box.provision()
     assert first.returncode == 0, first.stdout + first.stderr
     assert "  changed  " in first.stdout, first.stdout

@@ -4,6 +4,7 @@ no process behind and keeps Redis's data for the next start."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import stat
@@ -202,8 +203,14 @@ def test_sigterm_exits_0_and_leaves_no_process_behind(tmp_path: Path):
     redis = redis_pid(lore)
     family = {p.pid for p in master(lore).children(recursive=True)}
     assert workers | {redis} <= family
+    state_file = tmp_path / "data" / "master.json"  # what deploy.sh reads
+    wait_for(state_file.exists, 10, what="master.json")
+    state = json.loads(state_file.read_text())
+    assert state["pid"] == lore.proc.pid and state["workers"] == 2
+    assert state["code"] == str(ROOT / "lorebase")
 
     assert lore.stop() == 0
+    assert not (tmp_path / "data" / "master.json").exists()
     left = [pid for pid in family if not gone(pid)]
     assert left == [], f"still running after the master exited: {left}"
     assert [e["signal"] for e in lore.events("stopping")] == ["SIGTERM"]
