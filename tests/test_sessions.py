@@ -52,7 +52,8 @@ def test_login_sets_a_host_only_httponly_lax_cookie_that_expires_far_away(server
     owner, colon, token = sid.partition(":")  # the id carries its user: the gatekeeper reads both at once
     assert owner == "s_cookie_1" and colon and TOKEN.match(token) and signature
     assert r.json() == {"csrf": api.csrf} and TOKEN.match(api.csrf) and api.csrf != token
-    csrf, created, gen = server.redis().get(f"session:{sid}").split(" ")
+    csrf, created, gen, ip, agent = server.redis().get(f"session:{sid}").split(" ", 4)
+    assert ip == api.ip and agent == "httpx"
     assert csrf == api.csrf and abs(int(created) / 1000 - time.time()) < 60
     assert gen == server.redis().hget("user:s_cookie_1", "gen") and len(gen) == 16
     assert server.redis().sismember("sessions:s_cookie_1", sid)

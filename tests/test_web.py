@@ -349,3 +349,41 @@ def test_a_script_error_is_reported_to_the_server(watched: Watched, server: Lore
     assert rejected["ip"] == watched.ip
     assert rejected["url"] == f"{server.url}/"
     assert any(marker in str(e) for e in watched.errors)  # the page saw them too: they were real
+
+
+def test_a_user_ends_another_of_their_sessions_from_the_account_screen(watched: Watched, server: Lorebase) -> None:
+    name = f"websess{uuid.uuid4().hex[:8]}"
+    elsewhere_ip, phone_ip = client_ip(), client_ip()
+    with httpx.Client(base_url=server.url, timeout=10) as elsewhere, \
+            httpx.Client(base_url=server.url, timeout=10) as phone:
+        reply = post_json(elsewhere, "/auth/signup", {"username": name, "email": f"{name}@example.com",
+                                                      "password": PASSWORD}, ip=elsewhere_ip)
+        assert reply.status_code == 200, reply.text
+        for client, ip in ((elsewhere, elsewhere_ip), (phone, phone_ip)):
+            login = post_json(client, "/auth/login", {"username": name, "password": PASSWORD}, ip=ip)
+            assert login.status_code == 200, login.text
+        page = watched.page
+        page.on("dialog", lambda dialog: dialog.accept())
+        page.goto("/")
+        log_in(page, name, PASSWORD)
+        logged_in(page, name)
+        page.locator('[data-go="account"]').click()
+        rows = page.locator("#sessions tr[data-handle]")
+        expect(rows).to_have_count(3)
+        expect(page.locator("#sessions tr.current")).to_contain_text(watched.ip)
+        expect(page.locator("#sessions tr.current")).to_contain_text("this one")
+        shot(page, "account-sessions")
+        # log out the one at elsewhere_ip: that client is out at once, the other stays
+        page.locator("#sessions tr", has_text=elsewhere_ip).locator("button.end").click()
+        flash(page, "Logged out that session.")
+        expect(rows).to_have_count(2)
+        assert_error(elsewhere.get("/auth/me", headers={"x-real-ip": elsewhere_ip}), 403, "session")
+        assert phone.get("/auth/me", headers={"x-real-ip": phone_ip}).status_code == 200
+        # and everywhere else: only this browser's session is left
+        page.locator("#end-others").click()
+        flash(page, "Logged out every other session.")
+        expect(rows).to_have_count(1)
+        expect(page.locator("#end-others")).to_have_count(0)
+        assert_error(phone.get("/auth/me", headers={"x-real-ip": phone_ip}), 403, "session")
+        expect(page.locator("#who")).to_have_text(name)
+        assert watched.errors == [] and watched.csp == []

@@ -6,9 +6,12 @@ COOKIE_SECRET. A bad signature is a forgery (403 tampered); a good one whose ses
 gone has expired (403 session): the signature tells the two apart without keeping dead
 sessions (seed: Identity & security). The id is `<username>:<random>` (256 bits).
 
-Redis: `session:<id>` string `<csrf> <created (unix ms)> <gen>`, expiring SESSION_IDLE seconds
-after its last use (a string, not a hash, so that one GETEX reads and renews it);
-`sessions:<user>` set of the user's session ids, so all can be ended.
+Redis: `session:<id>` string `<csrf> <created (unix ms)> <gen> <ip> <agent>`, expiring
+SESSION_IDLE seconds after its last use (a string, not a hash, so that one GETEX reads and
+renews it; so its last use is now - (SESSION_IDLE - its TTL), and nothing is written per
+request to know it); ip and agent (a short description of the browser) are the login's;
+`sessions:<user>` set of the user's session ids, so all can be ended. The user sees each
+session by its handle, a hash of the id that cannot be turned back into it.
 
 The binding: every user has a generation `gen` (random, new at signup and at every event
 that must end all sessions: reset, password change, disable, destroy, an admin's revoke).
@@ -46,13 +49,15 @@ def new_gen() -> str:
 
 
 # KEYS: user, session, sessions. ARGV: the generation read before the password was checked,
-# csrf, created (ms), idle (s), the session id, a new hash for the password or ''
+# csrf, created (ms), idle (s), the session id, a new hash for the password or '', the
+# client's ip, the short description of its agent
 _CREATE = """
 local u = redis.call('HMGET', KEYS[1], 'username', 'gen', 'disabled')
 if not u[1] or (u[2] or '') ~= ARGV[1] or u[3] == '1' then return 0 end
 if ARGV[6] ~= '' then redis.call('HSET', KEYS[1], 'hash', ARGV[6]) end
 redis.call('HSET', KEYS[1], 'last', ARGV[3])
-redis.call('SET', KEYS[2], ARGV[2] .. ' ' .. ARGV[3] .. ' ' .. ARGV[1], 'EX', ARGV[4])
+redis.call('SET', KEYS[2], ARGV[2] .. ' ' .. ARGV[3] .. ' ' .. ARGV[1] .. ' ' .. ARGV[7] .. ' ' .. ARGV[8],
+           'EX', ARGV[4])
 redis.call('SADD', KEYS[3], ARGV[5])
 return 1
 """
@@ -75,8 +80,8 @@ redis.call('HSET', KEYS[1], 'gen', ARGV[1], unpack(ARGV, 3))
 if ARGV[2] ~= '' then
   local kept = redis.call('GET', KEYS[3])
   if kept then
-    local csrf, created = string.match(kept, '^(%S+) (%S+)')
-    redis.call('SET', KEYS[3], csrf .. ' ' .. created .. ' ' .. ARGV[1], 'KEEPTTL')
+    local csrf, created, rest = string.match(kept, '^(%S+) (%S+) ?%S*(.*)$')
+    redis.call('SET', KEYS[3], csrf .. ' ' .. created .. ' ' .. ARGV[1] .. rest, 'KEEPTTL')
   end
 end
 for i = 4, #KEYS do redis.call('DEL', KEYS[i]) end
@@ -152,14 +157,17 @@ class Sessions:
 
     # -- the session --------------------------------------------------------------------
 
-    async def create(self, db: Client, user: dict[str, str], rehash: str = "") -> tuple[str, str] | None:
+    async def create(self, db: Client, user: dict[str, str], rehash: str = "", ip: str = "",
+                     agent: str = "") -> tuple[str, str] | None:
         """A new session for `user` as it was read before its password was checked, or None
         if the user changed since (gone, disabled, another generation). `rehash`: a new hash
-        of the same password, stored only if the session is made."""
+        of the same password, stored only if the session is made. `ip`, `agent`: the
+        client's address and User-Agent header, kept for the user's list of sessions."""
         name = user["username"]
         sid, csrf = f"{name}:{new_token()}", new_token()
         made = await db.script(_CREATE, [keys.user(name), keys.session(sid), keys.sessions(name)],
-                               [user.get("gen", ""), csrf, int(time.time() * 1000), self.idle, sid, rehash])
+                               [user.get("gen", ""), csrf, int(time.time() * 1000), self.idle, sid, rehash,
+                                ip.replace(" ", "") or "-", describe_agent(agent)])
         return (sid, csrf) if made else None
 
     async def load(self, db: Client, sid: str) -> dict[str, Any] | None:
@@ -172,7 +180,8 @@ class Sessions:
         if value is None:
             return None
         csrf, _, rest = value.partition(" ")
-        created, _, gen = rest.partition(" ")
+        created, _, rest = rest.partition(" ")
+        gen = rest.partition(" ")[0]
         if (exists is None or disabled == "1" or (gen or "") != (user_gen or "")
                 or time.time() * 1000 - int(created or 0) > self.max * 1000):
             await self.delete(db, sid, name)
@@ -211,3 +220,62 @@ class Sessions:
         if dead or oldest:
             commands.append(("SREM", key, *dead, *oldest))
             await db.multi(commands)
+
+    # -- the user's own list ------------------------------------------------------------
+
+    async def listing(self, db: Client, user: str, current: str) -> list[dict[str, Any]]:
+        """The user's live sessions, most recently used first: handle, created and last use
+        (unix ms), ip, agent, and whether it is `current`'s. Two round trips."""
+        ids = sorted(await db.call("SMEMBERS", keys.sessions(user)))
+        replies = await db.pipeline([c for sid in ids for c in (("GET", keys.session(sid)),
+                                                                  ("PTTL", keys.session(sid)))])
+        now = int(time.time() * 1000)
+        out = []
+        for sid, value, ttl in zip(ids, replies[::2], replies[1::2], strict=True):
+            if value is None or ttl is None or int(ttl) < 0:
+                continue  # expired meanwhile (the set is tidied by `prune`)
+            fields = [*value.split(" ", 4), "", "", ""]
+            out.append({"handle": handle(sid), "created": int(fields[1] or 0),
+                        "last": max(int(fields[1] or 0), now - (self.idle * 1000 - int(ttl))),
+                        "ip": "" if fields[3] == "-" else fields[3], "agent": fields[4],
+                        "current": sid == current})
+        out.sort(key=lambda s: s["last"], reverse=True)
+        return out
+
+    async def end_some(self, db: Client, user: str, current: str, which: str | None) -> int | None:
+        """Ends the user's session whose handle is `which`, or (None) every one but `current`,
+        in one step. How many ended; None if `which` is no session of this user."""
+        ids = await db.call("SMEMBERS", keys.sessions(user))
+        if which is None:
+            doomed = [sid for sid in ids if sid != current]
+        else:
+            doomed = [sid for sid in ids if hmac.compare_digest(handle(sid), which)]
+            if not doomed:
+                return None
+        if not doomed:
+            return 0
+        deleted, _ = await db.multi([("DEL", *[keys.session(sid) for sid in doomed]),
+                                     ("SREM", keys.sessions(user), *doomed)])
+        return int(deleted)  # 0: it had expired on its own meanwhile
+
+
+def handle(sid: str) -> str:
+    """A session's public name: a hash of its id (which has 256 random bits), so knowing the
+    handle neither loads the session nor names its key."""
+    return hashlib.sha256(b"lorebase session handle " + sid.encode()).hexdigest()[:32]
+
+
+_BROWSERS = (("Edg/", "Edge"), ("OPR/", "Opera"), ("Firefox/", "Firefox"), ("Chrome/", "Chrome"),
+             ("Safari/", "Safari"), ("curl/", "curl"), ("python-httpx", "httpx"), ("python-requests", "requests"))
+_SYSTEMS = (("Android", "Android"), ("iPhone", "iPhone"), ("iPad", "iPad"), ("Windows", "Windows"),
+            ("Mac OS X", "macOS"), ("CrOS", "ChromeOS"), ("Linux", "Linux"))
+
+
+def describe_agent(agent: str) -> str:
+    """A short description of a User-Agent header ("Firefox on Linux"), from a fixed list of
+    words, so nothing a client sends is stored as it is."""
+    browser = next((name for token, name in _BROWSERS if token in agent), "")
+    system = next((name for token, name in _SYSTEMS if token in agent), "")
+    if browser and system:
+        return f"{browser} on {system}"
+    return browser or system or ("unknown" if agent else "none")

@@ -1,11 +1,13 @@
 """The auth routes that need a session (after the gatekeeper and CSRF): the CSRF token
-("am I logged in?"), logout, change password, destroy the account."""
+("am I logged in?"), logout, the user's own sessions (list, end one or all others),
+change password, destroy the account."""
 
 from __future__ import annotations
 
 from ..chain import Route
 from ..http import ApiError, Reply, Request, reply
 from ..identity import users
+from ..identity.sessions import handle as session_handle
 from ..mail import enqueue, password_changed_mail
 from ..notify import notify
 from ..schema import Schema, Text
@@ -56,6 +58,41 @@ async def logout(req: Request) -> Reply:
     return reply(200, {}, {"set-cookie": req.app.sessions.clear_cookie(), **NO_STORE})
 
 
+class SessionOut(Schema):
+    handle: str
+    created: int
+    last: int
+    ip: str
+    agent: str
+    current: bool
+
+
+async def list_sessions(req: Request) -> Reply:
+    assert req.session is not None
+    found = await req.app.sessions.listing(req.app.db, req.session["user"], req.session["id"])
+    return reply(200, found, NO_STORE)
+
+
+class EndSessions(Schema):
+    handle: Text(0, 64) = ""  # type: ignore[valid-type]
+    others: bool = False
+
+
+async def end_sessions(req: Request) -> Reply:
+    data: EndSessions = req.data
+    assert req.session is not None
+    if bool(data.handle) == data.others:  # exactly one of the two
+        raise ApiError(400, "validation", "handle" if not data.others else "others")
+    if data.handle == session_handle(req.session["id"]):
+        raise ApiError(400, "validation", "handle")  # this session ends with /auth/logout
+    ended = await req.app.sessions.end_some(req.app.db, req.session["user"], req.session["id"],
+                                            None if data.others else data.handle)
+    if ended is None:
+        raise ApiError(404, "notfound")
+    notify("sessions ended", user=req.session["user"], ended=ended, ip=req.ip)
+    return reply(200, {"ended": ended})
+
+
 async def _user_with_password(req: Request, password: str) -> dict[str, str]:
     user = await req.app.current_user(req)
     if user is None or not await req.app.passwords.verify(user["hash"], password):
@@ -99,6 +136,11 @@ def routes() -> list[Route]:
               summary="The session's CSRF token; also tells whether the client is logged in"),
         Route("GET", "/auth/me", me, section="private", ok=Me, summary="Who is logged in"),
         Route("POST", "/auth/logout", logout, section="private", body=Empty, summary="End this session"),
+        Route("GET", "/auth/sessions", list_sessions, section="private", ok=list[SessionOut],
+              summary="The user's live sessions, the current one marked"),
+        Route("POST", "/auth/sessions/end", end_sessions, section="private", body=EndSessions,
+              replies={404: ["notfound"]}, summary="End one of the user's other sessions by its handle, "
+                                                    "or all the others"),
         Route("POST", "/auth/changePassword", change_password, section="private", body=ChangePassword,
               summary="Change the password; the user's other sessions end", replies={403: ["auth"]}),
         Route("POST", "/auth/destroy", destroy, section="private", body=Destroy,

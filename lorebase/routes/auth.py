@@ -179,7 +179,7 @@ async def login(req: Request) -> Reply:
     await clear(db, account_key)
     # made only if the user is still the one whose password was checked: not destroyed,
     # disabled, reset or changed meanwhile (else the same reply as a wrong password)
-    made = await app.sessions.create(db, user, rehash)
+    made = await app.sessions.create(db, user, rehash, req.ip, req.headers.get("user-agent", ""))
     if made is None:
         raise ApiError(403, "auth")
     sid, csrf = made

@@ -281,7 +281,31 @@ function size(bytes) {
   return `${i ? bytes.toFixed(1) : bytes} ${units[i]}`;
 }
 
-function accountScreen() {
+async function sessionsSection() {
+  const sessions = await api('GET', '/auth/sessions');
+  const end = async (body, what) => {
+    try {
+      const {ended} = await api('POST', '/auth/sessions/end', body);
+      flash(ended ? `Logged out ${what}.` : 'That session had already ended.', 'ok');
+    } catch (e) { flash(e.message, 'error'); }
+    go('account');
+  };
+  const when = (ms) => new Date(ms).toLocaleString();
+  const rows = sessions.map((s) => h('tr', {'data-handle': s.handle, class: s.current ? 'current' : ''},
+    h('td', {}, s.agent), h('td', {}, s.ip), h('td', {}, when(s.last)), h('td', {}, when(s.created)),
+    h('td', {}, s.current ? h('span', {class: 'muted'}, 'this one')
+      : h('button', {type: 'button', class: 'end', onclick: () => end({handle: s.handle}, 'that session')},
+        'Log out'))));
+  const others = sessions.length > 1
+    ? h('button', {type: 'button', id: 'end-others', onclick: () => {
+      if (confirm('Log out every other session?')) end({others: true}, 'every other session');
+    }}, 'Log out everywhere else') : '';
+  return h('section', {id: 'sessions'}, h('h3', {}, 'Where you are logged in'),
+    h('table', {}, h('tr', {}, h('th', {}, 'Browser'), h('th', {}, 'Address'), h('th', {}, 'Last used'),
+      h('th', {}, 'Logged in'), h('th')), rows), others);
+}
+
+async function accountScreen() {
   const change = form('change-password', 'Change your password', [
     ['old', 'Current password', 'password', {autocomplete: 'current-password'}],
     ['new', 'New password', 'password', {autocomplete: 'new-password'}],
@@ -302,9 +326,10 @@ function accountScreen() {
   });
   destroy.querySelector('button[type=submit]').classList.add('danger');
   const me = state.me;
+  const sessions = await sessionsSection();
   show(h('h2', {}, 'Account'),
     h('p', {}, `${me.username} · ${me.email} · `, me.verified ? 'email verified' : 'email not verified yet'),
-    change, destroy);
+    sessions, change, destroy);
 }
 
 const SCREENS = {notes: notesScreen, files: filesScreen, account: accountScreen};
