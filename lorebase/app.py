@@ -24,7 +24,7 @@ from .identity.passwords import Passwords
 from .identity.sessions import Sessions
 from .notify import notify
 from .openapi import document
-from .routes import account, admin, auth, files, gate, public, web
+from .routes import account, admin, auth, files, gate, invites, public, web
 
 
 def routes(config: Config) -> list[Route]:
@@ -37,6 +37,7 @@ def routes(config: Config) -> list[Route]:
         *account.routes(),  # csrf, logout, changePassword, destroy
         *files.routes(config),  # upload, list, download, delete
         *gate.admin_routes(),  # past here: admins only
+        *invites.routes(),  # invite an email, list, revoke
         *admin.routes(),
     ]
     return insert(base, "private", notes.routes())  # the example app

@@ -73,6 +73,7 @@ DEFAULTS: dict[str, Any] = {
     "REQUIRE_VERIFIED": False,  # login refused (403 verify) until the email is verified
     "VERIFY_TTL": 86400,  # seconds a verification link works
     "RESET_TTL": 3600,  # seconds a reset link works
+    "INVITE_TTL": 7 * 86400,  # seconds an admin's invite link works
     "ARGON2_TIME": 2,  # argon2id parameters (OWASP): iterations,
     "ARGON2_MEMORY": 19456,  # KiB of memory,
     "ARGON2_PARALLELISM": 1,  # and lanes

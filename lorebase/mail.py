@@ -54,6 +54,20 @@ hours; after that, an account that never verified this address no longer holds i
 """)
 
 
+def invite_mail(base_url: str, token: str, ttl: int) -> tuple[str, str]:
+    days = max(1, round(ttl / 86400))
+    return ("You are invited to lorebase", f"""Hello,
+
+You are invited to sign up at {base_url} with this email address. Open this link and
+choose a username and a password:
+
+{base_url}/signup?invite={token}
+
+The link works once, for {days} day{'s' if days != 1 else ''}, and only with this address. If you do not want an
+account, ignore this mail.
+""")
+
+
 def reset_mail(base_url: str, username: str, token: str) -> tuple[str, str]:
     return ("Reset your password", f"""Hello {username},
 

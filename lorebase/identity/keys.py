@@ -38,3 +38,11 @@ def session_owner(sid: str) -> str | None:
     """The username a session id was made for, or None if it is not one of ours."""
     name, colon, rest = sid.partition(":")
     return name if colon and rest and USERNAME.fullmatch(name) else None
+
+
+# invites (identity/invites.py): an admin's invite of an email, and the set of them by expiry
+INVITES = "invites"
+
+
+def invite(address: str) -> str:
+    return f"invite:{address}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from ..chain import Route
 from ..http import ApiError, Reply, Request, reply
-from ..identity import keys, passwords, tokens, users
+from ..identity import invites, keys, passwords, tokens, users
 from ..mail import enqueue, reset_mail, verify_mail
 from ..notify import notify
 from ..ratelimit import check, clear, hit, key, take_back
@@ -27,6 +27,7 @@ class Signup(Schema):
     username: Text(1, 64, description="3-32 of [a-z0-9_.-] after trimming and lower-casing")  # type: ignore[valid-type]
     email: Text(3, 300)  # type: ignore[valid-type]
     password: Password  # type: ignore[valid-type]
+    invite: Text(0, 500, description="the token of an invite mail, for its email only") = ""  # type: ignore[valid-type]
 
 
 class VerifyEmail(Schema):
@@ -67,19 +68,32 @@ async def signup(req: Request) -> Reply:
     username = users.normal_username(data.username)
     email = users.normal_email(data.email)
     check_new_password(data.password, "password")
-    if config.WHITELIST and email not in config.WHITELIST:
+    if data.invite and invites.email_of(data.invite) != email:
+        raise ApiError(403, "invite")  # a token for another address (or none of ours)
+    if not data.invite and config.WHITELIST and email not in config.WHITELIST:
         raise ApiError(403, "whitelist")
     await check(db, "signup-ip", req.ip, config.SIGNUPS_PER_IP, HOUR)
     refused = await users.taken(db, username, email, config.VERIFY_TTL)
     if refused:  # before the hash: a taken name costs no argon2
         raise ApiError(409, refused)
     password_hash = await req.app.passwords.hash(data.password)
-    previous = await users.create(db, username, email, password_hash, config.VERIFY_TTL)
+    invited = await invites.take(db, data.invite, email) if data.invite else None
+    if data.invite and invited is None:
+        raise ApiError(403, "invite")  # used, revoked, expired or replaced
+    try:
+        previous = await users.create(db, username, email, password_hash, config.VERIFY_TTL)
+    except ApiError:
+        if invited:
+            await invites.give_back(db, email, invited)  # the name was taken meanwhile: the invite still works
+        raise
     if previous:
         notify("email taken over", user=username, previous=previous, ip=req.ip)
-    token = await tokens.issue(db, "verify", username, email, config.VERIFY_TTL)
-    await enqueue(db, email, *verify_mail(config.BASE_URL, username, token))
-    notify("signup", user=username, ip=req.ip)
+    if invited:  # the invite's mail proved the mailbox
+        await users.set_flag(db, username, "verified", True)
+    else:
+        token = await tokens.issue(db, "verify", username, email, config.VERIFY_TTL)
+        await enqueue(db, email, *verify_mail(config.BASE_URL, username, token))
+    notify("signup", user=username, ip=req.ip, invited=bool(invited))
     req.app.stats.flow("signups")
     return reply(200, {})
 
@@ -226,7 +240,7 @@ def routes() -> list[Route]:
     return [
         Route("POST", "/auth/signup", signup, section="auth", body=Signup, limit=LIMIT,
               summary="Create an account; a verification mail is sent",
-              replies={403: ["whitelist"], 409: ["username", "email"], 429: ["rate"]}),
+              replies={403: ["whitelist", "invite"], 409: ["username", "email"], 429: ["rate"]}),
         Route("POST", "/auth/verifyEmail", verify_email, section="auth", body=VerifyEmail, limit=LIMIT,
               summary="Mark the email verified: the token from the mail, and a live session of the "
                       "account or its password", replies={403: ["token", "auth"], 429: ["rate"]}),

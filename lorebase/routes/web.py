@@ -1,5 +1,5 @@
-"""The web client's files (public): the page at / (and at /verify and /reset, the pages the
-mail links open), and its script and style under /static/. Rendered in the browser from the
+"""The web client's files (public): the page at / (and at /verify, /reset and /signup, the
+pages the mail links open), and its script and style under /static/. Rendered in the browser from the
 JSON API; no templates, no build step. ETag from modification time and size (seed: Caching)."""
 
 from __future__ import annotations
@@ -53,5 +53,6 @@ def routes() -> list[Route]:
         Route("GET", "/", page, summary="The web client", serves="text/html"),
         Route("GET", "/verify", page, summary="The web client's page for a verification link", serves="text/html"),
         Route("GET", "/reset", page, summary="The web client's page for a reset link", serves="text/html"),
+        Route("GET", "/signup", page, summary="The web client's page for an invite link", serves="text/html"),
         Route("GET", "/static/{name}", asset, summary="The web client's script, style and images", serves="*/*"),
     ]

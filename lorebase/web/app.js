@@ -12,6 +12,7 @@ const WORDS = {
   username: 'That username is taken.',
   email: 'That email already has an account.',
   whitelist: 'Sign-up is by invitation only, and this email is not on the list.',
+  invite: 'This invitation is invalid, already used, revoked or expired. Ask for a new one.',
   token: 'This link is invalid, already used, or expired. Ask for a new one.',
   csrf: 'Your session went stale. Please reload the page.',
   origin: 'This request came from another site and was refused.',
@@ -196,6 +197,26 @@ async function verifyPage(token) {
   }, h('p', {}, `Did not sign up as "${account}"? `, release)));
 }
 
+// The invite link: the token names the invited address; the page asks for a username and a
+// password and signs up with the token (which works once, for that address only).
+function invitePage(token) {
+  let email = '';
+  try {
+    const head = token.slice(0, token.indexOf('.')).replace(/-/g, '+').replace(/_/g, '/');
+    email = new TextDecoder().decode(Uint8Array.from(atob(head), (c) => c.charCodeAt(0)));
+  } catch (e) { /* a mangled link: the server will say so */ }
+  const signup = form('invite-signup', `Sign up as ${email || 'invited'}`, [
+    ['username', 'Username', 'text', {autocomplete: 'username'}],
+    ['password', 'Password (8 or more characters)', 'password', {autocomplete: 'new-password'}],
+  ], 'Create account', async (v) => {
+    await api('POST', '/auth/signup', {username: v.username, email, password: v.password, invite: token});
+    history.replaceState(null, '', '/');
+    flash('Account created, with your email verified. Log in.', 'ok');
+    welcome();
+  }, h('p', {}, h('a', {href: '/'}, 'Back to log in')));
+  show(signup);
+}
+
 function resetPage(token) {
   show(form('reset', 'Choose a new password', [
     ['password', 'New password (8 or more characters)', 'password', {autocomplete: 'new-password'}],
@@ -360,6 +381,8 @@ async function start() {
   const token = new URLSearchParams(location.search).get('token');
   if (location.pathname === '/verify' && token) return verifyPage(token);
   if (location.pathname === '/reset') return token ? resetPage(token) : recover();  // the mail's bare /reset: ask for a link
+  const invite = new URLSearchParams(location.search).get('invite');
+  if (location.pathname === '/signup' && invite) return invitePage(invite);
   try {
     state.csrf = (await api('GET', '/auth/csrf')).csrf;
     state.me = await api('GET', '/auth/me');
