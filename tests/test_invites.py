@@ -13,7 +13,7 @@ import pytest
 from .identity_support import Api, Users, assert_error, dedicated, signup_body
 from .lore import Lorebase, MailSink
 
-INVITE_TTL = 3
+INVITE_TTL = 600
 
 
 @pytest.fixture(scope="module")
@@ -95,12 +95,15 @@ def test_a_revoked_invite_is_refused_and_revoking_twice_is_404(root: Api, mail: 
     assert_error(refused, 403, "invite")
 
 
-def test_an_expired_invite_is_refused(root: Api, mail: MailSink, users: Users) -> None:
-    email = "inv_late@example.com"
-    token = invite(root, mail, email)
-    time.sleep(INVITE_TTL + 0.5)
-    assert email not in [i["email"] for i in root.get("/admin/invites").json()]
-    assert_error(users.api().post("/auth/signup", signup_body("inv_late", email, invite=token)), 403, "invite")
+def test_an_expired_invite_is_refused(tmp_path_factory: pytest.TempPathFactory, mail: MailSink) -> None:
+    with dedicated(tmp_path_factory, mail, "invites-ttl", ADMINS="inv_short@example.com",
+                   WHITELIST="inv_short@example.com", INVITE_TTL=2) as short, Users(short, mail) as made:
+        admin = made.session(made.new("inv_short", verified=True))
+        email = "inv_late@example.com"
+        token = invite(admin, mail, email)
+        time.sleep(2.5)
+        assert email not in [i["email"] for i in admin.get("/admin/invites").json()]
+        assert_error(made.api().post("/auth/signup", signup_body("inv_late", email, invite=token)), 403, "invite")
 
 
 def test_a_new_invite_replaces_the_last_and_a_taken_name_keeps_the_invite(root: Api, mail: MailSink,
@@ -145,3 +148,43 @@ def test_an_account_email_cannot_be_invited_and_only_admins_invite(root: Api, ma
     assert_error(member.get("/admin/invites"), 403, "admin")
     assert_error(member.post("/admin/invites/revoke", {"email": "x@example.com"}, csrf=True), 403, "admin")
     assert_error(root.post("/admin/invites", {"email": "inv_csrf@example.com"}), 403, "csrf")
+
+
+def test_the_invite_link_opens_a_signup_page_that_works_in_a_browser(lore: Lorebase, root: Api, mail: MailSink,
+                                                                    users: Users) -> None:
+    from playwright.sync_api import expect
+
+    from .web_support import chromium, shot
+
+    email = "inv_browser@example.com"
+    token = invite(root, mail, email)
+    link = re.search(r"https?://\S+/signup\?invite=\S+", MailSink.text(mail.to(email)[-1]))
+    assert link and link.group(0).startswith(f"{lore.url}/signup?invite=")
+    with chromium() as browser:
+        context = browser.new_context(base_url=lore.url, extra_http_headers={"X-Real-IP": "10.9.3.1"})
+        context.set_default_timeout(15_000)
+        page = context.new_page()
+        errors: list[Exception] = []
+        page.on("pageerror", lambda error: errors.append(error))
+        page.goto(link.group(0))
+        form = page.locator("#invite-signup")
+        expect(form).to_contain_text(f"Sign up as {email}")
+        form.locator("input[name=username]").fill("inv_browser")
+        form.locator("input[name=password]").fill("a long invited passphrase")
+        shot(page, "invite-signup")
+        with page.expect_response(lambda r: r.url.endswith("/auth/signup")) as signed:
+            form.locator("button[type=submit]").click()
+        assert signed.value.status == 200, signed.value.text()
+        expect(page.locator("#flash")).to_have_text("Account created, with your email verified. Log in.")
+        assert page.url == f"{lore.url}/"
+        user = users.track("inv_browser", email, "a long invited passphrase")
+        assert users.session(user).get("/auth/me").json()["verified"] is True
+        # the same link again: refused, in words
+        page.goto(link.group(0))
+        form.locator("input[name=username]").fill("inv_browser2")
+        form.locator("input[name=password]").fill("a long invited passphrase")
+        form.locator("button[type=submit]").click()
+        expect(form.locator(".error")).to_be_visible()
+        assert errors == []
+        context.close()
+    assert token in link.group(0)

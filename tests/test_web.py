@@ -17,15 +17,12 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, ConsoleMessage, Error, Page, expect, sync_playwright
+from playwright.sync_api import Browser, ConsoleMessage, Error, Page, expect
 
-from .lore import ROOT, Lorebase, MailSink, wait_for
+from .lore import Lorebase, MailSink, wait_for
 from .support import assert_error, client_ip, post_json
+from .web_support import chromium, shot
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
-SCREENS = ROOT / "test-artifacts" / "screens"
 WRONG = "Wrong username or password."
 
 USER = "webuser"
@@ -37,10 +34,8 @@ RESET = "violet-harbor-19-summit"
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        yield chromium
-        chromium.close()
+    with chromium() as launched:
+        yield launched
 
 
 class Watched:
@@ -74,11 +69,6 @@ def watched(browser: Browser, server: Lorebase) -> Iterator[Watched]:
         yield Watched(page, ip)
     finally:
         context.close()
-
-
-def shot(page: Page, name: str) -> None:
-    SCREENS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=SCREENS / f"{name}.png", full_page=True)
 
 
 def link_in(mail: Any, server: Lorebase, path: str) -> str:
