@@ -55,6 +55,16 @@ class App(Chain):
         self.destroy_hooks: list[Callable[[Any, str], Awaitable[None]]] = [
             notes.remove_user_notes, files.remove_user_files]
 
+    async def destroy_user(self, username: str) -> bool:
+        """A user and everything of it, in destroy's three steps: first every session ends and
+        no new one can open (the username stays taken, so nobody can sign up as it while its
+        data is removed), marked `destroying`; then the apps' data (notes, files); then the
+        user, its indexes and tokens. If this dies half-way, `lorebase check --repair`
+        finishes it from the mark. The user's own destroy and an admin's delete run it. False
+        if the user was gone already."""
+        mark = await users.begin_destroy(self.db, self.sessions, username)
+        return bool(mark) and await self.erase_user(username, mark)
+
     async def erase_user(self, username: str, destroying: str) -> bool:
         """Destroy's steps 2 and 3, after `users.begin_destroy`: the apps' data (notes, files
         to the S3 trash), then the user, its indexes and tokens, if it still carries the

@@ -1,5 +1,5 @@
 """`lorebase check [--repair]`: the consistency check of the whole database (seed: Master
-tasks, "consistency checks"). Users and their indexes, sessions and tokens of missing users,
+tasks, "consistency checks"). Users and their indexes (the search's too), sessions and tokens of missing users,
 destroys that died half-way, notes, `usage:`, the file store (`files.check`, called as it is),
 and the jobs of the durable queues.
 
@@ -32,7 +32,7 @@ import msgspec
 from .apps.notes import _SWAP, NO_FILES, notebook_key, notes_key
 from .files import check as files_check
 from .files import keys as fkeys
-from .identity import keys, tokens
+from .identity import keys, tokens, users
 from .tasks.queue import durable
 
 DESTROY_GRACE = 15 * 60  # seconds: a younger `destroying` mark may be a destroy still running
@@ -79,6 +79,17 @@ if h and redis.call('HGET', KEYS[3], 'email') == ARGV[2] then return 'shared ' .
 if ARGV[4] == '1' then redis.call('SET', KEYS[2], ARGV[1]) end
 if h then return 'other ' .. h end
 return 'missing'
+"""
+
+# KEYS: users:by-name or users:by-email, the user an entry of it names. ARGV: the entry, the
+# name, 'name' or 'email' (which index), the address the entry is for, '1' to repair. 1 if the
+# entry is still there and its user does not exist or (by email) holds another address.
+_STALE_ENTRY = """
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
+local u = redis.call('HMGET', KEYS[2], 'username', 'email')
+if u[1] == ARGV[2] and (ARGV[3] == 'name' or u[2] == ARGV[4]) then return 0 end
+if ARGV[5] == '1' then redis.call('ZREM', KEYS[1], ARGV[1]) end
+return 1
 """
 
 # KEYS: a user, then keys of that user. ARGV: '1' to repair. How many of those keys exist
@@ -324,6 +335,28 @@ class Check:
             elif code.startswith("shared "):
                 self.found(keys.user(name), f"its email {address} is also the email of {code[7:]}")
 
+    def index(self, live: list[str]) -> None:
+        """The search indexes hold each user's name and address, and nothing else."""
+        for name in self.each("index", live):
+            for missing in self.run(users.INDEX, users.index_keys(name), [name, self.flag]):
+                where = keys.USERS_BY_NAME if missing == "name" else keys.USERS_BY_EMAIL
+                self.found(keys.user(name), f"its {'username' if missing == 'name' else 'email'} is not in {where}",
+                           "indexed")
+        entries = 0
+        for entry, _ in self.db.zscan_iter(keys.USERS_BY_NAME, count=1000):
+            entries += 1
+            if self.db.hget(keys.user(entry), "username") != entry and self.run(
+                    _STALE_ENTRY, [keys.USERS_BY_NAME, keys.user(entry)], [entry, entry, "name", "", self.flag]):
+                self.found(keys.USERS_BY_NAME, f"{entry} has no {keys.user(entry)}", "removed")
+        for entry, _ in self.db.zscan_iter(keys.USERS_BY_EMAIL, count=1000):
+            entries += 1
+            address, _, name = entry.partition("\0")
+            if self.db.hget(keys.user(name), "email") != address and self.run(
+                    _STALE_ENTRY, [keys.USERS_BY_EMAIL, keys.user(name)], [entry, name, "email", address, self.flag]):
+                self.found(keys.USERS_BY_EMAIL, f"{address} of {name or '?'}, who does not exist or has another email",
+                           "removed")
+        self.counts["index entries"] = entries
+
     # -- sessions and tokens -----------------------------------------------------------------
 
     def sessions(self) -> None:
@@ -480,6 +513,7 @@ class Check:
         self.destroys(live)
         live = [name for name in live if self.exists(name)]
         self.emails(live)
+        self.index(live)
         self.sessions()
         self.tokens()
         self.notes()

@@ -46,9 +46,11 @@ MATRIX = [
     ("POST", "/auth/changePassword", {"old": WRONG, "new": "Another-Horse-8"}, private((403, "auth"))),
     ("POST", "/auth/destroy", {"password": WRONG}, private((403, "auth"))),
     ("GET", "/admin/users", None, admin_only(OK)),
+    ("GET", "/admin/users/x_nobody", None, admin_only((404, "user"))),
     ("POST", "/admin/revoke", {"username": "x_nobody"}, admin_only((404, "user"))),
     ("POST", "/admin/disable", {"username": "x_nobody", "value": True}, admin_only((404, "user"))),
     ("POST", "/admin/admin", {"username": "x_nobody", "value": True}, admin_only((404, "user"))),
+    ("POST", "/admin/delete", {"username": "x_nobody"}, admin_only((404, "user"))),
 ]
 
 

@@ -11,12 +11,17 @@ import pytest
 from .identity_support import PASSWORD, Api, Users, assert_error, dedicated, session_cookies
 from .lore import MailSink
 
+# every admin route (the served OpenAPI document must list no other: see
+# test_the_route_table_lists_every_admin_route), GETs first, the delete last
 ROUTES = [
     ("GET", "/admin/users", None),
+    ("GET", "/admin/users/{target}", None),
     ("POST", "/admin/revoke", {"username": "{target}"}),
     ("POST", "/admin/disable", {"username": "{target}", "value": True}),
     ("POST", "/admin/admin", {"username": "{target}", "value": True}),
+    ("POST", "/admin/delete", {"username": "{target}"}),
 ]
+POSTS = [(path, body) for method, path, body in ROUTES if method == "POST"]
 PUBLIC_FIELDS = {"username", "email", "created", "verified", "admin", "disabled"}
 
 
@@ -42,7 +47,7 @@ def users(lore, mail) -> Iterator[Users]:
 
 def call(api: Api, method: str, path: str, body: dict | None, target: str, **kw):
     if body is None:
-        return api.request(method, path, **kw)
+        return api.request(method, path.format(target=target), **kw)
     body = {k: (v.format(target=target) if isinstance(v, str) else v) for k, v in body.items()}
     return api.post(path, body, csrf=api.csrf is not None, **kw)
 
@@ -71,17 +76,41 @@ def test_every_admin_route_refuses_a_non_admin(lore, users, root):
     assert stored["admin"] == "0" and stored["disabled"] == "0"
     assert lore.redis().hget("user:a_root", "disabled") == "0"
     assert root.get("/auth/csrf").status_code == 200  # nothing was revoked
-    for _, path, body in ROUTES[1:]:  # the admin's own POSTs need its token too
+    for path, body in POSTS:  # the admin's own POSTs need its token too
         assert_error(root.post(path, {k: (v.format(target="a_plain_1") if isinstance(v, str) else v)
                                       for k, v in body.items()}), 403, "csrf")
+        assert_error(root.post(path, {"username": "a_plain_1", **({"value": True} if "value" in body else {}),
+                                      "csrf": "x" * 43}), 403, "csrf")
+    assert lore.redis().exists("user:a_plain_1")
+
+
+def test_the_route_table_lists_every_admin_route(lore):
+    """A new admin route cannot be missed by the matrix above: the served route table (the
+    OpenAPI document is made from the chain's routes) has no admin route ROUTES lacks."""
+    with Api(lore) as api:
+        paths = api.get("/openapi.json").json()["paths"]
+    served = {(method.upper(), path) for path, item in paths.items() if path.startswith("/admin")
+              for method in item if method in ("get", "post", "put", "patch", "delete")}
+    assert served == {(method, path.replace("{target}", "{username}")) for method, path, _ in ROUTES}
+
+
+def test_an_admin_gets_2xx_from_every_admin_route(lore, users, root):
+    target = users.new("a_matrix_1", verified=True)
+    users.session(target)
+    for method, path, body in ROUTES:
+        r = call(root, method, path, body, "a_matrix_1")
+        assert 200 <= r.status_code < 300, (method, path, r.status_code, r.text)
+    target.gone = True  # the last route deleted it
+    assert not lore.redis().exists("user:a_matrix_1")
 
 
 def test_the_user_list_shows_public_fields_only(lore, users, root):
     users.new("a_listed_1")
-    r = root.get("/admin/users")
+    r = root.get("/admin/users?q=a_")
     assert r.status_code == 200, r.text
     assert r.headers["cache-control"] == "private, no-cache"
-    listed = {u["username"]: u for u in r.json()}
+    assert set(r.json()) == {"users", "next"} and r.json()["next"] is None
+    listed = {u["username"]: u for u in r.json()["users"]}
     assert all(set(u) == PUBLIC_FIELDS for u in listed.values()), r.json()
     assert listed["a_root"]["admin"] is True and listed["a_root"]["verified"] is True
     assert listed["a_listed_1"] == {"username": "a_listed_1", "email": "a_listed_1@example.com",
@@ -119,7 +148,7 @@ def test_disabling_ends_the_sessions_and_login_fails_like_a_wrong_password(lore,
             assert_error(r, 403, "auth")
             shapes.append((r.status_code, r.content, sorted((k, v) for k, v in r.headers.items() if k != "date")))
     assert shapes[0] == shapes[1] == shapes[2]
-    listed = {u["username"]: u for u in root.get("/admin/users").json()}
+    listed = {u["username"]: u for u in root.get("/admin/users?q=a_disable_1").json()["users"]}
     assert listed["a_disable_1"]["disabled"] is True
     # a password reset does not enable the account
     with Api(lore) as api:
@@ -150,6 +179,8 @@ def test_revoke_ends_every_session_of_the_user_on_the_next_request(lore, users, 
 
 
 def test_admin_routes_answer_404_for_an_unknown_user(lore, root):
-    for _, path, body in ROUTES[1:]:
+    for path, body in POSTS:
         r = root.post(path, {**body, "username": "a_nobody"}, csrf=True)
         assert_error(r, 404, "user")
+    for name in ("a_nobody", "A:B", "a%00b", "x" * 40):
+        assert_error(root.get(f"/admin/users/{name}"), 404, "user")

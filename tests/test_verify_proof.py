@@ -214,7 +214,7 @@ def test_the_mailbox_owner_cannot_make_a_squatter_admin_and_takes_the_address_ba
         assert me(boss_api)["admin"] is True
         listed = boss_api.get("/admin/users")
         assert listed.status_code == 200, listed.text
-        by_name = {u["username"]: u for u in listed.json()}
+        by_name = {u["username"]: u for u in listed.json()["users"]}
         assert by_name["boss"]["admin"] is True and by_name["boss"]["email"] == "boss@example.com"
         assert by_name["fakeboss"]["admin"] is False and by_name["fakeboss"]["email"] == ""
         assert_error(attacker.get("/admin/users"), 403, "admin")

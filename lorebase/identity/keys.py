@@ -4,6 +4,11 @@ A session id carries its user (`<username>:<random>`), so the gatekeeper names t
 key without reading the session first, and both land in one hash slot once the keys are
 tagged for Redis Cluster. One-time tokens carry their user the same way
 (`<username>.<random>`), so each user has at most one live token of each kind.
+
+The admin's search reads two lexicographic indexes (sorted sets, every score 0):
+`users:by-name` of usernames and `users:by-email` of `<email>\\0<username>` (the NUL sorts
+before every character an address may hold, so one address's entries sort together and a
+prefix range over the set is a prefix range over the addresses).
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ import re
 
 USERNAME = re.compile(r"[a-z0-9_.-]{3,32}")
 USERS = "users"
+USERS_BY_NAME = "users:by-name"
+USERS_BY_EMAIL = "users:by-email"
 
 
 def user(name: str) -> str:
@@ -20,6 +27,11 @@ def user(name: str) -> str:
 
 def email(address: str) -> str:
     return f"email:{address}"
+
+
+def by_email(address: str, name: str) -> str:
+    """The member of `users:by-email` for a user and its address."""
+    return f"{address}\0{name}"
 
 
 def session(sid: str) -> str:

@@ -188,6 +188,26 @@ class Sessions:
             return None
         return {"id": sid, "user": name, "csrf": csrf}
 
+    async def of_user(self, db: Client, user: dict[str, str], ids: list[str]) -> list[dict[str, int]]:
+        """The live ones of `user`'s session ids (`sessions:<user>`, read with the user), oldest
+        first: when each was made and last used (unix ms), never the id. One pipeline of GET and
+        PTTL: every use renews a session to SESSION_IDLE, so it was last used SESSION_IDLE
+        minus its time left ago. A session the gatekeeper would refuse (expired, another
+        generation, past SESSION_MAX, its user disabled) is not live."""
+        replies = await db.pipeline([c for sid in ids for c in (("GET", keys.session(sid)),
+                                                                 ("PTTL", keys.session(sid)))])
+        now = int(time.time() * 1000)
+        live = []
+        for value, left in zip(replies[::2], replies[1::2], strict=True):
+            if value is None or left < 0 or user.get("disabled") == "1":
+                continue
+            _, _, rest = value.partition(" ")
+            created, _, gen = rest.partition(" ")
+            if gen != user.get("gen", "") or not created.isdigit() or now - int(created) > self.max * 1000:
+                continue
+            live.append({"created": int(created), "last": max(int(created), now - (self.idle * 1000 - left))})
+        return sorted(live, key=lambda s: s["created"])
+
     async def delete(self, db: Client, sid: str, user: str) -> None:
         await db.multi([("DEL", keys.session(sid)), ("SREM", keys.sessions(user), sid)])
 

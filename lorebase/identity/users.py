@@ -4,13 +4,15 @@
 gen, last (unix ms of the last login), destroying (unix ms: a destroy began; set with
 disabled in the step that ends the sessions, so a destroy that died half-way is
 recognisable and `lorebase check --repair` finishes it)}; `email:<email>` string → username (the email
-index); `users` set of all usernames. A user and its indexes are written and removed
-together (Lua), so a crash never leaves half a user. Every change that must end the user's
+index); `users` set of all usernames; `users:by-name` and `users:by-email`, the sorted
+sets the admin's search reads (see keys.py and `search`). A user and its indexes are written
+and removed together (Lua), so a crash never leaves half a user. Every change that must end the user's
 sessions goes through `Sessions.end_all` in the same step (see sessions.py).
 """
 
 from __future__ import annotations
 
+import base64
 import re
 import time
 from typing import Any
@@ -26,8 +28,9 @@ USERNAME = keys.USERNAME
 EMAIL = re.compile(r"[a-z0-9!#$%&'*+/=?^_`{|}~.-]{1,64}@[a-z0-9-]+(\.[a-z0-9-]+)*\.[a-z]{2,}")
 
 # KEYS: user, email, users, the user holding the email if it may be taken from it (or the
-# new user's key again). ARGV: created before which a holder that never verified loses the
-# address (or 0), then the new user's field/value pairs (username second, email fourth).
+# new user's key again), users:by-name, users:by-email. ARGV: created before which a holder
+# that never verified loses the address (or 0), then the new user's field/value pairs
+# (username second, email fourth).
 _CREATE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 'username' end
 local holder = redis.call('GET', KEYS[2])
@@ -37,25 +40,30 @@ if holder then
     return 'email'
   end
   redis.call('HSET', KEYS[4], 'email', '')
+  redis.call('ZREM', KEYS[6], ARGV[5] .. '\\0' .. holder)
 end
 redis.call('HSET', KEYS[1], unpack(ARGV, 2))
 redis.call('SET', KEYS[2], ARGV[3])
 redis.call('SADD', KEYS[3], ARGV[3])
+redis.call('ZADD', KEYS[5], 0, ARGV[3])
+redis.call('ZADD', KEYS[6], 0, ARGV[5] .. '\\0' .. ARGV[3])
 if holder then return 'took ' .. holder end
 return 'ok'
 """
 
-# KEYS: user, email. ARGV: the address. The address leaves an account that never verified it.
+# KEYS: user, email, users:by-email. ARGV: the address. The address leaves an account that
+# never verified it.
 _RELEASE = """
 local u = redis.call('HMGET', KEYS[1], 'username', 'email', 'verified')
 if not u[1] or u[2] ~= ARGV[1] or u[3] == '1' then return 0 end
 redis.call('HSET', KEYS[1], 'email', '')
+redis.call('ZREM', KEYS[3], ARGV[1] .. '\\0' .. u[1])
 if redis.call('GET', KEYS[2]) == u[1] then redis.call('DEL', KEYS[2]) end
 return 1
 """
 
-# KEYS: user, email, users, sessions, verify token, reset token. ARGV: the `destroying` mark
-# the user must still carry (or '': any user)
+# KEYS: user, email, users, sessions, verify token, reset token, users:by-name,
+# users:by-email. ARGV: the `destroying` mark the user must still carry (or '': any user)
 _DELETE = """
 local u = redis.call('HMGET', KEYS[1], 'username', 'email', 'destroying')
 if not u[1] then return 0 end
@@ -63,9 +71,38 @@ if ARGV[1] ~= '' and u[3] ~= ARGV[1] then return 0 end
 for _, sid in ipairs(redis.call('SMEMBERS', KEYS[4])) do redis.call('DEL', 'session:' .. sid) end
 redis.call('DEL', KEYS[1], KEYS[4], KEYS[5], KEYS[6])
 redis.call('SREM', KEYS[3], u[1])
+redis.call('ZREM', KEYS[7], u[1])
+if u[2] and u[2] ~= '' then redis.call('ZREM', KEYS[8], u[2] .. '\\0' .. u[1]) end
 if redis.call('GET', KEYS[2]) == u[1] then redis.call('DEL', KEYS[2]) end
 return 1
 """
+
+
+# KEYS: user, users:by-name, users:by-email. ARGV: the name, '1' to write. The index entries
+# the user lacks ('name', 'email'), added with '1': the migration that builds the index and
+# `lorebase check --repair` run it, atomically with any write to the user.
+INDEX = """
+local u = redis.call('HMGET', KEYS[1], 'username', 'email')
+if u[1] ~= ARGV[1] then return {} end
+local out = {}
+if not redis.call('ZSCORE', KEYS[2], ARGV[1]) then
+  out[#out + 1] = 'name'
+  if ARGV[2] == '1' then redis.call('ZADD', KEYS[2], 0, ARGV[1]) end
+end
+if u[2] and u[2] ~= '' then
+  local member = u[2] .. '\\0' .. ARGV[1]
+  if not redis.call('ZSCORE', KEYS[3], member) then
+    out[#out + 1] = 'email'
+    if ARGV[2] == '1' then redis.call('ZADD', KEYS[3], 0, member) end
+  end
+end
+return out
+"""
+
+
+def index_keys(name: str) -> list[str]:
+    """The KEYS of `INDEX` for a user."""
+    return [keys.user(name), keys.USERS_BY_NAME, keys.USERS_BY_EMAIL]
 
 
 def normal_username(raw: str, path: str = "username") -> str:
@@ -108,8 +145,8 @@ async def create(db: Client, username: str, email: str, password_hash: str, veri
     holder = await db.call("GET", keys.email(email))
     holder_key = keys.user(holder) if holder and USERNAME.fullmatch(holder) else keys.user(username)
     cutoff = int(time.time()) - verify_ttl
-    result = await db.script(_CREATE, [keys.user(username), keys.email(email), keys.USERS, holder_key],
-                             [cutoff, *fields])
+    result = await db.script(_CREATE, [keys.user(username), keys.email(email), keys.USERS, holder_key,
+                                       keys.USERS_BY_NAME, keys.USERS_BY_EMAIL], [cutoff, *fields])
     if result == "ok":
         return None
     if result.startswith("took "):
@@ -117,9 +154,61 @@ async def create(db: Client, username: str, email: str, password_hash: str, veri
     raise ApiError(409, result)
 
 
-async def names(db: Client) -> list[str]:
-    """Every username (the `users` set)."""
-    return list(await db.call("SMEMBERS", keys.USERS))
+PAGE = 50  # users a search page holds
+_SCAN = 500  # `users:by-email` entries read at a time past those a name match already gave
+_LISTED = ("username", "email", "created", "verified", "admin", "disabled")
+
+
+class BadCursor(ValueError):
+    """A search cursor that `search` did not make."""
+
+
+def _cursor(phase: str, member: str) -> str:
+    return phase + base64.urlsafe_b64encode(member.encode()).decode().rstrip("=")
+
+
+def _position(cursor: str) -> tuple[str, str]:
+    phase, encoded = cursor[:1], cursor[1:]
+    try:
+        member = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode()
+    except (ValueError, UnicodeDecodeError):
+        raise BadCursor(cursor) from None
+    if phase not in ("n", "e") or not member:
+        raise BadCursor(cursor)
+    return phase, member
+
+
+async def search(db: Client, q: str, after: str = "", page: int = PAGE) -> tuple[list[dict[str, str]], str | None]:
+    """Users whose username or email starts with `q` (lower-cased already), a page at a time,
+    and the cursor of the next page (None: the last one). The usernames that match come
+    first, in order (`users:by-name`), then the users matched by email only, in address order
+    (`users:by-email`, skipping those whose username matched): one sequence, so a cursor (the
+    index entry a page ended on) pages it without duplicates or gaps while users come and go.
+    A page costs one ZRANGEBYLEX (more only while many email matches are name matches too)
+    and one pipeline of HMGETs. BadCursor for a cursor it did not make."""
+    phase, last = _position(after) if after else ("n", "")
+    start, end = (b"[" + q.encode(), b"[" + q.encode() + b"\xff") if q else (b"-", b"+")
+    found: list[tuple[str, str, str]] = []  # (phase, index entry, username)
+    if phase == "n":
+        low = b"(" + last.encode() if last else start
+        names = await db.call("ZRANGEBYLEX", keys.USERS_BY_NAME, low, end, "LIMIT", 0, page + 1)
+        found += [("n", name, name) for name in names]
+        last = ""
+    while q and len(found) <= page:
+        low = b"(" + last.encode() if last else start
+        entries = await db.call("ZRANGEBYLEX", keys.USERS_BY_EMAIL, low, end, "LIMIT", 0, _SCAN)
+        for entry in entries:
+            name = entry.partition("\0")[2]
+            if not name.startswith(q):
+                found.append(("e", entry, name))
+        if len(entries) < _SCAN:
+            break
+        last = entries[-1]
+    more = len(found) > page
+    found = found[:page]
+    rows = await db.pipeline([("HMGET", keys.user(name), *_LISTED) for _, _, name in found])
+    listed = [dict(zip(_LISTED, row, strict=True)) for row in rows if row[0] is not None]
+    return listed, _cursor(*found[-1][:2]) if more else None
 
 
 async def get(db: Client, username: str) -> dict[str, str] | None:
@@ -181,11 +270,12 @@ async def disable(db: Client, sessions: Sessions, username: str) -> int:
 
 async def begin_destroy(db: Client, sessions: Sessions, username: str) -> str:
     """Destroy's first step: disabled, every session and the live reset token ended, and the
-    `destroying` mark (unix ms) set, all at once. The mark, which `delete` then requires."""
+    `destroying` mark (unix ms) set, all at once. The mark, which `delete` then requires
+    ('' if the user is gone)."""
     mark = str(int(time.time() * 1000))
-    await sessions.end_all(db, username, fields={"disabled": 1, "destroying": mark},
-                           also=(tokens.key("reset", username),))
-    return mark
+    ended = await sessions.end_all(db, username, fields={"disabled": 1, "destroying": mark},
+                                   also=(tokens.key("reset", username),))
+    return mark if ended >= 0 else ""
 
 
 async def verify(db: Client, token: str, email: str) -> bool:
@@ -195,7 +285,7 @@ async def verify(db: Client, token: str, email: str) -> bool:
 
 async def release(db: Client, username: str, email: str) -> bool:
     """Takes `email` from an account that never verified it (its email becomes empty)."""
-    return bool(await db.script(_RELEASE, [keys.user(username), keys.email(email)], [email]))
+    return bool(await db.script(_RELEASE, [keys.user(username), keys.email(email), keys.USERS_BY_EMAIL], [email]))
 
 
 async def delete(db: Client, user: dict[str, str], destroying: str = "") -> bool:
@@ -204,4 +294,5 @@ async def delete(db: Client, user: dict[str, str], destroying: str = "") -> bool
     name = user["username"]
     return bool(await db.script(_DELETE, [keys.user(name), keys.email(user.get("email", "")), keys.USERS,
                                           keys.sessions(name), tokens.key("verify", name),
-                                          tokens.key("reset", name)], [destroying]))
+                                          tokens.key("reset", name), keys.USERS_BY_NAME, keys.USERS_BY_EMAIL],
+                                [destroying]))

@@ -120,12 +120,7 @@ async def destroy(req: Request) -> Reply:
     data: Destroy = req.data
     app = req.app
     user = await _user_with_password(req, data.password)
-    # first every session ends and no new one can open (the username stays taken, so
-    # nobody can sign up as it while its data is removed), marked `destroying`; then the
-    # apps' data (notes, files); then the user, its indexes and tokens. If this dies half-way,
-    # `lorebase check --repair` finishes it from the mark.
-    mark = await users.begin_destroy(app.db, app.sessions, user["username"])
-    await app.erase_user(user["username"], mark)
+    await app.destroy_user(user["username"])
     notify("destroy", user=user["username"], ip=req.ip)
     return reply(200, {}, {"set-cookie": app.sessions.clear_cookie(), **NO_STORE})
 

@@ -1,11 +1,19 @@
-"""Admin routes (after the admin gatekeeper): list users, revoke a user's sessions,
-disable or enable a user, grant or take the admin flag."""
+"""Admin routes (after the admin gatekeeper): search users and page through them, one user's
+detail, revoke a user's sessions, disable or enable a user, grant or take the admin flag,
+delete a user. An admin cannot take their own flag, disable or delete themselves (403
+`self`): the last admin could otherwise lock everyone out."""
 
 from __future__ import annotations
 
+from typing import Any
+
+import msgspec
+
+from ..apps.notes import notes_key
 from ..chain import Route
+from ..files import keys as fkeys
 from ..http import ApiError, Reply, Request, reply
-from ..identity import users
+from ..identity import keys, users
 from ..notify import notify
 from ..schema import Schema, Text
 
@@ -19,18 +27,80 @@ class Flag(Schema):
     value: bool
 
 
+class UsersQuery(Schema):
+    q: Text(0, 254, description="a username or email prefix, any case") = ""  # type: ignore[valid-type]
+    after: Text(0, 400, description="the `next` of the previous page") = ""  # type: ignore[valid-type]
+
+
+class UserRow(msgspec.Struct):
+    username: str
+    email: str
+    created: int
+    verified: bool
+    admin: bool
+    disabled: bool
+
+
+class UserPage(msgspec.Struct):
+    users: list[UserRow]
+    next: str | None
+
+
+class SessionRow(msgspec.Struct):
+    created: int
+    last: int
+
+
+class UserDetail(msgspec.Struct):
+    username: str
+    email: str
+    created: int
+    verified: bool
+    admin: bool
+    disabled: bool
+    last_login: int | None
+    files: int
+    bytes: int
+    notes: int
+    sessions: list[SessionRow]
+
+
 async def list_users(req: Request) -> Reply:
-    db = req.app.db
-    names = sorted(await users.names(db))[:1000]
-    found = [await users.get(db, name) for name in names]
+    query: UsersQuery = req.data
+    try:
+        found, after = await users.search(req.app.db, query.q.strip().lower(), query.after)
+    except users.BadCursor:
+        raise ApiError(400, "validation", "after") from None
     admins = req.app.config.ADMINS
-    return reply(200, [users.public(u, admins) for u in found if u is not None])
+    return reply(200, {"users": [users.public(u, admins) for u in found], "next": after})
 
 
-async def _target(req: Request) -> dict[str, str]:
+async def user_detail(req: Request) -> Reply:
+    name = req.params["username"].lower()
+    if not keys.USERNAME.fullmatch(name):
+        raise ApiError(404, "user")
+    db = req.app.db
+    user, files, used, notes, ids = await db.pipeline([
+        ("HGETALL", keys.user(name)), ("ZCARD", fkeys.files(name)), ("GET", fkeys.usage(name)),
+        ("ZCARD", notes_key(name)), ("SMEMBERS", keys.sessions(name))])
+    if not user:
+        raise ApiError(404, "user")
+    record = dict(zip(user[::2], user[1::2], strict=True))
+    detail: dict[str, Any] = users.public(record, req.app.config.ADMINS)
+    last = record.get("last", "")
+    detail.update(last_login=int(last) if last.isdigit() else None, files=int(files), bytes=int(used or 0),
+                  notes=int(notes), sessions=await req.app.sessions.of_user(db, record, list(ids)))
+    return reply(200, detail)
+
+
+async def _target(req: Request, refuse_self: bool = False) -> dict[str, str]:
+    """The user the body names (404 user); 403 self if it is the admin's own account and
+    `refuse_self`."""
     user = await users.get(req.app.db, req.data.username.strip().lower())
     if user is None:
         raise ApiError(404, "user")
+    if refuse_self and req.session is not None and user["username"] == req.session["user"]:
+        raise ApiError(403, "self")
     return user
 
 
@@ -42,7 +112,7 @@ async def revoke(req: Request) -> Reply:
 
 
 async def disable(req: Request) -> Reply:
-    user = await _target(req)
+    user = await _target(req, refuse_self=req.data.value)
     if req.data.value:  # disabled and every session ended in one step
         await users.disable(req.app.db, req.app.sessions, user["username"])
     else:
@@ -52,19 +122,34 @@ async def disable(req: Request) -> Reply:
 
 
 async def set_admin(req: Request) -> Reply:
-    user = await _target(req)
+    user = await _target(req, refuse_self=not req.data.value)
     await users.set_flag(req.app.db, user["username"], "admin", req.data.value)
     notify("admin flag", user=user["username"], value=req.data.value, by=req.session and req.session["user"])
     return reply(200, {})
 
 
+async def delete(req: Request) -> Reply:
+    user = await _target(req, refuse_self=True)
+    if not await req.app.destroy_user(user["username"]):
+        raise ApiError(404, "user")
+    notify("admin delete", user=user["username"], by=req.session and req.session["user"])
+    return reply(200, {})
+
+
 def routes() -> list[Route]:
     return [
-        Route("GET", "/admin/users", list_users, section="admin", summary="All users (up to 1000)"),
+        Route("GET", "/admin/users", list_users, section="admin", query=UsersQuery, ok=UserPage,
+              summary="Users whose username or email starts with q: name matches first, then email-only "
+                      f"matches, {users.PAGE} a page (`after`: the previous page's `next`)"),
+        Route("GET", "/admin/users/{username}", user_detail, section="admin", ok=UserDetail,
+              replies={404: ["user"]},
+              summary="One user: its record, last login, files, bytes, notes and live sessions"),
         Route("POST", "/admin/revoke", revoke, section="admin", body=UserIn, replies={404: ["user"]},
               summary="End all sessions of a user"),
-        Route("POST", "/admin/disable", disable, section="admin", body=Flag, replies={404: ["user"]},
-              summary="Disable (value true: sessions end, login refused) or enable a user"),
-        Route("POST", "/admin/admin", set_admin, section="admin", body=Flag, replies={404: ["user"]},
-              summary="Grant or take the admin flag"),
+        Route("POST", "/admin/disable", disable, section="admin", body=Flag, replies={403: ["self"], 404: ["user"]},
+              summary="Disable (value true: sessions end, login refused) or enable a user; not oneself"),
+        Route("POST", "/admin/admin", set_admin, section="admin", body=Flag, replies={403: ["self"], 404: ["user"]},
+              summary="Grant or take the admin flag; not one's own"),
+        Route("POST", "/admin/delete", delete, section="admin", body=UserIn, replies={403: ["self"], 404: ["user"]},
+              summary="Delete a user and everything of it, as its own destroy does; not oneself"),
     ]
