@@ -156,7 +156,8 @@ def test_the_detail_of_a_user_shows_its_sessions_files_and_notes(lore, users, ro
         assert before <= detail["last_login"] <= int(time.time() * 1000)
         assert (detail["files"], detail["bytes"], detail["notes"]) == (1, stored["size"], 2)
         sessions = detail["sessions"]
-        assert len(sessions) == 2 and all(set(s) == {"created", "last"} for s in sessions)
+        assert len(sessions) == 2 and all(set(s) == {"created", "last", "ip", "agent"} for s in sessions)
+        assert all(s["agent"] == "httpx" and s["ip"] for s in sessions)  # the login's
         assert sessions[0]["created"] <= sessions[1]["created"]
         # the first was used after the second was made: its last use is later than that
         assert sessions[0]["last"] >= sessions[1]["created"] - 5 and sessions[1]["last"] >= sessions[1]["created"]

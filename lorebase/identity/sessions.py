@@ -188,7 +188,7 @@ class Sessions:
             return None
         return {"id": sid, "user": name, "csrf": csrf}
 
-    async def of_user(self, db: Client, user: dict[str, str], ids: list[str]) -> list[dict[str, int]]:
+    async def of_user(self, db: Client, user: dict[str, str], ids: list[str]) -> list[dict[str, Any]]:
         """The live ones of `user`'s session ids (`sessions:<user>`, read with the user), oldest
         first: when each was made and last used (unix ms), never the id. One pipeline of GET and
         PTTL: every use renews a session to SESSION_IDLE, so it was last used SESSION_IDLE
@@ -201,11 +201,11 @@ class Sessions:
         for value, left in zip(replies[::2], replies[1::2], strict=True):
             if value is None or left < 0 or user.get("disabled") == "1":
                 continue
-            _, _, rest = value.partition(" ")
-            created, _, gen = rest.partition(" ")
+            _, created, gen, ip, agent = _fields(value)
             if gen != user.get("gen", "") or not created.isdigit() or now - int(created) > self.max * 1000:
                 continue
-            live.append({"created": int(created), "last": max(int(created), now - (self.idle * 1000 - left))})
+            live.append({"created": int(created), "last": max(int(created), now - (self.idle * 1000 - left)),
+                         "ip": ip, "agent": agent})
         return sorted(live, key=lambda s: s["created"])
 
     async def delete(self, db: Client, sid: str, user: str) -> None:
@@ -254,11 +254,11 @@ class Sessions:
         for sid, value, ttl in zip(ids, replies[::2], replies[1::2], strict=True):
             if value is None or ttl is None or int(ttl) < 0:
                 continue  # expired meanwhile (the set is tidied by `prune`)
-            fields = [*value.split(" ", 4), "", "", ""]
-            out.append({"handle": handle(sid), "created": int(fields[1] or 0),
-                        "last": max(int(fields[1] or 0), now - (self.idle * 1000 - int(ttl))),
-                        "ip": "" if fields[3] == "-" else fields[3], "agent": fields[4],
-                        "current": sid == current})
+            _, created, _, ip, agent = _fields(value)
+            made = int(created) if created.isdigit() else 0
+            out.append({"handle": handle(sid), "created": made,
+                        "last": max(made, now - (self.idle * 1000 - int(ttl))),
+                        "ip": ip, "agent": agent, "current": sid == current})
         out.sort(key=lambda s: s["last"], reverse=True)
         return out
 
@@ -277,6 +277,13 @@ class Sessions:
         deleted, _ = await db.multi([("DEL", *[keys.session(sid) for sid in doomed]),
                                      ("SREM", keys.sessions(user), *doomed)])
         return int(deleted)  # 0: it had expired on its own meanwhile
+
+
+def _fields(value: str) -> tuple[str, str, str, str, str]:
+    """A session's value as (csrf, created, gen, ip, agent); a session made before ip and agent
+    were kept has them empty."""
+    csrf, created, gen, ip, agent = [*value.split(" ", 4), "", "", "", ""][:5]
+    return csrf, created, gen, "" if ip == "-" else ip, agent
 
 
 def handle(sid: str) -> str:

@@ -49,6 +49,8 @@ class UserPage(msgspec.Struct):
 class SessionRow(msgspec.Struct):
     created: int
     last: int
+    ip: str
+    agent: str
 
 
 class UserDetail(msgspec.Struct):
