@@ -24,7 +24,7 @@ from .identity.passwords import Passwords
 from .identity.sessions import Sessions
 from .notify import notify
 from .openapi import document
-from .routes import account, admin, auth, files, gate, public, web
+from .routes import account, admin, admin_ops, auth, files, gate, public, web
 
 
 def routes(config: Config) -> list[Route]:
@@ -38,6 +38,7 @@ def routes(config: Config) -> list[Route]:
         *files.routes(config),  # upload, list, download, delete
         *gate.admin_routes(),  # past here: admins only
         *admin.routes(),
+        *admin_ops.routes(),  # logs, stats and beat series, backups
     ]
     return insert(base, "private", notes.routes())  # the example app
 
