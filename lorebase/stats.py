@@ -331,37 +331,53 @@ def percentile(counts: list[int], q: float, highest: float) -> float:
     return 0.0
 
 
-async def read_minutes(db: Client, first: int, last: int) -> list[tuple[int, dict[str, str]]]:
-    """The hashes of the minutes `first`..`last` (unix minutes) that exist, in pipelines of
-    READ_BATCH (a day is six round trips)."""
-    out: list[tuple[int, dict[str, str]]] = []
+async def read_minutes(db: Client, first: int, last: int) -> list[tuple[int, Any]]:
+    """The hashes of the minutes `first`..`last` (unix minutes) that exist, as HGETALL sent
+    them, in pipelines of READ_BATCH (a day is six round trips)."""
+    out: list[tuple[int, Any]] = []
     for start in range(first, last + 1, READ_BATCH):
         minutes = range(start, min(start + READ_BATCH, last + 1))
         replies = await db.pipeline([("HGETALL", minute_key(m)) for m in minutes])
-        out += [(m, fields(raw)) for m, raw in zip(minutes, replies, strict=True) if raw]
+        out += [(m, raw) for m, raw in zip(minutes, replies, strict=True) if raw]
     return out
 
 
-def chart(minutes: list[tuple[int, dict[str, str]]], first: int, buckets: int, step: int) -> dict[str, list[list[Any]]]:
+def chart(minutes: list[tuple[int, Any]], first: int, buckets: int, step: int) -> dict[str, list[list[Any]]]:
     """Per-minute hashes → series {name: [[t (unix s, the bucket's start), value], ...]} over
     `buckets` buckets of `step` minutes from minute `first`. Flows (requests, errors_4xx,
     errors_5xx, signups, logins, ...) are summed over a bucket, with a 0 for a bucket without
     any; latency_p50/latency_p99 (ms, overall and `latency_p50|<METHOD> <route>`) come from the
     bucket's merged histograms, only where it had requests; levels (users, queue|<q>|<state>)
     are the bucket's last."""
+    # first each bucket's minutes merged into one dict (a day: 5 minutes into one), the kind
+    # of each field name worked out once: the parse below then runs once per bucket and field
+    merged: list[dict[str, float]] = [{} for _ in range(buckets)]
+    kinds: dict[str, str] = {}
+    for minute, hashed in minutes:
+        at = (minute - first) // step
+        if not 0 <= at < buckets:
+            continue
+        into = merged[at]
+        for field, value in fields(hashed).items():
+            kind = kinds.get(field)
+            if kind is None:
+                kind = kinds[field] = field.partition("|")[0]
+            if kind == "latency_max":
+                into[field] = max(into.get(field, 0.0), float(value))
+            elif kind == "stock":
+                into[field] = float(value)  # the bucket's last recording
+            elif kind not in ("latency_sum", "latency_min"):
+                into[field] = into.get(field, 0) + int(value)
     names = ("requests", "errors_4xx", "errors_5xx", *CHART_FLOWS)
     flows = {name: [0] * buckets for name in names}
     hist: dict[str, list[list[int]]] = {}
     highest: dict[str, list[float]] = {}
     levels: dict[str, dict[int, float]] = {}
-    for minute, hashed in minutes:
-        at = (minute - first) // step
-        if not 0 <= at < buckets:
-            continue
-        for field, value in hashed.items():
+    for at, bucket in enumerate(merged):
+        for field, number in bucket.items():
             kind, _, rest = field.partition("|")
             if kind == "requests":
-                count = int(value)
+                count = int(number)
                 flows["requests"][at] += count
                 status = rest.rpartition("|")[2]
                 if status[:1] in ("4", "5"):
@@ -369,17 +385,22 @@ def chart(minutes: list[tuple[int, dict[str, str]]], first: int, buckets: int, s
             elif kind == "latency":
                 label, _, index = rest.rpartition("|")
                 if index.isdigit() and int(index) <= len(BUCKETS_MS):
+                    slot, count = int(index), int(number)
                     for name in ("", label):
-                        rows = hist.setdefault(name, [[0] * (len(BUCKETS_MS) + 1) for _ in range(buckets)])
-                        rows[at][int(index)] += int(value)
+                        rows = hist.get(name)
+                        if rows is None:
+                            rows = hist[name] = [[0] * (len(BUCKETS_MS) + 1) for _ in range(buckets)]
+                        rows[at][slot] += count
             elif kind == "latency_max":
                 for name in ("", rest):
-                    top = highest.setdefault(name, [0.0] * buckets)
-                    top[at] = max(top[at], float(value))
+                    top = highest.get(name)
+                    if top is None:
+                        top = highest[name] = [0.0] * buckets
+                    top[at] = max(top[at], number)
             elif kind == "stock":
-                levels.setdefault(rest, {})[at] = float(value)
+                levels.setdefault(rest, {})[at] = number
             elif not rest and kind in flows:
-                flows[kind][at] += int(value)
+                flows[kind][at] += int(number)
     out: dict[str, list[list[Any]]] = {}
     for name, values in flows.items():
         out[name] = [[(first + i * step) * 60, v] for i, v in enumerate(values)]
@@ -405,4 +426,7 @@ async def series(db: Client, minutes: int, step: int, now: float | None = None) 
     last_bucket = current - current % step
     buckets = max(1, minutes // step)
     first = last_bucket - (buckets - 1) * step
-    return chart(await read_minutes(db, first, current), first, buckets, step)
+    found = await read_minutes(db, first, current)
+    # a day of busy minutes is ~10^6 fields, about a second of Python: on a thread, so the
+    # worker's event loop goes on serving meanwhile (it gets the GIL every few ms)
+    return await asyncio.to_thread(chart, found, first, buckets, step)
