@@ -24,7 +24,7 @@ from .identity.passwords import Passwords
 from .identity.sessions import Sessions
 from .notify import notify
 from .openapi import document
-from .routes import account, admin, auth, files, gate, invites, public, web
+from .routes import account, admin, admin_ops, auth, files, gate, invites, public, web
 
 
 def routes(config: Config) -> list[Route]:
@@ -39,6 +39,7 @@ def routes(config: Config) -> list[Route]:
         *gate.admin_routes(),  # past here: admins only
         *invites.routes(),  # invite an email, list, revoke
         *admin.routes(),
+        *admin_ops.routes(),  # logs, stats and beat series, backups
     ]
     return insert(base, "private", notes.routes())  # the example app
 

@@ -24,9 +24,12 @@ import threading
 import time
 import traceback
 import urllib.request
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
+
+if TYPE_CHECKING:
+    from .db import Client
 
 REDACTED = "[redacted]"
 _SECRET_KEY = re.compile(r"pass|cookie|csrf|token|secret|authorization|session", re.I)
@@ -267,3 +270,16 @@ class Notifier:
 
 
 notify = Notifier()
+
+
+async def read(db: Client, start: str, end: str, count: int, newest_first: bool = True) -> list[tuple[str, str]]:
+    """Up to `count` entries of the stream `log` between the ids `start` and `end` (XRANGE's
+    syntax: `-`, `+`, a unix ms, `(<id>` for exclusive), as (id, the JSON line); newest first
+    (`start` is then the newer end) or oldest first. Entries without a `json` field are
+    returned with an empty line."""
+    command = ("XREVRANGE", STREAM, start, end) if newest_first else ("XRANGE", STREAM, start, end)
+    out = []
+    for entry_id, fields in await db.call(*command, "COUNT", count) or []:
+        values = dict(zip(fields[::2], fields[1::2], strict=False))
+        out.append((str(entry_id), str(values.get("json", ""))))
+    return out

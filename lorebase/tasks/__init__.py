@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import math
 import os
 import signal
 import sys
@@ -24,6 +25,7 @@ from .schedule import Scheduler, Task
 
 # the start-up check is skipped if one (of any node) started within this many seconds
 CHECK_AT_START = 3600.0
+SCHEDULED = ("backup", "check", "stats")  # the scheduled tasks' names (`task:<name>`)
 
 
 class Tasks:
@@ -51,8 +53,10 @@ class Tasks:
         tasks = []
         if config.STATS:
             tasks.append(Task("stats", 60, self.stocks, quiet=True))
-        if float(config.BACKUP_EVERY) > 0:
-            tasks.append(Task("backup", float(config.BACKUP_EVERY), self.alerting("backup", self.backup)))
+        # always there, so that an admin's "back up now" (schedule.request_run) has a taker;
+        # with BACKUP_EVERY 0 it runs only when asked
+        every = float(config.BACKUP_EVERY)
+        tasks.append(Task("backup", every if every > 0 else math.inf, self.alerting("backup", self.backup)))
         if float(config.CHECK_EVERY) > 0:
             tasks.append(Task("check", float(config.CHECK_EVERY), self.alerting("check", self.check),
                               at_start=CHECK_AT_START))

@@ -66,6 +66,9 @@ return 1
 """
 
 
+NODES = "beat:nodes"  # set: every node that ever sampled (the admin's charts list them)
+
+
 def node_name() -> str:
     return socket.gethostname()
 
@@ -238,6 +241,7 @@ class Beat:
         self.streaks = Streaks(int(config.BEAT_SAMPLES))
         self.aggregated: int | None = None  # the start of the newest minute aggregated (unix ms)
         self.psutil_failed = False
+        self.listed = False  # this node is in NODES
 
     async def run(self, stopping: asyncio.Event) -> None:
         outage = Outage("beat")
@@ -282,6 +286,9 @@ class Beat:
             if "equal or smaller" not in str(error):
                 raise
             await self.db.call(*add, "*", "json", json.dumps(sample))  # this clock went back
+        if not self.listed:
+            await self.db.call("SADD", NODES, self.node)
+            self.listed = True
         await self.aggregate(now)
         await self.check(sample)
 
@@ -340,3 +347,92 @@ class Beat:
         recorded = json.dumps({"value": value, "threshold": threshold, "node": self.node, "since": now})
         if await self.db.script(_CROSS, [key, mail.QUEUE], [what, recorded, *mails]):
             notify("beat alert", node=self.node, what=what, value=value, threshold=threshold)
+
+
+# -- reading: the admin's charts and its task list --------------------------------------
+
+READ_BATCH = 500  # entries of a stream read at once
+CHARTED = {"cpu": ("cpu",), "memory": ("memory",), "disk": ("disk",), "load1": ("load1",),
+           "redis_used_memory": ("redis", "used_memory"), "redis_ops": ("redis", "ops"),
+           "redis_clients": ("redis", "clients")}
+
+
+async def nodes(db: Client) -> list[str]:
+    return sorted(await db.call("SMEMBERS", NODES) or [])
+
+
+async def _minutes(db: Client, node: str, since: int, until: int) -> list[dict[str, Any]]:
+    """The node's per-minute aggregates with `t` in [since, until), in batches of READ_BATCH,
+    then the minutes beat has not aggregated yet (the current one, and the last one for up to
+    a sample), aggregated here from the raw samples (at most BATCH of them)."""
+    out: list[dict[str, Any]] = []
+    start: Any = since  # an entry's id is when it was written: after its minute ended
+    while True:
+        reply = await db.call("XRANGE", minutes_key(node), start, "+", "COUNT", READ_BATCH)
+        for entry_id, entry in reply or []:
+            minute = _json(entry)
+            if isinstance(minute, dict) and isinstance(minute.get("t"), int) and since <= minute["t"] < until:
+                out.append(minute)
+            start = f"({entry_id}"
+        if len(reply or []) < READ_BATCH:
+            break
+    out.sort(key=lambda m: m["t"])
+    newest = out[-1]["t"] + MINUTE_MS if out else since
+    raw = await db.call("XRANGE", samples_key(node), max(newest, since), until - 1, "COUNT", BATCH)
+    return out + aggregate(_entries(raw))
+
+
+def _pick(values: dict[str, Any], path: tuple[str, ...]) -> float | None:
+    found: Any = values
+    for key in path:
+        found = found.get(key) if isinstance(found, dict) else None
+    return found if isinstance(found, (int, float)) and not isinstance(found, bool) else None
+
+
+async def series(db: Client, since: int, until: int, step: int) -> dict[str, list[list[Any]]]:
+    """{`<what>|<node>`: [[t (unix s, the bucket's start), value], ...]} for each node, over
+    [since, until) (unix ms) in buckets of `step` ms: the average of the minutes' averages
+    (weighted by their samples) of cpu, memory, disk (%), load1, redis_used_memory (bytes),
+    redis_ops (per s), redis_clients, and cpu_max (the highest sample). Buckets without
+    samples have no point."""
+    out: dict[str, list[list[Any]]] = {}
+    for node in await nodes(db):
+        sums: dict[str, dict[int, list[float]]] = {}
+        for minute in await _minutes(db, node, since, until):
+            at = since + (minute["t"] - since) // step * step
+            n = float(minute.get("n") or 1)
+            avg, top = minute.get("avg") or {}, minute.get("max") or {}
+            for name, path in CHARTED.items():
+                value = _pick(avg, path)
+                if value is not None:
+                    acc = sums.setdefault(name, {}).setdefault(at, [0.0, 0.0])
+                    acc[0] += value * n
+                    acc[1] += n
+            high = _pick(top, ("cpu",))
+            if high is not None:
+                acc = sums.setdefault("cpu_max", {}).setdefault(at, [0.0, 0.0])
+                acc[0], acc[1] = max(acc[0], high), 1.0
+        for name, by_bucket in sums.items():
+            out[f"{name}|{node}"] = [[at // 1000, round(total / n, 2)] for at, (total, n) in sorted(by_bucket.items())]
+    return out
+
+
+async def latest(db: Client) -> dict[str, dict[str, Any]]:
+    """Each node's newest sample as a task result, `beat|<node>`: {at (unix ms), ok (its
+    machine fields are there: psutil worked), outcome}."""
+    names = await nodes(db)
+    replies = await db.pipeline([("XREVRANGE", samples_key(node), "+", "-", "COUNT", 1) for node in names])
+    out: dict[str, dict[str, Any]] = {}
+    for node, reply in zip(names, replies, strict=True):
+        found = _entries(reply)
+        if not found:
+            continue
+        sample = found[0]
+        ok = "cpu" in sample
+        result: dict[str, Any] = {"at": sample["t"], "ok": ok}
+        if ok:
+            result["outcome"] = f"cpu {sample['cpu']}%, memory {sample['memory']}%, disk {sample['disk']}%"
+        else:
+            result["error"] = "psutil failed (machine fields missing)"
+        out[f"beat|{node}"] = result
+    return out

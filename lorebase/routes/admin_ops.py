@@ -1,0 +1,245 @@
+"""The admin's operations routes (after the admin gatekeeper): the notify stream searched and
+tailed, the stats and beat series for charts, the backups with the last result of each task,
+and "back up now".
+
+The owners of the data read it: notify.read (the `log` stream), stats.series (`stats:<minute>`),
+beat.series and beat.latest (`beat:<node>`, `beat:<node>:minute`), schedule.results and
+schedule.request_run (`task:<name>`, `lock:<name>`), backup.store (the snapshots). No key is
+named here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import msgspec
+
+from .. import notify as notifymod
+from .. import stats
+from ..chain import Route
+from ..http import ApiError, Reply, Request, reply
+from ..notify import notify
+from ..schema import Schema, Text
+from ..tasks import SCHEDULED, backup, beat, schedule
+from .account import Empty
+
+PAGE = 100  # events a page holds by default
+PAGE_MAX = 500  # the most a `limit` may ask for
+SCAN_MAX = 5000  # entries of the stream one request looks at, at most
+READ = 500  # entries read from Redis at once
+STREAM_ID = r"^[0-9]{1,20}-[0-9]{1,20}\Z"
+MS = r"^[0-9]{1,15}\Z"
+RANGES = {"hour": (60, 1), "day": (1440, 5)}  # minutes covered, minutes per point
+
+
+class LogsQuery(Schema):
+    type: Text(1, 100) = ""  # type: ignore[valid-type]
+    q: Text(1, 200) = ""  # type: ignore[valid-type]
+    since: Text(1, 15, pattern=MS) = ""  # type: ignore[valid-type]
+    until: Text(1, 15, pattern=MS) = ""  # type: ignore[valid-type]
+    before: Text(3, 41, pattern=STREAM_ID) = ""  # type: ignore[valid-type]
+    after: Text(3, 41, pattern=STREAM_ID) = ""  # type: ignore[valid-type]
+    limit: Text(1, 3, pattern=r"^[0-9]{1,3}\Z") = ""  # type: ignore[valid-type]
+
+
+class RangeQuery(Schema):
+    range: Text(3, 4, pattern=r"^(hour|day)\Z") = "hour"  # type: ignore[valid-type]
+
+
+class LogsOut(msgspec.Struct):
+    events: list[dict[str, Any]]
+    next: str | None
+
+
+class BackupRow(msgspec.Struct):
+    name: str
+    created: int
+    size: int
+    sha256: str
+    keys: int
+    files: int
+
+
+class TaskResult(msgspec.Struct):
+    at: int | None
+    ok: bool | None = None
+    outcome: str | None = None
+    error: str | None = None
+    took: int | None = None
+    node: str | None = None
+    running: bool | None = None
+    requested: bool | None = None
+
+
+class BackupsOut(msgspec.Struct):
+    backups: list[BackupRow]
+    tasks: dict[str, TaskResult]
+
+
+class Started(msgspec.Struct):
+    started: bool
+
+
+Series = dict[str, list[tuple[int, float]]]
+
+
+# -- logs ---------------------------------------------------------------------------------
+
+
+def _id(value: str) -> tuple[int, int]:
+    ms, _, seq = value.partition("-")
+    return int(ms), int(seq)
+
+
+def _matcher(query: LogsQuery) -> Any:
+    """The line → event (or None) test of the query's `type` and `q`."""
+    text = query.q.lower()
+
+    def match(entry_id: str, line: str) -> dict[str, Any] | None:
+        if text and text not in line.lower():
+            return None
+        try:
+            event = json.loads(line)
+        except ValueError:
+            return None
+        if not isinstance(event, dict) or (query.type and event.get("ev") != query.type):
+            return None
+        event["id"] = entry_id
+        return event
+
+    return match
+
+
+async def logs(req: Request) -> Reply:
+    query: LogsQuery = req.data
+    limit = int(query.limit) if query.limit else PAGE
+    if not 1 <= limit <= PAGE_MAX:
+        raise ApiError(400, "validation", "limit")
+    since, until = (int(query.since) if query.since else None), (int(query.until) if query.until else None)
+    if since is not None and until is not None and since > until:
+        raise ApiError(400, "validation", "until")
+    if query.before and query.after:
+        raise ApiError(400, "validation", "after")
+    match = _matcher(query)
+    if query.after:
+        return await _tail(req, query.after, since, until, limit, match)
+    # newest first: from min(before (excluded), until) down to since
+    high = "+" if until is None else str(until)
+    if query.before and (until is None or _id(query.before)[0] <= until):
+        high = f"({query.before}"
+    low = "-" if since is None else str(since)
+    events: list[dict[str, Any]] = []
+    scanned = 0
+    while True:
+        count = min(READ, SCAN_MAX - scanned)
+        batch = await notifymod.read(req.app.db, high, low, count)
+        scanned += len(batch)
+        exhausted = len(batch) < count
+        for index, (entry_id, line) in enumerate(batch):
+            event = match(entry_id, line)
+            if event is not None:
+                events.append(event)
+                if len(events) == limit:
+                    last = exhausted and index == len(batch) - 1
+                    return reply(200, {"events": events, "next": None if last else entry_id})
+        if exhausted:
+            return reply(200, {"events": events, "next": None})
+        high = f"({batch[-1][0]}"
+        if scanned >= SCAN_MAX:  # the budget is spent: the client goes on from here
+            return reply(200, {"events": events, "next": batch[-1][0]})
+
+
+async def _tail(req: Request, after: str, since: int | None, until: int | None, limit: int, match: Any) -> Reply:
+    """Events newer than `after`, oldest first; `next` is the id to poll with next (the
+    newest looked at, or `after` itself when nothing came)."""
+    low = f"({after}"
+    if since is not None and _id(after)[0] < since:
+        low = str(since)
+    high = "+" if until is None else str(until)
+    events: list[dict[str, Any]] = []
+    cursor, scanned = after, 0
+    while scanned < SCAN_MAX:
+        count = min(READ, SCAN_MAX - scanned)
+        batch = await notifymod.read(req.app.db, low, high, count, newest_first=False)
+        scanned += len(batch)
+        for entry_id, line in batch:
+            cursor = entry_id
+            event = match(entry_id, line)
+            if event is not None:
+                events.append(event)
+                if len(events) == limit:
+                    return reply(200, {"events": events, "next": cursor})
+        if len(batch) < count:
+            break
+        low = f"({cursor}"
+    return reply(200, {"events": events, "next": cursor})
+
+
+# -- stats and beat ---------------------------------------------------------------------------
+
+
+async def stats_series(req: Request) -> Reply:
+    minutes, step = RANGES[req.data.range]
+    return reply(200, await stats.series(req.app.db, minutes, step))
+
+
+async def beat_series(req: Request) -> Reply:
+    minutes, step = RANGES[req.data.range]
+    step_ms = step * beat.MINUTE_MS
+    now = int(time.time() * 1000)
+    last_bucket = now - now % step_ms
+    since = last_bucket - (minutes // step - 1) * step_ms
+    return reply(200, await beat.series(req.app.db, since, now + 1, step_ms))
+
+
+# -- backups --------------------------------------------------------------------------------
+
+
+def _list_backups(config: Any) -> list[dict[str, Any]]:
+    """What `lorebase backup list` shows, newest first (blocking: S3 or the disk)."""
+    where = backup.store(config)
+    names = where.names()
+    with ThreadPoolExecutor(max_workers=8) as pool:  # one GET per manifest with S3
+        manifests = list(pool.map(where.manifest, names))
+    return [{"name": m["name"], "created": int(m["created"]), "size": int(m["size"]), "sha256": str(m["sha256"]),
+             "keys": int(m["keys"]), "files": len(m.get("files") or {})} for m in manifests]
+
+
+async def backups(req: Request) -> Reply:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        found = await asyncio.to_thread(_list_backups, req.app.config)
+    except (BotoCoreError, ClientError) as error:  # S3 down or refusing
+        notify("admin backups failed", error=f"{type(error).__name__}: {error}"[:300])
+        raise ApiError(503, "s3") from None
+    tasks = await schedule.results(req.app.db, list(SCHEDULED))
+    tasks.update(await beat.latest(req.app.db))
+    return reply(200, {"backups": found, "tasks": tasks})
+
+
+async def backup_now(req: Request) -> Reply:
+    if not await schedule.request_run(req.app.db, "backup"):
+        raise ApiError(409, "busy")
+    notify("admin backup", by=req.session and req.session["user"])
+    return reply(202, {"started": True})
+
+
+def routes() -> list[Route]:
+    return [
+        Route("GET", "/admin/logs", logs, section="admin", query=LogsQuery, ok=LogsOut,
+              summary="Search the notify stream (newest first, paged by stream id), or tail it (after)"),
+        Route("GET", "/admin/stats", stats_series, section="admin", query=RangeQuery, ok=Series,
+              summary="Stats series for charts: the last hour (per minute) or day (per 5 minutes)"),
+        Route("GET", "/admin/beat", beat_series, section="admin", query=RangeQuery, ok=Series,
+              summary="Beat series per node for charts: the last hour (per minute) or day (per 5 minutes)"),
+        Route("GET", "/admin/backups", backups, section="admin", ok=BackupsOut, replies={503: ["s3"]},
+              summary="The backups, newest first, and the last result of each task"),
+        Route("POST", "/admin/backups", backup_now, section="admin", body=Empty, ok=Started,
+              replies={202: [], 409: ["busy"]},
+              summary="Start a backup now (the tasks process runs it within a second)"),
+    ]
