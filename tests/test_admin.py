@@ -16,12 +16,21 @@ from .lore import MailSink
 ROUTES = [
     ("GET", "/admin/users", None),
     ("GET", "/admin/users/{target}", None),
+    ("POST", "/admin/invites", {"email": "invited-{target}@example.com"}),
+    ("GET", "/admin/invites", None),
+    ("POST", "/admin/invites/revoke", {"email": "invited-{target}@example.com"}),
+    ("GET", "/admin/logs", None),
+    ("GET", "/admin/stats", None),
+    ("GET", "/admin/beat", None),
+    ("GET", "/admin/backups", None),
+    ("POST", "/admin/backups", {}),
     ("POST", "/admin/revoke", {"username": "{target}"}),
     ("POST", "/admin/disable", {"username": "{target}", "value": True}),
     ("POST", "/admin/admin", {"username": "{target}", "value": True}),
-    ("POST", "/admin/delete", {"username": "{target}"}),
+    ("POST", "/admin/delete", {"username": "{target}"}),  # last: it deletes the target
 ]
 POSTS = [(path, body) for method, path, body in ROUTES if method == "POST"]
+USER_POSTS = [(path, body) for path, body in POSTS if "username" in body]  # those that name a user
 PUBLIC_FIELDS = {"username", "email", "created", "verified", "admin", "disabled"}
 
 
@@ -79,8 +88,8 @@ def test_every_admin_route_refuses_a_non_admin(lore, users, root):
     for path, body in POSTS:  # the admin's own POSTs need its token too
         assert_error(root.post(path, {k: (v.format(target="a_plain_1") if isinstance(v, str) else v)
                                       for k, v in body.items()}), 403, "csrf")
-        assert_error(root.post(path, {"username": "a_plain_1", **({"value": True} if "value" in body else {}),
-                                      "csrf": "x" * 43}), 403, "csrf")
+        assert_error(root.post(path, {**{k: (v.format(target="a_plain_1") if isinstance(v, str) else v)
+                                         for k, v in body.items()}, "csrf": "x" * 43}), 403, "csrf")
     assert lore.redis().exists("user:a_plain_1")
 
 
@@ -179,7 +188,7 @@ def test_revoke_ends_every_session_of_the_user_on_the_next_request(lore, users, 
 
 
 def test_admin_routes_answer_404_for_an_unknown_user(lore, root):
-    for path, body in POSTS:
+    for path, body in USER_POSTS:
         r = root.post(path, {**body, "username": "a_nobody"}, csrf=True)
         assert_error(r, 404, "user")
     for name in ("a_nobody", "A:B", "a%00b", "x" * 40):
