@@ -14,7 +14,9 @@ Object.assign(WORDS, {
   s3: 'The backup store (S3) cannot be reached right now.',
 });
 
-const ui = {timer: null, charts: []};  // what a screen leaves running, stopped by go()
+// what a screen leaves running, stopped by the next; `epoch` counts the screens opened, so a
+// redraw whose replies come after another screen opened draws nothing
+const ui = {timer: null, charts: [], epoch: 0};
 
 function show(...nodes) {
   document.getElementById('main').replaceChildren(...nodes);
@@ -318,8 +320,10 @@ function chart(id, title, series, names, labels, format, range) {
 
 async function chartsScreen(range, route) {
   range = range || 'hour';
+  const epoch = ui.epoch;
   const [stats, beat] = await Promise.all([api('GET', `/admin/stats?range=${range}`),
     api('GET', `/admin/beat?range=${range}`)]);
+  if (epoch !== ui.epoch) return;
   const seconds = range === 'day' ? 86400 : 3600;
   const nodes = [...new Set(Object.keys(beat).map((k) => k.split('|').slice(1).join('|')))].sort();
   const perNode = (what) => nodes.map((n) => `${what}|${n}`);
@@ -362,7 +366,9 @@ async function chartsScreen(range, route) {
 // -- backups ------------------------------------------------------------------------------
 
 async function backupsScreen(waiting) {
+  const epoch = ui.epoch;
   const {backups, tasks} = await api('GET', '/admin/backups');
+  if (epoch !== ui.epoch) return;
   const now = h('button', {type: 'button', id: 'backup-now', onclick: async () => {
     try {
       await api('POST', '/admin/backups', {});
@@ -398,6 +404,7 @@ const SCREENS = {users: usersScreen, invites: invitesScreen, logs: logsScreen, c
   backups: () => backupsScreen(null)};
 
 function stopScreen() {
+  ui.epoch += 1;
   clearTimeout(ui.timer);
   ui.timer = null;
   for (const c of ui.charts.splice(0)) c.destroy();
