@@ -131,6 +131,8 @@ def test_an_admin_searches_opens_and_disables_a_user_whose_open_session_stops_wo
     rows.first.locator("button.open").click()
     record = page.locator("#user-record")
     expect(record).to_contain_text("pg_target_1@example.com")
+    created = record.locator("dt:text-is('Created') + dd")  # unix s: shown as today, not 1970
+    expect(created).to_contain_text(str(datetime.date.today().year))
     expect(page.locator("#user-sessions")).to_contain_text(victim.ip)  # the session's address
     page.locator("#disable").click()
     flash(page, "pg_target_1 is disabled: their sessions ended.")

@@ -24,6 +24,7 @@ function show(...nodes) {
   document.getElementById('who').textContent = state.me ? state.me.username : '';
 }
 
+// times: unix ms, as most routes give them (a user's `created` and a backup's are unix s: * 1000)
 const when = (ms) => (ms ? new Date(ms).toLocaleString() : '—');
 const yes = (value, word) => h('span', {class: value ? 'yes' : 'no'}, value ? word : '—');
 
@@ -114,7 +115,7 @@ function userRow(u) {
   return h('tr', {'data-username': u.username},
     h('td', {}, h('button', {type: 'button', class: 'link open', onclick: () => openScreen(() => userScreen(u.username))},
       u.username)),
-    h('td', {}, u.email), h('td', {}, when(u.created)), h('td', {}, yes(u.verified, 'verified')),
+    h('td', {}, u.email), h('td', {}, when(u.created * 1000)), h('td', {}, yes(u.verified, 'verified')),
     h('td', {}, yes(u.admin, 'admin')), h('td', {}, u.disabled ? h('span', {class: 'bad'}, 'disabled') : '—'));
 }
 
@@ -148,7 +149,7 @@ async function userScreen(name) {
     action('delete-user', 'Delete user', '/admin/delete', {},
       `Delete ${u.username}, their notes and their files? This cannot be undone.`, `${u.username} is deleted.`, 'danger'));
   const fields = [
-    ['Username', u.username], ['Email', u.email], ['Created', when(u.created)],
+    ['Username', u.username], ['Email', u.email], ['Created', when(u.created * 1000)],
     ['Verified', u.verified ? 'yes' : 'no'], ['Admin', u.admin ? 'yes' : 'no'], ['Disabled', u.disabled ? 'yes' : 'no'],
     ['Last login', when(u.last_login)], ['Files', `${u.files} (${bytes(u.bytes)})`], ['Notes', String(u.notes)],
   ];
@@ -198,7 +199,7 @@ const streamTime = (id) => Number(String(id).split('-')[0]);
 function eventRow(e) {
   const rest = {...e};
   for (const key of ['id', 't', 'ev', 'env', 'pid']) delete rest[key];
-  return h('tr', {'data-id': e.id}, h('td', {class: 'when'}, when(streamTime(e.id))), h('td', {}, e.ev),
+  return h('tr', {'data-id': e.id}, h('td', {class: 'when'}, when(streamTime(e.id))), h('td', {class: 'when'}, e.ev),
     h('td', {class: 'line'}, JSON.stringify(rest)));
 }
 
