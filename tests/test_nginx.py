@@ -166,6 +166,11 @@ def test_the_web_clients_files_come_from_nginx_with_etags(edge):
         again = client.get("/static/app.js", headers={"if-none-match": r.headers["etag"]})
         assert again.status_code == 304
         assert client.get("/static/nothing-here.js").status_code == 404
+        # the admin page's chart library, a folder down: the same location serves it
+        lib = client.get("/static/vendor/uplot/uPlot.iife.min.js")
+        assert lib.status_code == 200 and b"uPlot" in lib.content, lib.status_code
+        assert "javascript" in lib.headers["content-type"] and lib.headers["etag"], lib.headers
+        assert lib.headers["x-content-type-options"] == "nosniff"
 
 
 def test_auth_requests_past_the_rate_get_429_as_json_from_nginx(edge):

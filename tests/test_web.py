@@ -17,11 +17,11 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, ConsoleMessage, Error, Page, expect
+from playwright.sync_api import Browser, Page, expect
 
 from .lore import Lorebase, MailSink, wait_for
 from .support import assert_error, client_ip, post_json
-from .web_support import chromium, shot
+from .web_support import Watched, chromium, shot
 
 WRONG = "Wrong username or password."
 
@@ -36,25 +36,6 @@ RESET = "violet-harbor-19-summit"
 def browser() -> Iterator[Browser]:
     with chromium() as launched:
         yield launched
-
-
-class Watched:
-    """A page with what went wrong in it: uncaught errors, and console errors about the CSP."""
-
-    def __init__(self, page: Page, ip: str):
-        self.page = page
-        self.ip = ip
-        self.errors: list[Error] = []
-        self.csp: list[str] = []
-        page.on("pageerror", self._error)
-        page.on("console", self._console)
-
-    def _error(self, error: Error) -> None:
-        self.errors.append(error)
-
-    def _console(self, message: ConsoleMessage) -> None:
-        if message.type == "error" and "Content Security Policy" in message.text:
-            self.csp.append(message.text)
 
 
 @pytest.fixture()
@@ -377,3 +358,32 @@ def test_a_user_ends_another_of_their_sessions_from_the_account_screen(watched: 
         assert_error(phone.get("/auth/me", headers={"x-real-ip": phone_ip}), 403, "session")
         expect(page.locator("#who")).to_have_text(name)
         assert watched.errors == [] and watched.csp == []
+
+
+STATIC = [("/static/common.js", "text/javascript"), ("/static/admin.js", "text/javascript"),
+          ("/static/admin.css", "text/css"), ("/static/vendor/uplot/uPlot.iife.min.js", "text/javascript"),
+          ("/static/vendor/uplot/uPlot.min.css", "text/css"), ("/static/vendor/uplot/LICENSE", "text/plain")]
+NOT_SERVED = ["/static/vendor", "/static/vendor/uplot", "/static/vendor/uplot/", "/static/vendor/%2e%2e/app.js",
+              "/static/vendor/uplot/..%2f..%2fapp.js", "/static/vendor/..%2f..%2fweb/app.js",
+              "/static/%2e%2e%2f__init__.py", "/static/vendor/uplot/%2e%2e", "/static/vendor/.hidden/x.js",
+              "/static/vendor/nothing/x.js", "/static/vendor/uplot/nothing.js",
+              "/static/vendor/uplot/uPlot.iife.min.js/x", "/static/vendor/uplot/package.json"]
+
+
+def test_the_admin_page_and_the_vendored_library_are_served_by_name_with_etags_and_nothing_else(
+        server: Lorebase) -> None:
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        page = client.get("/admin")
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        assert b"/static/admin.js" in page.content and b"/static/vendor/uplot/uPlot.iife.min.js" in page.content
+        csp = page.headers["content-security-policy"]
+        assert "script-src 'self'" in csp and "style-src 'self'" in csp and "unsafe" not in csp, csp
+        for path, kind in STATIC:
+            r = client.get(path)
+            assert r.status_code == 200 and r.headers["content-type"].startswith(kind), (path, r.headers)
+            assert r.headers["x-content-type-options"] == "nosniff" and r.headers["etag"], path
+            again = client.get(path, headers={"if-none-match": r.headers["etag"]})
+            assert again.status_code == 304 and again.content == b"", path
+        for path in NOT_SERVED:
+            r = client.get(path)
+            assert r.status_code == 404 and r.json() == {"error": "notfound"}, (path, r.status_code, r.text[:200])

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, ConsoleMessage, Error, Page, sync_playwright
 
 from .lore import ROOT
 
@@ -29,3 +29,22 @@ def chromium() -> Iterator[Browser]:
 def shot(page: Page, name: str) -> None:
     SCREENS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=SCREENS / f"{name}.png", full_page=True)
+
+
+class Watched:
+    """A page with what went wrong in it: uncaught errors, and console errors about the CSP."""
+
+    def __init__(self, page: Page, ip: str):
+        self.page = page
+        self.ip = ip
+        self.errors: list[Error] = []
+        self.csp: list[str] = []
+        page.on("pageerror", self._error)
+        page.on("console", self._console)
+
+    def _error(self, error: Error) -> None:
+        self.errors.append(error)
+
+    def _console(self, message: ConsoleMessage) -> None:
+        if message.type == "error" and "Content Security Policy" in message.text:
+            self.csp.append(message.text)

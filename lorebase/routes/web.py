@@ -1,6 +1,12 @@
 """The web client's files (public): the page at / (and at /verify, /reset and /signup, the
-pages the mail links open), and its script and style under /static/. Rendered in the browser from the
-JSON API; no templates, no build step. ETag from modification time and size (seed: Caching)."""
+pages the mail links open), the admin page at /admin, their scripts and styles under /static/,
+and the vendored libraries under /static/vendor/<lib>/. Rendered in the browser from the JSON
+API; no templates, no build step. ETag from modification time and size (seed: Caching).
+
+Only the regular files listed in those two folders are served, by their exact names: a name
+is looked up, never joined into a path, so `..`, a dot file or a folder is a 404. The pages
+hold no data: the admin page is as public as its script, and every admin route it calls
+answers only an admin."""
 
 from __future__ import annotations
 
@@ -14,8 +20,19 @@ from ..http import ApiError, Reply, Request, etag_matches
 WEB = Path(str(resources.files("lorebase").joinpath("web")))
 TYPES = {".html": b"text/html; charset=utf-8", ".js": b"text/javascript; charset=utf-8",
          ".css": b"text/css; charset=utf-8", ".svg": b"image/svg+xml", ".png": b"image/png",
-         ".ico": b"image/x-icon"}
+         ".ico": b"image/x-icon", "": b"text/plain; charset=utf-8"}  # "": a LICENSE
 _cache: dict[str, tuple[int, int, bytes]] = {}
+
+
+VENDOR = WEB / "vendor"
+
+
+def _listed(folder: Path, name: str) -> bool:
+    """Whether `name` is a regular file of `folder` that may be served (not a dot file)."""
+    if name.startswith(".") or name not in {p.name for p in folder.iterdir()}:
+        return False
+    path = folder / name
+    return path.is_file() and not path.is_symlink() and path.suffix in TYPES
 
 
 def _file(name: str, req: Request) -> Reply:
@@ -41,11 +58,23 @@ async def page(req: Request) -> Reply:
     return _file("index.html", req)
 
 
+async def admin_page(req: Request) -> Reply:
+    return _file("admin.html", req)
+
+
 async def asset(req: Request) -> Reply:
     name = req.params["name"]
-    if name not in {p.name for p in WEB.iterdir()} or name.startswith("."):
+    if not _listed(WEB, name):
         raise ApiError(404, "notfound")
     return _file(name, req)
+
+
+async def vendored(req: Request) -> Reply:
+    lib, name = req.params["lib"], req.params["name"]
+    if lib.startswith(".") or lib not in {p.name for p in VENDOR.iterdir() if p.is_dir()} \
+            or not _listed(VENDOR / lib, name):
+        raise ApiError(404, "notfound")
+    return _file(f"vendor/{lib}/{name}", req)
 
 
 def routes() -> list[Route]:
@@ -54,5 +83,8 @@ def routes() -> list[Route]:
         Route("GET", "/verify", page, summary="The web client's page for a verification link", serves="text/html"),
         Route("GET", "/reset", page, summary="The web client's page for a reset link", serves="text/html"),
         Route("GET", "/signup", page, summary="The web client's page for an invite link", serves="text/html"),
+        Route("GET", "/admin", admin_page, summary="The admin page (its data only for an admin)", serves="text/html"),
         Route("GET", "/static/{name}", asset, summary="The web client's script, style and images", serves="*/*"),
+        Route("GET", "/static/vendor/{lib}/{name}", vendored, summary="A vendored library's file (uPlot)",
+              serves="*/*"),
     ]
