@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from .identity_support import Users, assert_error
+from .identity_support import Api, User, Users, assert_error
 from .lore import Lorebase
 
 pytestmark = pytest.mark.usefixtures("no_secret_logged")
@@ -18,18 +18,22 @@ SAFARI = ("Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/60
           "Version/17.5 Mobile/15E148 Safari/604.1")
 
 
+def login_with(users: Users, user: User, ip: str, agent: str) -> Api:
+    """A new logged-in client of `user` from `ip` whose browser sends `agent`."""
+    api = users.api(ip)
+    r = api.request("POST", "/auth/login", {"username": user.name, "password": user.password},
+                    headers={"user-agent": agent})
+    assert r.status_code == 200, r.text
+    api.csrf = r.json()["csrf"]
+    user.apis.append(api)
+    return api
+
+
 def test_three_logins_are_listed_with_the_current_one_marked(users: Users) -> None:
     user = users.new("own_list_1")
-    first = users.api("10.9.0.1")
-    first.request("POST", "/auth/login", {"username": user.name, "password": user.password},
-                  headers={"user-agent": FIREFOX})
-    first.csrf = first.get("/auth/csrf").json()["csrf"]
-    user.apis.append(first)
+    first = login_with(users, user, "10.9.0.1", FIREFOX)
     time.sleep(0.05)
-    second = users.api("10.9.0.2")
-    second.request("POST", "/auth/login", {"username": user.name, "password": user.password},
-                   headers={"user-agent": SAFARI})
-    user.apis.append(second)
+    second = login_with(users, user, "10.9.0.2", SAFARI)
     third = users.session(user, "10.9.0.3")
 
     listed = first.get("/auth/sessions")
@@ -121,11 +125,7 @@ def test_without_a_session_both_routes_refuse(server: Lorebase, users: Users) ->
 def test_a_password_change_keeps_the_listing_of_the_session_it_kept(users: Users) -> None:
     """changePassword moves the current session to the new generation: its ip and agent stay."""
     user = users.new("own_change_1")
-    api = users.api("10.9.2.1")
-    api.request("POST", "/auth/login", {"username": user.name, "password": user.password},
-                headers={"user-agent": FIREFOX})
-    api.csrf = api.get("/auth/csrf").json()["csrf"]
-    user.apis.append(api)
+    api = login_with(users, user, "10.9.2.1", FIREFOX)
     users.session(user)
     new_password = "another long passphrase 7"
     changed = api.post("/auth/changePassword", {"old": user.password, "new": new_password}, csrf=True)

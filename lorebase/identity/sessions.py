@@ -194,19 +194,31 @@ class Sessions:
         PTTL: every use renews a session to SESSION_IDLE, so it was last used SESSION_IDLE
         minus its time left ago. A session the gatekeeper would refuse (expired, another
         generation, past SESSION_MAX, its user disabled) is not live."""
+        if user.get("disabled") == "1":
+            return []
+        now = int(time.time() * 1000)
+        live = [{"created": s["created"], "last": s["last"], "ip": s["ip"], "agent": s["agent"]}
+                for s in await self._read(db, ids)
+                if s["gen"] == user.get("gen", "") and s["created"] is not None
+                and now - s["created"] <= self.max * 1000]
+        return sorted(live, key=lambda s: s["created"])
+
+    async def _read(self, db: Client, ids: list[str]) -> list[dict[str, Any]]:
+        """The sessions of `ids` that still exist, in one pipeline of GET and PTTL: each one's
+        id, fields and last use (unix ms; every use renews a session to SESSION_IDLE, so it was
+        last used SESSION_IDLE minus its time left ago). `created` is None if unreadable."""
         replies = await db.pipeline([c for sid in ids for c in (("GET", keys.session(sid)),
                                                                  ("PTTL", keys.session(sid)))])
         now = int(time.time() * 1000)
-        live = []
-        for value, left in zip(replies[::2], replies[1::2], strict=True):
-            if value is None or left < 0 or user.get("disabled") == "1":
-                continue
+        found = []
+        for sid, value, ttl in zip(ids, replies[::2], replies[1::2], strict=True):
+            if value is None or ttl is None or int(ttl) < 0:
+                continue  # expired meanwhile (the set is tidied by `prune`)
             _, created, gen, ip, agent = _fields(value)
-            if gen != user.get("gen", "") or not created.isdigit() or now - int(created) > self.max * 1000:
-                continue
-            live.append({"created": int(created), "last": max(int(created), now - (self.idle * 1000 - left)),
-                         "ip": ip, "agent": agent})
-        return sorted(live, key=lambda s: s["created"])
+            made = int(created) if created.isdigit() else None
+            found.append({"sid": sid, "created": made, "gen": gen, "ip": ip, "agent": agent,
+                          "last": max(made or 0, now - (self.idle * 1000 - int(ttl)))})
+        return found
 
     async def delete(self, db: Client, sid: str, user: str) -> None:
         await db.multi([("DEL", keys.session(sid)), ("SREM", keys.sessions(user), sid)])
@@ -247,18 +259,8 @@ class Sessions:
         """The user's live sessions, most recently used first: handle, created and last use
         (unix ms), ip, agent, and whether it is `current`'s. Two round trips."""
         ids = sorted(await db.call("SMEMBERS", keys.sessions(user)))
-        replies = await db.pipeline([c for sid in ids for c in (("GET", keys.session(sid)),
-                                                                  ("PTTL", keys.session(sid)))])
-        now = int(time.time() * 1000)
-        out = []
-        for sid, value, ttl in zip(ids, replies[::2], replies[1::2], strict=True):
-            if value is None or ttl is None or int(ttl) < 0:
-                continue  # expired meanwhile (the set is tidied by `prune`)
-            _, created, _, ip, agent = _fields(value)
-            made = int(created) if created.isdigit() else 0
-            out.append({"handle": handle(sid), "created": made,
-                        "last": max(made, now - (self.idle * 1000 - int(ttl))),
-                        "ip": ip, "agent": agent, "current": sid == current})
+        out = [{"handle": handle(s["sid"]), "created": s["created"] or 0, "last": s["last"], "ip": s["ip"],
+                "agent": s["agent"], "current": s["sid"] == current} for s in await self._read(db, ids)]
         out.sort(key=lambda s: s["last"], reverse=True)
         return out
 

@@ -53,13 +53,7 @@ class SessionRow(msgspec.Struct):
     agent: str
 
 
-class UserDetail(msgspec.Struct):
-    username: str
-    email: str
-    created: int
-    verified: bool
-    admin: bool
-    disabled: bool
+class UserDetail(UserRow):
     last_login: int | None
     files: int
     bytes: int
