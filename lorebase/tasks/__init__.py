@@ -64,7 +64,7 @@ class Tasks:
         self.beat = Beat(self.db, config) if float(config.BEAT_EVERY) > 0 else None  # on every node
         self.stopping = asyncio.Event()
 
-    def _blocking(self) -> db.Redis:
+    def _blocking(self) -> db.Client:
         client = db.connect(self.config, timeout=BLOCK + 5)
         self.clients.append(client)
         return client
