@@ -179,7 +179,8 @@ def test_cluster_primary_killed_replica_takes_over(cluster: Cluster) -> None:
     stored = [cluster.client().get(k) for k in keys]
     lost = sum(max(0, out["acked"][k] - int(v or 0)) for k, v in zip(keys, stored, strict=True))
     record("cluster primary killed", node_timeout_ms=cluster.node_timeout,
-           writes_again_after_s=round(out["recovered_s"], 2), failed_commands=out["errors"], acked_increments=sum(out["acked"].values()), acked_lost=lost)
+           writes_again_after_s=round(out["recovered_s"], 2), failed_commands=out["errors"],
+           acked_increments=sum(out["acked"].values()), acked_lost=lost)
 
 
 @pytest.mark.parametrize("min_replicas", [0, 1])
