@@ -42,7 +42,7 @@ import collections
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, cast
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import hiredis
 
@@ -196,6 +196,30 @@ def connect_sync(where: Any, timeout: float = 5.0, decode: bool = True, retry: b
     if "path" in opts:
         return redis.Redis(unix_socket_path=opts["path"], db=opts["db"], **common)
     return redis.Redis(host=opts["host"], port=opts["port"], db=opts["db"], **common)
+
+
+def servers(url: str, timeout: float = 5.0) -> list[str]:
+    """A `redis://` URL (or the URL itself) of each server holding a part of the data, for
+    the programs that need one server (redis-cli --rdb): the URL itself; the primary the
+    sentinels name now; every primary of a Cluster."""
+    opts = parse_url(url)
+    if opts["kind"] == "single":
+        return [url]
+    auth = ""
+    if opts["password"]:
+        auth = f"{quote(opts['username'] or '', safe='')}:{quote(opts['password'], safe='')}@"
+    if opts["kind"] == "sentinel":
+        from redis.sentinel import Sentinel as RedisSentinel
+
+        watchers = RedisSentinel(opts["nodes"], sentinel_kwargs={
+            "password": opts["sentinel_password"], "socket_timeout": timeout, "socket_connect_timeout": timeout})
+        host, port = watchers.discover_master(opts["master"])
+        return [f"redis://{auth}{host}:{port}/{opts['db']}"]
+    client = connect_sync(url, timeout)
+    try:
+        return [f"redis://{auth}{node.host}:{node.port}" for node in client.get_primaries()]  # type: ignore[attr-defined]
+    finally:
+        client.close()
 
 
 class _Waiter:

@@ -35,7 +35,7 @@ from typing import Any
 
 import redis
 
-from ..db import connect_sync, parse_url
+from ..db import connect_sync, parse_url, servers
 
 CHUNK = 1 << 20
 
@@ -153,7 +153,26 @@ def cli_args(url: str) -> tuple[list[str], dict[str, str]]:
 
 
 def snapshot(url: str, into: Path, timeout: float = 3600) -> None:
-    """A consistent RDB of the Redis at `url`, over its replication stream."""
+    """A consistent RDB of the Redis at `url`, over its replication stream. Behind Sentinel:
+    of the primary the sentinels name. A Cluster: each primary's RDB, merged into one (a
+    backup is one database whatever the topology, so it restores into any of them; the
+    parts are consistent each, not with each other: no cluster-wide instant exists)."""
+    parts = servers(url)
+    if len(parts) == 1:
+        _snapshot_one(parts[0], into, timeout)
+        return
+    with tempfile.TemporaryDirectory(prefix="lorebase-parts-") as tmp, scratch(None) as whole:
+        for index, part in enumerate(parts):
+            rdb = Path(tmp) / f"{index}.rdb"
+            _snapshot_one(part, rdb, timeout)
+            with scratch(rdb) as source:
+                copy_all(source, whole, empty=False)
+            rdb.unlink()
+        whole.save()
+        shutil.copyfile(Path(whole.connection_pool.connection_kwargs["path"]).parent / "dump.rdb", into)
+
+
+def _snapshot_one(url: str, into: Path, timeout: float) -> None:
     args, env = cli_args(url)
     done = subprocess.run(["redis-cli", *args, "--rdb", str(into)], env=env, capture_output=True, text=True,
                           timeout=timeout)
@@ -230,11 +249,13 @@ def expired(names: list[str], keep: int, daily: int, now: float) -> list[str]:
 
 
 @contextmanager
-def scratch(rdb: Path, wait: float = 60) -> Iterator[redis.Redis]:
-    """A throwaway redis-server serving `rdb` on a unix socket; refuses a snapshot it cannot load."""
+def scratch(rdb: Path | None, wait: float = 60) -> Iterator[redis.Redis]:
+    """A throwaway redis-server serving `rdb` (None: empty) on a unix socket; refuses a
+    snapshot it cannot load."""
     with tempfile.TemporaryDirectory(prefix="lorebase-scratch-") as tmp:
         sock = Path(tmp) / "redis.sock"
-        shutil.copyfile(rdb, Path(tmp) / "dump.rdb")
+        if rdb is not None:
+            shutil.copyfile(rdb, Path(tmp) / "dump.rdb")
         proc = subprocess.Popen(["redis-server", "--port", "0", "--unixsocket", str(sock), "--dir", tmp,
                                  "--dbfilename", "dump.rdb", "--appendonly", "no", "--save", "",
                                  "--logfile", str(Path(tmp) / "redis.log")],
@@ -288,9 +309,11 @@ def fetch_checked(where: Local | S3, name: str, into: Path) -> dict[str, Any]:
     return manifest
 
 
-def copy_all(source: redis.Redis, target: redis.Redis, batch: int = 500) -> int:
-    """Empties `target` and copies every key of `source` into it, TTLs kept; how many."""
-    target.flushall()
+def copy_all(source: redis.Redis, target: redis.Redis, batch: int = 500, empty: bool = True) -> int:
+    """Empties `target` (unless empty=False) and copies every key of `source` into it, TTLs
+    kept; how many."""
+    if empty:
+        target.flushall()
     count = 0
     keys: list[bytes] = []
 
