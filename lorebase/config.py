@@ -87,6 +87,7 @@ DEFAULTS: dict[str, Any] = {
     # nginx in front (`lorebase nginx`)
     "NGINX_AUTH_RATE": 10,  # requests per second per client address to /auth/ that nginx lets through,
     "NGINX_AUTH_BURST": 20,  # and how many beyond that rate it lets through at once (then 429)
+    "NGINX_NODES": [],  # host:port of each API node nginx spreads requests over (empty: HOST:PORT, this node)
     # deploy/deploy.sh (read on the deploying machine, which needs none of the box's secrets)
     "DEPLOY_HOST": "",  # [user@]host that deploy/deploy.sh ENV copies the release to (empty: refused)
     "DEPLOY_SSH_PORT": 22,
@@ -241,6 +242,17 @@ def _check(env: str, values: dict[str, Any]) -> None:
         raise ConfigError(f"PORT must be 1-65535, got {values['PORT']}")
     if values["REDIS_APPENDFSYNC"] not in ("everysec", "always"):
         raise ConfigError("REDIS_APPENDFSYNC must be everysec or always")
+    if values["REDIS_URL"]:
+        from .db import parse_url
+
+        try:
+            parse_url(str(values["REDIS_URL"]))
+        except ValueError as error:
+            raise ConfigError(f"REDIS_URL: {error}") from None
+    for node in values["NGINX_NODES"]:
+        host, colon, port = str(node).strip().rpartition(":")
+        if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"NGINX_NODES: {node!r} is not host:port")
     if values["LOG_URL"] and urlsplit(str(values["LOG_URL"])).scheme not in ("http", "https"):
         raise ConfigError("LOG_URL must be an http:// or https:// URL")
     if env != "prod":

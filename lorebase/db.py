@@ -295,6 +295,7 @@ class Redis:
         self._flush_scheduled = False
         self._watchdog: asyncio.TimerHandle | None = None
         self._scripts: dict[str, str] = {}
+        self._where: str | tuple[str, int] | None = None  # the address of the connection
 
     # -- connection -------------------------------------------------------------------
 
@@ -328,6 +329,7 @@ class Redis:
         except (TimeoutError, OSError) as error:
             raise Unavailable(f"cannot connect to Redis: {error or 'timeout'}", sent=False) from None
         self._protocol = protocol  # commands of other callers queue behind the hello (see _ready)
+        self._where = where
         hello = self._hello()
         if hello:
             try:
@@ -584,9 +586,10 @@ class Sentinel(Redis):
             self._hold_until = time.monotonic() + self.HOLD
             self._settled.clear()
             self.drop(f"the sentinels are promoting a replica of {self.master!r}", "MASTERDOWN")
-        elif not self._settled.is_set() or channel == "+switch-master":
+        else:  # over: a connection made since went where the sentinels said (and ROLE agreed)
             self._settled.set()
-            self.drop(f"the sentinels moved {self.master!r}: {message}", "READONLY")
+            if channel == "+switch-master" and len(words) == 5 and self._where != (words[3], int(words[4])):
+                self.drop(f"the sentinels moved {self.master!r}: {message}", "READONLY")
 
     async def _watch(self, where: tuple[str, int]) -> None:
         """Follow one sentinel's failover events, reconnecting after a pause if it goes."""

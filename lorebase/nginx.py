@@ -1,5 +1,6 @@
 """The nginx site in front of lorebase (seed: Architecture B, HTTPS), rendered from
-lorebase's own config so the two never drift: the upstream from HOST/PORT, the body limit
+lorebase's own config so the two never drift: the upstream from NGINX_NODES (the API nodes
+of Architecture C and beyond) or HOST/PORT (this node), the body limit
 from FILE_LIMIT, the timeouts from HEADER_TIMEOUT/BODY_TIMEOUT, the web client's files from
 the installed package. `lorebase nginx [ENV] --domain D` prints it.
 
@@ -37,6 +38,9 @@ def render(config: Any, domain: str, cert: str | None = None, key: str | None = 
     static_dir = str(static or WEB).rstrip("/") + "/"
     host = str(config.HOST)
     upstream = f"[{host}]:{config.PORT}" if ":" in host else f"{host}:{config.PORT}"
+    nodes = [str(n).strip() for n in config.NGINX_NODES if str(n).strip()] or [upstream]
+    # a node that fails (refused, reset, silent) is left alone for fail_timeout
+    servers = "\n".join(f"    server {node} max_fails=1 fail_timeout=5s;" for node in nodes)
     body_limit = int(config.FILE_LIMIT) + MULTIPART_OVERHEAD
     to_https = "https://$host$request_uri" if https_port == 443 else f"https://$host:{https_port}$request_uri"
     rate, burst = int(config.NGINX_AUTH_RATE), int(config.NGINX_AUTH_BURST)
@@ -50,12 +54,19 @@ def render(config: Any, domain: str, cert: str | None = None, key: str | None = 
         proxy_set_header X-Forwarded-For $remote_addr;
         proxy_set_header X-Forwarded-Proto $scheme;
         proxy_request_buffering off;  # an upload reaches lorebase as it arrives
-        proxy_read_timeout 60s;"""
+        proxy_read_timeout 60s;
+        # a node that refuses, drops or never answers a request: the next node gets it, but
+        # only if it is idempotent or was never sent (nginx does not resend a POST that
+        # reached a node: it may have run there), within 2 tries and 10 s
+        proxy_next_upstream error timeout;
+        proxy_next_upstream_tries 2;
+        proxy_next_upstream_timeout 10s;
+        proxy_connect_timeout 2s;"""
     return f"""# lorebase ({env}) behind nginx: written by `lorebase nginx {env} --domain {domain}`.
 # Render it again after changing lorebase's config (PORT, FILE_LIMIT, timeouts).
 
 upstream {name} {{
-    server {upstream};  # more nodes: one `server` line each
+{servers}
     keepalive 32;
 }}
 
@@ -97,7 +108,7 @@ server {{
     # the errors nginx answers itself, in lorebase's shape
     error_page 413 @size;
     error_page 429 @rate;
-    error_page 502 503 504 @down;
+    error_page 502 503 504 =503 @down;
     location @size {{
         default_type application/json;
         add_header Strict-Transport-Security "{HSTS}" always;

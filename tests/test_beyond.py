@@ -5,24 +5,21 @@ backup and restore work there. (The client underneath: tests/test_topology.py.)"
 from __future__ import annotations
 
 import subprocess
-import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 
+from .files_support import lorebase_cmd
 from .identity_support import COOKIE, Api, Users, dedicated
-from .lore import ROOT, Lorebase, MailSink
+from .lore import Lorebase, MailSink, RedisServer, free_port, wait_for
+from .test_nginx import NGINX, WRAPPER, Edge
 from .test_topology import record
 from .topology import Sentinels
-
-
-def command(lore: Lorebase, *argv: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """`python -m lorebase ARGV` with the server's settings (its REDIS_URL among them)."""
-    return subprocess.run([sys.executable, "-m", "lorebase", *argv], env=lore.environ(), cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout)
 
 
 def raw_post(api: Api, path: str, body: dict[str, Any]) -> httpx.Response:
@@ -89,13 +86,114 @@ def test_sentinel_primary_killed_under_writes(tmp_path_factory: pytest.TempPathF
             record("lorebase on sentinel, primary killed", writes_again_after_s=round(recovered, 2),
                    statuses=statuses, acked_notes=len(acked), acked_lost=len(lost))
             assert len(lost) <= 5, lost  # asynchronous replication: at most the last moment's writes
-            checked = command(lore, "check", "dev")
+            checked = lorebase_cmd(lore, "check", "dev")
             assert checked.returncode == 0, checked.stdout + checked.stderr
-            taken = command(lore, "backup", "dev")
+            taken = lorebase_cmd(lore, "backup", "dev")
             assert taken.returncode == 0, taken.stdout + taken.stderr
             assert raw_post(api, "/notes", {"text": "after the backup"}).status_code == 200
-            restored = command(lore, "restore", "latest", "dev")
+            restored = lorebase_cmd(lore, "restore", "latest", "dev")
             assert restored.returncode == 0, restored.stdout + restored.stderr
             assert note_ids(api) == kept  # the note written after the backup is gone again
     finally:
         group.stop()
+
+
+def edge_for(directory: Path, lore: Lorebase, nodes: list[Lorebase]) -> Edge:
+    """A real nginx with the site `lorebase nginx` renders for NGINX_NODES = `nodes`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "2", "-subj", "/CN=localhost", "-addext",
+                    "subjectAltName=DNS:localhost,IP:127.0.0.1"], check=True, capture_output=True)
+    edge = Edge(directory, free_port(), free_port(), cert)
+    lore.overrides["NGINX_NODES"] = ",".join(f"127.0.0.1:{node.port}" for node in nodes)
+    done = lorebase_cmd(lore, "nginx", "--domain", "localhost", "--cert", str(cert), "--key", str(key),
+                        "--http-port", edge.http.rsplit(":", 1)[1], "--https-port", str(edge.https_port),
+                        "--listen", "127.0.0.1")
+    assert done.returncode == 0, done.stderr
+    for node in nodes:
+        assert f"server 127.0.0.1:{node.port} " in done.stdout, done.stdout
+    (directory / "site.conf").write_text(done.stdout)
+    conf = directory / "nginx.conf"
+    conf.write_text(WRAPPER.format(dir=directory))
+    edge.proc = subprocess.Popen([NGINX, "-c", str(conf), "-p", str(directory), "-g", "daemon off;"],
+                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with edge.client() as client:
+        wait_for(lambda: client.get("/health").status_code == 200, 15, 0.1, "nginx in front of the nodes")
+    return edge
+
+
+def kill_node(lore: Lorebase) -> None:
+    """kill -9 every process of a node at once (its box died)."""
+    assert lore.proc is not None
+    master = psutil.Process(lore.proc.pid)
+    for proc in [master, *master.children(recursive=True)]:
+        proc.kill()
+    lore.proc.wait(10)
+
+
+def test_two_api_nodes_behind_nginx_one_killed(tmp_path_factory: pytest.TempPathFactory, mail: MailSink) -> None:
+    """Architecture C: nginx in front of two API nodes sharing one Redis and one COOKIE_SECRET.
+    A session made on A is good on B. Under a stream of GETs and POSTs through nginx, node A
+    is killed (-9, all its processes): every GET succeeds (nginx passes it to B), and the only
+    failures are POSTs that were in flight on A (nginx never resends a POST that reached a
+    node), at most one per client thread."""
+    base = Path(tmp_path_factory.mktemp("two-nodes"))
+    shared = RedisServer(base / "redis").start()
+    common = {"REDIS_URL": shared.url, "COOKIE_SECRET": "s" * 48, "TRUSTED_PROXIES": "127.0.0.1",
+              "MAIL_URL": mail.url}
+    a = Lorebase(base / "a" / "data", **common).start()
+    b = Lorebase(base / "b" / "data", **common).start()
+    edge = None
+    try:
+        with Users(a, mail) as users:
+            alice = users.new("two_alice", verified=True)
+            on_a = users.session(alice)
+            with Api(b, on_a.ip) as on_b:
+                on_b.cookie, on_b.csrf = on_a.cookie, on_a.csrf
+                assert on_b.post("/notes", {"text": "written on B"}, csrf=True).status_code == 200
+            assert [n["text"] for n in on_a.get("/notes").json()] == ["written on B"]
+            edge = edge_for(base / "edge", a, [a, b])
+            failures: list[tuple[str, int, str]] = []
+            done: list[str] = []
+            stop = threading.Event()
+
+            def client(turn: int) -> None:
+                with edge.client() as http:
+                    headers = {"cookie": f"{COOKIE}={on_a.cookie}"}
+                    while not stop.is_set():
+                        turn += 1
+                        if turn % 2:
+                            r = http.get("/notes", headers=headers)
+                            method = "GET"
+                        else:
+                            r = http.post("/notes", json={"text": f"t{turn}", "csrf": on_a.csrf}, headers=headers)
+                            method = "POST"
+                        (done.append(method) if r.status_code == 200 else failures.append(
+                            (method, r.status_code, r.text[:100])))
+
+            threads = [threading.Thread(target=client, args=(i * 1000,)) for i in range(4)]
+            for thread in threads:
+                thread.start()
+            time.sleep(1.5)
+            served_before = len(done)
+            kill_node(a)
+            users.lore = b  # the accounts are destroyed through the node still up
+            alice.apis.clear()
+            time.sleep(3)
+            stop.set()
+            for thread in threads:
+                thread.join(20)
+            record("two nodes behind nginx, one killed", requests=len(done) + len(failures),
+                   before_kill=served_before, failures=failures)
+            assert served_before > 20 and len(done) > served_before + 20, (served_before, len(done))
+            assert all(method == "POST" and status == 503 for method, status, _ in failures), failures
+            assert len(failures) <= len(threads), failures
+    finally:
+        if edge is not None and edge.proc is not None:
+            edge.proc.terminate()
+            edge.proc.wait(10)
+        if a.proc is not None and a.proc.poll() is None:
+            a.stop()
+        assert b.stop() == 0
+        shared.stop()
