@@ -131,6 +131,7 @@ class Context:
     logs: Path
     redis_url: str = ""  # the throwaway Redis (express, and lorebase with --shared-redis)
     redis: Server | None = None
+    topologies: dict[str, Any] = field(default_factory=dict)  # Sentinel / Cluster groups, by kind, started once
 
 
 class Peer:
@@ -148,6 +149,10 @@ class Peer:
     def uses_throwaway_redis(self, ctx: Context) -> bool:
         """Whether the throwaway Redis's CPU counts as this peer's."""
         return False
+
+    def own_servers(self, ctx: Context) -> list[psutil.Process]:
+        """Processes outside the peer's own tree whose CPU counts as the peer's (its Redis)."""
+        return []
 
     def prepare(self, ctx: Context) -> None:
         """One-time setup before the server starts (npm ci and such)."""
@@ -343,8 +348,49 @@ class LorebaseBase(Lorebase):
         return [sys.executable, "-m", "lorebase", "serve", "dev"], env, ctx.args.base.resolve()
 
 
+class LorebaseOn(Lorebase):
+    """lorebase with REDIS_URL on a Redis topology of several servers on loopback TCP
+    (tests/topology.py starts them, the way the tests do), started once per run and
+    stopped at its end; their CPU counts as lorebase's. Compare with `lorebase
+    --shared-redis` (one Redis over TCP), not with the unix socket of the embedded one."""
+
+    serves_as = "lorebase"
+    kind = ""
+
+    def topology(self, ctx: Context) -> Any:
+        if self.kind not in ctx.topologies:
+            sys.path.insert(0, str(ROOT))
+            from tests.topology import Cluster, Sentinels
+
+            made = (Sentinels if self.kind == "sentinel" else Cluster)(ctx.tmp / self.kind)
+            ctx.topologies[self.kind] = made
+            made.start()
+        return ctx.topologies[self.kind]
+
+    def own_servers(self, ctx: Context) -> list[psutil.Process]:
+        procs = self.topology(ctx).procs.values()
+        return [psutil.Process(p.pid) for p in procs if p.poll() is None]
+
+    def command(self, ctx: Context, port: int) -> tuple[list[str], dict[str, str], Path]:
+        argv, env, cwd = super().command(ctx, port)
+        env["LOREBASE_REDIS_URL"] = self.topology(ctx).url
+        return argv, env, cwd
+
+
+class LorebaseSentinel(LorebaseOn):
+    name = "lorebase-sentinel"
+    kind = "sentinel"
+    about = "lorebase on redis+sentinel://: a primary, one replica, three sentinels (TCP)"
+
+
+class LorebaseCluster(LorebaseOn):
+    name = "lorebase-cluster"
+    kind = "cluster"
+    about = "lorebase on redis+cluster://: a Redis Cluster of three primaries and three replicas (TCP)"
+
+
 PEERS: list[Peer] = [Express(), Hello(), HelloHeaders(), HelloReuseport(), Granian(), GranianRSGI(), Lorebase(),
-                     LorebaseBase()]
+                     LorebaseBase(), LorebaseSentinel(), LorebaseCluster()]
 
 
 # -- processes ------------------------------------------------------------------------------
@@ -640,6 +686,7 @@ def measure_once(ctx: Context, server: Server, peer: Peer, workload: Workload, p
     workers, tree = server.workers(port), server.tree()
     if ctx.redis is not None and peer.uses_throwaway_redis(ctx):
         tree += ctx.redis.tree()
+    tree += peer.own_servers(ctx)
     before, before_all, before_wrk, before_busy = cpu_seconds(workers), sum(cpu_seconds(tree)), wrk_cpu(), busy()
     sampler = threading.Timer(ctx.args.duration / 2, lambda: result.worker_conns.extend(connections(workers, port)))
     sampler.start()
@@ -916,6 +963,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="lorebase-bench-") as tmp, contextlib.ExitStack() as stack:
             ctx = Context(args, args.shared, Path(tmp), logs)
+            stack.callback(lambda: [made.stop() for made in ctx.topologies.values()])
             if any(isinstance(p, Express) for p in peers) or args.shared_redis:
                 stack.enter_context(throwaway_redis(ctx))
             runnable = []
