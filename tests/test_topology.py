@@ -188,8 +188,7 @@ def test_sentinel_primary_killed(tmp_path: Path, min_replicas: int) -> None:
     """kill -9 the primary under a stream of writes: the sentinels promote the replica and
     the same client writes again within down-after + failover (bound: 10 s). How many
     acknowledged writes the kill lost, with and without min-replicas-to-write 1."""
-    options = ("--min-replicas-to-write", "1", "--min-replicas-max-lag", "1") if min_replicas else ()
-    group = Sentinels(tmp_path, replicas=2, data_options=options).start()  # one left to be in sync with
+    group = Sentinels(tmp_path, replicas=2, min_replicas=min_replicas, max_lag=1).start()  # one left in sync
     try:
         out = asyncio.run(_sentinel_stream(group, lambda: group.kill(group.primary())))
         assert out["recovered_s"] is not None and out["recovered_s"] < 10, out

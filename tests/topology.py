@@ -1,18 +1,53 @@
 """Real multi-server Redis topologies on loopback for the tests of issue 11: a Redis Cluster
-made by `redis-cli --cluster create`, and a primary with a replica watched by three
+made by `redis-cli --cluster create`, and a primary with replicas watched by three
 sentinels. Every server is Debian's redis-server on a free 127.0.0.1 port with its files in
-a temp dir; `stop` kills them all."""
+a temp dir, run from the configuration files an operator installs (deploy/redis/: data.conf,
+users.acl, cluster.conf, sentinel.conf), so those are what the tests exercise; persistence is
+off (the tests' only change). `stop` kills them all."""
 
 from __future__ import annotations
 
+import hashlib
 import signal
 import subprocess
 from pathlib import Path
+from string import Template
 
 import redis
 from redis.cluster import ClusterNode, RedisCluster
 
-from .lore import free_port, wait_for
+from .lore import ROOT, free_port, wait_for
+
+TEMPLATES = ROOT / "deploy" / "redis"
+# the users of deploy/redis/users.acl, with the tests' passwords
+PASSWORDS = {"lorebase": "lore-test-pw", "replica": "replica-test-pw", "sentinel": "sentinel-test-pw",
+             "admin": "admin-test-pw"}
+ADMIN = {"username": "admin", "password": PASSWORDS["admin"]}
+
+
+def render(template: str, into: Path, **values: object) -> Path:
+    """deploy/redis/<template> with its ${...} filled in, written to `into`; every value must be given."""
+    into.parent.mkdir(parents=True, exist_ok=True)
+    into.write_text(Template((TEMPLATES / template).read_text()).substitute(values))
+    return into
+
+
+def acl(dir: Path) -> Path:
+    return render("users.acl", dir / "users.acl", **{f"{user.upper()}_SHA256": hashlib.sha256(pw.encode()).hexdigest()
+                                                      for user, pw in PASSWORDS.items()})
+
+
+def data_conf(dir: Path, port: int, min_replicas: int = 0, max_lag: int = 10, cluster_timeout: int = 0) -> Path:
+    """A data server's config: data.conf (+ cluster.conf), then the tests' own lines."""
+    dir.mkdir(parents=True, exist_ok=True)
+    parts = [render("data.conf", dir / "data.conf", BIND="127.0.0.1", PORT=port, ACLFILE=acl(dir),
+                    REPLICA_PASSWORD=PASSWORDS["replica"], MIN_REPLICAS=min_replicas, MAX_LAG=max_lag)]
+    if cluster_timeout:
+        parts.append(render("cluster.conf", dir / "cluster.conf", DIR=dir, NODE_TIMEOUT=cluster_timeout))
+    conf = dir / "redis.conf"
+    conf.write_text("".join(f"include {part}\n" for part in parts) +
+                    f'dir {dir}\nlogfile {dir / "redis.log"}\nsave ""\nappendonly no\ndaemonize no\n')
+    return conf
 
 
 def cluster_port() -> int:
@@ -31,12 +66,8 @@ def cluster_port() -> int:
             continue
 
 
-def _server(dir: Path, port: int, *options: str) -> subprocess.Popen[bytes]:
-    dir.mkdir(parents=True, exist_ok=True)
-    return subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(dir), "--save", "",
-         "--appendonly", "no", "--daemonize", "no", "--logfile", str(dir / "redis.log"), *options],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+def _server(conf: Path, *options: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(["redis-server", str(conf), *options], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
 
 
 class Servers:
@@ -61,37 +92,35 @@ class Cluster(Servers):
     """`primaries` primaries with `replicas` replicas each; cluster-node-timeout `node_timeout`
     ms (a primary that stops answering is failed over about twice that after)."""
 
-    def __init__(self, dir: Path, primaries: int = 3, replicas: int = 1, node_timeout: int = 1000,
-                 password: str = ""):
+    def __init__(self, dir: Path, primaries: int = 3, replicas: int = 1, node_timeout: int = 1000):
         super().__init__()
         self.dir = dir
         self.ports = [cluster_port() for _ in range(primaries * (1 + replicas))]
         self.replicas = replicas
         self.node_timeout = node_timeout
-        self.password = password
 
     @property
     def url(self) -> str:
-        auth = f":{self.password}@" if self.password else ""
-        return f"redis+cluster://{auth}" + ",".join(f"127.0.0.1:{port}" for port in self.ports[:2])
+        """lorebase's REDIS_URL: its user, two of the nodes (it learns the others)."""
+        return f"redis+cluster://lorebase:{PASSWORDS['lorebase']}@" + ",".join(
+            f"127.0.0.1:{port}" for port in self.ports[:2])
 
     def node(self, port: int) -> redis.Redis:
-        return redis.Redis(port=port, password=self.password or None, socket_timeout=2, decode_responses=True)
+        return redis.Redis(port=port, socket_timeout=2, decode_responses=True, **ADMIN)
 
     def client(self) -> RedisCluster:
         return RedisCluster(startup_nodes=[ClusterNode("127.0.0.1", port) for port in self.ports],
-                            password=self.password or None, decode_responses=True, socket_timeout=2)
+                            decode_responses=True, socket_timeout=2, **ADMIN)
+
+    def cli(self) -> list[str]:
+        return ["redis-cli", "--user", "admin", "-a", PASSWORDS["admin"], "--no-auth-warning"]
 
     def start(self) -> Cluster:
-        auth = ["--requirepass", self.password, "--masterauth", self.password] if self.password else []
         for port in self.ports:
-            self.procs[port] = _server(self.dir / str(port), port, "--cluster-enabled", "yes",
-                                       "--cluster-config-file", "nodes.conf",
-                                       "--cluster-node-timeout", str(self.node_timeout), *auth)
+            self.procs[port] = _server(data_conf(self.dir / str(port), port, cluster_timeout=self.node_timeout))
         for port in self.ports:
             wait_for(lambda port=port: self.node(port).ping(), what=f"redis-server :{port}")
-        cli_auth = ["-a", self.password, "--no-auth-warning"] if self.password else []
-        subprocess.run(["redis-cli", *cli_auth, "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports),
+        subprocess.run([*self.cli(), "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports),
                         "--cluster-replicas", str(self.replicas), "--cluster-yes"],
                        check=True, capture_output=True, timeout=60)
         self.wait_ok()
@@ -130,8 +159,7 @@ class Cluster(Servers):
 
     def reshard(self, source: int, target: int, slots: int, timeout: float = 120) -> None:
         """Move `slots` hash slots from one primary to another with their keys (redis-cli)."""
-        cli_auth = ["-a", self.password, "--no-auth-warning"] if self.password else []
-        subprocess.run(["redis-cli", *cli_auth, "--cluster", "reshard", f"127.0.0.1:{source}",
+        subprocess.run([*self.cli(), "--cluster", "reshard", f"127.0.0.1:{source}",
                         "--cluster-from", self.node_id(source), "--cluster-to", self.node_id(target),
                         "--cluster-slots", str(slots), "--cluster-yes", "--cluster-pipeline", "10"],
                        check=True, capture_output=True, timeout=timeout)
@@ -139,53 +167,48 @@ class Cluster(Servers):
 
 class Sentinels(Servers):
     """A primary, `replicas` replicas, and `count` sentinels watching it as `name`
-    (quorum 2, down-after `down_after` ms). `primary_options`: extra redis-server options of
-    the data servers, such as min-replicas-to-write."""
+    (quorum 2, down-after `down_after` ms); `min_replicas`, `max_lag`: data.conf's
+    min-replicas-to-write and min-replicas-max-lag."""
 
     def __init__(self, dir: Path, name: str = "lore", replicas: int = 1, count: int = 3, down_after: int = 1000,
-                 password: str = "", data_options: tuple[str, ...] = ()):
+                 min_replicas: int = 0, max_lag: int = 10):
         super().__init__()
         self.dir = dir
         self.name = name
         self.data_ports = [free_port() for _ in range(1 + replicas)]
         self.sentinel_ports = [free_port() for _ in range(count)]
         self.down_after = down_after
-        self.password = password
-        self.data_options = data_options
+        self.min_replicas = min_replicas
+        self.max_lag = max_lag
 
     @property
     def url(self) -> str:
-        auth = f":{self.password}@" if self.password else ""
-        return f"redis+sentinel://{auth}" + ",".join(f"127.0.0.1:{p}" for p in self.sentinel_ports) + f"/{self.name}"
+        """lorebase's REDIS_URL: its user, every sentinel, the name of the primary."""
+        return (f"redis+sentinel://lorebase:{PASSWORDS['lorebase']}@"
+                + ",".join(f"127.0.0.1:{p}" for p in self.sentinel_ports) + f"/{self.name}")
 
     def node(self, port: int) -> redis.Redis:
-        return redis.Redis(port=port, password=self.password or None, socket_timeout=2, decode_responses=True)
+        return redis.Redis(port=port, socket_timeout=2, decode_responses=True, **ADMIN)
 
     def sentinel(self, port: int) -> redis.Redis:
         return redis.Redis(port=port, socket_timeout=2, decode_responses=True)
 
     def start(self) -> Sentinels:
-        auth = ["--requirepass", self.password, "--masterauth", self.password] if self.password else []
         primary, *replicas = self.data_ports
-        self.procs[primary] = _server(self.dir / str(primary), primary, *auth, *self.data_options)
-        for port in replicas:
-            self.procs[port] = _server(self.dir / str(port), port, "--replicaof", "127.0.0.1", str(primary),
-                                       *auth, *self.data_options)
+        for port in self.data_ports:
+            self.procs[port] = _server(data_conf(self.dir / str(port), port, self.min_replicas, self.max_lag),
+                                       *(["--replicaof", "127.0.0.1", str(primary)] if port != primary else []))
         for port in self.data_ports:
             wait_for(lambda port=port: self.node(port).ping(), what=f"redis-server :{port}")
         wait_for(lambda: self.node(primary).info("replication")["connected_slaves"] == len(replicas)
                  and all(self.node(p).info("replication")["master_link_status"] == "up" for p in replicas),
                  30, 0.1, "replicas in sync")
         for port in self.sentinel_ports:
-            conf = self.dir / f"sentinel-{port}" / "sentinel.conf"
-            conf.parent.mkdir(parents=True, exist_ok=True)
-            lines = [f"port {port}", "bind 127.0.0.1", f"dir {conf.parent}", f"logfile {conf.parent / 'log'}",
-                     f"sentinel monitor {self.name} 127.0.0.1 {primary} 2",
-                     f"sentinel down-after-milliseconds {self.name} {self.down_after}",
-                     f"sentinel failover-timeout {self.name} 10000", f"sentinel parallel-syncs {self.name} 1"]
-            if self.password:
-                lines.append(f"sentinel auth-pass {self.name} {self.password}")
-            conf.write_text("\n".join(lines) + "\n")
+            dir = self.dir / f"sentinel-{port}"
+            dir.mkdir(parents=True, exist_ok=True)
+            conf = render("sentinel.conf", dir / "sentinel.conf", PORT=port, BIND="127.0.0.1", DIR=dir,
+                          LOGFILE=dir / "log", NAME=self.name, PRIMARY_HOST="127.0.0.1", PRIMARY_PORT=primary,
+                          QUORUM=2, SENTINEL_PASSWORD=PASSWORDS["sentinel"], DOWN_AFTER=self.down_after)
             self.procs[port] = subprocess.Popen(["redis-server", str(conf), "--sentinel"],
                                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
         for port in self.sentinel_ports:
