@@ -29,6 +29,21 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def free_cluster_port() -> int:
+    """A free port a Redis Cluster node may take: at most 55535, its bus port (10000 above
+    it) free too."""
+    while True:
+        port = free_port()
+        if port > 55535:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+
+
 def wait_for(condition: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02, what: str = "") -> Any:
     """Poll `condition` until it returns something truthy; fail after `timeout` seconds."""
     deadline = time.monotonic() + timeout
@@ -55,7 +70,7 @@ class RedisServer:
     def __init__(self, data_dir: Path, password: str = "", cluster: bool = False):
         self.dir = data_dir
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
+        self.port = free_cluster_port() if cluster else free_port()
         self.password = password  # requirepass, when set
         self.cluster = cluster
         self.proc: subprocess.Popen[bytes] | None = None

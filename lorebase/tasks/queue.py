@@ -54,7 +54,7 @@ def names(queue: str) -> dict[str, str]:
 
 
 def durable() -> dict[str, dict[str, str]]:
-    """Every durable queue's keys, by name: the mail outbox (its doing list is `mail:sending`)
+    """Every durable queue's keys, by name: the mail outbox (its doing list is `{mail}:sending`)
     and the S3 mirror."""
     from .. import mail
     from ..files.keys import S3_QUEUE
