@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,13 +8,7 @@ import pytest
 
 from .files_support import Moto
 from .identity_support import Users, assert_no_secret_logged
-from .lore import Lorebase, MailSink, RedisServer
-
-# which Redis the session server runs on: 'single' (unset: the embedded Redis) or 'slots' (a
-# one-node Redis Cluster, which refuses every command, MULTI and script across hash slots)
-TOPOLOGY = os.environ.get("LOREBASE_TEST_REDIS", "single") or "single"
-if TOPOLOGY not in ("single", "slots"):
-    raise RuntimeError(f"LOREBASE_TEST_REDIS={TOPOLOGY!r}: use single or slots")
+from .lore import Lorebase, MailSink, topology_redis
 
 
 @pytest.fixture(scope="session")
@@ -33,21 +26,12 @@ def server(tmp_path_factory: pytest.TempPathFactory, mail: MailSink) -> Iterator
     X-Real-IP, as nginx would. With LOREBASE_TEST_REDIS=slots, on a one-node Redis Cluster
     (REDIS_URL) instead of the embedded Redis."""
     base = tmp_path_factory.mktemp("lore")
-    extra: dict[str, str] = {}
-    cluster = None
-    if TOPOLOGY == "slots":
-        cluster = RedisServer(base / "cluster", cluster=True).start()
-        extra["REDIS_URL"] = cluster.url
-    lore = Lorebase(base / "data", TRUSTED_PROXIES="127.0.0.1", MAIL_URL=mail.url, **extra)
-    try:
+    with topology_redis(base, {"TRUSTED_PROXIES": "127.0.0.1", "MAIL_URL": mail.url}) as settings:
+        lore = Lorebase(base / "data", **settings)
         lore.start()
         yield lore
         code = lore.stop()
         assert code == 0, f"lorebase exited with {code}"
-    finally:
-        lore.stop()
-        if cluster is not None:
-            cluster.stop()
 
 
 @pytest.fixture()

@@ -108,6 +108,30 @@ class RedisServer:
             self.proc.wait(10)
 
 
+def topology() -> str:
+    """Which Redis the identity, files and notes tests run their servers on (the env var
+    LOREBASE_TEST_REDIS): 'single' (unset: each lorebase's embedded Redis) or 'slots' (a
+    one-node Redis Cluster, `RedisServer(cluster=True)`, through REDIS_URL)."""
+    chosen = os.environ.get("LOREBASE_TEST_REDIS", "") or "single"
+    if chosen not in ("single", "slots"):
+        raise RuntimeError(f"LOREBASE_TEST_REDIS={chosen!r}: use single or slots")
+    return chosen
+
+
+@contextmanager
+def topology_redis(base: Path, overrides: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """`overrides` with REDIS_URL pointing at a one-node Redis Cluster started for the block,
+    in the 'slots' topology (unless they name a Redis already); as they are otherwise."""
+    if topology() != "slots" or overrides.get("REDIS_URL"):
+        yield overrides
+        return
+    cluster = RedisServer(base / "cluster", cluster=True).start()
+    try:
+        yield {**overrides, "REDIS_URL": cluster.url}
+    finally:
+        cluster.stop()
+
+
 class Lorebase:
     """`lorebase serve` as a child process, with LOREBASE_* overrides."""
 

@@ -39,6 +39,7 @@ the address meanwhile), then the `{users}` entries (put back the same way).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import re
 import time
@@ -149,6 +150,9 @@ return out
 """
 
 _INDEXES = [keys.USERS, keys.USERS_BY_NAME, keys.USERS_BY_EMAIL]
+# times 20 ms a signup waits for the record of a holder that claimed the address but has not
+# written it yet, before it takes the entry as dangling (safe either way: see step 5)
+_PATIENCE = 10
 
 
 def index_keys(name: str) -> list[str]:
@@ -183,12 +187,14 @@ async def taken(db: Client, username: str, email: str, verify_ttl: int) -> str |
 async def _holding(db: Client, holder: str, email: str, verify_ttl: int | None = None) -> str:
     """What the user an `email:` entry names does with the address: 'keeps' it (verified,
     or signed up within VERIFY_TTL), 'stale' (never verified it, VERIFY_TTL after it signed
-    up: it stops blocking the address's real owner), or 'none' (its record does not hold the
-    address: a dangling entry)."""
+    up: it stops blocking the address's real owner), 'none' (its record does not hold the
+    address) or 'absent' (no record: a dangling entry, or a signup between its steps 1 and 4)."""
     if not USERNAME.fullmatch(holder):
         return "none"
     name, address, verified, created = await db.call("HMGET", keys.user(holder), "username", "email",
                                                      "verified", "created")
+    if name is None:
+        return "absent"
     if name != holder or address != email:
         return "none"
     if verified == "1" or verify_ttl is None:
@@ -196,11 +202,9 @@ async def _holding(db: Client, holder: str, email: str, verify_ttl: int | None =
     return "stale" if int(created or 0) < time.time() - verify_ttl else "keeps"
 
 
-async def holder_of(db: Client, email: str) -> str | None:
-    """The user holding `email`: the one its `email:` entry names, if that user's record
-    holds the address (a dangling entry names nobody)."""
-    holder = await db.call("GET", keys.email(email))
-    return holder if holder and await _holding(db, holder, email) != "none" else None
+async def _holds(db: Client, name: str, email: str) -> bool:
+    """`name`'s record holds `email`."""
+    return await _holding(db, name, email) in ("keeps", "stale")
 
 
 async def create(db: Client, username: str, email: str, password_hash: str, verify_ttl: int) -> str | None:
@@ -215,6 +219,13 @@ async def create(db: Client, username: str, email: str, password_hash: str, veri
     took, dangling = None, None
     if holder:  # 2
         state = await _holding(db, holder, email, verify_ttl)
+        for _ in range(_PATIENCE):  # a signup that claimed it may be about to write its record
+            if state != "absent" or holder == username:
+                break
+            await asyncio.sleep(0.02)
+            state = await _holding(db, holder, email, verify_ttl)
+        if holder == username and state in ("keeps", "stale"):
+            raise ApiError(409, "username")
         if state == "keeps":
             raise ApiError(409, "email")
         if state == "stale":
@@ -229,14 +240,14 @@ async def create(db: Client, username: str, email: str, password_hash: str, veri
     await db.script(_INDEX_ADD, _INDEXES, [username, email])  # 3
     if not await db.script(_CREATE, [keys.user(username)], fields):  # 4
         # the name is someone else's: its entries stay, ours go (unless it holds the address)
-        if await _holding(db, username, email) == "none":
+        if not await _holds(db, username, email):
             await db.script(_INDEX_DROP, _INDEXES, [username, email, ""])
             await db.script(_SWAP, [entry], [username, ""])
         raise ApiError(409, "username")
     if (await db.call("GET", entry) != username  # 5
-            or (dangling and await _holding(db, dangling, email) != "none")):
+            or (dangling and await _holds(db, dangling, email))):
         await _remove(db, username, email, "gen", gen)
-        if dangling and await _holding(db, dangling, email) != "none":
+        if dangling and await _holds(db, dangling, email):
             await db.script(_SWAP, [entry], [username, dangling])
         else:
             await db.script(_SWAP, [entry], [username, ""])
@@ -411,7 +422,7 @@ async def drop_email(db: Client, name: str, email: str) -> None:
     go; put back if a new record of the name holds the address by then (a destroyed user's
     name and address signed up again between the steps)."""
     await db.script(_SWAP, [keys.email(email)], [name, ""])
-    if await _holding(db, name, email) != "none":
+    if await _holds(db, name, email):
         await db.call("SET", keys.email(email), name, "NX")
 
 
