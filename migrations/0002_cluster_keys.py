@@ -23,14 +23,18 @@ deploy and this run), a queue, set or sorted set is merged into it and `stats:to
 to it; any other key is left where it is and `check` names it, for a person to look at.
 
 It runs on one Redis (`lorebase migrate` works on one; a Cluster starts from the new layout).
-PAUSE: the old and the new code must not write while keys move. Running it again changes
-nothing: no key of the old layout is left to move.
+It also builds the admin's search index for users that lack it (what 0001 did, for a
+database older than both). PAUSE: the old and the new code must not write while keys move.
+Running it again changes nothing: no key of the old layout is left to move, and every user
+is indexed already.
 """
 
 from __future__ import annotations
 
 import re
 from typing import Any
+
+from lorebase.identity import keys, users
 
 PAUSE = True
 
@@ -113,6 +117,13 @@ def migrate(db: Any) -> None:
             continue
         if not db.renamenx(key, new):
             _merge(db, key, new)
+    # a database older than the search index (0001) gets it here: today's consistency check
+    # reads today's layout, so 0001 can no longer be applied on its own to an old layout
+    index = db.register_script(users.INDEX)
+    for name in db.sscan_iter(keys.USERS, count=1000):
+        username, email = db.hmget(keys.user(name), "username", "email")
+        if username == name:
+            index(keys=users.index_keys(name), args=[name, email or "", "1"])
 
 
 def check(db: Any) -> list[str]:

@@ -125,7 +125,7 @@ def test_repair_fetches_a_lost_copy_back_from_s3(with_s3):
         out = api.ok_upload(data, "r.bin")
         key = f"files/{name}/{out['id']}"
         s3 = moto.client()
-        wait_for(lambda: lore.redis().hget(fkeys.file("ck_pending", out["id"]), "s3") == "1", 15, 0.05,
+        wait_for(lambda: lore.redis().hget(fkeys.file(name, out["id"]), "s3") == "1", 15, 0.05,
                  "the upload mirrored")
         assert_clean(lore, 1)
 
