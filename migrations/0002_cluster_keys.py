@@ -19,8 +19,10 @@ the stats under `{stats}`, each scheduled task's state and lock under the task's
 Each key is RENAMEd (its TTL goes with it). The members of sets, sorted sets and strings
 that name keys (session ids, file ids, usernames) are unchanged, so nothing inside a value
 needs rewriting. Where the new key exists already (written by the new code between its
-deploy and this run), a queue, set or sorted set is merged into it and `stats:total` added
-to it; any other key is left where it is and `check` names it, for a person to look at.
+deploy and this run), a queue, set or sorted set is merged into it, `stats:total` added to
+it, and the new state of stats minutes, scheduled tasks and beat alerts kept (the old one
+fills only the fields it lacks); any other key (a user's, say) is left where it is and
+`check` names it, for a person to look at.
 
 It runs on one Redis (`lorebase migrate` works on one; a Cluster starts from the new layout).
 It also builds the admin's search index for users that lack it (what 0001 did, for a
@@ -104,6 +106,10 @@ def _merge(db: Any, old: str, new: str) -> bool:
                 db.hincrbyfloat(new, field, float(value))
             else:
                 db.hincrby(new, field, int(value))
+    elif new.startswith(("{stats}:", "task:", "lock:", "beat:")):  # the new code's state is the newer
+        if kind == "hash":
+            for field, value in db.hgetall(old).items():
+                db.hsetnx(new, field, value)
     else:
         return False
     db.delete(old)
