@@ -48,7 +48,9 @@ PAUSE_MIN, PAUSE_MAX = 0.5, 5.0
 
 
 def names(queue: str) -> dict[str, str]:
-    """The keys of a queue named `<name>:queue`: queue, doing, retry, dead."""
+    """The keys of a queue named `<name>:queue`: queue, doing, retry, dead. The name is a hash
+    tag (`{s3}:queue` → `{s3}:doing`, ...), so a queue's four keys share one slot and every move
+    between them (BLMOVE, the scripts above) is one step on a Redis Cluster too."""
     name = queue.split(":")[0]
     return {"queue": queue, "doing": f"{name}:doing", "retry": f"{name}:retry", "dead": f"{name}:dead"}
 
