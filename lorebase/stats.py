@@ -303,7 +303,7 @@ def stock_commands(queues: Iterable[dict[str, str]]) -> tuple[list[str], list[tu
 
     names, commands = ["users"], [("SCARD", USERS)]
     for keys in queues:
-        queue = keys["queue"].split(":")[0]
+        queue = keys["queue"].split(":")[0].strip("{}")  # the queue's name, its tag without braces
         for state, key in keys.items():
             names.append(f"queue|{queue}|{state}")
             commands.append(("ZCARD", key) if state == "retry" else ("LLEN", key))

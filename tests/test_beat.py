@@ -19,7 +19,7 @@ from typing import Any
 
 import redis
 
-from lorebase import mail
+from lorebase import mail as outbox
 from lorebase.tasks.beat import alerts_key, minutes_key, samples_key
 
 from .lore import Lorebase, MailSink, RedisServer, wait_for
@@ -133,7 +133,7 @@ def test_a_crossed_threshold_alerts_once_mails_once_and_recovers_once(tmp_path):
             wait_for(lambda: lore.events("tasks exit"), 10, 0.05, "the tasks process's exit")
             wait_for(lambda: tasks_pid(lore) != before, 10, 0.05, "a new tasks process")
             wait_samples(db, 10)
-            wait_for(lambda: db.llen(mail.QUEUE) == 0 and db.llen(mail.SENDING) == 0, 10, 0.05, "the outbox")
+            wait_for(lambda: db.llen(outbox.QUEUE) == 0 and db.llen(outbox.SENDING) == 0, 10, 0.05, "the outbox")
             assert len(lore.events("beat alert")) == 1, lore.events("beat alert")
             assert len(sink.to(ADMIN)) == 1
 
@@ -170,7 +170,7 @@ def test_beat_every_0_samples_nothing(tmp_path):
     """BEAT_EVERY=0: no sample is ever written (the queues of the tasks process still run)."""
     with beating(tmp_path, BEAT_EVERY="0") as (lore, shared):
         # a mail through the outbox proves the tasks process has been running meanwhile
-        shared.client().lpush(mail.QUEUE, json.dumps({"to": "x@example.com", "subject": "s", "text": "t",
+        shared.client().lpush(outbox.QUEUE, json.dumps({"to": "x@example.com", "subject": "s", "text": "t",
                                                         "t": 0, "tries": 0}))
         wait_for(lambda: lore.events("mail done"), 10, 0.05, "the mail")
         assert not shared.client().exists(samples_key(NODE))

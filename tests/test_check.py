@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from lorebase import mail
+from lorebase import mail as outbox
 from lorebase.apps.notes import notebook_key, notes_key
 from lorebase.files import keys as fkeys
 from lorebase.identity import keys as idkeys
@@ -78,9 +78,9 @@ def test_broken_data_is_named_repaired_and_the_users_keep_their_data(lore):
         redis.set(fkeys.usage("ck_bob"), 12345)  # wrong usage
         tasks.suspend()  # a stalled tasks process: the bad job stays in the queue
         try:
-            redis.lpush(mail.QUEUE, "not json {")
+            redis.lpush(outbox.QUEUE, "not json {")
             # the stalled process's BLMOVE, already waiting in Redis, may still take it
-            held = wait_for(lambda: next((k for k in (mail.QUEUE, mail.SENDING) if redis.llen(k)), None),
+            held = wait_for(lambda: next((k for k in (outbox.QUEUE, outbox.SENDING) if redis.llen(k)), None),
                             5, 0.02, "the bad job queued or taken")
             code, lines = check(lore)
             assert code == 1, lines
@@ -108,17 +108,17 @@ def test_broken_data_is_named_repaired_and_the_users_keep_their_data(lore):
                 f"{notebook_key('ck_bob')}: note {foreign} names files of other users: {alice_file['id']} "
                 "(rewritten without them)",
                 f"{fkeys.usage('ck_bob')}: 12345 bytes, but the files of ck_bob hold 2500 (set to 2500)",
-                f"{held}: a job that is not a JSON object (10 bytes) (moved to {mail.DEAD})",
+                f"{held}: a job that is not a JSON object (10 bytes) (moved to {outbox.DEAD})",
             ]:
                 assert expected in lines, (expected, lines)
             assert "7 problems, 7 repaired" in lines[-1], lines
-            assert redis.lrange(mail.DEAD, 0, -1) == ["not json {"]
+            assert redis.lrange(outbox.DEAD, 0, -1) == ["not json {"]
         finally:
             tasks.resume()
         code, lines = check(lore)
         assert (code, problems(lines)) == (0, []), lines
-        assert f"(dead jobs: {mail.DEAD} 1)" in lines[-1], lines
-        redis.delete(mail.DEAD)
+        assert f"(dead jobs: {outbox.DEAD} 1)" in lines[-1], lines
+        redis.delete(outbox.DEAD)
 
         # the users still log in (by email: the index repaired); their notes and files are intact
         for name, stored in (("ck_alice", alice_file), ("ck_bob", bob_file)):

@@ -10,7 +10,7 @@ it still exists), and a file deleted or uploaded since the scan is not reported.
 A record and its S3 job are written in two steps (store.py), so the check also sweeps what a
 stop between them leaves: a record never mirrored (not in S3, no job pending) gets its put
 job again, and an object in the bucket with no record and no job pending (a removal whose
-trash job was never queued) gets its trash job."""
+trash job was never queued: its local copy waits in trash/) gets its trash job."""
 
 from __future__ import annotations
 
@@ -69,6 +69,15 @@ def _records(db: Any) -> dict[str, str]:
         if named and ID.match(named[1]):
             out[named[1]] = key
     return out
+
+
+def _trash_leftovers(data: Path, pending: set[str]) -> set[str]:
+    """Ids of local copies in trash/ older than ORPHAN_AGE whose trash job is not pending."""
+    trash = data / "trash"
+    if not trash.exists():
+        return set()
+    return {p.name for p in trash.iterdir()
+            if ID.match(p.name) and p.name not in pending and time.time() - p.stat().st_mtime >= ORPHAN_AGE}
 
 
 def _s3_objects(s3: Any, bucket: str) -> list[tuple[str, str]]:
@@ -157,10 +166,15 @@ def check(config: Any, db: Any, repair: bool = False, verify: bool = False,
                 if repair:
                     db.eval(_DROP, 2, keys.file(user, file_id), list_key, file_id)
                     fixed += 1
-    if s3 is not None:
+    # a removal moves the local copy into trash/ before its record goes, and its trash job
+    # deletes it: a copy left there, old and with no job pending, is the sign of a trash job
+    # lost between the two steps (store.py); only then is the bucket listed for objects
+    # without a record (so a check with nothing of the kind costs S3 nothing)
+    leftovers = _trash_leftovers(data, _pending(db, "trash")) if s3 is not None else set()
+    if s3 is not None and leftovers:
         queued = _pending(db, None)
         for user, file_id in _s3_objects(s3, config.S3_BUCKET):
-            if file_id in seen or file_id in queued or db.exists(keys.file(user, file_id)):
+            if file_id not in leftovers or file_id in queued or db.exists(keys.file(user, file_id)):
                 continue
             if file_id in _pending(db, None):  # queued since the first read
                 continue

@@ -99,7 +99,7 @@ class DurableQueue:
         self.keys = names(queue)
         if doing:
             self.keys["doing"] = doing
-        self.name = queue.split(":")[0]
+        self.name = queue.split(":")[0].strip("{}")  # `{s3}:queue` → s3, as notify names it
         self.run = run
         self.after = after
         self.backoff = backoff
