@@ -38,57 +38,41 @@ from .tasks.queue import durable
 DESTROY_GRACE = 15 * 60  # seconds: a younger `destroying` mark may be a destroy still running
 NOTIFY_MAX = 20  # `check problem` events a scheduled run sends at most
 
-# KEYS: user, users. ARGV: the name, '1' to repair.
-_USER = """
-local listed = redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 1
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  if not listed then return 'ok' end
-  if ARGV[2] == '1' then redis.call('SREM', KEYS[2], ARGV[1]) end
-  return 'dangling'
-end
+# The user's record, `email:<email>` and the `{users}` indexes sit in three hash slots
+# (identity/keys.py), so no script here spans them: a finding is confirmed by reading the
+# record, then repaired by a script on the index that acts only while the index still says
+# what was read (compare-and-set), then the record is read again and an entry a new write
+# made right (a signup of that name between the two steps) is put back. The write paths
+# keep to the same order (identity/users.py), so a repair never leaves a user without its
+# entries, and an entry removed under a signup still running makes that signup's last step
+# refuse it (409 email) rather than leave two holders of one address.
+
+# KEYS: user. ARGV: '1' to repair. 1 if it is a hash without username or password hash (deleted).
+_STRAY = """
 local u = redis.call('HMGET', KEYS[1], 'username', 'hash')
-if u[1] ~= ARGV[1] then
-  if not u[1] and not u[2] then
-    if ARGV[2] == '1' then redis.call('DEL', KEYS[1]); redis.call('SREM', KEYS[2], ARGV[1]) end
-    return 'stray'
-  end
-  return 'name ' .. (u[1] or '')
-end
-if listed then return 'ok' end
-if ARGV[2] == '1' then redis.call('SADD', KEYS[2], ARGV[1]) end
-return 'unlisted'
+if u[1] or u[2] or redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if ARGV[1] == '1' then redis.call('DEL', KEYS[1]) end
+return 1
 """
 
-# KEYS: email, the user it names. ARGV: the address, the user it named when read, '1' to repair.
-_EMAIL_ENTRY = """
-if redis.call('GET', KEYS[1]) ~= ARGV[2] then return 'ok' end
-local e = redis.call('HGET', KEYS[2], 'email')
-if e == ARGV[1] then return 'ok' end
-if ARGV[3] == '1' then redis.call('DEL', KEYS[1]) end
-if redis.call('EXISTS', KEYS[2]) == 0 then return 'nobody' end
-return 'other'
+# KEYS: email. ARGV: the name it must still hold, '1' to repair (delete it).
+_EMAIL_DROP = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if ARGV[2] == '1' then redis.call('DEL', KEYS[1]) end
+return 1
 """
 
-# KEYS: user, email, the user the entry named when read (or the user again). ARGV: the name, its
-# address, the entry's user when read (or ''), '1' to repair.
-_EMAIL_INDEX = """
-if redis.call('HGET', KEYS[1], 'email') ~= ARGV[2] then return 'ok' end
-local h = redis.call('GET', KEYS[2])
-if h == ARGV[1] or (h or '') ~= ARGV[3] then return 'ok' end
-if h and redis.call('HGET', KEYS[3], 'email') == ARGV[2] then return 'shared ' .. h end
-if ARGV[4] == '1' then redis.call('SET', KEYS[2], ARGV[1]) end
-if h then return 'other ' .. h end
-return 'missing'
+# KEYS: email. ARGV: the name it held when read ('': none), the name it is set to.
+_EMAIL_SET = """
+if (redis.call('GET', KEYS[1]) or '') ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2])
+return 1
 """
 
-# KEYS: users:by-name or users:by-email, the user an entry of it names. ARGV: the entry, the
-# name, 'name' or 'email' (which index), the address the entry is for, '1' to repair. 1 if the
-# entry is still there and its user does not exist or (by email) holds another address.
-_STALE_ENTRY = """
+# KEYS: {users}:by-name or {users}:by-email. ARGV: the entry, '1' to repair. 1 if it is there.
+_ENTRY_DROP = """
 if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
-local u = redis.call('HMGET', KEYS[2], 'username', 'email')
-if u[1] == ARGV[2] and (ARGV[3] == 'name' or u[2] == ARGV[4]) then return 0 end
-if ARGV[5] == '1' then redis.call('ZREM', KEYS[1], ARGV[1]) end
+if ARGV[2] == '1' then redis.call('ZREM', KEYS[1], ARGV[1]) end
 return 1
 """
 
@@ -232,9 +216,10 @@ class Progress:
 
 
 def tails(db: Any, builder: Callable[[str], str]) -> list[str]:
-    """The names of every key `builder` makes (`user:<name>` → name), by SCAN."""
-    prefix = builder("")
-    return sorted({k[len(prefix):] for k in db.scan_iter(match=builder("*"), count=1000) if k.startswith(prefix)})
+    """The names of every key `builder` makes (`user:{<name>}` → name), by SCAN."""
+    prefix, _, suffix = builder("\0").partition("\0")
+    return sorted({k[len(prefix):len(k) - len(suffix)] for k in db.scan_iter(match=builder("*"), count=1000)
+                   if k.startswith(prefix) and k.endswith(suffix) and len(k) > len(prefix) + len(suffix)})
 
 
 def shown_session(sid: str) -> str:
@@ -273,20 +258,41 @@ class Check:
     def exists(self, name: str) -> bool:
         return bool(self.db.exists(keys.user(name)))
 
+    def address(self, name: str) -> str | None:
+        """The address `name`'s record holds (None: no such user, or none)."""
+        username, email = self.db.hmget(keys.user(name), "username", "email")
+        return email or None if username == name else None
+
+    def reindex(self, name: str) -> None:
+        """Puts back the `{users}` entries of `name` if its record exists (see the scripts)."""
+        username, email = self.db.hmget(keys.user(name), "username", "email")
+        if username == name:
+            self.db.sadd(keys.USERS, name)
+            self.run(users.INDEX, users.index_keys(name), [name, email or "", "1"])
+
     # -- users and their indexes --------------------------------------------------------
 
     def users(self) -> list[str]:
         names_ = sorted(set(tails(self.db, keys.user)) | set(self.db.smembers(keys.USERS)))
         for name in self.each("users", names_):
-            code = self.run(_USER, [keys.user(name), keys.USERS], [name, self.flag])
-            if code == "dangling":
-                self.found(keys.USERS, f"{name} has no {keys.user(name)}", "removed from the set")
-            elif code == "stray":
+            username = self.db.hget(keys.user(name), "username")
+            listed = bool(self.db.sismember(keys.USERS, name))
+            if username is None and self.run(_STRAY, [keys.user(name)], [self.flag]):
+                if self.repair:
+                    self.db.srem(keys.USERS, name)
+                    self.reindex(name)
                 self.found(keys.user(name), "a hash without username or password hash: not a user", "deleted")
-            elif code == "unlisted":
+            elif username is None and listed and not self.exists(name):
+                if self.repair:
+                    self.db.srem(keys.USERS, name)
+                    self.reindex(name)  # signed up again between the two steps
+                self.found(keys.USERS, f"{name} has no {keys.user(name)}", "removed from the set")
+            elif username is not None and username != name:
+                self.found(keys.user(name), f"its username field is {username!r}")
+            elif username == name and not listed:
+                if self.repair:
+                    self.db.sadd(keys.USERS, name)
                 self.found(keys.user(name), f"not in {keys.USERS}", "added")
-            elif code.startswith("name "):
-                self.found(keys.user(name), f"its username field is {code[5:]!r}")
         live = [name for name in names_ if self.exists(name)]
         self.counts["users"] = len(live)
         return live
@@ -311,34 +317,42 @@ class Check:
         self.counts["emails"] = len(addresses)
         for address in self.each("emails", addresses):
             holder = self.db.get(keys.email(address))
-            if holder is None:
+            if holder is None or self.address(holder) == address:
                 continue
-            code = self.run(_EMAIL_ENTRY, [keys.email(address), keys.user(holder)], [address, holder, self.flag])
-            if code == "nobody":
-                self.found(keys.email(address), f"points at {holder}, who does not exist", "deleted")
-            elif code == "other":
-                self.found(keys.email(address), f"points at {holder}, whose email is another address", "deleted")
+            gone = not self.exists(holder)
+            if not self.run(_EMAIL_DROP, [keys.email(address)], [holder, self.flag]):
+                continue  # changed since it was read
+            if self.repair and self.address(holder) == address:
+                self.db.set(keys.email(address), holder, nx=True)  # its signup ended between the steps
+                continue
+            self.found(keys.email(address), f"points at {holder}, " +
+                       ("who does not exist" if gone else "whose email is another address"), "deleted")
         for name in self.each("emails", live):
-            address = self.db.hget(keys.user(name), "email")
-            if not address:
+            held = self.address(name)
+            if not held:
                 continue
+            address = held
             holder = self.db.get(keys.email(address))
             if holder == name:
                 continue
-            code = self.run(_EMAIL_INDEX, [keys.user(name), keys.email(address), keys.user(holder or name)],
-                            [name, address, holder or "", self.flag])
-            if code == "missing":
-                self.found(keys.user(name), f"its email {address} has no {keys.email(address)}", "index added")
-            elif code.startswith("other "):
-                self.found(keys.user(name), f"{keys.email(address)} points at {code[6:]}, not at it",
+            if holder and self.address(holder) == address:
+                self.found(keys.user(name), f"its email {address} is also the email of {holder}")
+                continue
+            if self.repair and not self.run(_EMAIL_SET, [keys.email(address)], [holder or "", name]):
+                continue  # changed since it was read
+            if holder:
+                self.found(keys.user(name), f"{keys.email(address)} points at {holder}, not at it",
                            f"pointed at {name}")
-            elif code.startswith("shared "):
-                self.found(keys.user(name), f"its email {address} is also the email of {code[7:]}")
+            else:
+                self.found(keys.user(name), f"its email {address} has no {keys.email(address)}", "index added")
 
     def index(self, live: list[str]) -> None:
         """The search indexes hold each user's name and address, and nothing else."""
         for name in self.each("index", live):
-            for missing in self.run(users.INDEX, users.index_keys(name), [name, self.flag]):
+            username, address = self.db.hmget(keys.user(name), "username", "email")
+            if username != name:
+                continue
+            for missing in self.run(users.INDEX, users.index_keys(name), [name, address or "", self.flag]):
                 where = keys.USERS_BY_NAME if missing == "name" else keys.USERS_BY_EMAIL
                 self.found(keys.user(name), f"its {'username' if missing == 'name' else 'email'} is not in {where}",
                            "indexed")
@@ -346,13 +360,16 @@ class Check:
         for entry, _ in self.db.zscan_iter(keys.USERS_BY_NAME, count=1000):
             entries += 1
             if self.db.hget(keys.user(entry), "username") != entry and self.run(
-                    _STALE_ENTRY, [keys.USERS_BY_NAME, keys.user(entry)], [entry, entry, "name", "", self.flag]):
+                    _ENTRY_DROP, [keys.USERS_BY_NAME], [entry, self.flag]):
+                if self.repair:
+                    self.reindex(entry)
                 self.found(keys.USERS_BY_NAME, f"{entry} has no {keys.user(entry)}", "removed")
         for entry, _ in self.db.zscan_iter(keys.USERS_BY_EMAIL, count=1000):
             entries += 1
             address, _, name = entry.partition("\0")
-            if self.db.hget(keys.user(name), "email") != address and self.run(
-                    _STALE_ENTRY, [keys.USERS_BY_EMAIL, keys.user(name)], [entry, name, "email", address, self.flag]):
+            if self.address(name) != address and self.run(_ENTRY_DROP, [keys.USERS_BY_EMAIL], [entry, self.flag]):
+                if self.repair:
+                    self.reindex(name)
                 self.found(keys.USERS_BY_EMAIL, f"{address} of {name or '?'}, who does not exist or has another email",
                            "removed")
         self.counts["index entries"] = entries
@@ -360,14 +377,15 @@ class Check:
     # -- sessions and tokens -----------------------------------------------------------------
 
     def sessions(self) -> None:
-        ids = tails(self.db, keys.session)
-        self.counts["sessions"] = len(ids)
-        for sid in self.each("sessions", ids):
+        found = sorted(self.db.scan_iter(match=keys.session_prefix("*") + "*", count=1000))
+        self.counts["sessions"] = len(found)
+        for key in self.each("sessions", found):
+            sid = keys.session_id(key) or ""
             owner = keys.session_owner(sid)
-            if owner is None:
+            if owner is None or keys.session(sid) != key:
                 if self.repair:
-                    self.run(_DEL, [keys.session(sid)], [])
-                self.found(shown_session(sid), "not a session id of lorebase's", "deleted")
+                    self.run(_DEL, [key], [])
+                self.found(shown_session(sid) if owner else "session:…", "not a session id of lorebase's", "deleted")
             elif self.run(_SESSION, [keys.session(sid), keys.user(owner), keys.sessions(owner)], [sid, self.flag]):
                 self.found(shown_session(sid), f"a session of {owner}, who does not exist", "deleted")
         for name in self.each("sessions", tails(self.db, keys.sessions)):
@@ -394,6 +412,20 @@ class Check:
             for name in tails(self.db, builder):
                 if self.run(_ORPHANS, [keys.user(name), tokens.key(kind, name)], [self.flag]):
                     self.found(tokens.key(kind, name), f"a {kind} token of {name}, who does not exist", "deleted")
+
+    def invites(self) -> None:
+        """Every live invite is listed in `{invites}` (a stop inside a give-back may leave one
+        unlisted: it still works, but the admin would not see it); members without a record
+        are harmless (the list skips them, and drops them once expired)."""
+        addresses = tails(self.db, keys.invite)
+        self.counts["invites"] = len(addresses)
+        for address in addresses:
+            left = self.db.pttl(keys.invite(address))
+            if left is None or int(left) <= 0 or self.db.zscore(keys.INVITES, address) is not None:
+                continue
+            if self.repair:
+                self.db.zadd(keys.INVITES, {address: int(time.time() * 1000) + int(left)}, gt=True)
+            self.found(keys.invite(address), f"not in {keys.INVITES}", "listed")
 
     # -- notes -------------------------------------------------------------------------------
 
@@ -425,12 +457,13 @@ class Check:
                 except msgspec.DecodeError:
                     self.found(notebook_key(name), f"note {note_id} is not a note as JSON")
                     continue
-                owners = self.db.pipeline(transaction=False)
+                owned = self.db.pipeline(transaction=False)
                 for file_id in note.files:
-                    owners.hget(fkeys.file(file_id), "user")
-                owner_of = dict(zip(note.files, owners.execute(), strict=True))
-                gone = [f for f, owner in owner_of.items() if owner is None]
-                foreign = [f for f, owner in owner_of.items() if owner is not None and owner != name]
+                    owned.exists(fkeys.file(name, file_id))
+                others = [f for f, mine in zip(note.files, owned.execute(), strict=True) if not mine]
+                # a file id not among the user's: another user's, or gone (records are per user)
+                foreign = [f for f in others if next(self.db.scan_iter(match=fkeys.file("*", f), count=1000), None)]
+                gone = [f for f in others if f not in foreign]
                 if not gone and not foreign:
                     continue
                 done = ""
@@ -465,7 +498,7 @@ class Check:
             print(finding.line(self.repair), file=self.out, flush=True)
         for name in self.each("usage", live):
             ids = self.db.zrange(fkeys.files(name), 0, -1)
-            wrong = self.run(_USAGE, [fkeys.usage(name), fkeys.files(name), *(fkeys.file(i) for i in ids)],
+            wrong = self.run(_USAGE, [fkeys.usage(name), fkeys.files(name), *(fkeys.file(name, i) for i in ids)],
                              [name, self.flag, *ids])
             if wrong:
                 self.found(fkeys.usage(name), f"{wrong[0]} bytes, but the files of {name} hold {wrong[1]}",
@@ -516,6 +549,7 @@ class Check:
         self.index(live)
         self.sessions()
         self.tokens()
+        self.invites()
         self.notes()
         self.files(live)
         dead = self.jobs()

@@ -1,10 +1,10 @@
 """Mail: the templates, the durable outbox in Redis, and the senders.
 
-Routes never send: they push the mail onto `mail:queue` (a list of JSON mails) in Redis
-and reply. The tasks process takes each mail with LMOVE into `mail:sending`, sends it,
-and removes it; a failure goes to the `mail:retry` sorted set (score: when to try again,
-backoff doubling from 5 s to an hour), after 12 tries to `mail:dead`, each notified.
-On start, mails left in `mail:sending` by a crash go back to the queue, so a restart
+Routes never send: they push the mail onto `{mail}:queue` (a list of JSON mails) in Redis
+and reply. The tasks process takes each mail with LMOVE into `{mail}:sending`, sends it,
+and removes it; a failure goes to the `{mail}:retry` sorted set (score: when to try again,
+backoff doubling from 5 s to an hour), after 12 tries to `{mail}:dead`, each notified.
+On start, mails left in `{mail}:sending` by a crash go back to the queue, so a restart
 loses no mail (one may be sent twice: at least once, never zero times).
 
 MAIL_URL: console:// (print to the log, for dev), smtp://[user:pass@]host:port[?starttls=1],
@@ -25,7 +25,9 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from .db import Client
 
-QUEUE, SENDING, RETRY, DEAD = "mail:queue", "mail:sending", "mail:retry", "mail:dead"
+# the outbox's four keys share the hash tag `{mail}`: a move between two of them is one step
+# on a Redis Cluster too (tasks/queue.py)
+QUEUE, SENDING, RETRY, DEAD = "{mail}:queue", "{mail}:sending", "{mail}:retry", "{mail}:dead"
 MAX_TRIES = 12
 
 

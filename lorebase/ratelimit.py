@@ -6,6 +6,8 @@ the window as its TTL; past `limit` hits the caller gets 429 `rate` with Retry-A
 
 from __future__ import annotations
 
+import asyncio
+
 from .db import Client
 from .http import ApiError
 
@@ -35,11 +37,8 @@ async def check(db: Client, name: str, subject: str, limit: int, window: int) ->
         raise ApiError(429, "rate", headers={"retry-after": str(retry)})
 
 
-_TAKE_BACK = """
-for _, k in ipairs(KEYS) do
-  if redis.call('EXISTS', k) == 1 then redis.call('DECR', k) end
-end
-"""
+# KEYS: one counter. Undone only while it exists (a window that ended stays gone).
+_TAKE_BACK = "if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('DECR', KEYS[1]) end"
 
 
 async def clear(db: Client, *keys: str) -> None:
@@ -48,5 +47,8 @@ async def clear(db: Client, *keys: str) -> None:
 
 
 async def take_back(db: Client, *keys: str) -> None:
-    """Undo one hit on each counter (one whose window ended meanwhile stays gone)."""
-    await db.script(_TAKE_BACK, list(keys), [])
+    """Undo one hit on each counter (one whose window ended meanwhile stays gone). One step
+    per counter, not one for all: the counters of an IP and of an account sit in different
+    hash slots on a Redis Cluster, and counters are approximate by nature (a stop between the
+    steps leaves one hit counted, as if the request had failed)."""
+    await asyncio.gather(*(db.script(_TAKE_BACK, [key], []) for key in keys))

@@ -9,8 +9,8 @@ The kinds the seed's reference keeps:
 - stocks: levels (users, jobs in each queue), recorded each minute by the `stats` task.
 
 A worker counts in memory, nothing on the request path but a few dict updates, and
-writes what it counted once a second in one Lua call: into `stats:total` (counters since the
-database began: what Prometheus reads) and `stats:<minute>` (that minute's flows, max and
+writes what it counted once a second in one Lua call: into `{stats}:total` (counters since the
+database began: what Prometheus reads) and `{stats}:<minute>` (that minute's flows, max and
 min; expires after STATS_KEEP). A worker killed with -9 loses at most its last second.
 """
 
@@ -24,7 +24,9 @@ from typing import Any
 
 from .db import Client, RedisError, Unavailable
 
-TOTAL = "stats:total"
+# the total and every minute's hash share the hash tag `{stats}`: a flush adds to both in one
+# script, on a Redis Cluster too (the day's HyperLogLogs are written one key at a time)
+TOTAL = "{stats}:total"
 PENDING_MAX = 300_000  # ops and members held while Redis refuses flushes
 UNIQUE_TTL = 8 * 86400  # a day's uniques stay a week after it
 # latency histogram bounds, in milliseconds; the last bucket is everything slower
@@ -43,7 +45,7 @@ UNIQUES = {"active_users": "Users who made a request with a session", "client_ip
 
 def minute_key(minute: int) -> str:
     """A minute's hash; `minute` in unix minutes (unix seconds // 60)."""
-    return f"stats:{minute}"
+    return f"{{stats}}:{minute}"
 
 
 def unique_key(name: str, day: int) -> str:
@@ -301,7 +303,7 @@ def stock_commands(queues: Iterable[dict[str, str]]) -> tuple[list[str], list[tu
 
     names, commands = ["users"], [("SCARD", USERS)]
     for keys in queues:
-        queue = keys["queue"].split(":")[0]
+        queue = keys["queue"].split(":")[0].strip("{}")  # the queue's name, its tag without braces
         for state, key in keys.items():
             names.append(f"queue|{queue}|{state}")
             commands.append(("ZCARD", key) if state == "retry" else ("LLEN", key))

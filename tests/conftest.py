@@ -8,7 +8,7 @@ import pytest
 
 from .files_support import Moto
 from .identity_support import Users, assert_no_secret_logged
-from .lore import Lorebase, MailSink
+from .lore import Lorebase, MailSink, topology_redis
 
 
 @pytest.fixture(scope="session")
@@ -23,12 +23,15 @@ def mail() -> Iterator[MailSink]:
 def server(tmp_path_factory: pytest.TempPathFactory, mail: MailSink) -> Iterator[Lorebase]:
     """One lorebase for the whole session: embedded Redis, two workers, a temp data dir, mail
     to the SMTP sink. TRUSTED_PROXIES lets tests speak for several client IPs through
-    X-Real-IP, as nginx would."""
-    lore = Lorebase(tmp_path_factory.mktemp("lore") / "data", TRUSTED_PROXIES="127.0.0.1", MAIL_URL=mail.url)
-    lore.start()
-    yield lore
-    code = lore.stop()
-    assert code == 0, f"lorebase exited with {code}"
+    X-Real-IP, as nginx would. With LOREBASE_TEST_REDIS=slots, on a one-node Redis Cluster
+    (REDIS_URL) instead of the embedded Redis."""
+    base = tmp_path_factory.mktemp("lore")
+    with topology_redis(base, {"TRUSTED_PROXIES": "127.0.0.1", "MAIL_URL": mail.url}) as settings:
+        lore = Lorebase(base / "data", **settings)
+        lore.start()
+        yield lore
+        code = lore.stop()
+        assert code == 0, f"lorebase exited with {code}"
 
 
 @pytest.fixture()

@@ -23,6 +23,8 @@ from typing import Any
 
 import httpx
 
+from lorebase.files import keys as fkeys
+
 from .lore import ROOT, Lorebase, free_port, wait_for
 
 COOKIE = "lorebase"
@@ -221,7 +223,7 @@ def tree(root: Path, skip: tuple[str, ...] = ("redis",)) -> set[str]:
 
 
 def usage(lore: Lorebase, name: str) -> int:
-    return int(lore.redis().get(f"usage:{name}") or 0)
+    return int(lore.redis().get(fkeys.usage(name)) or 0)
 
 
 # -- raw HTTP -----------------------------------------------------------------------------

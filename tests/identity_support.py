@@ -26,7 +26,9 @@ import httpx
 import psutil
 import pytest
 
-from .lore import Lorebase, MailSink, wait_for
+from lorebase.identity import keys as idkeys
+
+from .lore import Lorebase, MailSink, topology_redis, wait_for
 
 COOKIE = "lorebase"
 SECURE_COOKIE = "__Host-lorebase"  # with Secure cookies (an https BASE_URL) the name is prefixed
@@ -319,7 +321,8 @@ def dedicated(tmp_path_factory: pytest.TempPathFactory, mail: MailSink, name: st
     with other settings; stopped at the end, which must exit 0."""
     settings: dict[str, Any] = {"TRUSTED_PROXIES": "127.0.0.1", "MAIL_URL": mail.url}
     settings.update(overrides)
-    with Lorebase(Path(tmp_path_factory.mktemp(name)) / "data", **settings).running() as lore:
+    base = Path(tmp_path_factory.mktemp(name))
+    with topology_redis(base, settings) as on, Lorebase(base / "data", **on).running() as lore:
         yield lore
     assert_no_secret_logged(lore)
 
@@ -334,7 +337,7 @@ def assert_no_secret_logged(lore: Lorebase) -> None:
 def token_key(kind: str, token: str) -> str:
     """Where a one-time token is kept: under its user (the token is `<username>.<random>`),
     its SHA-256 the value, never the token itself."""
-    return f"{kind}:{token.rpartition('.')[0]}"
+    return idkeys.token(kind, token.rpartition(".")[0])
 
 
 def token_digest(token: str) -> str:

@@ -29,6 +29,21 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def free_cluster_port() -> int:
+    """A free port a Redis Cluster node may take: at most 55535, its bus port (10000 above
+    it) free too."""
+    while True:
+        port = free_port()
+        if port > 55535:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+
+
 def wait_for(condition: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02, what: str = "") -> Any:
     """Poll `condition` until it returns something truthy; fail after `timeout` seconds."""
     deadline = time.monotonic() + timeout
@@ -45,13 +60,19 @@ def wait_for(condition: Callable[[], Any], timeout: float = 10.0, interval: floa
 
 
 class RedisServer:
-    """A standalone redis-server on a free port (the 'external Redis' of REDIS_URL)."""
+    """A standalone redis-server on a free port (the 'external Redis' of REDIS_URL).
 
-    def __init__(self, data_dir: Path, password: str = ""):
+    cluster=True: a one-node Redis Cluster (cluster mode, every slot assigned to itself). It
+    serves every key, so a plain client works against it unchanged (no MOVED), but Redis
+    refuses every CROSSSLOT command, MULTI and script as a real cluster does: the check that
+    lorebase's key layout runs on a Cluster. Only db 0 exists there."""
+
+    def __init__(self, data_dir: Path, password: str = "", cluster: bool = False):
         self.dir = data_dir
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
+        self.port = free_cluster_port() if cluster else free_port()
         self.password = password  # requirepass, when set
+        self.cluster = cluster
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -67,10 +88,19 @@ class RedisServer:
         self.proc = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
              "--save", "", "--appendonly", "no", "--daemonize", "no", "--logfile", str(self.dir / "redis.log"),
-             *auth],
+             *auth, *self._cluster_args()],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
         wait_for(lambda: self.client().ping(), what="redis-server")
+        if self.cluster:
+            self.client().execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
+            wait_for(lambda: "cluster_state:ok" in self.client().execute_command("CLUSTER", "INFO"),
+                     what="cluster_state:ok")
         return self
+
+    def _cluster_args(self) -> list[str]:
+        if not self.cluster:
+            return []
+        return ["--cluster-enabled", "yes", "--cluster-config-file", str(self.dir / "nodes.conf")]
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
@@ -78,11 +108,36 @@ class RedisServer:
             self.proc.wait(10)
 
 
+def topology() -> str:
+    """Which Redis the identity, files and notes tests run their servers on (the env var
+    LOREBASE_TEST_REDIS): 'single' (unset: each lorebase's embedded Redis) or 'slots' (a
+    one-node Redis Cluster, `RedisServer(cluster=True)`, through REDIS_URL)."""
+    chosen = os.environ.get("LOREBASE_TEST_REDIS", "") or "single"
+    if chosen not in ("single", "slots"):
+        raise RuntimeError(f"LOREBASE_TEST_REDIS={chosen!r}: use single or slots")
+    return chosen
+
+
+@contextmanager
+def topology_redis(base: Path, overrides: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """`overrides` with REDIS_URL pointing at a one-node Redis Cluster started for the block,
+    in the 'slots' topology (unless they name a Redis already); as they are otherwise."""
+    if topology() != "slots" or overrides.get("REDIS_URL"):
+        yield overrides
+        return
+    cluster = RedisServer(base / "cluster", cluster=True).start()
+    try:
+        yield {**overrides, "REDIS_URL": cluster.url}
+    finally:
+        cluster.stop()
+
+
 class Lorebase:
     """`lorebase serve` as a child process, with LOREBASE_* overrides."""
 
     def __init__(self, data_dir: Path, env: str = "dev", root: Path = ROOT, **overrides: Any):
         self.data_dir = data_dir
+        self.redis_url = str(overrides.get("REDIS_URL", ""))  # '' : the embedded Redis
         self.root = root  # the source tree `python -m lorebase` runs from
         self.port = free_port()
         self.env_name = env
@@ -165,8 +220,10 @@ class Lorebase:
         return out
 
     def redis(self, decode: bool = True) -> redis.Redis:
-        """The embedded Redis, on its unix socket, as redis-cli -s would reach it (decode=False:
-        values as bytes, for those that are not text)."""
+        """lorebase's Redis as redis-cli would reach it: the embedded one on its unix socket, or
+        the REDIS_URL it was given (decode=False: values as bytes, for those that are not text)."""
+        if self.redis_url:
+            return redis.Redis.from_url(self.redis_url, socket_timeout=2, decode_responses=decode)
         return redis.Redis(unix_socket_path=str(self.data_dir / "redis" / "redis.sock"),
                            socket_timeout=2, decode_responses=decode)
 

@@ -9,6 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from lorebase.identity import keys as idkeys
+
 from .identity_support import PASSWORD, Api, Users, assert_error, dedicated, signup_body
 
 ANON, USER, ADMIN = "anonymous", "user", "admin"
@@ -149,7 +151,7 @@ def test_signup_refuses_fields_that_set_flags(lore, field, value):
     with Api(lore) as api:
         r = api.post("/auth/signup", signup_body("x_flags_1", **{field: value}))
         assert_error(r, 400, "validation", field)
-    assert not lore.redis().exists("user:x_flags_1", "email:x_flags_1@example.com")
+    assert not any(lore.redis().exists(k) for k in (idkeys.user("x_flags_1"), idkeys.email("x_flags_1@example.com")))
 
 
 def test_login_and_account_routes_refuse_extra_fields(lore, people):
@@ -160,7 +162,7 @@ def test_login_and_account_routes_refuse_extra_fields(lore, people):
                        ("/auth/destroy", {"password": PASSWORD, "username": "x_root"}),
                        ("/auth/logout", {"all": True})]:
         assert_error(api.post(path, body, csrf=path != "/auth/login"), 400, "validation", list(body)[-1])
-    stored = lore.redis().hgetall("user:x_plain")
+    stored = lore.redis().hgetall(idkeys.user("x_plain"))
     assert stored["admin"] == "0"
     assert api.get("/auth/csrf").status_code == 200
 
@@ -170,16 +172,17 @@ def test_login_and_account_routes_refuse_extra_fields(lore, people):
 
 def check_user_indexes(db) -> set[str]:
     """Every user:<name> has email:<email> → name and is in `users`, and the other way round."""
-    names = db.smembers("users")
-    hashes = {key.split(":", 1)[1] for key in db.scan_iter("user:*")}
+    names = db.smembers(idkeys.USERS)
+    prefix, _, suffix = idkeys.user("\0").partition("\0")
+    hashes = {key[len(prefix):-len(suffix)] for key in db.scan_iter(idkeys.user("*"))}
     assert names == hashes, (names ^ hashes)
     for name in names:
-        email = db.hget(f"user:{name}", "email")
-        assert db.hget(f"user:{name}", "username") == name
-        assert db.get(f"email:{email}") == name, (name, email)
-    for key in db.scan_iter("email:*"):
+        email = db.hget(idkeys.user(name), "email")
+        assert db.hget(idkeys.user(name), "username") == name
+        assert db.get(idkeys.email(email)) == name, (name, email)
+    for key in db.scan_iter(idkeys.email("*")):
         name = db.get(key)
-        assert db.hget(f"user:{name}", "email") == key.split(":", 1)[1], (key, name)
+        assert db.hget(idkeys.user(name), "email") == key.split(":", 1)[1], (key, name)
     return names
 
 
@@ -209,9 +212,9 @@ def test_users_are_written_with_their_indexes_even_when_signups_race(server, mai
         db = server.redis()
         names = check_user_indexes(db)
         assert "x_race_1" in names and len([n for n in names if n.startswith("x_race_e_")]) == 1
-        assert len(list(db.scan_iter("email:x_race_1_*"))) == 1
+        assert len(list(db.scan_iter(idkeys.email("x_race_1_*")))) == 1
         for user in made.made:
             made.session(user)
     names = check_user_indexes(server.redis())
     assert not [n for n in names if n.startswith("x_race")]
-    assert not list(server.redis().scan_iter("email:x_race*"))
+    assert not list(server.redis().scan_iter(idkeys.email("x_race*")))

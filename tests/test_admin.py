@@ -8,6 +8,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from lorebase.identity import keys as idkeys
+
 from .identity_support import PASSWORD, Api, Users, assert_error, dedicated, session_cookies
 from .lore import MailSink
 
@@ -81,16 +83,16 @@ def test_every_admin_route_refuses_a_non_admin(lore, users, root):
     with Api(lore) as anonymous:
         for method, path, body in ROUTES:
             assert_error(call(anonymous, method, path, body, "a_plain_1"), 403, "nocookie")
-    stored = lore.redis().hgetall("user:a_plain_1")
+    stored = lore.redis().hgetall(idkeys.user("a_plain_1"))
     assert stored["admin"] == "0" and stored["disabled"] == "0"
-    assert lore.redis().hget("user:a_root", "disabled") == "0"
+    assert lore.redis().hget(idkeys.user("a_root"), "disabled") == "0"
     assert root.get("/auth/csrf").status_code == 200  # nothing was revoked
     for path, body in POSTS:  # the admin's own POSTs need its token too
         assert_error(root.post(path, {k: (v.format(target="a_plain_1") if isinstance(v, str) else v)
                                       for k, v in body.items()}), 403, "csrf")
         assert_error(root.post(path, {**{k: (v.format(target="a_plain_1") if isinstance(v, str) else v)
                                          for k, v in body.items()}, "csrf": "x" * 43}), 403, "csrf")
-    assert lore.redis().exists("user:a_plain_1")
+    assert lore.redis().exists(idkeys.user("a_plain_1"))
 
 
 def test_the_route_table_lists_every_admin_route(lore):
@@ -114,7 +116,7 @@ def test_an_admin_gets_2xx_from_every_admin_route(lore, users, root):
         r = call(root, method, path, body, "a_matrix_1")
         assert 200 <= r.status_code < 300, (method, path, r.status_code, r.text)
     target.gone = True  # the last route deleted it
-    assert not lore.redis().exists("user:a_matrix_1")
+    assert not lore.redis().exists(idkeys.user("a_matrix_1"))
 
 
 def test_the_user_list_shows_public_fields_only(lore, users, root):
@@ -140,7 +142,7 @@ def test_the_admin_flag_takes_effect_on_the_next_request(lore, users, root):
     assert api.get("/admin/users").status_code == 200
     assert root.post("/admin/admin", {"username": "a_flag_1", "value": False}, csrf=True).json() == {}
     assert_error(api.get("/admin/users"), 403, "admin")
-    assert lore.redis().hget("user:a_flag_1", "admin") == "0"
+    assert lore.redis().hget(idkeys.user("a_flag_1"), "admin") == "0"
 
 
 def test_disabling_ends_the_sessions_and_login_fails_like_a_wrong_password(lore, mail, users, root):
@@ -184,7 +186,7 @@ def test_revoke_ends_every_session_of_the_user_on_the_next_request(lore, users, 
     assert r.status_code == 200 and r.json() == {"revoked": 3}
     for api in sessions:
         assert_error(api.get("/auth/csrf"), 403, "session")
-    assert not any(lore.redis().exists(f"session:{api.sid}") for api in sessions)
+    assert not any(api.sid and lore.redis().exists(idkeys.session(api.sid)) for api in sessions)
     assert other.get("/auth/csrf").status_code == 200
     again = users.session(user)  # revoking ends sessions, not the account
     assert root.post("/admin/revoke", {"username": "a_revoke_1"}, csrf=True).json() == {"revoked": 1}

@@ -10,6 +10,7 @@ argon2 hash. Everything else goes over HTTP."""
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +19,9 @@ from urllib.parse import urlencode
 import pytest
 
 from lorebase import db as lorebase_db
+from lorebase.apps.notes import notebook_key, notes_key
+from lorebase.files import keys as fkeys
+from lorebase.identity import keys as idkeys
 from lorebase.identity import users as lorebase_users
 
 from .files_support import PASSWORD as FILES_PASSWORD
@@ -28,13 +32,13 @@ from .lore import Lorebase, wait_for
 
 PUBLIC_FIELDS = {"username", "email", "created", "verified", "admin", "disabled"}
 PAGE = 50
-MIGRATION = Path(__file__).resolve().parent.parent / "migrations" / "0001_users_index.py"
+CLUSTER_KEYS = Path(__file__).resolve().parent.parent / "migrations" / "0002_cluster_keys.py"
 
 
 def bulk(lore: Lorebase, rows: list[tuple[str, str]]) -> None:
     """Users (username, email) written by `users.create`, 200 at a time, on the server's socket."""
     async def go() -> None:
-        client = lorebase_db.Redis(f"unix://{lore.data_dir / 'redis' / 'redis.sock'}", 10)
+        client = lorebase_db.Redis(lore.redis_url or f"unix://{lore.data_dir / 'redis' / 'redis.sock'}", 10)
         try:
             for at in range(0, len(rows), 200):
                 await asyncio.gather(*(lorebase_users.create(client, name, email, "-", 86400)
@@ -194,17 +198,18 @@ def test_delete_removes_the_user_its_sessions_notes_and_files_to_the_s3_trash(lo
         key = f"files/b_gone/{stored['id']}"
         wait_for(lambda: key in s3_keys(s3, S3_BUCKET), 15, 0.1, f"{key} mirrored")
         assert browser.post("/notes", {"text": "a note", "files": [stored["id"]]}).status_code == 200
-        sids = redis.smembers("sessions:b_gone")
+        sids = redis.smembers(idkeys.sessions("b_gone"))
         assert len(sids) == 2
         r = root.post("/admin/delete", {"username": "b_gone"}, csrf=True)
         assert r.status_code == 200 and r.json() == {}
         for api in (browser, other):
             assert_error(api.get("/files"), 403, "session")
-        for gone in ("user:b_gone", "sessions:b_gone", "notes:b_gone", "notebook:b_gone", "files:b_gone",
-                     "usage:b_gone", f"file:{stored['id']}", "email:b_gone@example.com",
-                     *(f"session:{sid}" for sid in sids)):
+        for gone in (idkeys.user("b_gone"), idkeys.sessions("b_gone"), notes_key("b_gone"), notebook_key("b_gone"),
+                     fkeys.files("b_gone"), fkeys.usage("b_gone"), fkeys.file("b_gone", stored["id"]),
+                     idkeys.email("b_gone@example.com"),
+                     *(idkeys.session(sid) for sid in sids)):
             assert not redis.exists(gone), gone
-        assert not redis.sismember("users", "b_gone")
+        assert not redis.sismember(idkeys.USERS, "b_gone")
         assert search(root, "b_gone") == ([], None)
         wait_for(lambda: key in s3_keys(s3, S3_TRASH), 15, 0.1, f"{key} in the trash")
         assert key not in s3_keys(s3, S3_BUCKET)
@@ -224,7 +229,7 @@ def test_an_admin_cannot_unmake_disable_or_delete_themselves(lore, root):
     for path, body in [("/admin/admin", {"value": False}), ("/admin/disable", {"value": True}),
                        ("/admin/delete", {})]:
         assert_error(root.post(path, {"username": " B_ROOT ", **body}, csrf=True), 403, "self")
-    stored = lore.redis().hgetall("user:b_root")
+    stored = lore.redis().hgetall(idkeys.user("b_root"))
     assert stored["disabled"] == "0" and "destroying" not in stored
     assert root.get("/admin/users/b_root").json()["admin"] is True  # still an admin, still logged in
     # what cannot lock anyone out is allowed
@@ -241,50 +246,61 @@ def older(tmp_path_factory) -> Iterator[Lorebase]:
         yield server
 
 
-def test_the_index_migration_builds_the_index_of_an_older_database(older):
+def test_the_layout_migration_moves_an_older_database_and_builds_its_index(older):
+    """A database of the layout before 0002 and before the search index (keys written here as
+    that code wrote them): 0002 moves it to today's layout and builds the index 0001 built
+    for its time (today's consistency check reads today's layout, so 0001 alone can no
+    longer pass it)."""
     rows = [(f"mi_{n:02d}", f"mail{n:02d}@example.com") for n in range(30)]
-    bulk(older, rows)
     redis = older.redis()
-    redis.hset("user:mi_00", "email", "")  # an account whose address was released, as release leaves it
-    redis.delete("email:mail00@example.com")
-    redis.delete("users:by-name", "users:by-email")  # as a database from before the index is
-    done = lorebase_cmd(older, "migrate", str(MIGRATION))
+    for name, email in rows:
+        released = name == "mi_00"  # an account whose address was released, as release left it
+        redis.hset(f"user:{name}", mapping={"username": name, "email": "" if released else email, "hash": "-",
+                                            "created": int(time.time()), "verified": 0, "admin": 0,
+                                            "disabled": 0, "gen": "0123456789abcdef"})
+        if not released:
+            redis.set(f"email:{email}", name)
+        redis.sadd("users", name)
+    done = lorebase_cmd(older, "migrate", str(CLUSTER_KEYS))
     assert done.returncode == 0, (done.stdout, done.stderr)
-    assert "users:*" in done.stdout and not redis.exists("users:by-name")  # rehearsed on a copy only
-    done = lorebase_cmd(older, "migrate", str(MIGRATION), "--apply")
+    assert re.search(r"added\s+\{users\}:\*\s+2", done.stdout), done.stdout  # the two indexes
+    assert redis.exists("users") and not redis.exists(idkeys.USERS_BY_NAME)  # rehearsed on a copy only
+    done = lorebase_cmd(older, "migrate", str(CLUSTER_KEYS), "--apply")
     assert done.returncode == 0, (done.stdout, done.stderr)
-    assert redis.zrange("users:by-name", 0, -1) == [name for name, _ in rows]
-    assert redis.zrange("users:by-email", 0, -1) == [f"{email}\0{name}" for name, email in rows[1:]]
+    assert redis.zrange(idkeys.USERS_BY_NAME, 0, -1) == [name for name, _ in rows]
+    assert redis.zrange(idkeys.USERS_BY_EMAIL, 0, -1) == [f"{email}\0{name}" for name, email in rows[1:]]
+    assert not redis.exists("users") and not redis.exists(f"user:{rows[1][0]}")
     assert lorebase_cmd(older, "check").returncode == 0
-    again = lorebase_cmd(older, "migrate", str(MIGRATION), "--apply")
+    again = lorebase_cmd(older, "migrate", str(CLUSTER_KEYS), "--apply")
     assert again.returncode == 1 and "applied already" in again.stdout
 
 
 def test_check_finds_missing_and_stale_index_entries_and_repair_mends_them(older):
     bulk(older, [("ix_a", "ix_a@example.com"), ("ix_b", "ix_b@example.com")])
     redis = older.redis()
-    redis.zrem("users:by-name", "ix_a")
-    redis.zrem("users:by-email", "ix_b@example.com\0ix_b")
-    redis.zadd("users:by-name", {"ix_ghost": 0})
-    redis.zadd("users:by-email", {"old@example.com\0ix_a": 0, "ghost@example.com\0ix_ghost": 0})
+    redis.zrem(idkeys.USERS_BY_NAME, "ix_a")
+    redis.zrem(idkeys.USERS_BY_EMAIL, "ix_b@example.com\0ix_b")
+    redis.zadd(idkeys.USERS_BY_NAME, {"ix_ghost": 0})
+    redis.zadd(idkeys.USERS_BY_EMAIL, {"old@example.com\0ix_a": 0, "ghost@example.com\0ix_ghost": 0})
     done = lorebase_cmd(older, "check")
     assert done.returncode == 1, done.stdout
     lines = done.stdout.splitlines()
-    expected = ["user:ix_a: its username is not in users:by-name",
-                "user:ix_b: its email is not in users:by-email",
-                "users:by-name: ix_ghost has no user:ix_ghost",
-                "users:by-email: old@example.com of ix_a, who does not exist or has another email",
-                "users:by-email: ghost@example.com of ix_ghost, who does not exist or has another email"]
+    by_name, by_email = idkeys.USERS_BY_NAME, idkeys.USERS_BY_EMAIL
+    expected = [f"{idkeys.user('ix_a')}: its username is not in {by_name}",
+                f"{idkeys.user('ix_b')}: its email is not in {by_email}",
+                f"{by_name}: ix_ghost has no {idkeys.user('ix_ghost')}",
+                f"{by_email}: old@example.com of ix_a, who does not exist or has another email",
+                f"{by_email}: ghost@example.com of ix_ghost, who does not exist or has another email"]
     assert sorted(lines[:-1]) == sorted(expected), lines
     assert "5 problems" in lines[-1]
     done = lorebase_cmd(older, "check", "--repair")
     assert done.returncode == 0, done.stdout
-    assert "user:ix_a: its username is not in users:by-name (indexed)" in done.stdout
-    assert "users:by-name: ix_ghost has no user:ix_ghost (removed)" in done.stdout
+    assert f"{idkeys.user('ix_a')}: its username is not in {by_name} (indexed)" in done.stdout
+    assert f"{by_name}: ix_ghost has no {idkeys.user('ix_ghost')} (removed)" in done.stdout
     assert "5 problems, 5 repaired" in done.stdout
-    assert redis.zscore("users:by-name", "ix_a") == 0 and redis.zscore("users:by-email", "ix_b@example.com\0ix_b") == 0
-    assert not redis.zscore("users:by-name", "ix_ghost")
-    assert redis.zrangebylex("users:by-email", "[ghost", "[ghost\xff") == []
-    assert redis.zrangebylex("users:by-email", "[old", "[old\xff") == []
+    assert redis.zscore(by_name, "ix_a") == 0 and redis.zscore(by_email, "ix_b@example.com\0ix_b") == 0
+    assert not redis.zscore(idkeys.USERS_BY_NAME, "ix_ghost")
+    assert redis.zrangebylex(idkeys.USERS_BY_EMAIL, "[ghost", "[ghost\xff") == []
+    assert redis.zrangebylex(idkeys.USERS_BY_EMAIL, "[old", "[old\xff") == []
     done = lorebase_cmd(older, "check")
     assert done.returncode == 0, done.stdout

@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 
+from lorebase.identity import keys as idkeys
+
 from .identity_support import PASSWORD, Api, Users, assert_error, dedicated
 
 TEXT, BOOL = "text", "bool"
@@ -98,8 +100,8 @@ def test_nothing_changed_after_all_the_broken_payloads(lore, sessions):
     for who, api in sessions.items():
         for limit in ("login-ip", "signup-ip", "recover-ip"):
             assert int(db.get(f"rate:{limit}:{api.ip}") or 0) == 0, (who, limit)
-    assert db.smembers("users") == {"p_user", "p_root"}
-    user = db.hgetall("user:p_user")
+    assert db.smembers(idkeys.USERS) == {"p_user", "p_root"}
+    user = db.hgetall(idkeys.user("p_user"))
     assert user["admin"] == "0" and user["disabled"] == "0" and user["verified"] == "1"
     for who in (USER, ADMIN):
         assert sessions[who].get("/auth/csrf").status_code == 200

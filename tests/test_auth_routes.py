@@ -12,6 +12,8 @@ import time
 
 import pytest
 
+from lorebase.identity import keys as idkeys
+
 from .identity_support import (
     PASSWORD,
     SECRETS,
@@ -55,12 +57,12 @@ def test_signup_trims_and_lowercases_and_mails_a_hashed_one_time_token(server, m
     assert r.status_code == 200, r.text
     assert r.json() == {}
     user = users.track("r_signup_1", "r_signup_1@example.com")
-    stored = server.redis().hgetall("user:r_signup_1")
+    stored = server.redis().hgetall(idkeys.user("r_signup_1"))
     assert stored["username"] == "r_signup_1"
     assert stored["email"] == "r_signup_1@example.com"
     assert stored["verified"] == "0" and stored["admin"] == "0" and stored["disabled"] == "0"
     assert stored["hash"].startswith("$argon2id$") and PASSWORD not in stored["hash"]
-    assert server.redis().get("email:r_signup_1@example.com") == "r_signup_1"
+    assert server.redis().get(idkeys.email("r_signup_1@example.com")) == "r_signup_1"
 
     sent = mail.wait_for(user.email, "verify")
     assert str(sent["To"]) == "r_signup_1@example.com"
@@ -76,7 +78,7 @@ def test_signup_trims_and_lowercases_and_mails_a_hashed_one_time_token(server, m
     r = api.post("/auth/verifyEmail", {"token": token, "password": PASSWORD})
     assert r.status_code == 200, r.text
     assert r.json() == {}
-    assert server.redis().hget("user:r_signup_1", "verified") == "1"
+    assert server.redis().hget(idkeys.user("r_signup_1"), "verified") == "1"
     assert not server.redis().exists(key)
     assert_error(api.post("/auth/verifyEmail", {"token": token, "password": PASSWORD}), 403, "token")  # once only
 
@@ -127,8 +129,8 @@ def test_signup_with_an_invalid_field_is_400_and_stores_nothing(server, field, v
     with Api(server) as api:
         assert_error(api.post("/auth/signup", body), 400, "validation", field)
     db = server.redis()
-    assert not db.exists("user:r_invalid_1") and not db.exists("email:r_invalid_1@example.com")
-    assert not db.sismember("users", "r_invalid_1")
+    assert not db.exists(idkeys.user("r_invalid_1")) and not db.exists(idkeys.email("r_invalid_1@example.com"))
+    assert not db.sismember(idkeys.USERS, "r_invalid_1")
 
 
 def test_signup_of_a_taken_username_or_email_is_409_and_leaves_no_half_user(server, mail, users):
@@ -137,9 +139,9 @@ def test_signup_of_a_taken_username_or_email_is_409_and_leaves_no_half_user(serv
     assert_error(api.post("/auth/signup", signup_body(" R_TAKEN_1 ", "r_taken_1b@example.com")), 409, "username")
     assert_error(api.post("/auth/signup", signup_body("r_taken_1b", " R_Taken_1@EXAMPLE.COM ")), 409, "email")
     db = server.redis()
-    assert not db.exists("email:r_taken_1b@example.com")
-    assert not db.exists("user:r_taken_1b") and not db.sismember("users", "r_taken_1b")
-    assert db.hget("user:r_taken_1", "email") == "r_taken_1@example.com"
+    assert not db.exists(idkeys.email("r_taken_1b@example.com"))
+    assert not db.exists(idkeys.user("r_taken_1b")) and not db.sismember(idkeys.USERS, "r_taken_1b")
+    assert db.hget(idkeys.user("r_taken_1"), "email") == "r_taken_1@example.com"
     users.barrier(user)
     assert mail.to("r_taken_1b@example.com") == []
     assert len([m for m in mail.to(user.email) if "verify" in str(m["Subject"]).lower()]) == 1
@@ -158,7 +160,7 @@ def test_whitelist_refuses_other_emails_with_403(strict, mail):
     with Users(strict, mail) as made:
         api = made.api()
         assert_error(api.post("/auth/signup", signup_body("r_wl_no", "r_wl_no@example.com")), 403, "whitelist")
-        assert not strict.redis().exists("user:r_wl_no")
+        assert not strict.redis().exists(idkeys.user("r_wl_no"))
         r = api.post("/auth/signup", signup_body("r_wl_ok", " R_WL_OK@Example.com "))
         assert r.status_code == 200, r.text
         made.track("r_wl_ok", "r_wl_ok@example.com")
@@ -260,7 +262,7 @@ def test_password_of_129_characters_is_400_and_5000_is_refused_before_any_hashin
         # the schema or the body limit refused them: the login handler, which counts an attempt before it hashes,
         # never ran, nor did signup's (which counts valid signups per IP)
         assert db.get(f"rate:login-ip:{api.ip}") is None and db.get(f"rate:signup-ip:{api.ip}") is None
-        assert not db.exists("user:r_pw_129", "user:r_pw_5000")
+        assert not db.exists(idkeys.user("r_pw_129")) and not db.exists(idkeys.user("r_pw_5000"))
         api.login("r_pw_nobody", "p" * 128)  # a valid attempt does count, so the check above can fail
         assert db.get(f"rate:login-ip:{api.ip}") == "1"
 
@@ -282,7 +284,7 @@ def test_recover_answers_alike_and_mails_only_a_known_account(server, mail, user
     assert f"{server.url}/reset?token=" in MailSink.text(sent)
     token = MailSink.token(sent)
     key = token_key("reset", token)
-    gen = server.redis().hget("user:r_rec_1", "gen")
+    gen = server.redis().hget(idkeys.user("r_rec_1"), "gen")
     assert server.redis().get(key) == f"{token_digest(token)} {gen} r_rec_1@example.com"
     assert 0 < server.redis().ttl(key) <= 3600
     assert redis_strings_containing(server, token) == []
@@ -313,7 +315,7 @@ def test_reset_sets_the_password_ends_every_session_and_does_not_log_in(server, 
     user.password = NEW_PASSWORD
     for old in (first, second):
         assert_error(old.get("/auth/csrf"), 403, "session")
-    assert server.redis().scard("sessions:r_reset_1") == 0
+    assert server.redis().scard(idkeys.sessions("r_reset_1")) == 0
     assert_error(api.login("r_reset_1", PASSWORD), 403, "auth")
     assert api.login("r_reset_1", NEW_PASSWORD).status_code == 200
     assert_error(api.post("/auth/reset", {"token": token, "password": "Third-Horse-9-Stable"}), 403, "token")
@@ -352,7 +354,7 @@ def test_tampered_reused_and_wrong_kind_tokens_are_403_token(server, mail, users
         assert_error(api.post("/auth/verifyEmail", {"token": bad, "password": PASSWORD}), 403, "token")
     for bad in (reset[:-1] + flipped, reset + "A", reset[:-1], verify, "A" * 43, reset + " "):
         assert_error(api.post("/auth/reset", {"token": bad, "password": NEW_PASSWORD}), 403, "token")
-    assert server.redis().hget("user:r_tok_1", "verified") == "0"
+    assert server.redis().hget(idkeys.user("r_tok_1"), "verified") == "0"
     assert api.post("/auth/verifyEmail", {"token": verify, "password": PASSWORD}).status_code == 200
     assert_error(api.post("/auth/verifyEmail", {"token": verify, "password": PASSWORD}), 403, "token")
     assert api.post("/auth/reset", {"token": reset, "password": NEW_PASSWORD}).status_code == 200
@@ -374,7 +376,7 @@ def test_tokens_of_an_account_that_changed_its_email_are_403_token(server, mail,
     new = users.new("r_tok_chg_1", email="r_tok_chg_new@example.com")
     assert_error(api.post("/auth/verifyEmail", {"token": verify}), 403, "token")
     assert_error(api.post("/auth/reset", {"token": reset, "password": NEW_PASSWORD}), 403, "token")
-    assert server.redis().hget("user:r_tok_chg_1", "verified") == "0"
+    assert server.redis().hget(idkeys.user("r_tok_chg_1"), "verified") == "0"
     assert_error(api.login("r_tok_chg_1", NEW_PASSWORD), 403, "auth")
     users.session(new)
 
@@ -397,7 +399,7 @@ def test_expired_verify_and_reset_tokens_are_403_token(short_tokens, mail):
         wait_gone(short_tokens, token_key("reset", reset))
         assert_error(api.post("/auth/verifyEmail", {"token": verify}), 403, "token")
         assert_error(api.post("/auth/reset", {"token": reset, "password": NEW_PASSWORD}), 403, "token")
-        assert short_tokens.redis().hget(f"user:{user.name}", "verified") == "0"
+        assert short_tokens.redis().hget(idkeys.user(user.name), "verified") == "0"
         made.session(user)
 
 
@@ -423,7 +425,7 @@ def test_change_password_needs_the_current_one_and_ends_the_other_sessions(serve
     assert mine.get("/auth/csrf").json() == {"csrf": mine.csrf}  # this session goes on
     for api in (other, third):
         assert_error(api.get("/auth/csrf"), 403, "session")
-    assert server.redis().smembers("sessions:r_chpw_1") == {mine.sid}
+    assert server.redis().smembers(idkeys.sessions("r_chpw_1")) == {mine.sid}
     notice = MailSink.text(mail.wait_for(user.email, "password was changed"))
     assert NEW_PASSWORD not in notice and PASSWORD not in notice
     with Api(server) as api:
@@ -444,9 +446,10 @@ def test_destroy_needs_the_password_and_removes_the_user_and_its_sessions(server
     assert "max-age=0" in cleared.lower()
     user.gone = True
     db = server.redis()
-    assert not db.exists("user:r_destroy_1", "email:r_destroy_1@example.com", "sessions:r_destroy_1")
-    assert not db.sismember("users", "r_destroy_1")
-    assert not any(db.exists(f"session:{sid}") for sid in sids)
+    for key in (idkeys.user("r_destroy_1"), idkeys.email("r_destroy_1@example.com"), idkeys.sessions("r_destroy_1")):
+        assert not db.exists(key), key
+    assert not db.sismember(idkeys.USERS, "r_destroy_1")
+    assert not any(db.exists(idkeys.session(sid)) for sid in sids)
     assert_error(other.get("/auth/csrf"), 403, "session")
     with Api(server) as api:
         assert_error(api.login("r_destroy_1", PASSWORD), 403, "auth")

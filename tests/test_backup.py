@@ -10,6 +10,8 @@ import json
 from contextlib import closing
 from pathlib import Path
 
+from lorebase.identity import keys as idkeys
+
 from .files_support import (
     PASSWORD,
     S3_BUCKET,
@@ -95,7 +97,7 @@ def test_a_corrupted_backup_is_refused_and_nothing_is_touched(tmp_path, moto):
         done = lorebase_cmd(lore, "restore", name)
         assert done.returncode == 1
         assert "corrupted" in done.stderr and "nothing was changed" in done.stderr, done.stderr
-        assert lore.redis().sismember("users", "bk_after"), "the refused restore touched the database"
+        assert lore.redis().sismember(idkeys.USERS, "bk_after"), "the refused restore touched the database"
         assert lorebase_cmd(lore, "restore", "20200101T000000Z").returncode == 1  # no such backup
 
 
@@ -136,7 +138,7 @@ def test_an_external_redis_with_a_password_is_backed_up_and_restored(tmp_path):
             done = lorebase_cmd(lore, "restore", name)
             assert done.returncode == 0, done.stderr
             db = external.client()
-            assert db.sismember("users", "bk_pw_before") and not db.sismember("users", "bk_pw_after")
+            assert db.sismember(idkeys.USERS, "bk_pw_before") and not db.sismember(idkeys.USERS, "bk_pw_after")
             with closing(Api(lore)) as api:
                 api.login("bk_pw_before", PASSWORD)
     finally:

@@ -19,6 +19,9 @@ from typing import Any
 
 import redis
 
+from lorebase import mail as outbox
+from lorebase.tasks.beat import alerts_key, minutes_key, samples_key
+
 from .lore import Lorebase, MailSink, RedisServer, wait_for
 from .support import tasks_pid
 
@@ -46,11 +49,11 @@ def beating(base: Path, shared: RedisServer | None = None, **overrides: Any) -> 
 
 
 def samples(db: redis.Redis) -> list[dict[str, Any]]:
-    return [json.loads(fields["json"]) for _, fields in db.xrange(f"beat:{NODE}")]
+    return [json.loads(fields["json"]) for _, fields in db.xrange(samples_key(NODE))]
 
 
 def minutes(db: redis.Redis) -> list[dict[str, Any]]:
-    return [json.loads(fields["json"]) for _, fields in db.xrange(f"beat:{NODE}:minute")]
+    return [json.loads(fields["json"]) for _, fields in db.xrange(minutes_key(NODE))]
 
 
 def wait_samples(db: redis.Redis, more: int, timeout: float = 20.0) -> None:
@@ -70,11 +73,11 @@ def test_samples_are_kept_with_their_fields_and_a_past_minute_is_aggregated(tmp_
     db = shared.client()
     for i, (cpu, rss) in enumerate([(10, 100), (20, 200), (60, 300)]):
         t = past + (i + 1) * 1000
-        db.xadd(f"beat:{NODE}", {"json": json.dumps({"t": t, "cpu": cpu, "rss": {"master": rss},
+        db.xadd(samples_key(NODE), {"json": json.dumps({"t": t, "cpu": cpu, "rss": {"master": rss},
                                                      "redis": {"clients": i, "memory": None}})}, id=f"{t}-0")
     with beating(tmp_path, shared) as (lore, _):
         wait_samples(db, 3)
-        [(entry_id, _)] = db.xrevrange(f"beat:{NODE}", count=1)
+        [(entry_id, _)] = db.xrevrange(samples_key(NODE), count=1)
         latest = samples(db)[-1]
         assert entry_id.split("-")[0] == str(latest["t"]), "the entry's id is not the sample's time"
         assert set(latest) == SAMPLE_FIELDS, latest
@@ -103,7 +106,7 @@ def test_a_crossed_threshold_alerts_once_mails_once_and_recovers_once(tmp_path):
     """Redis's maxmemory set so that its used memory is about 40 % of it (threshold 20 %, far
     from the 100 % where Redis would refuse writes): one
     `beat alert` on the third sample over it (BEAT_SAMPLES), one mail to the admin, the crossing
-    in `beat:alerts`; still one after more samples and after the tasks process is killed and
+    in `alerts_key(None)`; still one after more samples and after the tasks process is killed and
     restarted; maxmemory raised: one `beat ok` on the third sample under it, the crossing gone,
     no more mail."""
     sink = MailSink().start()
@@ -121,7 +124,7 @@ def test_a_crossed_threshold_alerts_once_mails_once_and_recovers_once(tmp_path):
             assert over(db, alert["t"], 20)[-4:] == [False, True, True, True]
             mail = sink.wait_for(ADMIN, "redis_memory")
             assert NODE in str(mail["Subject"]) and "redis_memory" in sink.text(mail)
-            crossing = json.loads(db.hget("beat:alerts", "redis_memory") or "{}")
+            crossing = json.loads(db.hget(alerts_key(None), "redis_memory") or "{}")
             assert crossing["threshold"] == 20 and crossing["node"] == NODE
 
             wait_samples(db, 10)
@@ -130,7 +133,7 @@ def test_a_crossed_threshold_alerts_once_mails_once_and_recovers_once(tmp_path):
             wait_for(lambda: lore.events("tasks exit"), 10, 0.05, "the tasks process's exit")
             wait_for(lambda: tasks_pid(lore) != before, 10, 0.05, "a new tasks process")
             wait_samples(db, 10)
-            wait_for(lambda: db.llen("mail:queue") == 0 and db.llen("mail:sending") == 0, 10, 0.05, "the outbox")
+            wait_for(lambda: db.llen(outbox.QUEUE) == 0 and db.llen(outbox.SENDING) == 0, 10, 0.05, "the outbox")
             assert len(lore.events("beat alert")) == 1, lore.events("beat alert")
             assert len(sink.to(ADMIN)) == 1
 
@@ -139,7 +142,7 @@ def test_a_crossed_threshold_alerts_once_mails_once_and_recovers_once(tmp_path):
             ok = wait_for(lambda: lore.events("beat ok"), 10, 0.05, "beat ok")[0]
             assert ok["what"] == "redis_memory" and ok["value"] < 20
             assert over(db, ok["t"], 20)[-4:] == [True, False, False, False]
-            assert db.hget("beat:alerts", "redis_memory") is None
+            assert db.hget(alerts_key(None), "redis_memory") is None
             wait_samples(db, 10)
             assert len(lore.events("beat ok")) == 1 and len(lore.events("beat alert")) == 1
             assert len(sink.to(ADMIN)) == 1
@@ -167,7 +170,7 @@ def test_beat_every_0_samples_nothing(tmp_path):
     """BEAT_EVERY=0: no sample is ever written (the queues of the tasks process still run)."""
     with beating(tmp_path, BEAT_EVERY="0") as (lore, shared):
         # a mail through the outbox proves the tasks process has been running meanwhile
-        shared.client().lpush("mail:queue", json.dumps({"to": "x@example.com", "subject": "s", "text": "t",
+        shared.client().lpush(outbox.QUEUE, json.dumps({"to": "x@example.com", "subject": "s", "text": "t",
                                                         "t": 0, "tries": 0}))
         wait_for(lambda: lore.events("mail done"), 10, 0.05, "the mail")
-        assert not shared.client().exists(f"beat:{NODE}")
+        assert not shared.client().exists(samples_key(NODE))

@@ -12,6 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from lorebase import mail as outbox
+from lorebase.apps.notes import notebook_key, notes_key
+from lorebase.files import keys as fkeys
+from lorebase.identity import keys as idkeys
+
 from .files_support import Api, blob, instance, local_path, lorebase_cmd, signup, user
 from .lore import Lorebase, RedisServer, free_port, wait_for
 from .support import master, wait_event
@@ -62,31 +67,31 @@ def test_broken_data_is_named_repaired_and_the_users_keep_their_data(lore):
         bob_file = bob.ok_upload(blob(2500, "bob"), "b.bin")
         kept = note(bob, "kept as it is", [bob_file["id"]])
         foreign = note(bob, "names alice's file", [bob_file["id"]])
-        blob_of = json.loads(redis.hget("notebook:ck_bob", foreign))
+        blob_of = json.loads(redis.hget(notebook_key("ck_bob"), foreign))
         blob_of["files"] = [bob_file["id"], alice_file["id"]]
-        redis.hset("notebook:ck_bob", foreign, json.dumps(blob_of, separators=(",", ":")))
+        redis.hset(notebook_key("ck_bob"), foreign, json.dumps(blob_of, separators=(",", ":")))
 
-        redis.delete("email:ck_alice@example.com")  # a missing email index entry
-        redis.sadd("users", "ck_ghost")  # a dangling member
-        redis.set("email:nobody@example.com", "ck_nobody")  # an entry pointing at nobody
-        redis.set("session:ck_gone:" + "x" * 43, "csrf 1700000000000 0123456789abcdef")  # of a missing user
-        redis.set("usage:ck_bob", 12345)  # wrong usage
+        redis.delete(idkeys.email("ck_alice@example.com"))  # a missing email index entry
+        redis.sadd(idkeys.USERS, "ck_ghost")  # a dangling member
+        redis.set(idkeys.email("nobody@example.com"), "ck_nobody")  # an entry pointing at nobody
+        redis.set(idkeys.session("ck_gone:" + "x" * 43), "csrf 1700000000000 0123456789abcdef")  # of a missing user
+        redis.set(fkeys.usage("ck_bob"), 12345)  # wrong usage
         tasks.suspend()  # a stalled tasks process: the bad job stays in the queue
         try:
-            redis.lpush("mail:queue", "not json {")
+            redis.lpush(outbox.QUEUE, "not json {")
             # the stalled process's BLMOVE, already waiting in Redis, may still take it
-            held = wait_for(lambda: next((k for k in ("mail:queue", "mail:sending") if redis.llen(k)), None),
+            held = wait_for(lambda: next((k for k in (outbox.QUEUE, outbox.SENDING) if redis.llen(k)), None),
                             5, 0.02, "the bad job queued or taken")
             code, lines = check(lore)
             assert code == 1, lines
             found = problems(lines)
             for expected in [
-                "users: ck_ghost has no user:ck_ghost",
+                f"{idkeys.USERS}: ck_ghost has no {idkeys.user('ck_ghost')}",
                 "email:nobody@example.com: points at ck_nobody, who does not exist",
-                "user:ck_alice: its email ck_alice@example.com has no email:ck_alice@example.com",
-                "session:ck_gone:xxxxxx…: a session of ck_gone, who does not exist",
-                f"notebook:ck_bob: note {foreign} names files of other users: {alice_file['id']}",
-                "usage:ck_bob: 12345 bytes, but the files of ck_bob hold 2500",
+                f"{idkeys.user('ck_alice')}: its email ck_alice@example.com has no email:ck_alice@example.com",
+                "session:{ck_gone}:xxxxxx…: a session of ck_gone, who does not exist",
+                f"{notebook_key('ck_bob')}: note {foreign} names files of other users: {alice_file['id']}",
+                f"{fkeys.usage('ck_bob')}: 12345 bytes, but the files of ck_bob hold 2500",
                 f"{held}: a job that is not a JSON object (10 bytes)",
             ]:
                 assert expected in found, (expected, lines)
@@ -96,23 +101,24 @@ def test_broken_data_is_named_repaired_and_the_users_keep_their_data(lore):
             code, lines = check(lore, "--repair")
             assert code == 0, lines
             for expected in [
-                "users: ck_ghost has no user:ck_ghost (removed from the set)",
+                f"{idkeys.USERS}: ck_ghost has no {idkeys.user('ck_ghost')} (removed from the set)",
                 "email:nobody@example.com: points at ck_nobody, who does not exist (deleted)",
-                "user:ck_alice: its email ck_alice@example.com has no email:ck_alice@example.com (index added)",
-                f"notebook:ck_bob: note {foreign} names files of other users: {alice_file['id']} "
+                f"{idkeys.user('ck_alice')}: its email ck_alice@example.com has no email:ck_alice@example.com "
+                "(index added)",
+                f"{notebook_key('ck_bob')}: note {foreign} names files of other users: {alice_file['id']} "
                 "(rewritten without them)",
-                "usage:ck_bob: 12345 bytes, but the files of ck_bob hold 2500 (set to 2500)",
-                f"{held}: a job that is not a JSON object (10 bytes) (moved to mail:dead)",
+                f"{fkeys.usage('ck_bob')}: 12345 bytes, but the files of ck_bob hold 2500 (set to 2500)",
+                f"{held}: a job that is not a JSON object (10 bytes) (moved to {outbox.DEAD})",
             ]:
                 assert expected in lines, (expected, lines)
             assert "7 problems, 7 repaired" in lines[-1], lines
-            assert redis.lrange("mail:dead", 0, -1) == ["not json {"]
+            assert redis.lrange(outbox.DEAD, 0, -1) == ["not json {"]
         finally:
             tasks.resume()
         code, lines = check(lore)
         assert (code, problems(lines)) == (0, []), lines
-        assert "(dead jobs: mail:dead 1)" in lines[-1], lines
-        redis.delete("mail:dead")
+        assert f"(dead jobs: {outbox.DEAD} 1)" in lines[-1], lines
+        redis.delete(outbox.DEAD)
 
         # the users still log in (by email: the index repaired); their notes and files are intact
         for name, stored in (("ck_alice", alice_file), ("ck_bob", bob_file)):
@@ -134,10 +140,10 @@ def test_a_deleted_attachment_is_a_tidy_up_not_a_problem(lore):
         code, lines = check(lore)
         assert code == 0, lines  # deleting a file is allowed: the note's read filters it out
         assert problems(lines) == [
-            f"notebook:ck_tidy: note {written} names files no longer stored: {gone['id']} (tidy-up)"], lines
+            f"{notebook_key('ck_tidy')}: note {written} names files no longer stored: {gone['id']} (tidy-up)"], lines
         code, lines = check(lore, "--repair")
         assert code == 0 and "(rewritten without them)" in lines[0], lines
-        assert json.loads(lore.redis().hget("notebook:ck_tidy", written))["files"] == [kept["id"]]
+        assert json.loads(lore.redis().hget(notebook_key("ck_tidy"), written))["files"] == [kept["id"]]
         assert problems(check(lore)[1]) == []
 
 
@@ -150,24 +156,25 @@ def test_a_half_finished_destroy_is_finished_by_repair(lore):
     api.close()
     # destroy's first step, as the route does it, then a crash before the rest: every
     # session ended, disabled, marked
-    for sid in redis.smembers("sessions:ck_half"):
-        redis.delete(f"session:{sid}")
-    redis.delete("sessions:ck_half")
-    redis.hset("user:ck_half", mapping={"disabled": 1, "destroying": int(time.time() * 1000)})
+    for sid in redis.smembers(idkeys.sessions("ck_half")):
+        redis.delete(idkeys.session(sid))
+    redis.delete(idkeys.sessions("ck_half"))
+    redis.hset(idkeys.user("ck_half"), mapping={"disabled": 1, "destroying": int(time.time() * 1000)})
     code, lines = check(lore)
     assert (code, problems(lines)) == (0, []), lines  # a fresh mark: the destroy may still be running
 
-    redis.hset("user:ck_half", "destroying", int(time.time() * 1000) - 2 * 3600 * 1000)
+    redis.hset(idkeys.user("ck_half"), "destroying", int(time.time() * 1000) - 2 * 3600 * 1000)
     code, lines = check(lore)
     assert code == 1
-    assert problems(lines) == ["user:ck_half: a destroy that stopped half-way 120 min ago"], lines
+    assert problems(lines) == ["user:{ck_half}: a destroy that stopped half-way 120 min ago"], lines
     code, lines = check(lore, "--repair")
     assert code == 0, lines
-    assert lines[0] == ("user:ck_half: a destroy that stopped half-way 120 min ago (destroy finished: notes, "
+    assert lines[0] == ("user:{ck_half}: a destroy that stopped half-way 120 min ago (destroy finished: notes, "
                         "files (to the S3 trash) and the user removed)"), lines
-    assert not redis.exists("user:ck_half", "notes:ck_half", "notebook:ck_half", "files:ck_half", "usage:ck_half",
-                            "email:ck_half@example.com", *(f"file:{i}" for i in files))
-    assert not redis.sismember("users", "ck_half")
+    assert not redis.exists(idkeys.user("ck_half"), notes_key("ck_half"), notebook_key("ck_half"),
+                            fkeys.files("ck_half"), fkeys.usage("ck_half"), idkeys.email("ck_half@example.com"),
+                            *(fkeys.file("ck_half", i) for i in files))
+    assert not redis.sismember(idkeys.USERS, "ck_half")
     assert not any(local_path(lore, i).exists() for i in files)
     assert problems(check(lore)[1]) == []
     # the address is free for a new signup
@@ -184,13 +191,13 @@ def test_an_enabled_account_is_not_destroyed_by_repair(lore):
     """An admin who enables a half-destroyed account takes it back: the mark goes with it."""
     redis = lore.redis()
     with user(lore, "ck_back") as api:
-        redis.hset("user:ck_back", mapping={"disabled": 1, "destroying": int(time.time() * 1000) - 7200_000})
+        redis.hset(idkeys.user("ck_back"), mapping={"disabled": 1, "destroying": int(time.time() * 1000) - 7200_000})
         admin = Api(lore)
         signup(lore, "ck_admin")
-        redis.hset("user:ck_admin", "admin", 1)
+        redis.hset(idkeys.user("ck_admin"), "admin", 1)
         admin.login("ck_admin")
         assert admin.post("/admin/disable", {"username": "ck_back", "value": False}).status_code == 200
-        assert redis.hget("user:ck_back", "destroying") is None
+        assert redis.hget(idkeys.user("ck_back"), "destroying") is None
         code, lines = check(lore, "--repair")
         assert (code, problems(lines)) == (0, []), lines
         assert api.login("ck_back").get("/notes").status_code == 200
@@ -212,13 +219,13 @@ def test_redis_down_is_exit_2_with_a_clear_message(tmp_path):
 def test_the_check_at_start_up_notifies_its_problems(tmp_path):
     redis = RedisServer(tmp_path / "redis").start()
     try:
-        redis.client().sadd("users", "ck_early")  # broken before the server starts
+        redis.client().sadd(idkeys.USERS, "ck_early")  # broken before the server starts
         with instance(tmp_path, REDIS_URL=redis.url, CHECK_EVERY="86400") as server:
-            event = wait_event(server, "check problem", 20, key="users")
-            assert event["problem"] == "ck_early has no user:ck_early"
+            event = wait_event(server, "check problem", 20, key=idkeys.USERS)
+            assert event["problem"] == f"ck_early has no {idkeys.user('ck_early')}"
             summary = wait_event(server, "check", 20)
             assert summary["problems"] == 1 and summary["unnotified"] == 0
-            assert redis.client().sismember("users", "ck_early"), "the scheduled check never repairs"
+            assert redis.client().sismember(idkeys.USERS, "ck_early"), "the scheduled check never repairs"
     finally:
         redis.stop()
 
@@ -226,7 +233,7 @@ def test_the_check_at_start_up_notifies_its_problems(tmp_path):
 def test_the_scheduled_check_notifies_a_problem_that_appears_later(tmp_path):
     with instance(tmp_path, CHECK_EVERY="1") as server:
         assert wait_event(server, "check", 20)["problems"] == 0
-        server.redis().set("email:late@example.com", "ck_late")
-        event = wait_event(server, "check problem", 20, key="email:late@example.com")
+        server.redis().set(idkeys.email("late@example.com"), "ck_late")
+        event = wait_event(server, "check problem", 20, key=idkeys.email("late@example.com"))
         assert event["problem"] == "points at ck_late, who does not exist"
         wait_for(lambda: any(e["problems"] == 1 for e in server.events("check")), 20, 0.1, "a summary with it")

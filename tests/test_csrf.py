@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import pytest
 
+from lorebase.identity import keys as idkeys
+
 from .identity_support import (
     PASSWORD,
     SECRETS,
@@ -160,7 +162,7 @@ def test_get_and_head_change_nothing(server, users):
     csrf = api.get("/auth/csrf").json()
     assert api.get("/auth/csrf", headers={"origin": "https://evil.example"}).json() == csrf
     assert csrf == {"csrf": api.csrf}
-    assert server.redis().smembers("sessions:c_get_1") == {api.sid}
+    assert server.redis().smembers(idkeys.sessions("c_get_1")) == {api.sid}
 
 
 # -- C6: other content types ---------------------------------------------------------------

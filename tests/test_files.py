@@ -14,6 +14,10 @@ from urllib.parse import quote
 import httpx
 import pytest
 
+from lorebase.apps.notes import notebook_key, notes_key
+from lorebase.files import keys as fkeys
+from lorebase.identity import keys as idkeys
+
 from .files_support import (
     BOUNDARY,
     COOKIE,
@@ -40,7 +44,7 @@ def assert_nothing_stored(lore: Lorebase, api: Api, name: str) -> None:
     """No file of the user's, no usage, and no upload left half-written in DATA_DIR/tmp."""
     assert api.files() == []
     assert usage(lore, name) == 0
-    assert not lore.redis().exists(f"files:{name}")
+    assert not lore.redis().exists(fkeys.files(name))
     assert list((lore.data_dir / "tmp").iterdir()) == []
 
 
@@ -67,7 +71,7 @@ def test_upload_then_download_the_same_bytes(server):
 
         # stored under the server's id, with the bytes sent; counted against the user
         assert local_path(server, out["id"]).read_bytes() == data
-        meta = server.redis().hgetall(f"file:{out['id']}")
+        meta = server.redis().hgetall(fkeys.file("fl_roundtrip", out["id"]))
         assert meta["user"] == "fl_roundtrip" and meta["size"] == str(len(data)) and meta["sha256"] == sha256(data)
         assert usage(server, "fl_roundtrip") == len(data)
 
@@ -368,7 +372,7 @@ def test_delete(server):
         assert_error(api.get(f"/files/{gone['id']}"), 404, "notfound")
         assert [row["id"] for row in api.all_files()] == [keep["id"]]
         assert not local_path(server, gone["id"]).exists()
-        assert not server.redis().exists(f"file:{gone['id']}")
+        assert not server.redis().exists(fkeys.file("fl_delete", gone["id"]))
         assert usage(server, "fl_delete") == 300
 
         assert_error(api.post("/files/delete", {"id": gone["id"]}), 404, "notfound")
@@ -416,7 +420,7 @@ def test_usage_is_the_sum_of_sizes_even_under_concurrency(server):
         assert usage(server, name) == sum(row["size"] for row in rows)
         for row in rows:
             assert api.post("/files/delete", {"id": row["id"]}).status_code == 200
-        assert not server.redis().exists(f"usage:{name}")
+        assert not server.redis().exists(fkeys.usage(name))
         assert api.all_files() == []
 
 
@@ -456,7 +460,7 @@ def test_another_user_cannot_read_change_or_delete_my_files(server):
     data = blob(4321, "idor")
     with user(server, "fl_idor_a") as a, user(server, "fl_idor_b") as b:
         mine = a.ok_upload(data, "mine.bin")
-        meta_before = server.redis().hgetall(f"file:{mine['id']}")
+        meta_before = server.redis().hgetall(fkeys.file("fl_idor_a", mine["id"]))
         assert_error(b.get(f"/files/{mine['id']}"), 404, "notfound")
         assert_error(b.get(f"/files/{mine['id']}", headers={"range": "bytes=0-10"}), 404, "notfound")
         assert b.request("HEAD", f"/files/{mine['id']}").status_code == 404
@@ -468,10 +472,10 @@ def test_another_user_cannot_read_change_or_delete_my_files(server):
         assert_error(r, 403, "csrf")
         assert_error(a.post("/files/delete", {"id": mine["id"], "csrf": b.csrf}, csrf=False), 403, "csrf")
 
-        assert server.redis().hgetall(f"file:{mine['id']}") == meta_before
+        assert server.redis().hgetall(fkeys.file("fl_idor_a", mine["id"])) == meta_before
         assert a.get(f"/files/{mine['id']}").content == data
         assert usage(server, "fl_idor_a") == len(data)
-        assert not server.redis().exists("usage:fl_idor_b")
+        assert not server.redis().exists(fkeys.usage("fl_idor_b"))
 
 
 # -- destroy ----------------------------------------------------------------------------------
@@ -485,15 +489,15 @@ def test_destroy_removes_the_users_files_and_notes(server):
         kept_file = other.ok_upload(blob(10, "kept"), "kept.bin")
         kept_note = other.post("/notes", {"text": "kept"}).json()["id"]
         db = server.redis()
-        assert all(db.exists(f"file:{f['id']}") for f in files)
-        assert all(db.hexists("notebook:fl_destroy", n) for n in notes)
+        assert all(db.exists(fkeys.file("fl_destroy", f["id"])) for f in files)
+        assert all(db.hexists(notebook_key("fl_destroy"), n) for n in notes)
 
         destroy(api)
         for f in files:
-            assert not db.exists(f"file:{f['id']}")
+            assert not db.exists(fkeys.file("fl_destroy", f["id"]))
             assert not local_path(server, f["id"]).exists()
-        for key in ("files:fl_destroy", "usage:fl_destroy", "notes:fl_destroy", "notebook:fl_destroy",
-                    "user:fl_destroy"):
+        for key in (fkeys.files("fl_destroy"), fkeys.usage("fl_destroy"), notes_key("fl_destroy"),
+                    notebook_key("fl_destroy"), idkeys.user("fl_destroy")):
             assert not db.exists(key), key
 
         assert other.get(f"/files/{kept_file['id']}").content == blob(10, "kept")

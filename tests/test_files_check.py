@@ -11,6 +11,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from lorebase.files import keys as fkeys
+
 from .files_support import (
     S3_BUCKET,
     Moto,
@@ -77,7 +79,7 @@ def test_a_dangling_id_and_an_orphan_file_are_reported(plain):
         real = api.ok_upload(blob(10, "real"), "real.bin")
         dangling = "1" * 21 + "ab"
         orphan = "2" * 21 + "cd"
-        plain.redis().zadd("files:ck_dangle", {dangling: 0})
+        plain.redis().zadd(fkeys.files("ck_dangle"), {dangling: 0})
         orphan_path = local_path(plain, orphan)
         orphan_path.parent.mkdir(parents=True, exist_ok=True)
         orphan_path.write_bytes(b"nobody's")
@@ -86,7 +88,7 @@ def test_a_dangling_id_and_an_orphan_file_are_reported(plain):
 
         code, lines = check(plain)
         assert code == 1
-        assert f"{dangling}: listed in files:ck_dangle but has no metadata" in lines, lines
+        assert f"{dangling}: listed in {fkeys.files('ck_dangle')} but has no metadata" in lines, lines
         assert f"{orphan}: on disk but not in Redis (orphan)" in lines, lines
         assert lines[-1] == "1 files checked, 2 problems"
         assert real["id"] not in "\n".join(lines)
@@ -95,9 +97,9 @@ def test_a_dangling_id_and_an_orphan_file_are_reported(plain):
 
         code, lines = check(plain, "--repair")
         assert code == 1  # the orphan is still there: not everything was repaired
-        assert f"{dangling}: listed in files:ck_dangle but has no metadata (dropped)" in lines, lines
+        assert f"{dangling}: listed in {fkeys.files('ck_dangle')} but has no metadata (dropped)" in lines, lines
         assert lines[-1] == "1 files checked, 2 problems, 1 repaired"
-        assert plain.redis().zscore("files:ck_dangle", dangling) is None
+        assert plain.redis().zscore(fkeys.files("ck_dangle"), dangling) is None
         assert orphan_path.exists()  # an orphan is only reported: it may be someone's
         orphan_path.unlink()
         assert_clean(plain, 1)
@@ -123,7 +125,8 @@ def test_repair_fetches_a_lost_copy_back_from_s3(with_s3):
         out = api.ok_upload(data, "r.bin")
         key = f"files/{name}/{out['id']}"
         s3 = moto.client()
-        wait_for(lambda: lore.redis().hget(f"file:{out['id']}", "s3") == "1", 15, 0.05, "the upload mirrored")
+        wait_for(lambda: lore.redis().hget(fkeys.file(name, out["id"]), "s3") == "1", 15, 0.05,
+                 "the upload mirrored")
         assert_clean(lore, 1)
 
         path = local_path(lore, out["id"])
@@ -171,7 +174,8 @@ def test_an_upload_still_queued_is_pending_not_missing(with_s3):
             assert (code, lines) == (0, ["1 files checked, 0 problems (1 S3 upload pending)"]), lines
         finally:
             tasks.resume()
-        wait_for(lambda: lore.redis().hget(f"file:{out['id']}", "s3") == "1", 15, 0.05, "the upload mirrored")
+        wait_for(lambda: lore.redis().hget(fkeys.file("ck_pending", out["id"]), "s3") == "1", 15, 0.05,
+                 "the upload mirrored")
         assert_clean(lore, 1)
 
 
@@ -179,7 +183,8 @@ def test_s3_down_is_a_clear_error_not_a_traceback(with_s3):
     lore, moto = with_s3
     with user(lore, "ck_s3down") as api:
         out = api.ok_upload(blob(1000, "down"), "d.bin")
-        wait_for(lambda: lore.redis().hget(f"file:{out['id']}", "s3") == "1", 15, 0.05, "the upload mirrored")
+        wait_for(lambda: lore.redis().hget(fkeys.file("ck_s3down", out["id"]), "s3") == "1", 15, 0.05,
+                 "the upload mirrored")
         moto.stop()
         done = lorebase_cmd(lore, "files", "check")
         assert done.returncode == 2, (done.stdout, done.stderr)

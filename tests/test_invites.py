@@ -10,6 +10,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from lorebase.identity import keys as idkeys
+
 from .identity_support import Api, Users, assert_error, dedicated, signup_body
 from .lore import Lorebase, MailSink
 
@@ -55,7 +57,7 @@ def test_an_invited_email_signs_up_past_the_whitelist_once(lore: Lorebase, root:
     api = users.api()
     assert_error(api.post("/auth/signup", signup_body("inv_guest", email)), 403, "whitelist")
     token = invite(root, mail, email)
-    assert token not in str(lore.redis().get(f"invite:{email}"))  # stored hashed
+    assert token not in str(lore.redis().get(idkeys.invite(email)))  # stored hashed
     listed = root.get("/admin/invites").json()
     assert [i["email"] for i in listed] == [email]
     assert listed[0]["by"] == "inv_root" and listed[0]["expires"] - listed[0]["created"] == INVITE_TTL * 1000
@@ -69,7 +71,7 @@ def test_an_invited_email_signs_up_past_the_whitelist_once(lore: Lorebase, root:
     assert me["verified"] is True
     assert not [m for m in mail.to(email) if "verify" in str(m["Subject"]).lower()]
     # single use: once the account is gone and the address free again, the token still fails
-    assert lore.redis().exists(f"invite:{email}") == 0
+    assert lore.redis().exists(idkeys.invite(email)) == 0
     users.destroy(user)
     again = users.api().post("/auth/signup", signup_body("inv_guest2", email, invite=token))
     assert_error(again, 403, "invite")

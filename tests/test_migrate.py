@@ -10,9 +10,12 @@ from pathlib import Path
 
 import httpx
 
-from .files_support import PASSWORD, Api, lorebase_cmd, signup
+from lorebase.files import keys as fkeys
+from lorebase.identity import keys as idkeys
+
+from .files_support import PASSWORD, Api, blob, lorebase_cmd, signup
 from .identity_support import fresh_ip
-from .lore import Lorebase
+from .lore import Lorebase, RedisServer
 
 RENAME = '''
 def migrate(db):
@@ -56,18 +59,18 @@ def test_a_rename_is_rehearsed_applied_and_undone(tmp_path):
     with lore.running():
         for name in ("mg_ann", "mg_bob", "mg_cyd"):
             signup(lore, name)
-            lore.redis().hset(f"user:{name}", "nick", name.upper())
+            lore.redis().hset(idkeys.user(name), "nick", name.upper())
         rename = script(tmp_path, "0001_rename_nick.py", RENAME)
 
         rehearsal = lorebase_cmd(lore, "migrate", str(rename))
         assert rehearsal.returncode == 0, rehearsal.stdout + rehearsal.stderr
         assert re.search(r"changed\s+user:\*\s+3", rehearsal.stdout), rehearsal.stdout
-        assert lore.redis().hget("user:mg_ann", "nick") == "MG_ANN"  # the live database untouched
+        assert lore.redis().hget(idkeys.user("mg_ann"), "nick") == "MG_ANN"  # the live database untouched
 
         applied = lorebase_cmd(lore, "migrate", str(rename), "--apply")
         assert applied.returncode == 0, applied.stdout + applied.stderr
         db = lore.redis()
-        assert db.hget("user:mg_ann", "nickname") == "MG_ANN" and not db.hexists("user:mg_ann", "nick")
+        assert db.hget(idkeys.user("mg_ann"), "nickname") == "MG_ANN" and not db.hexists(idkeys.user("mg_ann"), "nick")
         assert db.hexists("migrations", "0001_rename_nick")
         again = lorebase_cmd(lore, "migrate", str(rename), "--apply")
         assert again.returncode == 1 and "applied already" in again.stdout
@@ -77,7 +80,7 @@ def test_a_rename_is_rehearsed_applied_and_undone(tmp_path):
         restored = lorebase_cmd(lore, *undo.group(1).split())
         assert restored.returncode == 0, restored.stderr
         db = lore.redis()
-        assert db.hget("user:mg_ann", "nick") == "MG_ANN" and not db.hexists("user:mg_ann", "nickname")
+        assert db.hget(idkeys.user("mg_ann"), "nick") == "MG_ANN" and not db.hexists(idkeys.user("mg_ann"), "nickname")
         api = Api(lore)
         try:
             api.login("mg_bob", PASSWORD)  # the users still log in
@@ -92,12 +95,12 @@ def test_a_broken_script_is_caught_and_the_live_database_is_left_as_it_was(tmp_p
         broken = script(tmp_path, "0002_drop_the_index.py", BREAKS_THE_INDEX)
         rehearsal = lorebase_cmd(lore, "migrate", str(broken))
         assert rehearsal.returncode == 1 and "not safe to apply" in rehearsal.stdout, rehearsal.stdout
-        assert lore.redis().get("email:mg_dee@example.com") == "mg_dee"
+        assert lore.redis().get(idkeys.email("mg_dee@example.com")) == "mg_dee"
         applied = lorebase_cmd(lore, "migrate", str(broken), "--apply")
         assert applied.returncode == 1, applied.stdout
         assert "restoring backup" in applied.stdout
         db = lore.redis()
-        assert db.get("email:mg_dee@example.com") == "mg_dee"  # as it was
+        assert db.get(idkeys.email("mg_dee@example.com")) == "mg_dee"  # as it was
         assert not db.hexists("migrations", "0002_drop_the_index")
 
 
@@ -123,3 +126,80 @@ def test_a_script_that_pauses_writes_gets_them_503_while_it_runs(tmp_path):
             assert after.status_code == 200
         assert (503, "maintenance") in seen, seen
         assert lore.redis().get("mg_paused_ran") == "1"
+
+
+CLUSTER_KEYS = Path(__file__).resolve().parent.parent / "migrations" / "0002_cluster_keys.py"
+
+
+def old_name(key: str) -> str:
+    """A key of today's layout as the layout before 0002 named it (how an older database
+    holds it): the tags dropped, a file record without its user."""
+    if key.startswith("file:{"):
+        return "file:" + key.rpartition(":")[2]
+    if key.startswith("beat:{mail}:alerts"):
+        return key.replace("beat:{mail}:alerts", "beat:alerts", 1)
+    return key.replace("{", "").replace("}", "")
+
+
+def test_the_cluster_layout_migration_moves_an_older_database_and_its_users_carry_on(tmp_path):
+    """0002 on a database in the layout before it (made here from a live one by renaming its
+    keys back): every key moves, sessions keep their TTL (a logged-in user stays logged
+    in), users log in, read their files and notes; a second run changes nothing."""
+    redis = RedisServer(tmp_path / "redis").start()  # outlives the server, which is stopped meanwhile
+    lore = Lorebase(tmp_path / "data", TRUSTED_PROXIES="127.0.0.1", MAIL_URL="console://", REDIS_URL=redis.url)
+    db = redis.client()
+    try:
+        with lore.running():
+            for name in ("mg_eve", "mg_fay"):
+                signup(lore, name)
+            eve = Api(lore).login("mg_eve", PASSWORD)
+            stored = eve.ok_upload(blob(3000, "mg"), "kept.bin")
+            note = eve.post("/notes", {"text": "kept across the move", "files": [stored["id"]]}).json()["id"]
+            cookie = eve.cookie
+            eve.close()
+        new_layout = sorted(k for k in db.scan_iter(count=1000) if "{" in k)
+        assert idkeys.user("mg_eve") in new_layout and fkeys.file("mg_eve", stored["id"]) in new_layout
+        ttls = {}
+        for key in new_layout:  # the database as the code before 0002 left it
+            ttls[old_name(key)] = db.ttl(key)
+            db.rename(key, old_name(key))
+        assert db.exists("user:mg_eve") and db.exists(f"file:{stored['id']}") and db.sismember("users", "mg_fay")
+
+        rehearsal = lorebase_cmd(lore, "migrate", str(CLUSTER_KEYS))
+        assert rehearsal.returncode == 0, rehearsal.stdout + rehearsal.stderr
+        assert db.exists("user:mg_eve"), "the rehearsal touched the live database"
+        applied = lorebase_cmd(lore, "migrate", str(CLUSTER_KEYS), "--apply")
+        assert applied.returncode == 0, applied.stdout + applied.stderr
+        moved = {k for k in db.scan_iter(count=1000) if "{" in k}
+        lasting = {k for k in new_layout if ttls[old_name(k)] == -1 or ttls[old_name(k)] > 120}
+        assert lasting <= moved <= set(new_layout), (lasting - moved, moved - set(new_layout))
+        assert not [k for k in db.scan_iter(count=1000) if k in ttls and k not in new_layout]
+        for key in new_layout:
+            if ttls[old_name(key)] > 0:
+                assert 0 < db.ttl(key) <= ttls[old_name(key)], key
+        before = {k: db.dump(k) for k in db.scan_iter(count=1000) if k not in ("migrations", "log")}
+        again = lorebase_cmd(lore, "migrate", str(CLUSTER_KEYS), "--apply")
+        assert again.returncode == 1 and "applied already" in again.stdout
+        import importlib.util
+        spec = importlib.util.spec_from_file_location("cluster_keys", CLUSTER_KEYS)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        module.migrate(db)  # run again by hand: nothing changes
+        assert module.check(db) == []
+        after = {k: db.dump(k) for k in db.scan_iter(count=1000) if k not in ("migrations", "log")}
+        assert after.keys() == before.keys()
+
+        with lore.running():
+            eve = Api(lore)
+            eve.cookie = cookie  # the session made before the move still works
+            assert [n["id"] for n in eve.notes()] == [note]
+            assert eve.get(f"/files/{stored['id']}").content == blob(3000, "mg")
+            eve.close()
+            fay = Api(lore).login("mg_fay", PASSWORD)
+            assert fay.get("/files").status_code == 200
+            fay.close()
+            assert lorebase_cmd(lore, "check").returncode == 0
+    finally:
+        lore.stop()
+        redis.stop()

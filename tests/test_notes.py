@@ -8,6 +8,8 @@ import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from lorebase.apps.notes import notebook_key
+
 from .files_support import Api, blob, user
 from .identity_support import assert_error
 
@@ -60,7 +62,7 @@ def test_write_list_update_delete(server):
         r = api.post("/notes/delete", {"id": b})
         assert r.status_code == 200 and r.json() == {}
         assert [n["id"] for n in api.notes()] == [c, a]
-        assert not server.redis().hexists("notebook:nt_crud", b)
+        assert not server.redis().hexists(notebook_key("nt_crud"), b)
         assert_error(api.post("/notes/delete", {"id": b}), 404, "notfound")
         assert_error(api.post("/notes/update", {"id": b, "text": "back?"}), 404, "notfound")
         assert [n["id"] for n in api.notes()] == [c, a]
@@ -209,7 +211,7 @@ def test_another_user_cannot_read_change_or_delete_my_notes(server):
         fb = b.ok_upload(blob(64, "fb"), "b.bin")["id"]
         note = create(a, "a's secret", [fa])
         before = a.notes()
-        stored = server.redis().hget("notebook:nt_idor_a", note)
+        stored = server.redis().hget(notebook_key("nt_idor_a"), note)
 
         assert b.notes() == []
         assert b.notes(note) == []
@@ -227,7 +229,7 @@ def test_another_user_cannot_read_change_or_delete_my_notes(server):
         assert_error(b.post("/notes/delete", {"id": own, "csrf": a.csrf}, csrf=False), 403, "csrf")
         # a's side, untouched
         assert a.notes() == before
-        assert server.redis().hget("notebook:nt_idor_a", note) == stored
+        assert server.redis().hget(notebook_key("nt_idor_a"), note) == stored
         assert a.get(f"/files/{fa}").content == blob(64, "fa")
         # and a can still change it
         assert a.post("/notes/update", {"id": note, "text": "a's edit"}).status_code == 200

@@ -9,6 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from lorebase.identity import keys as idkeys
+
 from .identity_support import PASSWORD, Api, assert_error, fresh_ip, signup_body
 
 WRONG = "Wrong-Password-9"
@@ -97,7 +99,7 @@ def test_twenty_valid_signups_an_hour_per_address_invalid_ones_do_not_count(serv
             assert r.status_code == 200, (i, r.text)
             users.track(f"l_signup_{i:02d}", f"l_signup_{i:02d}@example.com")
         assert_rate(api.post("/auth/signup", signup_body("l_signup_20")), 3600)
-        assert not server.redis().exists("user:l_signup_20")
+        assert not server.redis().exists(idkeys.user("l_signup_20"))
     with Api(server) as api:  # another address may
         assert api.post("/auth/signup", signup_body("l_signup_20")).status_code == 200
         users.track("l_signup_20", "l_signup_20@example.com")

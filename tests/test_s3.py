@@ -12,6 +12,10 @@ import httpx
 import pytest
 from botocore.exceptions import ClientError
 
+from lorebase.files import keys as fkeys
+from lorebase.files.keys import S3_QUEUE
+from lorebase.tasks.queue import names
+
 from .files_support import (
     S3_BUCKET,
     S3_TRASH,
@@ -27,6 +31,8 @@ from .files_support import (
 )
 from .lore import Lorebase, wait_for
 from .support import stream_entries
+
+S3 = names(S3_QUEUE)  # the mirror queue's keys
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +55,7 @@ def mirrored(moto: Moto, lore: Lorebase, name: str, file_id: str, data: bytes, t
     head = s3.head_object(Bucket=S3_BUCKET, Key=key)
     assert head["ContentLength"] == len(data)
     assert head["Metadata"].get("sha256") == sha256(data)
-    wait_for(lambda: lore.redis().hget(f"file:{file_id}", "s3") == "1", 5, 0.05, f"file:{file_id} s3=1")
+    wait_for(lambda: lore.redis().hget(fkeys.file(name, file_id), "s3") == "1", 5, 0.05, f"{file_id} s3=1")
 
 
 def test_setup_makes_both_buckets_and_the_trash_expiry(moto, s3lore):
@@ -94,7 +100,7 @@ def test_uploads_survive_an_s3_outage(moto, s3lore):
             db = s3lore.redis()
             wait_for(lambda: len({e["job"]["id"] for e in stream_entries(s3lore) if e["ev"] == "s3 failed"}) == 3,
                      30, 0.05, "each of the three S3 jobs to fail")
-            assert all(db.hget(f"file:{o['id']}", "s3") == "0" for o in outs[:2])
+            assert all(db.hget(fkeys.file(name, o["id"]), "s3") == "0" for o in outs[:2])
         finally:
             moto.start()  # the same port; a new moto server knows no bucket
         setup_buckets(s3lore)
@@ -106,7 +112,7 @@ def test_uploads_survive_an_s3_outage(moto, s3lore):
         assert s3_bytes(s3, S3_TRASH, trashed) == data[2]
         assert trashed not in s3_keys(s3, S3_BUCKET)
         wait_for(lambda: not (s3lore.data_dir / "trash" / outs[2]["id"]).exists(), 10, 0.05, "the kept copy to go")
-        wait_for(lambda: s3lore.redis().zcard("s3:retry") == 0 and s3lore.redis().llen("s3:queue") == 0, 30, 0.1,
+        wait_for(lambda: s3lore.redis().zcard(S3["retry"]) == 0 and s3lore.redis().llen(S3["queue"]) == 0, 30, 0.1,
                  "the S3 queue to drain")
         # each job failed while S3 was down and was done once it was back: retried, not dropped
         entries = stream_entries(s3lore)
@@ -116,7 +122,7 @@ def test_uploads_survive_an_s3_outage(moto, s3lore):
             done = [n for n, e in enumerate(entries) if e["ev"] == "s3 done" and e["job"]["id"] == file_id
                     and e["job"]["op"] == op]
             assert failed and done and failed[0] < done[-1], (file_id, op)
-        assert s3lore.redis().llen("s3:doing") == 0
+        assert s3lore.redis().llen(S3["doing"]) == 0
 
 
 def test_delete_moves_the_object_to_the_trash(moto, s3lore):
@@ -197,5 +203,5 @@ def test_s3_off_a_missing_local_copy_is_404(server):
         assert r.status_code == 404 and r.json() == {"error": "missing"}
         # deleting it still works and frees the space
         assert api.post("/files/delete", {"id": out["id"]}).status_code == 200
-        assert not server.redis().exists("usage:s3_nos3")
+        assert not server.redis().exists(fkeys.usage("s3_nos3"))
 

@@ -14,6 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
+from lorebase.identity import keys as idkeys
+
 from .identity_support import (
     COOKIE,
     PASSWORD,
@@ -52,11 +54,11 @@ def test_login_sets_a_host_only_httponly_lax_cookie_that_expires_far_away(server
     owner, colon, token = sid.partition(":")  # the id carries its user: the gatekeeper reads both at once
     assert owner == "s_cookie_1" and colon and TOKEN.match(token) and signature
     assert r.json() == {"csrf": api.csrf} and TOKEN.match(api.csrf) and api.csrf != token
-    csrf, created, gen, ip, agent = server.redis().get(f"session:{sid}").split(" ", 4)
+    csrf, created, gen, ip, agent = server.redis().get(idkeys.session(sid)).split(" ", 4)
     assert ip == api.ip and agent == "httpx"
     assert csrf == api.csrf and abs(int(created) / 1000 - time.time()) < 60
-    assert gen == server.redis().hget("user:s_cookie_1", "gen") and len(gen) == 16
-    assert server.redis().sismember("sessions:s_cookie_1", sid)
+    assert gen == server.redis().hget(idkeys.user("s_cookie_1"), "gen") and len(gen) == 16
+    assert server.redis().sismember(idkeys.sessions("s_cookie_1"), sid)
 
 
 def test_cache_control_is_no_store_with_a_cookie_or_token_else_private(server, users):
@@ -121,13 +123,13 @@ def test_login_gives_a_new_session_id_and_ends_the_one_before(server, users):
     assert api.login(user.name, PASSWORD).status_code == 200  # the same jar logs in again
     assert api.cookie != first_cookie and api.csrf != first_csrf
     assert_error(api.get("/auth/csrf", cookie=first_cookie), 403, "session")
-    assert not server.redis().exists(f"session:{first_cookie.rpartition('.')[0]}")
+    assert not server.redis().exists(idkeys.session(first_cookie.rpartition('.')[0]))
     assert api.get("/auth/csrf").json() == {"csrf": api.csrf}
     # logging in as someone else with the cookie ends that session too
     second_cookie = api.cookie
     assert api.login(other.name, PASSWORD).status_code == 200
     assert_error(api.get("/auth/csrf", cookie=second_cookie), 403, "session")
-    assert server.redis().smembers("sessions:s_fixation_1") == set()
+    assert server.redis().smembers(idkeys.sessions("s_fixation_1")) == set()
     # a failed login changes nothing
     third_cookie = api.cookie
     assert_error(api.login(other.name, "Wrong-Password-9"), 403, "auth")
@@ -148,8 +150,8 @@ def test_a_client_chosen_or_unknown_session_id_is_never_adopted(server, users):
         assert r.status_code == 200
         new_sid = api.sid
         assert new_sid and new_sid not in chosen
-        assert not server.redis().exists(f"session:{chosen.rpartition('.')[0]}")
-        assert not server.redis().exists(f"session:{chosen}")
+        assert not server.redis().exists(idkeys.session(chosen.rpartition('.')[0]))
+        assert not server.redis().exists(idkeys.session(chosen))
         code = "session" if chosen == dead_cookie else "tampered"
         assert_error(api.get("/auth/csrf", cookie=chosen), 403, code)
         assert api.get("/auth/csrf").status_code == 200
@@ -213,8 +215,8 @@ def test_logout_ends_the_session_and_clears_the_cookie(server, users):
     assert cookie_value(header) == "" and "max-age=0" in header.lower()
     assert api.cookie is None
     db = server.redis()
-    assert not db.exists(f"session:{sid}")
-    assert db.smembers("sessions:s_logout_1") == {other.sid}
+    assert not db.exists(idkeys.session(sid))
+    assert db.smembers(idkeys.sessions("s_logout_1")) == {other.sid}
     for request in (lambda: api.get("/auth/csrf", cookie=cookie),
                     lambda: api.post("/auth/logout", {"csrf": csrf}, cookie=cookie),
                     lambda: api.post("/auth/changePassword", {"old": PASSWORD, "new": "Another-Horse-8", "csrf": csrf},
@@ -335,7 +337,7 @@ def test_sessions_end_when_idle_and_at_their_maximum_age(short_sessions, mail):
         t0 = time.time()
         busy, idle = made.session(user), made.session(user)
         db = short_sessions.redis()
-        assert 0 < db.ttl(f"session:{idle.sid}") <= 2
+        assert 0 < db.ttl(idkeys.session(idle.sid)) <= 2
         idle_gone_at = None
         busy_alive_until = t0
         while True:
@@ -346,8 +348,8 @@ def test_sessions_end_when_idle_and_at_their_maximum_age(short_sessions, mail):
                 died_at = now
                 break
             busy_alive_until = now
-            assert db.ttl(f"session:{busy.sid}") >= 1  # renewed by the use
-            if idle_gone_at is None and not db.exists(f"session:{idle.sid}"):
+            assert db.ttl(idkeys.session(busy.sid)) >= 1  # renewed by the use
+            if idle_gone_at is None and not db.exists(idkeys.session(idle.sid)):
                 idle_gone_at = now
             assert now - t0 < 8, "the busy session outlived SESSION_MAX"
             time.sleep(0.3)
@@ -356,7 +358,7 @@ def test_sessions_end_when_idle_and_at_their_maximum_age(short_sessions, mail):
         # alive past the idle timeout thanks to the renewals, dead by the maximum age
         assert busy_alive_until - t0 > 2.2, busy_alive_until - t0
         assert 2.9 <= died_at - t0 <= 6, died_at - t0
-        assert not db.exists(f"session:{busy.sid}")
+        assert busy.sid is None or not db.exists(idkeys.session(busy.sid))
         assert made.session(user).get("/auth/csrf").status_code == 200  # a new login works
 
 
@@ -376,11 +378,11 @@ def test_a_login_past_the_per_user_cap_ends_the_oldest_session(capped, mail):
         for api in apis[2:]:
             assert api.get("/auth/csrf").status_code == 200
         db = capped.redis()
-        assert db.smembers("sessions:s_capped_1") == {api.sid for api in apis[2:]}
+        assert db.smembers(idkeys.sessions("s_capped_1")) == {api.sid for api in apis[2:]}
         # a session that expired on its own leaves the set at the next login past the cap
-        db.delete(f"session:{apis[2].sid}")
+        db.delete(idkeys.session(apis[2].sid))
         newest = made.session(user)
-        assert db.smembers("sessions:s_capped_1") == {apis[3].sid, apis[4].sid, newest.sid}
+        assert db.smembers(idkeys.sessions("s_capped_1")) == {apis[3].sid, apis[4].sid, newest.sid}
 
 
 # -- S5: unique ids and tokens -------------------------------------------------------------
@@ -448,4 +450,4 @@ def test_session_ids_and_csrf_tokens_are_unique_across_workers(fast):
     assert elapsed < 60, elapsed
     assert len(cpu_before) == 2 and set(cpu_after) == set(cpu_before), (cpu_before, cpu_after)
     assert all(cpu_after[pid] - cpu_before[pid] > 0.2 for pid in cpu_before), (cpu_before, cpu_after)  # both served
-    assert not list(fast.redis().scan_iter("session:*")), "destroy left sessions"
+    assert not list(fast.redis().scan_iter(idkeys.session("*"))), "destroy left sessions"

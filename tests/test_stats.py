@@ -10,6 +10,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from lorebase import stats
+
 from . import files_support
 from .identity_support import Users, assert_error, dedicated, fresh_ip
 from .lore import Lorebase, wait_for
@@ -142,15 +144,15 @@ def test_a_minute_keeps_its_flows_and_the_slowest_and_fastest_request(lore):
     def minute() -> dict[str, str] | None:
         now = int(time.time() // 60)
         for m in (now, now - 1):
-            got = db.hgetall(f"stats:{m}")
+            got = db.hgetall(stats.minute_key(m))
             if int(got.get("requests|GET /health|200", 0)) >= 5:
                 return got
         return None
 
     got = wait_for(minute, 10, 0.2, "this minute's hash")
     assert 0 < float(got["latency_min|GET /health"]) <= float(got["latency_max|GET /health"])
-    ttl = db.ttl(next(f"stats:{m}" for m in (int(time.time() // 60), int(time.time() // 60) - 1)
-                      if db.exists(f"stats:{m}")))
+    ttl = db.ttl(next(stats.minute_key(m) for m in (int(time.time() // 60), int(time.time() // 60) - 1)
+                      if db.exists(stats.minute_key(m))))
     assert 0 < ttl <= 2 * 86400
 
 
@@ -162,5 +164,5 @@ def test_stats_off_counts_nothing(tmp_path_factory, mail):
         time.sleep(1.5)  # a flush would have run
         metrics = scrape(off)
         assert value(metrics, "lorebase_requests") == 0
-        assert not off.redis().keys("stats:*")
+        assert not off.redis().keys("*stats*")
 

@@ -12,6 +12,8 @@ from typing import Any
 
 import httpx
 
+from lorebase import mail as outbox
+
 from .identity_support import dedicated, fresh_ip, signup_body
 from .lore import Lorebase, MailSink, RedisServer, wait_for
 from .support import redis_pid, tasks_pid
@@ -36,7 +38,7 @@ def test_a_mail_whose_failure_meets_a_stalled_redis_is_still_sent(tmp_path_facto
             r = httpx.post(lore.url + "/auth/signup", json=signup_body("tq_stalled", "tq_stalled@example.com"),
                            headers={"x-real-ip": fresh_ip()}, timeout=10)
             assert r.status_code == 200, r.text
-            wait_for(lambda: db.llen("mail:sending") == 1, 10, what="the mail being sent")
+            wait_for(lambda: db.llen(outbox.SENDING) == 1, 10, what="the mail being sent")
             pid = redis_pid(lore)
             os.kill(pid, signal.SIGSTOP)
             try:
@@ -54,7 +56,7 @@ def test_a_mail_whose_failure_meets_a_stalled_redis_is_still_sent(tmp_path_facto
             started = True
             wait_for(lambda: sink.to("tq_stalled@example.com"), 60, 0.2, "the mail, retried")
             assert tasks_pid(lore) == before, "the tasks process was restarted"
-            assert db.llen("mail:sending") == 0 and db.zcard("mail:retry") == 0
+            assert db.llen(outbox.SENDING) == 0 and db.zcard(outbox.RETRY) == 0
     finally:
         silent.close()
         if started:
@@ -118,7 +120,7 @@ def test_jobs_queued_when_redis_is_killed_are_all_done_after_it_returns(tmp_path
                 assert r.status_code == 200, r.text
             ids = [api.ok_upload(f"tq file {i}".encode() * 100, f"f{i}.bin")["id"] for i in range(3)]
             db = lore.redis()
-            wait_for(lambda: db.zcard("mail:retry") + db.llen("mail:queue") >= 4, 30, 0.1, "the mails waiting")
+            wait_for(lambda: db.zcard(outbox.RETRY) + db.llen(outbox.QUEUE) >= 4, 30, 0.1, "the mails waiting")
             time.sleep(1.5)  # past the AOF's fsync (everysec): the queues are on disk
             old = redis_pid(lore)
             os.kill(old, signal.SIGKILL)

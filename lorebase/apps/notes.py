@@ -2,10 +2,12 @@
 gatekeeper and the CSRF check have run), it validates with its own schemas, keeps its
 own Redis keys, and cleans up when a user destroys their account.
 
-Redis: `notes:<user>` sorted set of the user's note ids (scores 0: ids sort by time), and
-`notebook:<user>` hash, note id → the note as JSON {"id","text","ts","files"}: stored the
+Redis: `notes:{<user>}` sorted set of the user's note ids (scores 0: ids sort by time), and
+`notebook:{<user>}` hash, note id → the note as JSON {"id","text","ts","files"}: stored the
 way GET /notes serves it, so a page is one script call and no decoding. Another user's
-note id is simply not in your notebook.
+note id is simply not in your notebook. Both keys carry the user's hash tag (identity/keys.py),
+so they share a slot with the user's session and its files: the MULTIs and scripts below,
+and the session probe within them, stay in one slot on a Redis Cluster.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import msgspec
 from ..chain import Route
 from ..files.store import ID, new_id
 from ..http import ApiError, Reply, Request, reply
+from ..identity.keys import tag
 from ..identity.sessions import live_probe, was_live
 from ..schema import Schema, Text
 
@@ -29,11 +32,11 @@ FileId = Text(23, 23, pattern=ID.pattern)
 
 def notes_key(user: str) -> str:
     """The user's note ids (the only place this app names a key, with notebook_key)."""
-    return f"notes:{user}"
+    return f"notes:{tag(user)}"
 
 
 def notebook_key(user: str) -> str:
-    return f"notebook:{user}"
+    return f"notebook:{tag(user)}"
 
 
 class NoteIn(Schema):
@@ -72,10 +75,10 @@ async def _own_files(req: Request, ids: list[str]) -> list[str]:
     if len(unique) > 20:
         raise ApiError(400, "validation", "files")
     if unique:
-        owners = await req.app.store.owners(req.app.db, unique)
         assert req.session is not None
-        for index, owner in enumerate(owners):
-            if owner != req.session["user"]:
+        owned = await req.app.store.owned(req.app.db, req.session["user"], unique)
+        for index, mine in enumerate(owned):
+            if not mine:
                 raise ApiError(400, "validation", f"files.{ids.index(unique[index])}")
     return unique
 

@@ -5,7 +5,12 @@ whose upload is still queued (or waiting to be retried) is not missing from S3, 
 
 The server may write while this runs: each repair in Redis is one script that re-checks its
 problem first (an id is dropped only while it still has no record, a record listed only while
-it still exists), and a file deleted or uploaded since the scan is not reported."""
+it still exists), and a file deleted or uploaded since the scan is not reported.
+
+A record and its S3 job are written in two steps (store.py), so the check also sweeps what a
+stop between them leaves: a record never mirrored (not in S3, no job pending) gets its put
+job again, and an object in the bucket with no record and no job pending (a removal whose
+trash job was never queued: its local copy waits in trash/) gets its trash job."""
 
 from __future__ import annotations
 
@@ -40,8 +45,9 @@ def _progress(done: int, total: int, out: TextIO) -> None:
     out.flush()
 
 
-def _pending_puts(db: Any) -> set[str]:
-    """Ids whose S3 upload is still on its way: queued, running or waiting for a retry."""
+def _pending(db: Any, op: str | None = "put") -> set[str]:
+    """Ids whose S3 job (of `op`; None: any) is still on its way: queued, running or waiting
+    for a retry."""
     queue = names(S3_QUEUE)
     raws = [*db.lrange(queue["queue"], 0, -1), *db.lrange(queue["doing"], 0, -1), *db.zrange(queue["retry"], 0, -1)]
     pending = set()
@@ -50,9 +56,39 @@ def _pending_puts(db: Any) -> set[str]:
             job = json.loads(raw)
         except ValueError:
             continue
-        if isinstance(job, dict) and job.get("op") == "put":
+        if isinstance(job, dict) and (op is None or job.get("op") == op):
             pending.add(str(job.get("id")))
     return pending
+
+
+def _records(db: Any) -> dict[str, str]:
+    """Every file record's key by id (`file:{<user>}:<id>`), by SCAN."""
+    out = {}
+    for key in db.scan_iter(match=keys.file("*", "*"), count=1000):
+        named = keys.file_id(key)
+        if named and ID.match(named[1]):
+            out[named[1]] = key
+    return out
+
+
+def _trash_leftovers(data: Path, pending: set[str]) -> set[str]:
+    """Ids of local copies in trash/ older than ORPHAN_AGE whose trash job is not pending."""
+    trash = data / "trash"
+    if not trash.exists():
+        return set()
+    return {p.name for p in trash.iterdir()
+            if ID.match(p.name) and p.name not in pending and time.time() - p.stat().st_mtime >= ORPHAN_AGE}
+
+
+def _s3_objects(s3: Any, bucket: str) -> list[tuple[str, str]]:
+    """(user, id) of every object under `files/` in the bucket."""
+    found = []
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="files/"):
+        for item in page.get("Contents", []):
+            _, user, file_id = [*item["Key"].split("/", 2), "", ""][:3]
+            if user and ID.match(file_id):
+                found.append((user, file_id))
+    return found
 
 
 def check(config: Any, db: Any, repair: bool = False, verify: bool = False,
@@ -60,24 +96,23 @@ def check(config: Any, db: Any, repair: bool = False, verify: bool = False,
     """Prints one line per problem; returns how many problems are left: all those found, or
     with `repair` those it could not fix."""
     data = Path(config.DATA_DIR)
-    records = sorted(k for k in db.scan_iter(match=keys.file("*"), count=1000) if ID.match(k.split(":", 1)[1]))
+    records = sorted(_records(db).values())
     s3 = s3mod.client(config) if config.S3_BUCKET else None
-    pending = _pending_puts(db) if s3 is not None else set()
+    pending = _pending(db) if s3 is not None else set()
     waiting = 0
     problems = fixed = 0
     seen: set[str] = set()
     for n, key in enumerate(records, 1):
         meta = db.hgetall(key)
-        file_id = key.split(":", 1)[1]
+        user, file_id = keys.file_id(key) or ("", "")
         seen.add(file_id)
         if not meta:  # deleted since the scan
             _progress(n, len(records), progress)
             continue
-        user = meta.get("user", "")
         local = data / "files" / file_id[-2:] / file_id
         if db.zscore(keys.files(user), file_id) is None:  # every score is 0: test presence, not truth
             problems += 1
-            print(f"{file_id}: not in files:{user}" + (" (added)" if repair else ""), file=out)
+            print(f"{file_id}: not in {keys.files(user)}" + (" (added)" if repair else ""), file=out)
             if repair:
                 db.eval(_LIST, 2, key, keys.files(user), user, file_id)
                 fixed += 1
@@ -114,20 +149,40 @@ def check(config: Any, db: Any, repair: bool = False, verify: bool = False,
         _progress(n, len(records), progress)
     files_dir = data / "files"
     if files_dir.exists():
-        for path in files_dir.glob("*/*"):
-            if (path.name not in seen and ID.match(path.name) and not db.exists(keys.file(path.name))
-                    and time.time() - path.stat().st_mtime >= ORPHAN_AGE):
+        unknown = [p for p in files_dir.glob("*/*") if p.name not in seen and ID.match(p.name)]
+        now_known = set(_records(db)) if unknown else set()  # a second scan: uploads since the first
+        for path in unknown:
+            if path.name not in now_known and time.time() - path.stat().st_mtime >= ORPHAN_AGE:
                 problems += 1
                 print(f"{path.name}: on disk but not in Redis (orphan)", file=out)
-    for user_key in db.scan_iter(match=keys.files("*"), count=1000):
-        for file_id in db.zrange(user_key, 0, -1):
-            if file_id not in seen and not db.exists(keys.file(file_id)):  # not one uploaded since
+    prefix, _, suffix = keys.files("\0").partition("\0")
+    for list_key in db.scan_iter(match=keys.files("*"), count=1000):
+        user = list_key[len(prefix):len(list_key) - len(suffix)]
+        for file_id in db.zrange(list_key, 0, -1):
+            if file_id not in seen and not db.exists(keys.file(user, file_id)):  # not one uploaded since
                 problems += 1
-                print(f"{file_id}: listed in {user_key} but has no metadata" + (" (dropped)" if repair else ""),
+                print(f"{file_id}: listed in {list_key} but has no metadata" + (" (dropped)" if repair else ""),
                       file=out)
                 if repair:
-                    db.eval(_DROP, 2, keys.file(file_id), user_key, file_id)
+                    db.eval(_DROP, 2, keys.file(user, file_id), list_key, file_id)
                     fixed += 1
+    # a removal moves the local copy into trash/ before its record goes, and its trash job
+    # deletes it: a copy left there, old and with no job pending, is the sign of a trash job
+    # lost between the two steps (store.py); only then is the bucket listed for objects
+    # without a record (so a check with nothing of the kind costs S3 nothing)
+    leftovers = _trash_leftovers(data, _pending(db, "trash")) if s3 is not None else set()
+    if s3 is not None and leftovers:
+        queued = _pending(db, None)
+        for user, file_id in _s3_objects(s3, config.S3_BUCKET):
+            if file_id not in leftovers or file_id in queued or db.exists(keys.file(user, file_id)):
+                continue
+            if file_id in _pending(db, None):  # queued since the first read
+                continue
+            problems += 1
+            print(f"{file_id}: in S3 but has no record" + (" (trash queued)" if repair else ""), file=out)
+            if repair:
+                db.lpush(S3_QUEUE, json.dumps({"op": "trash", "id": file_id, "user": user}))
+                fixed += 1
     summary = f"{len(records)} files checked, {problems} problem{'s' if problems != 1 else ''}"
     if repair:
         summary += f", {fixed} repaired"

@@ -1,6 +1,6 @@
 """The S3 mirror: the durable copy of every stored file, and the trash.
 
-Workers never talk to S3 on an upload or a delete: they push a job onto `s3:queue`
+Workers never talk to S3 on an upload or a delete: they push a job onto `{s3}:queue`
 (with the metadata change, atomically) and the tasks process carries it out, retrying
 with backoff while S3 is down, so an S3 outage or a crash loses nothing:
   {"op": "put", "id", "user"}    upload DATA_DIR/files/.../<id> to files/<user>/<id>

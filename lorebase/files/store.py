@@ -1,9 +1,19 @@
 """The file store: bytes on the local disk under server-generated names, metadata in Redis.
 
-Redis: `file:<id>` hash {id, user, name, size, type, sha256, created, s3}; `files:<user>`
-sorted set of the user's file ids (all scores 0; ids sort by time, so ZRANGE BYLEX pages
-them); `usage:<user>` the bytes the user stores, checked against QUOTA. A file's arrival
-and removal change all three at once (Lua), with the S3 job when S3 is on.
+Redis: `file:{<user>}:<id>` hash {id, user, name, size, type, sha256, created, s3};
+`files:{<user>}` sorted set of the user's file ids (all scores 0; ids sort by time, so
+ZRANGE BYLEX pages them); `usage:{<user>}` the bytes the user stores, checked against QUOTA.
+All three share the user's hash slot with its session (keys.py), so a file's arrival and
+removal change them at once (Lua, behind the session's guard).
+
+The S3 job goes to `{s3}:queue`, another slot, in a second step: after the record, in both
+directions. An upload's put job follows its record, so the mirror never sees a job for a
+record not yet written; a stop between the two leaves a record never mirrored (`s3` unset,
+no job), which `lorebase files check --repair` finds and queues. A removal's trash job
+follows the record's deletion, so no S3 object is trashed while its record lives; a stop
+between them leaves an S3 object without a record, which the check finds (listing the
+bucket) and sends to the trash. The mirror copes with a put job whose record is gone (the
+local bytes are gone too: "gone") and `mirrored` marks only a record that still exists.
 """
 
 from __future__ import annotations
@@ -32,28 +42,26 @@ SAFE_TYPES = {"image/png", "image/jpeg", "image/gif", "image/webp", "application
 
 _MIRRORED = "if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 's3', 1) end"
 
-# KEYS: the session and user of sessions.GUARD, then usage, file, files, the S3 queue
+# KEYS: the session and user of sessions.GUARD, then usage, file, files (one hash slot)
 _ADD = GUARD + """
 local used = tonumber(redis.call('GET', KEYS[3]) or '0')
 if used + tonumber(ARGV[1]) > tonumber(ARGV[2]) then return 'quota' end
 redis.call('INCRBY', KEYS[3], ARGV[1])
-redis.call('HSET', KEYS[4], unpack(ARGV, 5))
+redis.call('HSET', KEYS[4], unpack(ARGV, 4))
 redis.call('ZADD', KEYS[5], 0, ARGV[3])
-if ARGV[4] ~= '' then redis.call('LPUSH', KEYS[6], ARGV[4]) end
 return 'ok'
 """
 
-# KEYS: file, files, usage, the S3 queue, the owner's user key. ARGV: user, id, the S3 job
-# (or ''), '1' to remove only while the owner does not exist (the check's orphans)
+# KEYS: file, files, usage, the owner's user key (one hash slot). ARGV: user, id, '1' to
+# remove only while the owner does not exist (the check's orphans)
 _REMOVE = """
 local f = redis.call('HMGET', KEYS[1], 'user', 'size')
 if not f[1] or f[1] ~= ARGV[1] then return 0 end
-if ARGV[4] == '1' and redis.call('EXISTS', KEYS[5]) == 1 then return 0 end
+if ARGV[3] == '1' and redis.call('EXISTS', KEYS[4]) == 1 then return 0 end
 redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[2], ARGV[2])
 local left = redis.call('DECRBY', KEYS[3], f[2])
 if left <= 0 then redis.call('DEL', KEYS[3]) end
-if ARGV[3] ~= '' then redis.call('LPUSH', KEYS[4], ARGV[3]) end
 return 1
 """
 
@@ -124,23 +132,24 @@ class Store:
         final = self.path(file_id)
         final.parent.mkdir(exist_ok=True)
         os.replace(tmp, final)
-        job = json.dumps({"op": "put", "id": file_id, "user": user}) if self.s3 else ""
         fields: list[Any] = []
         for key, value in meta.items():
             fields += [key, value]
-        names = [*guard_keys(session), keys.usage(user), keys.file(file_id), keys.files(user), S3_QUEUE]
+        names = [*guard_keys(session), keys.usage(user), keys.file(user, file_id), keys.files(user)]
         try:
-            added = await db.script(_ADD, names, [meta["size"], self.quota, file_id, job, *fields])
+            added = await db.script(_ADD, names, [meta["size"], self.quota, file_id, *fields])
         except BaseException:
             final.unlink(missing_ok=True)
             raise
         if added != "ok":
             final.unlink(missing_ok=True)
             raise ApiError(409, "quota") if added == "quota" else ApiError(403, "session")
+        if self.s3:  # after the record (see the docstring)
+            await db.call("LPUSH", S3_QUEUE, json.dumps({"op": "put", "id": file_id, "user": user}))
 
     async def get(self, db: Client, user: str, file_id: str) -> dict[str, str] | None:
         """The file's metadata if it is `user`'s; None otherwise (another user's id included)."""
-        raw = await db.call("HGETALL", keys.file(file_id))
+        raw = await db.call("HGETALL", keys.file(user, file_id))
         meta = dict(zip(raw[::2], raw[1::2], strict=True)) if raw else None
         return meta if meta and meta.get("user") == user else None
 
@@ -152,7 +161,7 @@ class Store:
         ids = await db.call("ZRANGE", keys.files(user), top, "-", "BYLEX", "REV", "LIMIT", 0, count)
         if not ids:
             return []
-        rows = await db.pipeline([("HMGET", keys.file(i), "id", "name", "size", "type", "sha256", "created")
+        rows = await db.pipeline([("HMGET", keys.file(user, i), "id", "name", "size", "type", "sha256", "created")
                                   for i in ids])
         return [{"id": r[0], "name": r[1], "size": int(r[2]), "type": r[3], "sha256": r[4], "created": int(r[5])}
                 for r in rows if r[0] is not None]
@@ -161,33 +170,32 @@ class Store:
         """Forgets the file; its bytes go to the S3 trash (through the queue) or away.
         orphan=True: only while its user does not exist (a leftover of a missing user)."""
         local = self.path(file_id)
-        job = ""
-        if self.s3:
-            job = json.dumps({"op": "trash", "id": file_id, "user": user})
-            if local.exists():
-                os.replace(local, self.trash / file_id)  # kept until the S3 trash has it
-        removed = await db.script(_REMOVE, [keys.file(file_id), keys.files(user), keys.usage(user), S3_QUEUE,
-                                            user_key(user)], [user, file_id, job, "1" if orphan else ""])
+        if self.s3 and local.exists():
+            os.replace(local, self.trash / file_id)  # kept until the S3 trash has it
+        removed = await db.script(_REMOVE, [keys.file(user, file_id), keys.files(user), keys.usage(user),
+                                            user_key(user)], [user, file_id, "1" if orphan else ""])
         if not removed:
             if self.s3 and (self.trash / file_id).exists():
                 os.replace(self.trash / file_id, local)
             return False
-        if not self.s3:
+        if self.s3:  # after the record is gone (see the docstring)
+            await db.call("LPUSH", S3_QUEUE, json.dumps({"op": "trash", "id": file_id, "user": user}))
+        else:
             local.unlink(missing_ok=True)
         return True
 
-    async def owners(self, db: Client, ids: list[str]) -> list[str | None]:
-        """The user owning each file id (None: no such file)."""
-        return await db.pipeline([("HGET", keys.file(i), "user") for i in ids])
+    async def owned(self, db: Client, user: str, ids: list[str]) -> list[bool]:
+        """Whether each file id is one of `user`'s files (another user's id is as absent as none)."""
+        return [bool(n) for n in await db.pipeline([("EXISTS", keys.file(user, i)) for i in ids])]
 
     async def missing(self, db: Client, user: str, ids: list[str]) -> set[str]:
         """Those of `ids` that are not (or no longer) among the user's files: one round trip."""
         scores = await db.call("ZMSCORE", keys.files(user), *ids)
         return {i for i, score in zip(ids, scores, strict=True) if score is None}
 
-    async def mirrored(self, db: Client, file_id: str) -> None:
+    async def mirrored(self, db: Client, user: str, file_id: str) -> None:
         """Marks the file as held by S3, unless it was deleted meanwhile."""
-        await db.script(_MIRRORED, [keys.file(file_id)], [])
+        await db.script(_MIRRORED, [keys.file(user, file_id)], [])
 
     async def remove_all(self, db: Client, user: str, orphan: bool = False) -> int:
         """Every file of `user` (orphan=True: only while the user does not exist)."""
@@ -200,5 +208,5 @@ class Store:
                 if not await self.remove(db, user, file_id, orphan):
                     if orphan and await db.call("EXISTS", user_key(user)):
                         return count  # the name was signed up again meanwhile: its files are live
-                    await db.script(_DANGLING, [keys.file(file_id), keys.files(user)], [file_id])
+                    await db.script(_DANGLING, [keys.file(user, file_id), keys.files(user)], [file_id])
                 count += 1

@@ -6,11 +6,13 @@ COOKIE_SECRET. A bad signature is a forgery (403 tampered); a good one whose ses
 gone has expired (403 session): the signature tells the two apart without keeping dead
 sessions (seed: Identity & security). The id is `<username>:<random>` (256 bits).
 
-Redis: `session:<id>` string `<csrf> <created (unix ms)> <gen> <ip> <agent>`, expiring
+Redis: `session:{<username>}:<random>` (keys.session, from the id alone) string
+`<csrf> <created (unix ms)> <gen> <ip> <agent>`, expiring
 SESSION_IDLE seconds after its last use (a string, not a hash, so that one GETEX reads and
 renews it; so its last use is now - (SESSION_IDLE - its TTL), and nothing is written per
 request to know it); ip and agent (a short description of the browser) are the login's;
-`sessions:<user>` set of the user's session ids, so all can be ended. The user sees each
+`sessions:{<user>}` set of the user's session ids (every key of a user shares its hash slot,
+so each step below is one script or MULTI even on a Redis Cluster), so all can be ended. The user sees each
 session by its handle, a hash of the id that cannot be turned back into it.
 
 The binding: every user has a generation `gen` (random, new at signup and at every event
@@ -63,20 +65,22 @@ return 1
 """
 
 # KEYS: user, sessions, the session to keep (or the user's key again), then keys to delete with it (the user's
-# reset token). ARGV: the new generation, the id of the session to keep (or ''), then
-# field/value pairs to set on the user in the same step. -1 if the user is gone. The
-# session keys named by the set are built here: they share the user's hash slot once tagged.
+# reset token). ARGV: the new generation, the id of the session to keep (or ''), the prefix
+# of the user's session keys (keys.session_prefix), then field/value pairs to set on the user
+# in the same step. -1 if the user is gone. The session keys named by the set are built
+# here, from the prefix and the id's random part: they share the user's hash slot.
 _END_ALL = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 local n = 0
 for _, sid in ipairs(redis.call('SMEMBERS', KEYS[2])) do
   if sid ~= ARGV[2] then
-    redis.call('DEL', 'session:' .. sid)
+    local at = string.find(sid, ':', 1, true)
+    if at then redis.call('DEL', ARGV[3] .. string.sub(sid, at + 1)) end
     redis.call('SREM', KEYS[2], sid)
     n = n + 1
   end
 end
-redis.call('HSET', KEYS[1], 'gen', ARGV[1], unpack(ARGV, 3))
+redis.call('HSET', KEYS[1], 'gen', ARGV[1], unpack(ARGV, 4))
 if ARGV[2] ~= '' then
   local kept = redis.call('GET', KEYS[3])
   if kept then
@@ -231,7 +235,7 @@ class Sessions:
         pairs = [item for pair in (fields or {}).items() for item in pair]
         return int(await db.script(_END_ALL, [keys.user(user), keys.sessions(user),
                                               keys.session(keep) if keep else keys.user(user), *also],
-                                   [new_gen(), keep or "", *pairs]))
+                                   [new_gen(), keep or "", keys.session_prefix(user), *pairs]))
 
     async def prune(self, db: Client, user: str) -> None:
         """Keeps a user to SESSIONS_PER_USER live sessions, run after each login: past it, the

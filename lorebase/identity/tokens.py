@@ -1,7 +1,7 @@
 """One-time tokens for email verification and password reset.
 
 A token is `<username>.<random>` (256 random bits) and goes only into the mail; Redis keeps
-its SHA-256: `verify:<username>` / `reset:<username>` → `<sha256> <gen> <email>`, with a
+its SHA-256: `verify:{<username>}` / `reset:{<username>}` (the user's hash slot) → `<sha256> <gen> <email>`, with a
 TTL. So a user has at most one live token of each kind: a new one replaces the last, and
 ending the user's sessions (reset, password change, disable, destroy) deletes the reset
 token in the same step. A token is used up by a compare-and-delete, so it works once; it is

@@ -1,17 +1,45 @@
 """Users in Redis: the records, their indexes, and the verbs that change them.
 
-`user:<username>` hash {username, email, hash, created (unix s), verified, admin, disabled,
+`user:{<username>}` hash {username, email, hash, created (unix s), verified, admin, disabled,
 gen, last (unix ms of the last login), destroying (unix ms: a destroy began; set with
 disabled in the step that ends the sessions, so a destroy that died half-way is
 recognisable and `lorebase check --repair` finishes it)}; `email:<email>` string → username (the email
-index); `users` set of all usernames; `users:by-name` and `users:by-email`, the sorted
-sets the admin's search reads (see keys.py and `search`). A user and its indexes are written
-and removed together (Lua), so a crash never leaves half a user. Every change that must end the user's
-sessions goes through `Sessions.end_all` in the same step (see sessions.py).
+index); `{users}` set of all usernames; `{users}:by-name` and `{users}:by-email`, the sorted
+sets the admin's search reads (see keys.py and `search`). Every change that must end the
+user's sessions goes through `Sessions.end_all` in the same step (see sessions.py).
+
+The record, `email:<email>` and the `{users}` indexes sit in three hash slots (keys.py), so
+no step writes them together: a signup, a release and a destroy are ordered steps, each
+one slot, each safe to stop after. The order everywhere: an index entry is written before
+the record it points at and deleted after it, so a stop half-way leaves at worst an entry
+pointing at nothing, which is harmless because every lookup through an index reads the
+record and believes only it (`email:x` → name counts only while `user:{name}`'s email is x;
+the search lists only users whose record exists) and `lorebase check --repair` sweeps it.
+
+`email:<email>` is also the lock that makes an address unique; how a signup holds it:
+1. claim: SET the entry to the new name if it is free, else read who it names (the holder);
+2. a holder whose record holds the address keeps it (409 email), unless it never verified
+   it within VERIFY_TTL: then the address is taken from it in the holder's own slot (one
+   script: only while it is still unverified, so a verification racing it either lands
+   first and keeps the address, or finds its email changed and is refused); an entry whose
+   record does not hold the address is dangling (or a signup still running: see 5);
+   either way the entry is compare-and-set from the holder to the new name (lost: 409 email);
+3. the `{users}` indexes;
+4. the record, only if the username is free (else its claims are given back: 409 username);
+5. the last step looks again: the entry must still name it, and a holder whose entry it
+   took as dangling must not have written a record holding the address since (a signup
+   racing for the same address, between its steps 1 and 4); else it gives the address
+   back and removes itself (409 email). Of two signups racing for one address at most one
+   passes step 5: whichever's compare-and-set came last sees the other's record, or is
+   seen; so two records never both end holding one address, nor one without its entry.
+A destroy deletes the record (with its sessions and tokens, one slot) first, then the
+entry (only while it still names the user, and put back if a signup of the same name took
+the address meanwhile), then the `{users}` entries (put back the same way).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import re
 import time
@@ -27,82 +55,109 @@ USERNAME = keys.USERNAME
 # control character that could turn a To header into two addresses); lower-cased already
 EMAIL = re.compile(r"[a-z0-9!#$%&'*+/=?^_`{|}~.-]{1,64}@[a-z0-9-]+(\.[a-z0-9-]+)*\.[a-z]{2,}")
 
-# KEYS: user, email, users, the user holding the email if it may be taken from it (or the
-# new user's key again), users:by-name, users:by-email. ARGV: created before which a holder
-# that never verified loses the address (or 0), then the new user's field/value pairs
-# (username second, email fourth).
-_CREATE = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 'username' end
-local holder = redis.call('GET', KEYS[2])
-if holder then
-  local h = redis.call('HMGET', KEYS[4], 'username', 'verified', 'created', 'email')
-  if h[1] ~= holder or h[2] == '1' or h[4] ~= ARGV[5] or tonumber(h[3] or '0') >= tonumber(ARGV[1]) then
-    return 'email'
-  end
-  redis.call('HSET', KEYS[4], 'email', '')
-  redis.call('ZREM', KEYS[6], ARGV[5] .. '\\0' .. holder)
-end
-redis.call('HSET', KEYS[1], unpack(ARGV, 2))
-redis.call('SET', KEYS[2], ARGV[3])
-redis.call('SADD', KEYS[3], ARGV[3])
-redis.call('ZADD', KEYS[5], 0, ARGV[3])
-redis.call('ZADD', KEYS[6], 0, ARGV[5] .. '\\0' .. ARGV[3])
-if holder then return 'took ' .. holder end
-return 'ok'
+# KEYS: email. ARGV: the name. '' if the entry was free and now names it, else whom it names.
+_CLAIM = """
+local v = redis.call('GET', KEYS[1])
+if v then return v end
+redis.call('SET', KEYS[1], ARGV[1])
+return ''
 """
 
-# KEYS: user, email, users:by-email. ARGV: the address. The address leaves an account that
-# never verified it.
+# KEYS: email. ARGV: the name it must still hold, the name it moves to ('': deleted).
+_SWAP = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if ARGV[2] == '' then redis.call('DEL', KEYS[1]) else redis.call('SET', KEYS[1], ARGV[2]) end
+return 1
+"""
+
+# KEYS: the holder's user. ARGV: the address, created before which a holder that never
+# verified it loses it. 1 if it was taken from the holder.
+_TAKE_FROM = """
+local h = redis.call('HMGET', KEYS[1], 'email', 'verified', 'created')
+if h[1] ~= ARGV[1] or h[2] == '1' or tonumber(h[3] or '0') >= tonumber(ARGV[2]) then return 0 end
+redis.call('HSET', KEYS[1], 'email', '')
+return 1
+"""
+
+# KEYS: user. ARGV: field/value pairs of the new user. 0 if the name is taken.
+_CREATE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV))
+return 1
+"""
+
+# KEYS: {users}, {users}:by-name, {users}:by-email. ARGV: the name, its address ('': none).
+_INDEX_ADD = """
+redis.call('SADD', KEYS[1], ARGV[1])
+redis.call('ZADD', KEYS[2], 0, ARGV[1])
+if ARGV[2] ~= '' then redis.call('ZADD', KEYS[3], 0, ARGV[2] .. '\\0' .. ARGV[1]) end
+"""
+
+# KEYS: {users}, {users}:by-name, {users}:by-email. ARGV: the name, an address whose entry
+# goes ('': none), '1' if the name goes too.
+_INDEX_DROP = """
+if ARGV[2] ~= '' then redis.call('ZREM', KEYS[3], ARGV[2] .. '\\0' .. ARGV[1]) end
+if ARGV[3] == '1' then
+  redis.call('SREM', KEYS[1], ARGV[1])
+  redis.call('ZREM', KEYS[2], ARGV[1])
+end
+"""
+
+# KEYS: user. ARGV: the address. The address leaves an account that never verified it.
 _RELEASE = """
 local u = redis.call('HMGET', KEYS[1], 'username', 'email', 'verified')
 if not u[1] or u[2] ~= ARGV[1] or u[3] == '1' then return 0 end
 redis.call('HSET', KEYS[1], 'email', '')
-redis.call('ZREM', KEYS[3], ARGV[1] .. '\\0' .. u[1])
-if redis.call('GET', KEYS[2]) == u[1] then redis.call('DEL', KEYS[2]) end
 return 1
 """
 
-# KEYS: user, email, users, sessions, verify token, reset token, users:by-name,
-# users:by-email. ARGV: the `destroying` mark the user must still carry (or '': any user)
+# KEYS: user, sessions, verify token, reset token. ARGV: a field the user must still carry
+# with the value next ('' : any user), the prefix of the user's session keys. The address
+# the user had ('' if none), or false if it was not deleted. The session keys are built
+# from the ids in the set: they share the user's hash slot.
 _DELETE = """
-local u = redis.call('HMGET', KEYS[1], 'username', 'email', 'destroying')
-if not u[1] then return 0 end
-if ARGV[1] ~= '' and u[3] ~= ARGV[1] then return 0 end
-for _, sid in ipairs(redis.call('SMEMBERS', KEYS[4])) do redis.call('DEL', 'session:' .. sid) end
-redis.call('DEL', KEYS[1], KEYS[4], KEYS[5], KEYS[6])
-redis.call('SREM', KEYS[3], u[1])
-redis.call('ZREM', KEYS[7], u[1])
-if u[2] and u[2] ~= '' then redis.call('ZREM', KEYS[8], u[2] .. '\\0' .. u[1]) end
-if redis.call('GET', KEYS[2]) == u[1] then redis.call('DEL', KEYS[2]) end
-return 1
+local u = redis.call('HMGET', KEYS[1], 'username', 'email')
+if not u[1] then return false end
+if ARGV[1] ~= '' and redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return false end
+for _, sid in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  local at = string.find(sid, ':', 1, true)
+  if at then redis.call('DEL', ARGV[3] .. string.sub(sid, at + 1)) end
+end
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
+return u[2] or ''
 """
 
 
-# KEYS: user, users:by-name, users:by-email. ARGV: the name, '1' to write. The index entries
-# the user lacks ('name', 'email'), added with '1': the migration that builds the index and
-# `lorebase check --repair` run it, atomically with any write to the user.
+# KEYS: {users}:by-name, {users}:by-email. ARGV: the name, its address as read from its
+# record ('' : none), '1' to write. The index entries the user lacks ('name', 'email'),
+# added with '1': the migration that built the index and `lorebase check --repair` run it
+# after reading the record (an entry added for a user deleted meanwhile is a dangling
+# entry, harmless and swept by the next check).
 INDEX = """
-local u = redis.call('HMGET', KEYS[1], 'username', 'email')
-if u[1] ~= ARGV[1] then return {} end
 local out = {}
-if not redis.call('ZSCORE', KEYS[2], ARGV[1]) then
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then
   out[#out + 1] = 'name'
-  if ARGV[2] == '1' then redis.call('ZADD', KEYS[2], 0, ARGV[1]) end
+  if ARGV[3] == '1' then redis.call('ZADD', KEYS[1], 0, ARGV[1]) end
 end
-if u[2] and u[2] ~= '' then
-  local member = u[2] .. '\\0' .. ARGV[1]
-  if not redis.call('ZSCORE', KEYS[3], member) then
+if ARGV[2] ~= '' then
+  local member = ARGV[2] .. '\\0' .. ARGV[1]
+  if not redis.call('ZSCORE', KEYS[2], member) then
     out[#out + 1] = 'email'
-    if ARGV[2] == '1' then redis.call('ZADD', KEYS[3], 0, member) end
+    if ARGV[3] == '1' then redis.call('ZADD', KEYS[2], 0, member) end
   end
 end
 return out
 """
 
+_INDEXES = [keys.USERS, keys.USERS_BY_NAME, keys.USERS_BY_EMAIL]
+# times 20 ms a signup waits for the record of a holder that claimed the address but has not
+# written it yet, before it takes the entry as dangling (safe either way: see step 5)
+_PATIENCE = 10
+
 
 def index_keys(name: str) -> list[str]:
-    """The KEYS of `INDEX` for a user."""
-    return [keys.user(name), keys.USERS_BY_NAME, keys.USERS_BY_EMAIL]
+    """The KEYS of `INDEX` (the same for every user: the `{users}` slot)."""
+    return [keys.USERS_BY_NAME, keys.USERS_BY_EMAIL]
 
 
 def normal_username(raw: str, path: str = "username") -> str:
@@ -124,34 +179,101 @@ async def taken(db: Client, username: str, email: str, verify_ttl: int) -> str |
     exists, holder = await db.pipeline([("EXISTS", keys.user(username)), ("GET", keys.email(email))])
     if exists:
         return "username"
-    if holder and not await _stale_holder(db, holder, verify_ttl):
+    if holder and await _holding(db, holder, email, verify_ttl) == "keeps":
         return "email"
     return None
 
 
-async def _stale_holder(db: Client, holder: str, verify_ttl: int) -> bool:
-    """The account holding an address never verified it, VERIFY_TTL after it signed up:
-    it stops blocking the address's real owner."""
-    verified, created = await db.call("HMGET", keys.user(holder), "verified", "created")
-    return verified != "1" and int(created or 0) < time.time() - verify_ttl
+async def _holding(db: Client, holder: str, email: str, verify_ttl: int | None = None) -> str:
+    """What the user an `email:` entry names does with the address: 'keeps' it (verified,
+    or signed up within VERIFY_TTL), 'stale' (never verified it, VERIFY_TTL after it signed
+    up: it stops blocking the address's real owner), 'none' (its record does not hold the
+    address) or 'absent' (no record: a dangling entry, or a signup between its steps 1 and 4)."""
+    if not USERNAME.fullmatch(holder):
+        return "none"
+    name, address, verified, created = await db.call("HMGET", keys.user(holder), "username", "email",
+                                                     "verified", "created")
+    if name is None:
+        return "absent"
+    if name != holder or address != email:
+        return "none"
+    if verified == "1" or verify_ttl is None:
+        return "keeps"
+    return "stale" if int(created or 0) < time.time() - verify_ttl else "keeps"
+
+
+async def _holds(db: Client, name: str, email: str) -> bool:
+    """`name`'s record holds `email`."""
+    return await _holding(db, name, email) in ("keeps", "stale")
 
 
 async def create(db: Client, username: str, email: str, password_hash: str, verify_ttl: int) -> str | None:
-    """Stores a new user and its indexes at once; 409 username/email when taken. An address
-    held by an account that never verified it within VERIFY_TTL is taken from that account;
-    its username is returned (None otherwise)."""
+    """Stores a new user and its indexes, in the steps the module's docstring explains; 409
+    username/email when taken. An address held by an account that never verified it within
+    VERIFY_TTL is taken from that account; its username is returned (None otherwise)."""
+    gen = new_gen()
     fields = ["username", username, "email", email, "hash", password_hash, "created", int(time.time()),
-              "verified", 0, "admin", 0, "disabled", 0, "gen", new_gen()]
-    holder = await db.call("GET", keys.email(email))
-    holder_key = keys.user(holder) if holder and USERNAME.fullmatch(holder) else keys.user(username)
-    cutoff = int(time.time()) - verify_ttl
-    result = await db.script(_CREATE, [keys.user(username), keys.email(email), keys.USERS, holder_key,
-                                       keys.USERS_BY_NAME, keys.USERS_BY_EMAIL], [cutoff, *fields])
-    if result == "ok":
+              "verified", 0, "admin", 0, "disabled", 0, "gen", gen]
+    entry = keys.email(email)
+    holder = await db.script(_CLAIM, [entry], [username])  # 1
+    took, dangling = None, None
+    if holder:  # 2
+        state = await _holding(db, holder, email, verify_ttl)
+        for _ in range(_PATIENCE):  # a signup that claimed it may be about to write its record
+            if state != "absent" or holder == username:
+                break
+            await asyncio.sleep(0.02)
+            state = await _holding(db, holder, email, verify_ttl)
+        if holder == username and state in ("keeps", "stale"):
+            raise ApiError(409, "username")
+        if state == "keeps":
+            raise ApiError(409, "email")
+        if state == "stale":
+            if not await db.script(_TAKE_FROM, [keys.user(holder)], [email, int(time.time()) - verify_ttl]):
+                raise ApiError(409, "email")  # it verified meanwhile
+            took = holder
+            await db.script(_INDEX_DROP, _INDEXES, [took, email, ""])
+        elif holder != username:
+            dangling = holder
+        if not await db.script(_SWAP, [entry], [holder, username]):
+            raise ApiError(409, "email")
+    await db.script(_INDEX_ADD, _INDEXES, [username, email])  # 3
+    if not await db.script(_CREATE, [keys.user(username)], fields):  # 4
+        # the name is someone else's: its entries stay, ours go (unless it holds the address)
+        if not await _holds(db, username, email):
+            await db.script(_INDEX_DROP, _INDEXES, [username, email, ""])
+            await db.script(_SWAP, [entry], [username, ""])
+        raise ApiError(409, "username")
+    if (await db.call("GET", entry) != username  # 5
+            or (dangling and await _holds(db, dangling, email))):
+        await _remove(db, username, email, "gen", gen)
+        if dangling and await _holds(db, dangling, email):
+            await db.script(_SWAP, [entry], [username, dangling])
+        else:
+            await db.script(_SWAP, [entry], [username, ""])
+        raise ApiError(409, "email")
+    return took
+
+
+async def _remove(db: Client, name: str, email: str, field: str = "", value: str = "") -> str | None:
+    """The record (only while `field` is `value`), its sessions and tokens, then its `{users}`
+    entries; the `email:` entry is the caller's. Entries a signup of the same name wrote
+    meanwhile are put back. The address the record had ('': none; None: not removed)."""
+    had = await db.script(_DELETE, [keys.user(name), keys.sessions(name), tokens.key("verify", name),
+                                    tokens.key("reset", name)], [field, value, keys.session_prefix(name)])
+    if had is None:
         return None
-    if result.startswith("took "):
-        return str(result[5:])
-    raise ApiError(409, result)
+    await db.script(_INDEX_DROP, _INDEXES, [name, had or email, "1"])
+    await reindex(db, name)
+    return str(had)
+
+
+async def reindex(db: Client, name: str) -> None:
+    """The `{users}` entries of `name` written again if its record exists (after a removal
+    that may have raced a new signup of the name)."""
+    username, address = await db.call("HMGET", keys.user(name), "username", "email")
+    if username == name:
+        await db.script(_INDEX_ADD, _INDEXES, [name, address or ""])
 
 
 PAGE = 50  # users a search page holds
@@ -219,9 +341,11 @@ async def get(db: Client, username: str) -> dict[str, str] | None:
 async def find(db: Client, login: str) -> dict[str, str] | None:
     """By username or email (already trimmed and lower-cased)."""
     if "@" in login:
-        login = await db.call("GET", keys.email(login)) or ""
-        if not login:
+        address, login = login, await db.call("GET", keys.email(login)) or ""
+        if not USERNAME.fullmatch(login):
             return None
+        user = await get(db, login)  # believed only if it holds the address (see the docstring)
+        return user if user is not None and user.get("email") == address else None
     if not USERNAME.fullmatch(login):
         return None
     return await get(db, login)
@@ -284,15 +408,31 @@ async def verify(db: Client, token: str, email: str) -> bool:
 
 
 async def release(db: Client, username: str, email: str) -> bool:
-    """Takes `email` from an account that never verified it (its email becomes empty)."""
-    return bool(await db.script(_RELEASE, [keys.user(username), keys.email(email), keys.USERS_BY_EMAIL], [email]))
+    """Takes `email` from an account that never verified it (its email becomes empty): the
+    record first, then its entries (a stop between leaves dangling ones)."""
+    if not await db.script(_RELEASE, [keys.user(username)], [email]):
+        return False
+    await drop_email(db, username, email)
+    await db.script(_INDEX_DROP, _INDEXES, [username, email, ""])
+    return True
+
+
+async def drop_email(db: Client, name: str, email: str) -> None:
+    """`email:<email>` deleted while it names `name`, after `name`'s record let the address
+    go; put back if a new record of the name holds the address by then (a destroyed user's
+    name and address signed up again between the steps)."""
+    await db.script(_SWAP, [keys.email(email)], [name, ""])
+    if await _holds(db, name, email):
+        await db.call("SET", keys.email(email), name, "NX")
 
 
 async def delete(db: Client, user: dict[str, str], destroying: str = "") -> bool:
-    """The user, its indexes, its sessions and its tokens, at once; with `destroying`, only
-    if the user still carries that mark (not re-enabled, not another user of the name)."""
+    """The user, its sessions and its tokens (one step), then its indexes; with `destroying`,
+    only if the user still carries that mark (not re-enabled, not another user of the name)."""
     name = user["username"]
-    return bool(await db.script(_DELETE, [keys.user(name), keys.email(user.get("email", "")), keys.USERS,
-                                          keys.sessions(name), tokens.key("verify", name),
-                                          tokens.key("reset", name), keys.USERS_BY_NAME, keys.USERS_BY_EMAIL],
-                                [destroying]))
+    had = await _remove(db, name, user.get("email", ""), "destroying" if destroying else "", destroying)
+    if had is None:
+        return False
+    if had:
+        await drop_email(db, name, had)
+    return True

@@ -110,7 +110,7 @@ class Tasks:
 
     async def mirrored(self, job: dict[str, Any], outcome: str) -> None:
         if outcome == "put":  # only if the file was not deleted meanwhile
-            await self.store.mirrored(self.db, str(job["id"]))
+            await self.store.mirrored(self.db, str(job["user"]), str(job["id"]))
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()

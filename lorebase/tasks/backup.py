@@ -201,8 +201,9 @@ def file_hashes(db: redis.Redis) -> dict[str, str]:
     from ..files.store import ID
 
     out: dict[str, str] = {}
-    for key in db.scan_iter(match=keys.file("*"), count=1000):
-        file_id = key.decode().split(":", 1)[1]
+    for key in db.scan_iter(match=keys.file("*", "*"), count=1000):
+        named = keys.file_id(key.decode())
+        file_id = named[1] if named else ""
         if ID.match(file_id):
             digest = db.hget(key, "sha256")
             out[file_id] = digest.decode() if isinstance(digest, bytes) else str(digest or "")

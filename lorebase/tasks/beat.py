@@ -24,8 +24,8 @@ a value hovering at the threshold does not flap. The crossing is kept in Redis (
 HDEL when back), so one crossing gives one `beat alert` (and one mail to each ADMINS address,
 queued in the same Lua step) and one `beat ok`, whichever process or node notices, however
 often the tasks process restarts. Machine checks (cpu, memory, disk) are kept per node in
-`beat:alerts:<node>`; the checks of the Redis every node shares (redis_memory, redis_save,
-redis_aof) once for all in `beat:alerts`.
+`beat:{mail}:alerts:<node>`; the checks of the Redis every node shares (redis_memory, redis_save,
+redis_aof) once for all in `beat:{mail}:alerts`.
 
 Every Redis call is inside the loop's retry (queue.Outage): an outage costs samples, never
 the loop. Memory is bounded: one sample at a time, a few counters per check, and minutes are
@@ -83,8 +83,9 @@ def minutes_key(node: str) -> str:
 
 def alerts_key(node: str | None) -> str:
     """The crossed thresholds of `node`, or (None) of the shared Redis: hash check → JSON
-    {value, threshold, node, since (unix ms)}."""
-    return "beat:alerts" if node is None else f"beat:alerts:{node}"
+    {value, threshold, node, since (unix ms)}. Under the outbox's hash tag `{mail}`: a
+    crossing is recorded and its mails queued in one step (`_CROSS`), on a Redis Cluster too."""
+    return "beat:{mail}:alerts" if node is None else f"beat:{{mail}}:alerts:{node}"
 
 
 # -- sampling (blocking: run on a thread) -----------------------------------------------

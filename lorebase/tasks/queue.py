@@ -48,13 +48,15 @@ PAUSE_MIN, PAUSE_MAX = 0.5, 5.0
 
 
 def names(queue: str) -> dict[str, str]:
-    """The keys of a queue named `<name>:queue`: queue, doing, retry, dead."""
+    """The keys of a queue named `<name>:queue`: queue, doing, retry, dead. The name is a hash
+    tag (`{s3}:queue` → `{s3}:doing`, ...), so a queue's four keys share one slot and every move
+    between them (BLMOVE, the scripts above) is one step on a Redis Cluster too."""
     name = queue.split(":")[0]
     return {"queue": queue, "doing": f"{name}:doing", "retry": f"{name}:retry", "dead": f"{name}:dead"}
 
 
 def durable() -> dict[str, dict[str, str]]:
-    """Every durable queue's keys, by name: the mail outbox (its doing list is `mail:sending`)
+    """Every durable queue's keys, by name: the mail outbox (its doing list is `{mail}:sending`)
     and the S3 mirror."""
     from .. import mail
     from ..files.keys import S3_QUEUE
@@ -97,7 +99,7 @@ class DurableQueue:
         self.keys = names(queue)
         if doing:
             self.keys["doing"] = doing
-        self.name = queue.split(":")[0]
+        self.name = queue.split(":")[0].strip("{}")  # `{s3}:queue` → s3, as notify names it
         self.run = run
         self.after = after
         self.backoff = backoff
