@@ -108,28 +108,43 @@ class RedisServer:
             self.proc.wait(10)
 
 
+TOPOLOGIES = ("single", "slots", "cluster", "sentinel")
+
+
 def topology() -> str:
     """Which Redis the identity, files and notes tests run their servers on (the env var
-    LOREBASE_TEST_REDIS): 'single' (unset: each lorebase's embedded Redis) or 'slots' (a
-    one-node Redis Cluster, `RedisServer(cluster=True)`, through REDIS_URL)."""
+    LOREBASE_TEST_REDIS): 'single' (unset: each lorebase's embedded Redis), 'slots' (a
+    one-node Redis Cluster, `RedisServer(cluster=True)`: every CROSSSLOT refused, no
+    redirection), 'cluster' (three primaries and three replicas, tests/topology.py: the client's
+    routing and redirections too) or 'sentinel' (a primary, a replica, three sentinels), each
+    through REDIS_URL."""
     chosen = os.environ.get("LOREBASE_TEST_REDIS", "") or "single"
-    if chosen not in ("single", "slots"):
-        raise RuntimeError(f"LOREBASE_TEST_REDIS={chosen!r}: use single or slots")
+    if chosen not in TOPOLOGIES:
+        raise RuntimeError(f"LOREBASE_TEST_REDIS={chosen!r}: use one of {', '.join(TOPOLOGIES)}")
     return chosen
 
 
 @contextmanager
 def topology_redis(base: Path, overrides: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    """`overrides` with REDIS_URL pointing at a one-node Redis Cluster started for the block,
-    in the 'slots' topology (unless they name a Redis already); as they are otherwise."""
-    if topology() != "slots" or overrides.get("REDIS_URL"):
+    """`overrides` with REDIS_URL pointing at the chosen topology's Redis, started for the
+    block (unless they name a Redis already); as they are for 'single'."""
+    chosen = topology()
+    if chosen == "single" or overrides.get("REDIS_URL"):
         yield overrides
         return
-    cluster = RedisServer(base / "cluster", cluster=True).start()
+    from .topology import Cluster, Sentinels
+
+    made: Any
+    if chosen == "slots":
+        made = RedisServer(base / "cluster", cluster=True).start()
+    elif chosen == "cluster":
+        made = Cluster(base / "cluster").start()
+    else:
+        made = Sentinels(base / "sentinel").start()
     try:
-        yield {**overrides, "REDIS_URL": cluster.url}
+        yield {**overrides, "REDIS_URL": made.url}
     finally:
-        cluster.stop()
+        made.stop()
 
 
 class Lorebase:
@@ -223,7 +238,9 @@ class Lorebase:
         """lorebase's Redis as redis-cli would reach it: the embedded one on its unix socket, or
         the REDIS_URL it was given (decode=False: values as bytes, for those that are not text)."""
         if self.redis_url:
-            return redis.Redis.from_url(self.redis_url, socket_timeout=2, decode_responses=decode)
+            from lorebase.db import connect_sync  # the Cluster or Sentinel client for those URLs
+
+            return connect_sync(self.redis_url, 2, decode=decode)
         return redis.Redis(unix_socket_path=str(self.data_dir / "redis" / "redis.sock"),
                            socket_timeout=2, decode_responses=decode)
 

@@ -38,7 +38,7 @@ CLUSTER_KEYS = Path(__file__).resolve().parent.parent / "migrations" / "0002_clu
 def bulk(lore: Lorebase, rows: list[tuple[str, str]]) -> None:
     """Users (username, email) written by `users.create`, 200 at a time, on the server's socket."""
     async def go() -> None:
-        client = lorebase_db.Redis(lore.redis_url or f"unix://{lore.data_dir / 'redis' / 'redis.sock'}", 10)
+        client = lorebase_db.open_client(lore.redis_url or f"unix://{lore.data_dir / 'redis' / 'redis.sock'}", 10)
         try:
             for at in range(0, len(rows), 200):
                 await asyncio.gather(*(lorebase_users.create(client, name, email, "-", 86400)
