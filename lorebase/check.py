@@ -12,7 +12,7 @@ not exist or still does not hold that address. Every key comes from its owner's 
 
 Two kinds of finding: a problem (counted in the exit code, notified by the scheduled run) and
 a tidy-up, harmless by design and only pruned by --repair: ids of sessions that expired on
-their own left in `sessions:<user>`, and notes naming a file the user deleted since (the read
+their own left in `sessions:{<user>}`, and notes naming a file the user deleted since (the read
 filters them out; see apps/notes.py).
 """
 

@@ -193,7 +193,7 @@ class Sessions:
         return {"id": sid, "user": name, "csrf": csrf}
 
     async def of_user(self, db: Client, user: dict[str, str], ids: list[str]) -> list[dict[str, Any]]:
-        """The live ones of `user`'s session ids (`sessions:<user>`, read with the user), oldest
+        """The live ones of `user`'s session ids (`sessions:{<user>}`, read with the user), oldest
         first: when each was made and last used (unix ms), never the id. One pipeline of GET and
         PTTL: every use renews a session to SESSION_IDLE, so it was last used SESSION_IDLE
         minus its time left ago. A session the gatekeeper would refuse (expired, another

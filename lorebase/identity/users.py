@@ -277,7 +277,7 @@ async def reindex(db: Client, name: str) -> None:
 
 
 PAGE = 50  # users a search page holds
-_SCAN = 500  # `users:by-email` entries read at a time past those a name match already gave
+_SCAN = 500  # `{users}:by-email` entries read at a time past those a name match already gave
 _LISTED = ("username", "email", "created", "verified", "admin", "disabled")
 
 
@@ -303,8 +303,8 @@ def _position(cursor: str) -> tuple[str, str]:
 async def search(db: Client, q: str, after: str = "", page: int = PAGE) -> tuple[list[dict[str, str]], str | None]:
     """Users whose username or email starts with `q` (lower-cased already), a page at a time,
     and the cursor of the next page (None: the last one). The usernames that match come
-    first, in order (`users:by-name`), then the users matched by email only, in address order
-    (`users:by-email`, skipping those whose username matched): one sequence, so a cursor (the
+    first, in order (`{users}:by-name`), then the users matched by email only, in address order
+    (`{users}:by-email`, skipping those whose username matched): one sequence, so a cursor (the
     index entry a page ended on) pages it without duplicates or gaps while users come and go.
     A page costs one ZRANGEBYLEX (more only while many email matches are name matches too)
     and one pipeline of HMGETs. BadCursor for a cursor it did not make."""

@@ -4,7 +4,7 @@ and "back up now".
 
 The owners of the data read it: notify.read (the `log` stream), stats.series (`{stats}:<minute>`),
 beat.series and beat.latest (`beat:<node>`, `beat:<node>:minute`), schedule.results and
-schedule.request_run (`task:<name>`, `lock:<name>`), backup.store (the snapshots). No key is
+schedule.request_run (`task:{<name>}`, `lock:{<name>}`), backup.store (the snapshots). No key is
 named here.
 """
 

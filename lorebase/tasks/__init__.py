@@ -25,7 +25,7 @@ from .schedule import Scheduler, Task
 
 # the start-up check is skipped if one (of any node) started within this many seconds
 CHECK_AT_START = 3600.0
-SCHEDULED = ("backup", "check", "stats")  # the scheduled tasks' names (`task:<name>`)
+SCHEDULED = ("backup", "check", "stats")  # the scheduled tasks' names (`task:{<name>}`)
 
 
 class Tasks:

@@ -1,14 +1,15 @@
 """Tasks that run on an interval, once per cluster (seed: Master tasks): every lorebase node
 runs this scheduler in its tasks process, and a Redis lock decides which one runs a task.
 
-For each task: `task:<name>` hash {last (unix ms the last run started), done (unix ms it
+For each task: `task:{<name>}` hash {last (unix ms the last run started), done (unix ms it
 ended), took (ms), ok (1/0), outcome, error, node, requested} says when it last ran and how,
 so whichever node holds the lock next knows whether the task is due; `requested` (unix ms)
 is an admin's "run it now" (`request_run`), due at once and removed when a run starts;
-`lock:<name>` string, the holder's random token, with an expiry of LOCK_TTL seconds. A node
-sets the lock only if it is free (SET NX PX), renews it every third of its TTL while the task
-runs (only if the token is still its own), and deletes it when done (only
-if its own). A run that loses its lock (Redis lost it, or a renewal came too late) is
+`lock:{<name>}` string, the holder's random token, with an expiry of LOCK_TTL seconds (the
+task's name is the hash tag of both keys, so a step over them is one slot). A node sets the
+lock only if it is free (SET NX PX), renews it every third of its TTL while the task runs
+(only if the token is still its own), and deletes it when done (only if its own).
+A run that loses its lock (Redis lost it, or a renewal came too late) is
 cancelled: two nodes never run a task at once. A node that dies holding a lock frees it within
 LOCK_TTL; another node then runs the task once it is due: within LOCK_TTL plus one interval.
 
