@@ -666,11 +666,16 @@ def key_of(command: Command) -> Any | None:
     return command[1]
 
 
+# a Cluster's refusals of a command that did not run it: tried again (the map learnt again but
+# for TRYAGAIN, a slot in the middle of a migration)
+_RAN_NOTHING = frozenset({"TRYAGAIN", "CLUSTERDOWN", "MASTERDOWN"})
+
+
 def _again(reply: Any) -> bool:
     """A pipeline's reply to try again alone: a redirection, or a refusal that ran nothing."""
     if isinstance(reply, RedisError):
         return str(reply).startswith(("MOVED ", "ASK "))
-    return isinstance(reply, Unavailable) and (not reply.sent or reply.code in ("TRYAGAIN", "CLUSTERDOWN"))
+    return isinstance(reply, Unavailable) and (not reply.sent or reply.code in _RAN_NOTHING)
 
 
 class Cluster:
@@ -719,26 +724,28 @@ class Cluster:
         if not self.slots:
             raise Unavailable("no node of the Redis Cluster answers CLUSTER SLOTS", sent=False)
 
-    async def refresh(self) -> None:
-        """Learn the slot map (one request at a time; those arriving meanwhile wait for it)."""
+    def _learning(self) -> asyncio.Future[None]:
+        """The slot map being learnt: one request at a time, started here if none is."""
         if self._refreshing is None:
             self._refreshing = asyncio.ensure_future(self._learn())
             self._refreshing.add_done_callback(self._learnt)
-        await asyncio.shield(self._refreshing)
+        return self._refreshing
+
+    async def refresh(self) -> None:
+        """Learn the slot map (those arriving meanwhile wait for the same request)."""
+        await asyncio.shield(self._learning())
 
     def _learnt(self, future: asyncio.Future[None]) -> None:
         self._refreshing = None
         if not future.cancelled():
             future.exception()
 
-    def _moved(self, text: str, where: str) -> None:
+    @staticmethod
+    def _redirection(text: str, where: str) -> tuple[int, str]:
+        """`MOVED|ASK <slot> <host:port>` → (slot, address); a reply that leaves the host out
+        means the host of the node that sent it."""
         _, number, target = text.split(" ", 2)
-        if target.startswith(":"):
-            target = where.rpartition(":")[0] + target
-        self.slots[int(number)] = target
-        if self._refreshing is None:  # others of that node's slots probably moved too
-            self._refreshing = asyncio.ensure_future(self._learn())
-            self._refreshing.add_done_callback(self._learnt)
+        return int(number), where.rpartition(":")[0] + target if target.startswith(":") else target
 
     # -- sending -----------------------------------------------------------------------
 
@@ -758,16 +765,16 @@ class Cluster:
             except RedisError as error:
                 text = str(error)
                 if text.startswith("MOVED "):
-                    self._moved(text, where)
+                    number, target = self._redirection(text, where)
+                    self.slots[number] = target
+                    self._learning()  # others of that node's slots probably moved too
                     asking = None
                 elif text.startswith("ASK "):
-                    asking = text.split(" ", 2)[2]
-                    if asking.startswith(":"):
-                        asking = where.rpartition(":")[0] + asking
+                    asking = self._redirection(text, where)[1]
                 else:
                     raise
             except Unavailable as error:
-                if error.sent and error.code not in ("TRYAGAIN", "CLUSTERDOWN", "MASTERDOWN"):
+                if error.sent and error.code not in _RAN_NOTHING:
                     raise
                 now = time.monotonic()
                 deadline = deadline or now + self.timeout

@@ -111,6 +111,29 @@ async def _load(client: db.Client, keys: list[str], stop: asyncio.Event, errors:
             await asyncio.sleep(0.01)
 
 
+class Writing:
+    """`writers` tasks running `_load` over `keys` on one client of `url` for an `async with`
+    block; `errors` and `acked` as they left them once the block and the tasks ended."""
+
+    def __init__(self, url: str, timeout: float, keys: list[str], writers: int):
+        self.client = db.open_client(url, timeout)
+        self.keys, self.writers = keys, writers
+        self.stop = asyncio.Event()
+        self.errors: list[str] = []
+        self.acked = dict.fromkeys(keys, 0)
+        self.tasks: list[asyncio.Future[None]] = []
+
+    async def __aenter__(self) -> Writing:
+        self.tasks = [asyncio.ensure_future(_load(self.client, self.keys[i::self.writers], self.stop, self.errors,
+                                                  self.acked)) for i in range(self.writers)]
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        self.stop.set()
+        await asyncio.gather(*self.tasks)
+        await self.client.close()
+
+
 def test_slot_migration_under_load_loses_nothing(cluster: Cluster) -> None:
     """`redis-cli --cluster reshard` moves 1,000 slots with their keys while 20 tasks write to
     keys in those slots: every command succeeds (MOVED, ASK and TRYAGAIN followed) and every
@@ -119,18 +142,11 @@ def test_slot_migration_under_load_loses_nothing(cluster: Cluster) -> None:
     moving = [f"m:{i}" for i in range(4000) if cluster.owner(f"m:{i}") == source][:200]
 
     async def run() -> tuple[list[str], dict[str, int]]:
-        client = db.open_client(cluster.url, 2.0)
-        stop = asyncio.Event()
-        errors: list[str] = []
-        acked = dict.fromkeys(moving, 0)
-        tasks = [asyncio.ensure_future(_load(client, moving[i::20], stop, errors, acked)) for i in range(20)]
-        await asyncio.sleep(0.3)
-        await asyncio.to_thread(cluster.reshard, source, target, 1000)
-        await asyncio.sleep(0.3)
-        stop.set()
-        await asyncio.gather(*tasks)
-        await client.close()
-        return errors, acked
+        async with Writing(cluster.url, 2.0, moving, 20) as load:
+            await asyncio.sleep(0.3)
+            await asyncio.to_thread(cluster.reshard, source, target, 1000)
+            await asyncio.sleep(0.3)
+        return load.errors, load.acked
 
     errors, acked = asyncio.run(run())
     assert not errors, errors[:5]
@@ -149,28 +165,21 @@ def test_cluster_primary_killed_replica_takes_over(cluster: Cluster) -> None:
     keys = [f"k:{i}" for i in range(3000) if cluster.owner(f"k:{i}") == victim][:100]
 
     async def run() -> dict[str, Any]:
-        client = db.open_client(cluster.url, 1.0)
-        stop = asyncio.Event()
-        errors: list[str] = []
-        acked = dict.fromkeys(keys, 0)
-        tasks = [asyncio.ensure_future(_load(client, keys[i::10], stop, errors, acked)) for i in range(10)]
-        await asyncio.sleep(0.5)
-        killed = time.monotonic()
-        cluster.kill(victim)
-        recovered = None
-        while time.monotonic() - killed < 20:
-            await asyncio.sleep(0.05)
-            try:
-                await client.call("SET", "{" + keys[0] + "}:probe", 1)  # a key of the victim's slot
-            except (db.RedisError, db.Unavailable):
-                continue
-            recovered = time.monotonic() - killed
-            break
-        await asyncio.sleep(0.5)
-        stop.set()
-        await asyncio.gather(*tasks)
-        await client.close()
-        return {"recovered_s": recovered, "errors": len(errors), "acked": acked}
+        async with Writing(cluster.url, 1.0, keys, 10) as load:
+            await asyncio.sleep(0.5)
+            killed = time.monotonic()
+            cluster.kill(victim)
+            recovered = None
+            while time.monotonic() - killed < 20:
+                await asyncio.sleep(0.05)
+                try:
+                    await load.client.call("SET", "{" + keys[0] + "}:probe", 1)  # a key of the victim's slot
+                except (db.RedisError, db.Unavailable):
+                    continue
+                recovered = time.monotonic() - killed
+                break
+            await asyncio.sleep(0.5)
+        return {"recovered_s": recovered, "errors": len(load.errors), "acked": load.acked}
 
     out = asyncio.run(run())
     assert out["recovered_s"] is not None and out["recovered_s"] < 10, out["recovered_s"]

@@ -16,7 +16,7 @@ from string import Template
 import redis
 from redis.cluster import ClusterNode, RedisCluster
 
-from .lore import ROOT, free_port, wait_for
+from .lore import ROOT, free_cluster_port, free_port, wait_for
 
 TEMPLATES = ROOT / "deploy" / "redis"
 # the users of deploy/redis/users.acl, with the tests' passwords
@@ -50,22 +50,6 @@ def data_conf(dir: Path, port: int, min_replicas: int = 0, max_lag: int = 10, cl
     return conf
 
 
-def cluster_port() -> int:
-    """A free port below 55536 whose bus port (+10000) is free too."""
-    import random
-    import socket
-
-    while True:
-        port = random.randint(20000, 55535)
-        try:
-            with socket.socket() as a, socket.socket() as b:
-                a.bind(("127.0.0.1", port))
-                b.bind(("127.0.0.1", port + 10000))
-                return port
-        except OSError:
-            continue
-
-
 def _server(conf: Path, *options: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(["redis-server", str(conf), *options], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
 
@@ -95,7 +79,7 @@ class Cluster(Servers):
     def __init__(self, dir: Path, primaries: int = 3, replicas: int = 1, node_timeout: int = 1000):
         super().__init__()
         self.dir = dir
-        self.ports = [cluster_port() for _ in range(primaries * (1 + replicas))]
+        self.ports = [free_cluster_port() for _ in range(primaries * (1 + replicas))]
         self.replicas = replicas
         self.node_timeout = node_timeout
 
