@@ -33,7 +33,7 @@ from .apps.notes import _SWAP, NO_FILES, notebook_key, notes_key
 from .files import check as files_check
 from .files import keys as fkeys
 from .identity import keys, tokens, users
-from .tasks.queue import durable
+from .tasks.queue import doing_lists, durable
 
 DESTROY_GRACE = 15 * 60  # seconds: a younger `destroying` mark may be a destroy still running
 NOTIFY_MAX = 20  # `check problem` events a scheduled run sends at most
@@ -522,9 +522,8 @@ class Check:
         dead: dict[str, int] = {}
         total = 0
         for queue in durable().values():
-            for part in ("queue", "doing", "retry"):
-                key = queue[part]
-                kind = "zset" if part == "retry" else "list"
+            for key in (queue["queue"], *doing_lists(self.db, queue), queue["retry"]):
+                kind = "zset" if key == queue["retry"] else "list"
                 raws = self.db.zrange(key, 0, -1) if kind == "zset" else self.db.lrange(key, 0, -1)
                 total += len(raws)
                 for raw in raws:

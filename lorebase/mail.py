@@ -28,6 +28,7 @@ from .db import Client
 # the outbox's four keys share the hash tag `{mail}`: a move between two of them is one step
 # on a Redis Cluster too (tasks/queue.py)
 QUEUE, SENDING, RETRY, DEAD = "{mail}:queue", "{mail}:sending", "{mail}:retry", "{mail}:dead"
+WORKERS = "{mail}:workers"  # its senders (tasks/queue.py): each one's doing list is `{mail}:sending:<worker>`
 MAX_TRIES = 12
 
 

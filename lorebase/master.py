@@ -494,7 +494,7 @@ class Master:
                 elif pid == self.old_tasks:
                     self.old_tasks = None
                     if not self.stopping:
-                        self.spawn_tasks()  # only now: two tasks processes would share the queues' doing lists
+                        self.spawn_tasks()  # only now: one tasks process per node (its scheduled tasks and beat)
                 continue  # check_redis restarts Redis
             w.chan.close()
             if self.stopping or w.stop_by is not None:

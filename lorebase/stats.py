@@ -281,12 +281,11 @@ def equal_token(given: str, expected: str) -> bool:
 
 async def record_stocks(db: Client, queues: Iterable[dict[str, str]], keep: int) -> str:
     """The levels now, into this minute's hash (`stock|<name>`): the `stats` task, once a minute."""
-    names, commands = stock_commands(queues)
-    levels = await db.pipeline(commands)
+    levels = await read_stocks(db, queues)
     key = minute_key(int(time.time() // 60))
-    fields = [x for name, level in zip(names, levels, strict=True) for x in (f"stock|{name}", level)]
+    fields = [x for name, level in levels.items() for x in (f"stock|{name}", level)]
     await db.pipeline([("HSET", key, *fields), ("EXPIRE", key, keep)])
-    return ", ".join(f"{name} {level}" for name, level in zip(names, levels, strict=True))
+    return ", ".join(f"{name} {level}" for name, level in levels.items())
 
 
 def queues(config: Any) -> list[dict[str, str]]:
@@ -297,17 +296,32 @@ def queues(config: Any) -> list[dict[str, str]]:
     return [found["mail"], found["s3"]] if config.S3_BUCKET else [found["mail"]]
 
 
-def stock_commands(queues: Iterable[dict[str, str]]) -> tuple[list[str], list[tuple[Any, ...]]]:
-    """The names and Redis commands that read the levels (users, each queue's keys)."""
-    from .identity.keys import USERS
+QUEUE_STATES = ("queue", "doing", "retry", "dead")
 
+
+async def read_stocks(db: Client, queues: Iterable[dict[str, str]]) -> dict[str, int]:
+    """The levels: users, and each queue's jobs by state (`queue|<q>|<state>`), `doing` summed
+    over its workers' doing lists (tasks/queue.py). Two round trips: the lengths and the
+    workers, then the workers' lists."""
+    from .identity.keys import USERS
+    from .tasks.queue import doing_of
+
+    queues = list(queues)
     names, commands = ["users"], [("SCARD", USERS)]
     for keys in queues:
         queue = keys["queue"].split(":")[0].strip("{}")  # the queue's name, its tag without braces
-        for state, key in keys.items():
+        for state in QUEUE_STATES:
             names.append(f"queue|{queue}|{state}")
-            commands.append(("ZCARD", key) if state == "retry" else ("LLEN", key))
-    return names, commands
+            commands.append(("ZCARD", keys[state]) if state == "retry" else ("LLEN", keys[state]))
+    replies = await db.pipeline([*commands, *(("HKEYS", keys["workers"]) for keys in queues)])
+    levels = {name: int(level) for name, level in zip(names, replies[:len(commands)], strict=True)}
+    lists = [(keys, worker) for keys, workers in zip(queues, replies[len(commands):], strict=True)
+             for worker in workers]
+    if lists:
+        lengths = await db.pipeline([("LLEN", doing_of(keys, worker)) for keys, worker in lists])
+        for (keys, _), length in zip(lists, lengths, strict=True):
+            levels[f"queue|{keys['queue'].split(':')[0].strip('{}')}|doing"] += int(length)
+    return levels
 
 
 # -- series for the admin's charts ------------------------------------------------------

@@ -17,6 +17,14 @@ JSON_TYPE = {"content-type": "application/json"}
 _hosts = itertools.count(1)
 
 
+def doing(db: Any, keys: dict[str, str]) -> int:
+    """How many jobs of a queue (tasks.queue.names / durable) are being run: in any of its doing
+    lists."""
+    from lorebase.tasks.queue import doing_lists
+
+    return sum(int(db.llen(key)) for key in doing_lists(db, keys))
+
+
 def client_ip() -> str:
     """A fresh client address (TEST-NET-3), so rate limits per IP never leak between tests.
     The shared server trusts 127.0.0.1 as a proxy, so X-Real-IP speaks for the client."""

@@ -21,9 +21,10 @@ import redis
 
 from lorebase import mail as outbox
 from lorebase.tasks.beat import alerts_key, minutes_key, samples_key
+from lorebase.tasks.queue import durable
 
 from .lore import Lorebase, MailSink, RedisServer, wait_for
-from .support import tasks_pid
+from .support import doing, tasks_pid
 
 NODE = socket.gethostname()  # beat's node name: the hostname, the same for the test and the server
 SAMPLE_FIELDS = {"t", "cpu", "memory", "memory_used", "memory_total", "load1", "load5", "load15", "disk",
@@ -133,7 +134,7 @@ def test_a_crossed_threshold_alerts_once_mails_once_and_recovers_once(tmp_path):
             wait_for(lambda: lore.events("tasks exit"), 10, 0.05, "the tasks process's exit")
             wait_for(lambda: tasks_pid(lore) != before, 10, 0.05, "a new tasks process")
             wait_samples(db, 10)
-            wait_for(lambda: db.llen(outbox.QUEUE) == 0 and db.llen(outbox.SENDING) == 0, 10, 0.05, "the outbox")
+            wait_for(lambda: db.llen(outbox.QUEUE) == 0 and doing(db, durable()["mail"]) == 0, 10, 0.05, "the outbox")
             assert len(lore.events("beat alert")) == 1, lore.events("beat alert")
             assert len(sink.to(ADMIN)) == 1
 

@@ -30,7 +30,7 @@ from .files_support import (
     user,
 )
 from .lore import Lorebase, wait_for
-from .support import stream_entries
+from .support import doing, stream_entries
 
 S3 = names(S3_QUEUE)  # the mirror queue's keys
 
@@ -122,7 +122,7 @@ def test_uploads_survive_an_s3_outage(moto, s3lore):
             done = [n for n, e in enumerate(entries) if e["ev"] == "s3 done" and e["job"]["id"] == file_id
                     and e["job"]["op"] == op]
             assert failed and done and failed[0] < done[-1], (file_id, op)
-        assert s3lore.redis().llen(S3["doing"]) == 0
+        assert doing(s3lore.redis(), S3) == 0
 
 
 def test_delete_moves_the_object_to_the_trash(moto, s3lore):

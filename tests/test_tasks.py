@@ -13,10 +13,13 @@ from typing import Any
 import httpx
 
 from lorebase import mail as outbox
+from lorebase.tasks.queue import durable
 
 from .identity_support import dedicated, fresh_ip, signup_body
 from .lore import Lorebase, MailSink, RedisServer, wait_for
-from .support import redis_pid, tasks_pid
+from .support import doing, redis_pid, tasks_pid
+
+MAIL = durable()["mail"]  # the outbox's keys
 
 
 def test_a_mail_whose_failure_meets_a_stalled_redis_is_still_sent(tmp_path_factory):
@@ -38,7 +41,7 @@ def test_a_mail_whose_failure_meets_a_stalled_redis_is_still_sent(tmp_path_facto
             r = httpx.post(lore.url + "/auth/signup", json=signup_body("tq_stalled", "tq_stalled@example.com"),
                            headers={"x-real-ip": fresh_ip()}, timeout=10)
             assert r.status_code == 200, r.text
-            wait_for(lambda: db.llen(outbox.SENDING) == 1, 10, what="the mail being sent")
+            wait_for(lambda: doing(db, MAIL) == 1, 10, what="the mail being sent")
             pid = redis_pid(lore)
             os.kill(pid, signal.SIGSTOP)
             try:
@@ -56,7 +59,7 @@ def test_a_mail_whose_failure_meets_a_stalled_redis_is_still_sent(tmp_path_facto
             started = True
             wait_for(lambda: sink.to("tq_stalled@example.com"), 60, 0.2, "the mail, retried")
             assert tasks_pid(lore) == before, "the tasks process was restarted"
-            assert db.llen(outbox.SENDING) == 0 and db.zcard(outbox.RETRY) == 0
+            assert doing(db, MAIL) == 0 and db.zcard(outbox.RETRY) == 0
     finally:
         silent.close()
         if started:
@@ -161,3 +164,82 @@ def test_a_failed_backup_is_mailed_to_the_admins(tmp_path):
         assert lore.stop() == 0
         sink.stop()
         dead.close()
+
+
+def test_a_node_starting_leaves_another_nodes_job_alone_and_a_dead_nodes_job_is_taken_over(tmp_path_factory):
+    """Node A's mail is being sent (A's SMTP server never greets, so the send hangs); node B
+    starts on the same Redis: the job stays in A's own doing list (before per-worker doing
+    lists, a starting node put it back on the queue, and it ran twice). Then A is killed with
+    -9: once A's heartbeat has lapsed, B puts A's job back and sends it, within EXPIRY +
+    HEARTBEAT seconds and some slack."""
+    from lorebase.tasks.queue import EXPIRY, HEARTBEAT, doing_of
+
+    base = Path(tmp_path_factory.mktemp("doing-lists"))
+    shared = RedisServer(base / "redis").start()
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    sink = MailSink().start()
+    a = Lorebase(base / "a" / "data", REDIS_URL=shared.url, TRUSTED_PROXIES="127.0.0.1",
+                 MAIL_URL=f"smtp://127.0.0.1:{silent.getsockname()[1]}")
+    b = Lorebase(base / "b" / "data", REDIS_URL=shared.url, MAIL_URL=sink.url)
+    try:
+        a.start()
+        db = a.redis()
+        r = httpx.post(a.url + "/auth/signup", json=signup_body("tq_doing", "tq_doing@example.com"),
+                       headers={"x-real-ip": fresh_ip()}, timeout=10)
+        assert r.status_code == 200, r.text
+        wait_for(lambda: doing(db, MAIL) == 1, 10, 0.05, "A sending the mail")
+        (a_worker,) = db.hkeys(MAIL["workers"])
+        assert db.llen(doing_of(MAIL, a_worker)) == 1
+        b.start()
+        wait_for(lambda: len(db.hkeys(MAIL["workers"])) == 2, 10, 0.05, "B's sender registered")
+        (b_worker,) = set(db.hkeys(MAIL["workers"])) - {a_worker}
+        time.sleep(HEARTBEAT + 1)  # B has looked for lapsed workers at least once since
+        assert db.llen(doing_of(MAIL, a_worker)) == 1 and db.llen(MAIL["queue"]) == 0
+        assert not sink.to("tq_doing@example.com")
+        assert a.proc is not None
+        os.kill(tasks_pid(a), signal.SIGKILL)  # first: the master's death would TERM it, a clean stop
+        a.proc.kill()  # then the master, before it starts another tasks process (0.5 s)
+        a.proc.wait(10)
+        killed = time.monotonic()
+        wait_for(lambda: sink.to("tq_doing@example.com"), EXPIRY + HEARTBEAT + 20, 0.2, "B sending A's mail")
+        assert time.monotonic() - killed > EXPIRY - HEARTBEAT - 2, "taken over before A's heartbeat lapsed"
+        assert len(sink.to("tq_doing@example.com")) == 1
+        assert db.hkeys(MAIL["workers"]) == [b_worker]  # A's gone, and no new tasks process of A's
+        assert b.events("mail requeued"), b.log_text()[-2000:]
+        wait_for(lambda: doing(db, MAIL) == 0, 10, 0.05, "B's job ended")
+    finally:
+        for node in (a, b):
+            if node.proc is not None and node.proc.poll() is None:
+                node.stop()
+        silent.close()
+        sink.stop()
+        shared.stop()
+
+
+def test_a_clean_stop_puts_the_job_being_run_back_at_once(tmp_path_factory):
+    """A node stopping (SIGTERM) while its job cannot end puts it back on the queue and leaves
+    the workers' hash itself: another node need not wait for its heartbeat to lapse."""
+    base = Path(tmp_path_factory.mktemp("clean-stop"))
+    shared = RedisServer(base / "redis").start()
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    a = Lorebase(base / "a" / "data", REDIS_URL=shared.url, TRUSTED_PROXIES="127.0.0.1", SHUTDOWN_GRACE="2",
+                 MAIL_URL=f"smtp://127.0.0.1:{silent.getsockname()[1]}")
+    try:
+        a.start()
+        db = a.redis()
+        r = httpx.post(a.url + "/auth/signup", json=signup_body("tq_stop", "tq_stop@example.com"),
+                       headers={"x-real-ip": fresh_ip()}, timeout=10)
+        assert r.status_code == 200, r.text
+        wait_for(lambda: doing(db, MAIL) == 1, 10, 0.05, "the mail being sent")
+        a.stop()
+        assert db.llen(MAIL["queue"]) == 1 and doing(db, MAIL) == 0
+        assert db.hlen(MAIL["workers"]) == 0
+    finally:
+        if a.proc is not None and a.proc.poll() is None:
+            a.stop()
+        silent.close()
+        shared.stop()

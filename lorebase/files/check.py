@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from ..tasks.queue import names
+from ..tasks.queue import doing_lists, names
 from . import keys
 from . import s3 as s3mod
 from .keys import S3_QUEUE
@@ -49,7 +49,8 @@ def _pending(db: Any, op: str | None = "put") -> set[str]:
     """Ids whose S3 job (of `op`; None: any) is still on its way: queued, running or waiting
     for a retry."""
     queue = names(S3_QUEUE)
-    raws = [*db.lrange(queue["queue"], 0, -1), *db.lrange(queue["doing"], 0, -1), *db.zrange(queue["retry"], 0, -1)]
+    raws = [raw for key in (queue["queue"], *doing_lists(db, queue)) for raw in db.lrange(key, 0, -1)]
+    raws += db.zrange(queue["retry"], 0, -1)
     pending = set()
     for raw in raws:
         try:

@@ -103,14 +103,13 @@ async def metrics(req: Request) -> Reply:
                                                                      app.config.METRICS_TOKEN)
     if not token_ok and not await _admin(req):
         raise ApiError(403, "admin")
-    stock_names, commands = stats.stock_commands(stats.queues(app.config))
     day = int(time.time() // 86400)
     unique_names = list(stats.UNIQUES)
-    replies = await app.db.pipeline([("HGETALL", stats.TOTAL), *commands,
+    replies = await app.db.pipeline([("HGETALL", stats.TOTAL),
                                      *(("PFCOUNT", stats.unique_key(name, day)) for name in unique_names)])
     total = stats.fields(replies[0])
-    levels = dict(zip(stock_names, replies[1:1 + len(commands)], strict=True))
-    uniques = dict(zip(unique_names, replies[1 + len(commands):], strict=True))
+    uniques = dict(zip(unique_names, replies[1:], strict=True))
+    levels: dict[str, float] = dict(await stats.read_stocks(app.db, stats.queues(app.config)))
     return Reply(200, stats.render(total, levels, uniques).encode(), {"cache-control": "no-store"},
                  content_type=PROMETHEUS)
 

@@ -20,7 +20,7 @@ from .. import db, mail, procs, stats
 from ..notify import notify
 from . import backup
 from .beat import Beat
-from .queue import BLOCK, DurableQueue
+from .queue import BLOCK, REDIS_ERRORS, DurableQueue
 from .schedule import Scheduler, Task
 
 # the start-up check is skipped if one (of any node) started within this many seconds
@@ -117,15 +117,26 @@ class Tasks:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
         notify.attach_async(self.db)
-        jobs = [asyncio.create_task(q.work(self.stopping)) for q in self.queues]
-        jobs += [asyncio.create_task(q.promote(self.stopping)) for q in self.queues]
+        working = [asyncio.create_task(q.work(self.stopping)) for q in self.queues]
+        jobs = [asyncio.create_task(q.promote(self.stopping)) for q in self.queues]
+        jobs += [asyncio.create_task(q.watch(self.stopping)) for q in self.queues]
         jobs.append(asyncio.create_task(self.scheduler.run(self.stopping)))
         if self.beat is not None:
             jobs.append(asyncio.create_task(self.beat.run(self.stopping)))
         await self.stopping.wait()
         for job in jobs:
             job.cancel()
-        await asyncio.gather(*jobs, return_exceptions=True)
+        # a job being run ends as it would (done, or its retry written) if it can within half
+        # the grace; one that cannot goes back on the queue with the rest of the worker's
+        await asyncio.wait(working, timeout=float(self.config.SHUTDOWN_GRACE) / 2)
+        for job in working:
+            job.cancel()
+        await asyncio.gather(*jobs, *working, return_exceptions=True)
+        for queue in self.queues:
+            try:
+                await asyncio.wait_for(queue.leave(), 2)
+            except (*REDIS_ERRORS, TimeoutError) as error:  # its entry lapses; another node reaps it
+                notify(f"{queue.name} leave failed", error=str(error)[:300])
         await notify.close()
         for client in self.clients:
             await client.close()

@@ -1,11 +1,23 @@
 """A durable job queue in Redis, worked at least once, that no failure stops.
 
-`<queue>` a list of JSON jobs. The worker takes one with BLMOVE into `<doing>` and runs it;
-then one step ends it: done → LREM from `<doing>`; failed → from `<doing>` into `<retry>` (a
-sorted set, score: when to try again, with backoff) or, after `max_tries`, into `<dead>`.
-Due retries go back to the queue in one step too. So a job is in exactly one of the four
-keys whenever no script is running, whatever process dies when; jobs left in `<doing>` by a
-crash go back to the queue at start (one may run twice: at least once, never zero times).
+`<queue>` a list of JSON jobs. Each worker (one per queue in every tasks process, on every
+node) has its own doing list, `<doing>:<worker>`, and an entry in `<workers>` (a hash: worker
+→ the Redis time, unix s, until which it counts as alive), renewed every HEARTBEAT seconds.
+The worker takes a job with BLMOVE into its doing list and runs it; then one step ends it:
+done → LREM; failed → into `<retry>` (a sorted set, score: when to try again, with backoff)
+or, after `max_tries`, into `<dead>`. Due retries go back to the queue in one step too. So a
+job is in exactly one of the queue, a doing list, retry and dead whenever no script is running,
+whatever process dies when.
+
+A worker whose entry has lapsed (EXPIRY seconds without a heartbeat: its process was killed,
+its node lost, or it froze) is dead: any other worker (they all look every HEARTBEAT seconds)
+puts its doing list back on the queue and drops its entry, in one step. A worker that stops
+cleanly does so for itself. So a job interrupted by a crash runs again within about EXPIRY +
+HEARTBEAT seconds, on whichever node is up (at least once, never zero times), and a node
+starting touches no other node's jobs. A worker that was only frozen and comes back finds its
+job gone: ending it then does nothing (the job ran twice, which at least once allows).
+`<doing>` itself, the shared doing list of releases before per-worker lists, is put back at
+every start: only jobs taken before the upgrade can be in it.
 
 Every Redis call is inside the loop's retry: a Redis that fails, restarts or answers
 LOADING costs a pause with backoff (notified once per outage, and once when it is back),
@@ -17,6 +29,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import secrets
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -42,27 +57,65 @@ end
 return #due
 """
 
+# KEYS: workers. ARGV: the worker, EXPIRY. Its entry: alive until Redis's clock + EXPIRY.
+_BEAT = """
+redis.call('HSET', KEYS[1], ARGV[1], tonumber(redis.call('TIME')[1]) + tonumber(ARGV[2]))
+"""
+
+# KEYS: workers, the worker's doing list, queue. ARGV: the worker, '1' to reap it even if alive
+# (its own clean stop). Its jobs back on the queue and its entry dropped, if it has lapsed
+# (by Redis's clock: the nodes' clocks may disagree); how many jobs went back, -1 if alive.
+_REAP = """
+local alive = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
+if ARGV[2] ~= '1' and alive >= tonumber(redis.call('TIME')[1]) then return -1 end
+local moved = 0
+while redis.call('LMOVE', KEYS[2], KEYS[3], 'RIGHT', 'RIGHT') do moved = moved + 1 end
+redis.call('HDEL', KEYS[1], ARGV[1])
+return moved
+"""
+
 REDIS_ERRORS = (RedisError, Unavailable)
+HEARTBEAT = 5.0  # seconds between a worker's heartbeats, and its looks for dead workers
+EXPIRY = 30  # seconds without a heartbeat after which a worker is dead (a job's run may take 20 s)
 BLOCK = 1  # seconds a worker's BLMOVE waits for a job (its connection's timeout must be longer)
 PAUSE_MIN, PAUSE_MAX = 0.5, 5.0
 
 
 def names(queue: str) -> dict[str, str]:
-    """The keys of a queue named `<name>:queue`: queue, doing, retry, dead. The name is a hash
-    tag (`{s3}:queue` → `{s3}:doing`, ...), so a queue's four keys share one slot and every move
-    between them (BLMOVE, the scripts above) is one step on a Redis Cluster too."""
+    """The keys of a queue named `<name>:queue`: queue, doing (the prefix of the workers' doing
+    lists), retry, dead, workers. The name is a hash tag (`{s3}:queue` → `{s3}:doing`, ...), so
+    a queue's keys share one slot and every move between them (BLMOVE, the scripts above) is
+    one step on a Redis Cluster too."""
     name = queue.split(":")[0]
-    return {"queue": queue, "doing": f"{name}:doing", "retry": f"{name}:retry", "dead": f"{name}:dead"}
+    return {"queue": queue, "doing": f"{name}:doing", "retry": f"{name}:retry", "dead": f"{name}:dead",
+            "workers": f"{name}:workers"}
 
 
 def durable() -> dict[str, dict[str, str]]:
-    """Every durable queue's keys, by name: the mail outbox (its doing list is `{mail}:sending`)
-    and the S3 mirror."""
+    """Every durable queue's keys, by name: the mail outbox (its doing lists are
+    `{mail}:sending:<worker>`) and the S3 mirror."""
     from .. import mail
     from ..files.keys import S3_QUEUE
 
-    return {"mail": {"queue": mail.QUEUE, "doing": mail.SENDING, "retry": mail.RETRY, "dead": mail.DEAD},
+    return {"mail": {"queue": mail.QUEUE, "doing": mail.SENDING, "retry": mail.RETRY, "dead": mail.DEAD,
+                     "workers": mail.WORKERS},
             "s3": names(S3_QUEUE)}
+
+
+def doing_of(keys: dict[str, str], worker: str) -> str:
+    return f"{keys['doing']}:{worker}"
+
+
+def doing_lists(db: Any, keys: dict[str, str]) -> list[str]:
+    """Every doing list of a queue (redis-py): the shared one of older releases, then each
+    worker's."""
+    return [keys["doing"], *(doing_of(keys, w) for w in sorted(db.hkeys(keys["workers"])))]
+
+
+def new_worker() -> str:
+    """A worker's name: its host and pid (for a person reading the keys) and 6 random hex
+    digits (a pid reused after a restart is another worker)."""
+    return f"{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(3)}"
 
 
 class Outage:
@@ -104,13 +157,56 @@ class DurableQueue:
         self.after = after
         self.backoff = backoff
         self.max_tries = max_tries
+        self.worker = new_worker()
+        self.doing = doing_of(self.keys, self.worker)
 
     async def requeue_interrupted(self) -> int:
-        """Jobs a crash left half-done go back to the queue; how many."""
+        """The jobs of older releases' shared doing list go back to the queue; how many."""
         count = 0
         while await self.db.call("LMOVE", self.keys["doing"], self.keys["queue"], "RIGHT", "RIGHT") is not None:
             count += 1
         return count
+
+    async def beat(self) -> None:
+        await self.db.script(_BEAT, [self.keys["workers"]], [self.worker, EXPIRY])
+
+    async def reap(self, worker: str, force: bool = False) -> int:
+        """Puts a lapsed worker's jobs back on the queue (force: this worker's own, as it
+        stops); how many went back, -1 if the worker is alive."""
+        return int(await self.db.script(_REAP, [self.keys["workers"], doing_of(self.keys, worker),
+                                                self.keys["queue"]], [worker, "1" if force else ""]))
+
+    async def reap_lapsed(self) -> int:
+        """Puts every lapsed worker's jobs back on the queue; how many."""
+        moved = 0
+        for worker in await self.db.call("HKEYS", self.keys["workers"]):
+            if worker != self.worker:
+                count = await self.reap(worker)
+                if count > 0:
+                    notify(f"{self.name} requeued", worker=worker, jobs=count)
+                moved += max(count, 0)
+        return moved
+
+    async def watch(self, stopping: asyncio.Event) -> None:
+        """Beats for this worker and looks for dead ones, every HEARTBEAT seconds, until
+        `stopping`; then puts back this worker's own unfinished jobs and leaves."""
+        outage = Outage(f"{self.name} heartbeat")
+        while not stopping.is_set():
+            try:
+                await self.beat()
+                await self.reap_lapsed()
+                outage.ok()
+            except REDIS_ERRORS as error:
+                await outage.failed(error, stopping)
+                continue
+            try:
+                await asyncio.wait_for(stopping.wait(), HEARTBEAT)
+            except TimeoutError:
+                pass
+
+    async def leave(self) -> None:
+        """This worker's unfinished jobs back on the queue, its entry gone (its clean stop)."""
+        await self.reap(self.worker, force=True)
 
     async def work(self, stopping: asyncio.Event) -> None:
         """Takes and runs jobs until `stopping`; survives any Redis error."""
@@ -120,12 +216,13 @@ class DurableQueue:
         while not stopping.is_set():
             try:
                 if not started:
+                    await self.beat()  # before its first job: a doing list always has its entry
                     await self.requeue_interrupted()
                     started = True
                 if ending is not None:
                     await self._end(*ending)
                     ending = None
-                raw = await self.db.call("BLMOVE", self.keys["queue"], self.keys["doing"], "RIGHT", "LEFT", BLOCK)
+                raw = await self.db.call("BLMOVE", self.keys["queue"], self.doing, "RIGHT", "LEFT", BLOCK)
                 outage.ok()
                 if raw is None:
                     continue
@@ -163,9 +260,9 @@ class DurableQueue:
 
     async def _end(self, raw: str, then: str | None, retry_at: float | None) -> None:
         if then is None:
-            await self.db.call("LREM", self.keys["doing"], 1, raw)
+            await self.db.call("LREM", self.doing, 1, raw)
             return
-        await self.db.script(_FAIL, [self.keys["doing"], self.keys["retry"], self.keys["dead"]],
+        await self.db.script(_FAIL, [self.doing, self.keys["retry"], self.keys["dead"]],
                              [raw, then, "" if retry_at is None else retry_at])
 
     async def promote(self, stopping: asyncio.Event) -> None:
