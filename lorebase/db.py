@@ -758,7 +758,8 @@ class Cluster:
         deadline = 0.0
         pause = 0.02
         asking: str | None = None
-        for _ in range(self.REDIRECTS):
+        redirected = 0
+        while True:
             where = asking or self._owner(key)
             try:
                 return await send(self.node(where), asking is not None)
@@ -773,6 +774,9 @@ class Cluster:
                     asking = self._redirection(text, where)[1]
                 else:
                     raise
+                redirected += 1
+                if redirected > self.REDIRECTS:
+                    raise Unavailable(f"more than {self.REDIRECTS} redirections for one command") from None
             except Unavailable as error:
                 if error.sent and error.code not in _RAN_NOTHING:
                     raise
@@ -788,7 +792,6 @@ class Cluster:
                         await self.refresh()
                     except Unavailable:
                         pass
-        raise Unavailable(f"more than {self.REDIRECTS} redirections for one command")
 
     async def call(self, *args: Any) -> Any:
         return await self._routed(key_of(args), lambda node, asking: node._run(args, asking))

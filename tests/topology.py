@@ -108,7 +108,21 @@ class Cluster(Servers):
                         "--cluster-replicas", str(self.replicas), "--cluster-yes"],
                        check=True, capture_output=True, timeout=60)
         self.wait_ok()
+        self.wait_synced()
         return self
+
+    def wait_synced(self, timeout: float = 30.0) -> None:
+        """Every replica has finished its first sync (a replica that never synced is not
+        promoted when its primary dies: it is "disconnected from master for longer than
+        allowed"; a primary's first diskless sync waits 5 s for more replicas)."""
+        def synced() -> bool:
+            for port, proc in self.procs.items():
+                if proc.poll() is None:
+                    info = self.node(port).info("replication")
+                    if info["role"] == "slave" and info.get("master_link_status") != "up":
+                        return False
+            return True
+        wait_for(synced, timeout, 0.1, "every replica in sync")
 
     def wait_ok(self, timeout: float = 30.0) -> None:
         """Every live node says cluster_state:ok and every slot has a primary that answers."""
