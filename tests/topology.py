@@ -46,7 +46,9 @@ def data_conf(dir: Path, port: int, min_replicas: int = 0, max_lag: int = 10, cl
         parts.append(render("cluster.conf", dir / "cluster.conf", DIR=dir, NODE_TIMEOUT=cluster_timeout))
     conf = dir / "redis.conf"
     conf.write_text("".join(f"include {part}\n" for part in parts) +
-                    f'dir {dir}\nlogfile {dir / "redis.log"}\nsave ""\nappendonly no\ndaemonize no\n')
+                    f'dir {dir}\nlogfile {dir / "redis.log"}\nsave ""\nappendonly no\ndaemonize no\n'
+                    # a replica's first sync at once, not after the 5 s a primary waits for others
+                    "repl-diskless-sync-delay 0\n")
     return conf
 
 
