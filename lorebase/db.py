@@ -142,6 +142,11 @@ class Client(Protocol):
 
     async def script(self, lua: str, keys: Sequence[Any], args: Sequence[Any]) -> Any: ...
 
+    async def each(self, *args: Any) -> list[Any]:
+        """A keyless command on every server holding a part of the data (INFO, say): one
+        reply on one Redis or Sentinel's primary, one per primary on a Cluster."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -493,6 +498,9 @@ class Redis:
         self._scripts[lua] = await self.call("SCRIPT", "LOAD", lua)
         return await self._run(("EVALSHA", self._scripts[lua], len(keys), *keys, *args), asking)
 
+    async def each(self, *args: Any) -> list[Any]:
+        return [await self.call(*args)]
+
     async def close(self) -> None:
         if self._protocol is not None:
             self._drop(self._protocol, Unavailable("client closed"))
@@ -833,6 +841,11 @@ class Cluster:
 
     async def script(self, lua: str, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         return await self._routed(keys[0] if keys else None, lambda node, asking: node.script(lua, keys, args, asking))
+
+    async def each(self, *args: Any) -> list[Any]:
+        if not self.slots:
+            await self.refresh()
+        return list(await asyncio.gather(*(self.node(where).call(*args) for where in dict.fromkeys(self.slots))))
 
     async def close(self) -> None:
         for client in list(self.nodes.values()):

@@ -175,3 +175,32 @@ def test_beat_every_0_samples_nothing(tmp_path):
                                                         "t": 0, "tries": 0}))
         wait_for(lambda: lore.events("mail done"), 10, 0.05, "the mail")
         assert not shared.client().exists(samples_key(NODE))
+
+
+def test_on_a_cluster_the_redis_part_is_over_every_primary(tmp_path: Path) -> None:
+    """With REDIS_URL a Redis Cluster of three primaries, a sample's `redis` part counts the
+    clients of all three and its memory % is the fullest primary's: one primary given a
+    small maxmemory is what the sample shows."""
+    from .topology import Cluster
+
+    cluster = Cluster(tmp_path / "cluster", replicas=0).start()
+    try:
+        primaries = cluster.primaries()
+        for port in primaries:
+            cluster.node(port).config_set("maxmemory", "1gb")
+        cluster.node(primaries[1]).config_set("maxmemory", "20mb")
+
+        def fullest() -> float:
+            return float(cluster.node(primaries[1]).info("memory")["used_memory"]) / (20 * 1024 * 1024) * 100
+        before = fullest()
+        with Lorebase(tmp_path / "data", REDIS_URL=cluster.url, MAIL_URL="console://", BEAT_EVERY="0.2",
+                      BEAT_CPU="0", BEAT_MEMORY="0", BEAT_DISK="0").running() as lore:
+            db = lore.redis()
+            wait_samples(db, 2)
+            redis_part = samples(db)[-1]["redis"]
+            clients = sum(cluster.node(p).info("clients")["connected_clients"] for p in primaries)
+            assert redis_part["maxmemory"] == 2 * 1024 ** 3 + 20 * 1024 ** 2
+            assert before - 1 <= redis_part["memory"] <= fullest() + 1, (redis_part, before)  # the others: < 1 %
+            assert redis_part["clients"] >= len(primaries) and redis_part["clients"] <= clients + 10, redis_part
+    finally:
+        cluster.stop()

@@ -10,7 +10,8 @@ id: the sample's `t`), the stream trimmed to a day (XADD MINID ~):
    worker0..., tasks, redis-server), redis: {used_memory, maxmemory (bytes), memory (% of
    maxmemory used; null when maxmemory is 0), clients, ops (per second), last_save (unix s),
    unsaved (changes since it), save_ok (the last RDB save: 1/0), aof (1: on), aof_ok (the last
-   AOF write and rewrite: 1/0)}}
+   AOF write and rewrite: 1/0)}}; on a Redis Cluster, over its primaries (`merged`: sums, the
+   fullest primary's memory %, the oldest save, a flag only if every primary has it)
 The machine fields are missing from a sample whose psutil call failed (notified once).
 
 `beat:<node>:minute`, trimmed to a week: one entry per minute that had samples, `json`
@@ -119,6 +120,21 @@ def processes(master: int) -> dict[str, int]:
                 out[role] = int(proc.memory_info().rss)
         except psutil.Error:
             continue
+    return out
+
+
+def merged(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """The `redis` part of a sample over the primaries of a Cluster (one part elsewhere):
+    memory, clients, ops and unsaved changes added up; `memory` the fullest primary's (the
+    one that refuses writes first); the oldest save; a flag 1 only if it is on every one."""
+    if len(parts) == 1:
+        return parts[0]
+    out = {name: sum(p[name] for p in parts) for name in ("used_memory", "maxmemory", "clients", "ops", "unsaved")}
+    full = [p["memory"] for p in parts if p["memory"] is not None]
+    out["memory"] = max(full) if full else None
+    out["last_save"] = min(p["last_save"] for p in parts)
+    for flag in ("save_ok", "aof", "aof_ok"):
+        out[flag] = min(p[flag] for p in parts)
     return out
 
 
@@ -277,9 +293,9 @@ class Beat:
 
     async def step(self, machine: dict[str, Any]) -> None:
         """One sample: Redis's INFO added, stored, past minutes aggregated, thresholds checked."""
-        info = await self.db.call("INFO", "memory", "clients", "stats", "persistence")
+        infos = await self.db.each("INFO", "memory", "clients", "stats", "persistence")
         now = int(time.time() * 1000)
-        sample = {"t": now, **machine, "redis": redis_stats(str(info))}
+        sample = {"t": now, **machine, "redis": merged([redis_stats(str(info)) for info in infos])}
         add = ("XADD", samples_key(self.node), "MINID", "~", now - DAY_MS)
         try:  # the id is the sample's time, so that minutes are cut by this node's clock, not Redis's
             await self.db.call(*add, f"{now}-*", "json", json.dumps(sample))
