@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,45 @@ from .lore import Lorebase, MailSink, RedisServer, wait_for
 from .support import doing, redis_pid, tasks_pid
 
 MAIL = durable()["mail"]  # the outbox's keys
+
+
+class Trickler:
+    """An SMTP server that greets forever: a `220-` continuation line every 2 s, so a send to
+    it neither ends nor times out (each line comes well within the sender's 20 s), and its job
+    stays in its worker's doing list for as long as a test needs."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.url = f"smtp://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        self.sock.settimeout(0.2)
+        peers: list[socket.socket] = []
+        while not self.stopping.is_set():
+            try:
+                peer, _ = self.sock.accept()
+                peers.append(peer)
+            except TimeoutError:
+                pass
+            for peer in list(peers):
+                try:
+                    peer.sendall(b"220-still greeting\r\n")
+                except OSError:  # the sender gave up (its process killed)
+                    peers.remove(peer)
+                    peer.close()
+            self.stopping.wait(2)
+        for peer in peers:
+            peer.close()
+
+    def close(self) -> None:
+        self.stopping.set()
+        self.thread.join(10)
+        self.sock.close()
 
 
 def test_a_mail_whose_failure_meets_a_stalled_redis_is_still_sent(tmp_path_factory):
@@ -167,7 +207,7 @@ def test_a_failed_backup_is_mailed_to_the_admins(tmp_path):
 
 
 def test_a_node_starting_leaves_another_nodes_job_alone_and_a_dead_nodes_job_is_taken_over(tmp_path_factory):
-    """Node A's mail is being sent (A's SMTP server never greets, so the send hangs); node B
+    """Node A's mail is being sent (A's SMTP server greets forever, so the send hangs); node B
     starts on the same Redis: the job stays in A's own doing list (before per-worker doing
     lists, a starting node put it back on the queue, and it ran twice). Then A is killed with
     -9: once A's heartbeat has lapsed, B puts A's job back and sends it, within EXPIRY +
@@ -176,12 +216,9 @@ def test_a_node_starting_leaves_another_nodes_job_alone_and_a_dead_nodes_job_is_
 
     base = Path(tmp_path_factory.mktemp("doing-lists"))
     shared = RedisServer(base / "redis").start()
-    silent = socket.socket()
-    silent.bind(("127.0.0.1", 0))
-    silent.listen(16)
+    smtp = Trickler()
     sink = MailSink().start()
-    a = Lorebase(base / "a" / "data", REDIS_URL=shared.url, TRUSTED_PROXIES="127.0.0.1",
-                 MAIL_URL=f"smtp://127.0.0.1:{silent.getsockname()[1]}")
+    a = Lorebase(base / "a" / "data", REDIS_URL=shared.url, TRUSTED_PROXIES="127.0.0.1", MAIL_URL=smtp.url)
     b = Lorebase(base / "b" / "data", REDIS_URL=shared.url, MAIL_URL=sink.url)
     try:
         a.start()
@@ -213,7 +250,7 @@ def test_a_node_starting_leaves_another_nodes_job_alone_and_a_dead_nodes_job_is_
         for node in (a, b):
             if node.proc is not None and node.proc.poll() is None:
                 node.stop()
-        silent.close()
+        smtp.close()
         sink.stop()
         shared.stop()
 
@@ -242,4 +279,45 @@ def test_a_clean_stop_puts_the_job_being_run_back_at_once(tmp_path_factory):
         if a.proc is not None and a.proc.poll() is None:
             a.stop()
         silent.close()
+        shared.stop()
+
+
+def test_after_a_redis_outage_longer_than_the_expiry_no_live_workers_job_is_taken(tmp_path_factory):
+    """Node A's mail is being sent (its SMTP server never greets) and node B is idle; Redis
+    stops (SIGSTOP) for longer than EXPIRY, so when it answers again every worker's entry has
+    lapsed by its clock. B must not take A's job while A is alive: each waits until its own
+    beats have gone through again for a while before it looks for dead workers."""
+    from lorebase.tasks.queue import EXPIRY, HEARTBEAT, PAUSE_MAX, doing_of
+
+    base = Path(tmp_path_factory.mktemp("outage-doing"))
+    shared = RedisServer(base / "redis").start()
+    smtp = Trickler()
+    a = Lorebase(base / "a" / "data", REDIS_URL=shared.url, TRUSTED_PROXIES="127.0.0.1", MAIL_URL=smtp.url)
+    b = Lorebase(base / "b" / "data", REDIS_URL=shared.url, MAIL_URL="console://")
+    try:
+        a.start()
+        b.start()
+        db = a.redis()
+        wait_for(lambda: len(db.hkeys(MAIL["workers"])) == 2, 10, 0.05, "both senders registered")
+        r = httpx.post(a.url + "/auth/signup", json=signup_body("tq_outage", "tq_outage@example.com"),
+                       headers={"x-real-ip": fresh_ip()}, timeout=10)
+        assert r.status_code == 200, r.text
+        wait_for(lambda: doing(db, MAIL) == 1, 10, 0.05, "a sender taking the mail")
+        holder = next(w for w in db.hkeys(MAIL["workers"]) if db.llen(doing_of(MAIL, w)))
+        assert shared.proc is not None
+        pid = shared.proc.pid
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            time.sleep(EXPIRY + 2)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        time.sleep(HEARTBEAT + PAUSE_MAX + 3)
+        assert db.llen(doing_of(MAIL, holder)) == 1, "the job being sent was taken from its live worker"
+        assert not a.events("mail requeued") and not b.events("mail requeued"), (a.events("mail requeued"),
+                                                                                b.events("mail requeued"))
+    finally:
+        for node in (a, b):
+            if node.proc is not None and node.proc.poll() is None:
+                node.stop()
+        smtp.close()
         shared.stop()

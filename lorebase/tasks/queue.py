@@ -14,7 +14,9 @@ its node lost, or it froze) is dead: any other worker (they all look every HEART
 puts its doing list back on the queue and drops its entry, in one step. A worker that stops
 cleanly does so for itself. So a job interrupted by a crash runs again within about EXPIRY +
 HEARTBEAT seconds, on whichever node is up (at least once, never zero times), and a node
-starting touches no other node's jobs. A worker that was only frozen and comes back finds its
+starting touches no other node's jobs. A worker looks for dead ones only once its own beats
+have gone through for HEARTBEAT + PAUSE_MAX seconds: after a Redis outage every entry has
+lapsed, and the live workers need that long to beat again. A worker that was only frozen and comes back finds its
 job gone: ending it then does nothing (the job ran twice, which at least once allows).
 `<doing>` itself, the shared doing list of releases before per-worker lists, is put back at
 every start: only jobs taken before the upgrade can be in it.
@@ -191,12 +193,18 @@ class DurableQueue:
         """Beats for this worker and looks for dead ones, every HEARTBEAT seconds, until
         `stopping`; then puts back this worker's own unfinished jobs and leaves."""
         outage = Outage(f"{self.name} heartbeat")
+        steady = 0.0  # since when this worker's beats have gone through
         while not stopping.is_set():
             try:
                 await self.beat()
-                await self.reap_lapsed()
+                steady = steady or time.monotonic()
+                # after an outage (of Redis, or of this worker's link to it) every live worker
+                # beats within a pause or two: until then, a lapsed entry may be a live one
+                if time.monotonic() - steady >= HEARTBEAT + PAUSE_MAX:
+                    await self.reap_lapsed()
                 outage.ok()
             except REDIS_ERRORS as error:
+                steady = 0.0
                 await outage.failed(error, stopping)
                 continue
             try:
