@@ -13,27 +13,19 @@ from . import __version__
 from . import config as configmod
 
 
-def _load(env: str) -> configmod.Config:
+def _load(env: str, role: str = "api") -> configmod.Config:
     try:
-        return configmod.load(env)
+        return configmod.load(env, role=role)
     except configmod.ConfigError as error:
         print(f"lorebase: config: {error}", file=sys.stderr)
         raise SystemExit(2) from None
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    config = _load(args.env)
+    config = _load(args.env, args.role)
     if args.role == "files":
         from . import fileserver
 
-        try:
-            configmod.check_files_secret(config._values)
-            if config.S3_BUCKET and not config.REDIS_URL:
-                raise configmod.ConfigError("the file server runs the S3 mirror, whose queue is in Redis: "
-                                            "set REDIS_URL (the API nodes' Redis)")
-        except configmod.ConfigError as error:
-            print(f"lorebase: config: {error}", file=sys.stderr)
-            return 2
         return fileserver.serve(config)
     from . import master
 

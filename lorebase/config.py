@@ -211,10 +211,13 @@ def _read_secret_file(path: Path) -> dict[str, Any]:
     return {k: v for k, v in namespace.items() if k.isupper()}
 
 
-def load(env: str = "dev", environ: dict[str, str] | None = None, check: bool = True) -> Config:
+def load(env: str = "dev", environ: dict[str, str] | None = None, check: bool = True,
+         role: str = "api") -> Config:
     """Build the settings of `env`: defaults, per-env values, secret.py, then LOREBASE_*.
     check=False: no refusal of missing prod secrets (for reading a setting such as
-    DEPLOY_HOST on a machine that does not hold them); nothing is generated either."""
+    DEPLOY_HOST on a machine that does not hold them); nothing is generated either.
+    role="files": the file server's checks (FILES_SECRET; REDIS_URL with S3), not the API's
+    (it sets no cookie and sends no mail)."""
     if env not in ENVIRONMENTS:
         raise ConfigError(f"unknown environment {env!r}: use one of {', '.join(ENVIRONMENTS)}")
     environ = dict(os.environ if environ is None else environ)
@@ -237,13 +240,13 @@ def load(env: str = "dev", environ: dict[str, str] | None = None, check: bool = 
         values["WORKERS"] = os.cpu_count() or 1
     if not check:
         return Config(env, values)
-    _check(env, values)
-    if not values["COOKIE_SECRET"]:
+    _check(env, values, role)
+    if role == "api" and not values["COOKIE_SECRET"]:
         values["COOKIE_SECRET"] = _dev_secret(Path(values["DATA_DIR"]))
     return Config(env, values)
 
 
-def _check(env: str, values: dict[str, Any]) -> None:
+def _check(env: str, values: dict[str, Any], role: str = "api") -> None:
     if not 0 < values["PORT"] < 65536:
         raise ConfigError(f"PORT must be 1-65535, got {values['PORT']}")
     if values["REDIS_APPENDFSYNC"] not in ("everysec", "always"):
@@ -271,6 +274,12 @@ def _check(env: str, values: dict[str, Any]) -> None:
         raise ConfigError(f"FILES_PORT must be 1-65535, got {values['FILES_PORT']}")
     if not float(values["FILES_TIMEOUT"]) > 0:
         raise ConfigError("FILES_TIMEOUT must be a number of seconds above 0")
+    if role == "files":
+        check_files_secret(values)
+        if values["S3_BUCKET"] and not values["REDIS_URL"]:
+            raise ConfigError("the file server runs the S3 mirror, whose queue is in Redis: set REDIS_URL "
+                              "(the API nodes' Redis)")
+        return
     if env != "prod":
         return
     secret = values["COOKIE_SECRET"]

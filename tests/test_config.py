@@ -94,6 +94,25 @@ def test_the_files_secret_is_masked_and_a_file_server_with_s3_needs_redis(tmp_pa
     assert out.returncode == 2 and "REDIS_URL" in out.stderr, (out.stdout, out.stderr)
 
 
+def test_a_prod_file_server_needs_its_secret_not_the_api_ones(tmp_path):
+    """--role files in prod: FILES_SECRET is its one secret (no cookie, no mail of its own)."""
+    out = run(tmp_path, "serve", "prod", "--role", "files", FILES_SECRET="y" * 31)
+    assert out.returncode == 2 and "FILES_SECRET" in out.stderr, (out.stdout, out.stderr)
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "lorebase", "serve", "prod", "--role", "files"], cwd=ROOT, env={
+        **{k: v for k, v in os.environ.items() if not k.startswith("LOREBASE_")},
+        "LOREBASE_SECRET_FILE": str(tmp_path / "no-secret.py"), "LOREBASE_DATA_DIR": str(tmp_path / "data"),
+        "LOREBASE_FILES_SECRET": STRONG, "LOREBASE_FILES_PORT": str(port), "LOREBASE_BEAT_EVERY": "0"},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: httpx.get(f"http://127.0.0.1:{port}/blobs", headers={"x-files-secret": STRONG},
+                                   timeout=2).status_code == 200, 20, 0.05, "the prod file server")
+        assert not (tmp_path / "data" / "dev_cookie_secret").exists()
+    finally:
+        proc.terminate()
+        assert proc.wait(20) == 0
+
+
 def test_environment_wins_over_the_secret_file(tmp_path):
     secret_file = tmp_path / "secret.py"
     secret_file.write_text("COOKIE_SECRET = 'short'\n")
