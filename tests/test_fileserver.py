@@ -10,6 +10,7 @@ import signal
 import socket
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -135,6 +136,23 @@ def test_an_api_node_keeps_every_byte_on_the_file_server(pair):
         assert api.post("/files/delete", {"id": file_id}).status_code == 200
         assert_error(api.get(f"/files/{file_id}"), 404, "notfound")
         assert file_id not in stored(files) and api.files() == [] and usage(lore, "fs_roundtrip") == 0
+
+
+def test_racing_uploads_over_the_quota_leave_no_blob_without_a_record(pair):
+    """Each upload sees room when it starts; the record's script refuses those past the quota
+    after their bytes reached the file server: those bytes are deleted there again."""
+    lore, files = pair
+    before = stored(files)
+    with user(lore, "fs_race") as api, ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(lambda i: api.upload(blob(150_000, f"race{i}"), f"race{i}.bin"), range(6)))
+        codes = sorted(r.status_code for r in results)
+        assert codes.count(200) == QUOTA // 150_000 and codes.count(409) == 6 - QUOTA // 150_000, codes
+        kept = {row["id"] for row in api.all_files()}
+        assert stored(files) - before == kept and usage(lore, "fs_race") == 150_000 * len(kept)
+        assert tree(files.data_dir / "tmp") == set() and tree(lore.data_dir / "tmp") == set()
+        for file_id in kept:
+            assert api.post("/files/delete", {"id": file_id}).status_code == 200
+    assert stored(files) == before
 
 
 def test_a_dead_file_server_is_503_unavailable_and_its_return_serves_again(pair, tmp_path):

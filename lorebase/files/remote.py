@@ -1,7 +1,8 @@
 """`RemoteBlobs`: the Blobs of a file server (`lorebase serve --role files`, fileserver.py)
 reached at FILES_URL over HTTP, every request carrying FILES_SECRET in `X-Files-Secret`.
 
-One httpx client per process, a small pool of kept-alive connections to the file server,
+One httpx client per process, a small pool of kept-alive connections to the file server
+(KEEP idle, POOL at most),
 FILES_TIMEOUT seconds for each connect, read and write (not for a whole transfer: a large
 file streams as long as bytes keep moving). Nothing is ever held whole in memory: an upload
 streams from this node's temp file, a download relays the file server's chunks as they
@@ -22,7 +23,8 @@ from ..http import ApiError
 from .blobs import CHUNK, Blobs, Stat, StorageFull, Unavailable
 
 HEADER = "x-files-secret"
-POOL = 16  # connections to the file server a worker holds at most
+KEEP = 16  # idle connections to the file server a worker keeps open
+POOL = 256  # connections a worker may hold at once (a slow client's download holds one throughout)
 
 
 class RemoteBlobs(Blobs):
@@ -34,7 +36,7 @@ class RemoteBlobs(Blobs):
         timeout = float(config.FILES_TIMEOUT)
         self.http = httpx.AsyncClient(
             headers={HEADER: str(config.FILES_SECRET)}, timeout=httpx.Timeout(timeout),
-            limits=httpx.Limits(max_connections=POOL, max_keepalive_connections=POOL, keepalive_expiry=10),
+            limits=httpx.Limits(max_connections=POOL, max_keepalive_connections=KEEP, keepalive_expiry=10),
             trust_env=False, follow_redirects=False)
 
     def temp(self) -> Path:
