@@ -94,6 +94,9 @@ class RemoteBlobs(Blobs):
                     yield chunk
         except httpx.TransportError as error:
             # headers are sent: the client's stream is cut (never left hanging)
+            from ..notify import notify
+
+            notify("files stream cut", file=file_id, error=f"{type(error).__name__}: {error}"[:300])
             raise Unavailable(f"{type(error).__name__}: {error}") from None
 
     async def delete(self, file_id: str) -> None:
