@@ -18,6 +18,7 @@ local bytes are gone too: "gone") and `mirrored` marks only a record that still 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import re
@@ -175,9 +176,17 @@ class Store:
         orphan=True: only while its user does not exist (a leftover of a missing user).
         The bytes move to the trash before the record goes (a download in flight then ends
         short; with the file server down: 503 unavailable, nothing changed)."""
+        if self.s3 and await self.get(db, user, file_id) is None:
+            return False  # never touch the bytes of an id that is not the user's
         moved = await self.blobs.trash(file_id) if self.s3 else False  # kept until the S3 trash has it
-        removed = await db.script(_REMOVE, [keys.file(user, file_id), keys.files(user), keys.usage(user),
-                                            user_key(user)], [user, file_id, "1" if orphan else ""])
+        try:
+            removed = await db.script(_REMOVE, [keys.file(user, file_id), keys.files(user), keys.usage(user),
+                                                user_key(user)], [user, file_id, "1" if orphan else ""])
+        except BaseException:  # Redis failed: the record lives on, so do its bytes
+            if moved:
+                with contextlib.suppress(ApiError):
+                    await self.blobs.untrash(file_id)
+            raise
         if not removed:
             if moved:
                 await self.blobs.untrash(file_id)
