@@ -5,8 +5,8 @@ bodies stream both ways, never held whole. Any failure to talk to the peer is `P
 a reply, whatever its status, is a `Response`.
 
 A connection goes back to the pool only after a complete exchange; one the peer closed while
-idle is noticed on reuse and the request is made once more on a new connection (only when
-nothing of it can have reached the peer's application: no streamed body).
+idle is noticed on reuse and the request is made once more on a new connection; a request
+with a streamed body (which cannot be sent twice) always opens a new one.
 """
 
 from __future__ import annotations
@@ -145,7 +145,9 @@ class Pool:
                         body: bytes | AsyncIterator[bytes]) -> Response:
         retry = isinstance(body, bytes)
         while True:
-            reused = bool(self.idle)
+            # a streamed body (an upload) always gets a new connection: it cannot be sent twice,
+            # so it must not meet one the peer closed while idle
+            reused = bool(self.idle) and retry
             conn = self.idle.pop() if reused else await self._connect()
             if reused and not conn.usable():
                 conn.close()
