@@ -213,6 +213,27 @@ def test_a_file_server_killed_mid_download_cuts_the_stream(tmp_path):
             assert api.get(f"/files/{out['id']}").content == data
 
 
+def test_a_delete_during_a_download_lets_the_download_finish(tmp_path):
+    """The file server holds the file open once it streams: a delete meanwhile (its record and
+    bytes gone) does not cut a download already under way."""
+    files = FileServer(tmp_path / "files")
+    data = blob(24 * 1024 * 1024, "delete-while-streaming")  # more than every socket buffer between
+    with files.running(), api_node(tmp_path / "api", files).running() as lore, \
+            user(lore, "fs_delete_streaming") as api:
+        out = api.ok_upload(data, "streaming.bin")
+        with socket.create_connection(("127.0.0.1", lore.port), timeout=10) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)  # the reader sets the pace
+            s.sendall(f"GET /files/{out['id']} HTTP/1.1\r\nHost: x\r\nCookie: {COOKIE}={api.cookie}\r\n"
+                      f"X-Real-IP: {api.ip}\r\nConnection: close\r\n\r\n".encode())
+            got = s.recv(65536)
+            assert got.startswith(b"HTTP/1.1 200"), got[:100]
+            assert api.post("/files/delete", {"id": out["id"]}).status_code == 200
+            assert out["id"] not in stored(files)
+            while chunk := s.recv(1024 * 1024):
+                got += chunk
+        assert got.partition(b"\r\n\r\n")[2] == data
+
+
 def test_a_full_disk_on_the_file_server_is_507_storage_and_leaves_nothing(tmp_path):
     cap = 512 * 1024
     files = FileServer(tmp_path / "files")

@@ -55,8 +55,6 @@ class Stat:
 class Blobs:
     """The bytes of files by id. Every id given here is one store.ID matched."""
 
-    s3 = False  # whether a fetch-back from S3 is possible where the bytes are
-
     def temp(self) -> Path:
         """A fresh path on this node's disk for an upload in progress."""
         raise NotImplementedError

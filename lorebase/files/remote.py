@@ -35,7 +35,6 @@ class RemoteBlobs(Blobs):
         port = url.port or (443 if url.scheme == "https" else 80)
         self.tmp = Path(config.DATA_DIR) / "tmp"
         self.tmp.mkdir(parents=True, exist_ok=True)
-        self.s3 = bool(config.S3_BUCKET)
         self.http = Pool(str(url.hostname), port, float(config.FILES_TIMEOUT), KEEP, POOL,
                          {HEADER: str(config.FILES_SECRET)}, tls=url.scheme == "https")
 
