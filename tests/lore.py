@@ -154,7 +154,8 @@ def test_files() -> str:
     """Where the files tests keep the bytes (the env var LOREBASE_TEST_FILES): 'local' (unset:
     each lorebase's own disk) or 'server' (each lorebase gets a `--role files` process of its
     own on the same DATA_DIR, reached through FILES_URL: every byte goes over HTTP, and what a
-    test sees on disk is what the file server wrote)."""
+    test sees on disk is what the file server wrote; with S3 settings it also runs the mirror,
+    on the lorebase's Redis)."""
     chosen = os.environ.get("LOREBASE_TEST_FILES", "") or "local"
     if chosen not in ("local", "server"):
         raise RuntimeError(f"LOREBASE_TEST_FILES={chosen!r}: use local or server")
@@ -267,7 +268,10 @@ class Lorebase:
         self.wrapper: list[str] = []  # a command the server runs under, such as prlimit
         self.files: FileServer | None = None
         if test_files() == "server" and "FILES_URL" not in overrides:
-            self.files = FileServer(data_dir, **{k: v for k, v in overrides.items() if k.startswith("S3_")})
+            s3 = {k: v for k, v in overrides.items() if k.startswith("S3_")}
+            if s3:  # the file server runs the mirror: it needs the Redis of the queue
+                s3["REDIS_URL"] = overrides.get("REDIS_URL") or f"unix://{data_dir / 'redis' / 'redis.sock'}"
+            self.files = FileServer(data_dir, **s3)
             self.overrides.update({"FILES_URL": self.files.url, "FILES_SECRET": FILES_SECRET})
 
     @property
