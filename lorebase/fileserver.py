@@ -39,11 +39,11 @@ from . import procs
 from .files.blobs import WHERE, LocalBlobs, StorageFull
 from .files.remote import HEADER
 from .http import ApiError
+from .identity.keys import USERNAME
 from .notify import notify
 
 _PATH = re.compile(r"/blobs/([0-9a-f]{23})(?:/(trash|untrash|sha256|fetch))?")
 _RANGE = re.compile(r"bytes=(\d{1,19})-(\d{1,19})")
-_USER = re.compile(r"[^\x00-\x20/\\\x7f]{1,200}")
 _HEADER = HEADER.encode()
 FETCH_LIMIT = 4096  # bytes of a fetch request's JSON body
 
@@ -198,7 +198,7 @@ class BlobServer:
         try:
             asked = json.loads(body)
             user, digest = asked["user"], asked["sha256"]
-            if not (isinstance(user, str) and _USER.fullmatch(user) and isinstance(digest, str)
+            if not (isinstance(user, str) and USERNAME.fullmatch(user) and isinstance(digest, str)
                     and re.fullmatch(r"[0-9a-f]{64}|", digest)):
                 raise ValueError
         except (ValueError, KeyError, TypeError):
