@@ -55,6 +55,8 @@ class Stat:
 class Blobs:
     """The bytes of files by id. Every id given here is one store.ID matched."""
 
+    keeps_temp = True  # the upload's temp file becomes the stored file (so it is fsynced first)
+
     def temp(self) -> Path:
         """A fresh path on this node's disk for an upload in progress."""
         raise NotImplementedError

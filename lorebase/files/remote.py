@@ -30,6 +30,8 @@ POOL = 256  # connections a worker may hold at once (a slow client's download ho
 
 
 class RemoteBlobs(Blobs):
+    keeps_temp = False  # the temp file is only streamed on: the file server fsyncs its copy
+
     def __init__(self, config: Any):
         url = urlsplit(str(config.FILES_URL))
         port = url.port or (443 if url.scheme == "https" else 80)

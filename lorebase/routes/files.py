@@ -57,7 +57,7 @@ async def upload(req: Request) -> Reply:
     expected = req.session["csrf"] if req.session.get("csrf_in_body") else None
     tmp = store.temp()
     got = await receive_upload(req, tmp, app.config.FILE_LIMIT, room, expected,
-                               body_limit=app.config.FILE_LIMIT + MULTIPART_OVERHEAD)
+                               body_limit=app.config.FILE_LIMIT + MULTIPART_OVERHEAD, sync=store.blobs.keeps_temp)
     meta = {"id": new_id(), "user": user, "name": got.name, "size": got.size, "type": got.type,
             "sha256": got.digest.hexdigest(), "created": int(time.time()), "s3": 0}
     await store.add(app.db, req.session, tmp, meta)
