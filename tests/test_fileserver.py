@@ -257,6 +257,8 @@ def test_a_cut_upload_to_the_file_server_leaves_nothing(pair):
     with socket.create_connection(("127.0.0.1", files.port), timeout=10) as s:
         s.sendall(f"PUT /blobs/{SOME_ID} HTTP/1.1\r\nHost: x\r\nX-Files-Secret: {FILES_SECRET}\r\n"
                   f"Content-Length: 100000\r\n\r\n".encode() + b"y" * 50_000)
+        # the half that arrived is being written: only then is the connection cut
+        wait_for(lambda: tree(files.data_dir / "tmp") != set(), 10, 0.01, "the upload's temp file")
     wait_for(lambda: tree(files.data_dir / "tmp") == set(), 10, 0.05, "the cut upload's temp file removed")
     assert stored(files) == before
 
