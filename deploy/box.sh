@@ -215,6 +215,13 @@ provision_services() {
   with_systemd || sshd_jail='[sshd]\n# no systemd journal here (and no auth.log): off\nenabled = false\n'
   put_file /etc/systemd/system/lorebase.service 644 root:root <"$here/lorebase.service" &&
     { ! with_systemd || { systemctl daemon-reload && systemctl enable -q lorebase; }; }
+  # the file server's unit, there for the box that is to hold the files: enabled by hand
+  # (README: The file server)
+  if [ -f "$here/lorebase-files.service" ] &&
+    put_file /etc/systemd/system/lorebase-files.service 644 root:root <"$here/lorebase-files.service" &&
+    with_systemd; then
+    systemctl daemon-reload
+  fi
   {
     printf '# lorebase'"'"'s output when it runs without systemd (deploy/box.sh provision)\n'
     printf '%s/*.log {\n  weekly\n  rotate 8\n  compress\n  delaycompress\n  missingok\n' "$LOGS"

@@ -30,5 +30,5 @@ for arg in "${args[@]}"; do remote+=" $(printf '%q' "$arg")"; done
 # shellcheck disable=SC2016
 remote+='; rc=$?; rm -rf "$t"; exit $rc'
 start=$EPOCHREALTIME
-tar -czf - -C deploy box.sh lorebase.service | "${ssh[@]}" "$remote"
+tar -czf - -C deploy box.sh lorebase.service lorebase-files.service | "${ssh[@]}" "$remote"
 awk -v a="$start" -v b="$EPOCHREALTIME" -v h="$host" 'BEGIN { printf "provision.sh: %s done in %.1f s\n", h, b - a }'

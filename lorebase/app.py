@@ -113,6 +113,7 @@ def create_app(config: Config, chain_routes: list[Route] | None = None) -> App:
             task.cancel()
         await asyncio.gather(*flusher, return_exceptions=True)
         await notify.close()
+        await app.store.blobs.close()  # the file server's connections, with FILES_URL
         await app.db.close()
 
     app.on_start, app.on_stop = start, stop

@@ -13,18 +13,23 @@ from . import __version__
 from . import config as configmod
 
 
-def _load(env: str) -> configmod.Config:
+def _load(env: str, role: str = "api") -> configmod.Config:
     try:
-        return configmod.load(env)
+        return configmod.load(env, role=role)
     except configmod.ConfigError as error:
         print(f"lorebase: config: {error}", file=sys.stderr)
         raise SystemExit(2) from None
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    config = _load(args.env, args.role)
+    if args.role == "files":
+        from . import fileserver
+
+        return fileserver.serve(config)
     from . import master
 
-    return master.serve(_load(args.env))
+    return master.serve(config)
 
 
 def cmd_config(args: argparse.Namespace) -> int:
@@ -68,6 +73,7 @@ def _redis(config: configmod.Config) -> Any:
 def cmd_files_check(args: argparse.Namespace) -> int:
     from botocore.exceptions import BotoCoreError, ClientError
 
+    from .files.blobs import Unavailable
     from .files.check import check
 
     config = _load(args.env)
@@ -75,6 +81,10 @@ def cmd_files_check(args: argparse.Namespace) -> int:
         left = check(config, _redis(config), repair=args.repair, verify=args.verify)
     except (BotoCoreError, ClientError) as error:
         print(f"lorebase files check: S3 unreachable or refusing ({error}); nothing more checked", file=sys.stderr)
+        return 2
+    except Unavailable as error:
+        print(f"lorebase files check: the file server ({config.FILES_URL}) does not answer ({error.detail}); "
+              "nothing more checked", file=sys.stderr)
         return 2
     return 1 if left else 0
 
@@ -91,6 +101,7 @@ def _run_check(config: configmod.Config, client: Any, repair: bool, who: str) ->
     from botocore.exceptions import BotoCoreError, ClientError
 
     from .check import check
+    from .files.blobs import Unavailable
 
     try:
         report = check(config, client, repair=repair, progress=sys.stderr)
@@ -99,6 +110,10 @@ def _run_check(config: configmod.Config, client: Any, repair: bool, who: str) ->
         return 2
     except (BotoCoreError, ClientError) as error:
         print(f"{who}: S3 unreachable or refusing ({error}); nothing more checked", file=sys.stderr)
+        return 2
+    except Unavailable as error:
+        print(f"{who}: the file server ({config.FILES_URL}) does not answer ({error.detail}); nothing more checked",
+              file=sys.stderr)
         return 2
     return 1 if report.left else 0
 
@@ -236,6 +251,9 @@ def parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("serve", help="run the master, its workers and (with no REDIS_URL) an embedded Redis",
                         description="Run the server in the foreground until SIGTERM or Ctrl-C.")
     env_arg(sp)
+    sp.add_argument("--role", choices=("api", "files"), default="api",
+                    help="api (default): the HTTP API; files: the file server for API nodes whose FILES_URL points "
+                         "here (FILES_HOST:FILES_PORT, FILES_SECRET), with the S3 mirror and the beat")
     sp.set_defaults(func=cmd_serve)
 
     sp = sub.add_parser("config", help="print the effective settings of an environment, secrets masked")

@@ -95,6 +95,12 @@ DEFAULTS: dict[str, Any] = {
     # files
     "FILE_LIMIT": 100 * 1024 * 1024,  # bytes of one upload
     "QUOTA": 1024 * 1024 * 1024,  # bytes of files per user
+    # the file server (`lorebase serve --role files`, fileserver.py)
+    "FILES_URL": "",  # empty: file bytes on this node's disk; else the file server, e.g. http://10.0.0.5:8081
+    "FILES_SECRET": "",  # sent by API nodes, required by the file server (X-Files-Secret); >= 32 bytes
+    "FILES_HOST": "127.0.0.1",  # where `--role files` listens
+    "FILES_PORT": 8081,
+    "FILES_TIMEOUT": 10.0,  # seconds an API node waits on the file server (each connect, read, write): then 503
 }
 
 # Only what differs in prod; the rest is the table above.
@@ -107,7 +113,7 @@ PER_ENV: dict[str, dict[str, Any]] = {
     },
 }
 
-SECRET_KEYS = ("COOKIE_SECRET", "S3_SECRET_KEY", "METRICS_TOKEN")
+SECRET_KEYS = ("COOKIE_SECRET", "S3_SECRET_KEY", "METRICS_TOKEN", "FILES_SECRET")
 MIN_SECRET_BYTES = 32
 KNOWN_WEAK = {"", "changeme", "secret", "dev", "change-me", "lorebase"}
 
@@ -205,10 +211,13 @@ def _read_secret_file(path: Path) -> dict[str, Any]:
     return {k: v for k, v in namespace.items() if k.isupper()}
 
 
-def load(env: str = "dev", environ: dict[str, str] | None = None, check: bool = True) -> Config:
+def load(env: str = "dev", environ: dict[str, str] | None = None, check: bool = True,
+         role: str = "api") -> Config:
     """Build the settings of `env`: defaults, per-env values, secret.py, then LOREBASE_*.
     check=False: no refusal of missing prod secrets (for reading a setting such as
-    DEPLOY_HOST on a machine that does not hold them); nothing is generated either."""
+    DEPLOY_HOST on a machine that does not hold them); nothing is generated either.
+    role="files": the file server's checks (FILES_SECRET; REDIS_URL with S3), not the API's
+    (it sets no cookie and sends no mail)."""
     if env not in ENVIRONMENTS:
         raise ConfigError(f"unknown environment {env!r}: use one of {', '.join(ENVIRONMENTS)}")
     environ = dict(os.environ if environ is None else environ)
@@ -231,13 +240,13 @@ def load(env: str = "dev", environ: dict[str, str] | None = None, check: bool = 
         values["WORKERS"] = os.cpu_count() or 1
     if not check:
         return Config(env, values)
-    _check(env, values)
-    if not values["COOKIE_SECRET"]:
+    _check(env, values, role)
+    if role == "api" and not values["COOKIE_SECRET"]:
         values["COOKIE_SECRET"] = _dev_secret(Path(values["DATA_DIR"]))
     return Config(env, values)
 
 
-def _check(env: str, values: dict[str, Any]) -> None:
+def _check(env: str, values: dict[str, Any], role: str = "api") -> None:
     if not 0 < values["PORT"] < 65536:
         raise ConfigError(f"PORT must be 1-65535, got {values['PORT']}")
     if values["REDIS_APPENDFSYNC"] not in ("everysec", "always"):
@@ -255,6 +264,22 @@ def _check(env: str, values: dict[str, Any]) -> None:
             raise ConfigError(f"NGINX_NODES: {node!r} is not host:port")
     if values["LOG_URL"] and urlsplit(str(values["LOG_URL"])).scheme not in ("http", "https"):
         raise ConfigError("LOG_URL must be an http:// or https:// URL")
+    if values["FILES_URL"]:
+        parts = urlsplit(str(values["FILES_URL"]))
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/") \
+                or parts.query or parts.username:
+            raise ConfigError("FILES_URL must be http://host:port or https://host:port (the file server), or empty")
+        check_files_secret(values)
+    if not 0 < values["FILES_PORT"] < 65536:
+        raise ConfigError(f"FILES_PORT must be 1-65535, got {values['FILES_PORT']}")
+    if not float(values["FILES_TIMEOUT"]) > 0:
+        raise ConfigError("FILES_TIMEOUT must be a number of seconds above 0")
+    if role == "files":
+        check_files_secret(values)
+        if values["S3_BUCKET"] and not values["REDIS_URL"]:
+            raise ConfigError("the file server runs the S3 mirror, whose queue is in Redis: set REDIS_URL "
+                              "(the API nodes' Redis)")
+        return
     if env != "prod":
         return
     secret = values["COOKIE_SECRET"]
@@ -271,6 +296,17 @@ def _check(env: str, values: dict[str, Any]) -> None:
         # boto3 may still find credentials on the instance (an IAM role); say so, don't stop
         print("lorebase: S3_BUCKET is set without S3_ACCESS_KEY/S3_SECRET_KEY; "
               "using boto3's default credentials", file=sys.stderr)
+
+
+def check_files_secret(values: dict[str, Any]) -> None:
+    """FILES_SECRET, which the API nodes and the file server share: in every environment (no
+    node can make it up for the others), random, at least MIN_SECRET_BYTES."""
+    secret = values["FILES_SECRET"]
+    if not isinstance(secret, str) or secret.strip().lower() in KNOWN_WEAK:
+        raise ConfigError("FILES_SECRET is missing or a default: the file server and the API nodes need the same "
+                          "one (generate one with: python3 -c 'import secrets; print(secrets.token_urlsafe(48))')")
+    if len(secret.encode()) < MIN_SECRET_BYTES:
+        raise ConfigError(f"FILES_SECRET is shorter than {MIN_SECRET_BYTES} bytes")
 
 
 def _dev_secret(data_dir: Path) -> str:

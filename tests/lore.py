@@ -147,8 +147,112 @@ def topology_redis(base: Path, overrides: dict[str, Any]) -> Iterator[dict[str, 
         made.stop()
 
 
+FILES_SECRET = "files-secret-of-the-tests-0123456789abcdef"  # >= 32 bytes, as the server requires
+
+
+def test_files() -> str:
+    """Where the files tests keep the bytes (the env var LOREBASE_TEST_FILES): 'local' (unset:
+    each lorebase's own disk) or 'server' (each lorebase gets a `--role files` process of its
+    own on the same DATA_DIR, reached through FILES_URL: every byte goes over HTTP, and what a
+    test sees on disk is what the file server wrote; with S3 settings it also runs the mirror,
+    on the lorebase's Redis)."""
+    chosen = os.environ.get("LOREBASE_TEST_FILES", "") or "local"
+    if chosen not in ("local", "server"):
+        raise RuntimeError(f"LOREBASE_TEST_FILES={chosen!r}: use local or server")
+    return chosen
+
+
+class FileServer:
+    """`lorebase serve --role files` as a child process, with LOREBASE_* overrides."""
+
+    def __init__(self, data_dir: Path, port: int | None = None, **overrides: Any):
+        self.data_dir = data_dir
+        self.port = port or free_port()  # a restart on the same port: FileServer(dir, port=old.port)
+        self.overrides = {"FILES_PORT": str(self.port), "FILES_HOST": "127.0.0.1", "DATA_DIR": str(data_dir),
+                          "FILES_SECRET": FILES_SECRET, "SHUTDOWN_GRACE": "3", "BEAT_EVERY": "0"}
+        self.overrides.update({k: str(v) for k, v in overrides.items()})
+        self.log_path = data_dir.parent / f"{data_dir.name}-files.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.wrapper: list[str] = []  # a command the server runs under, such as prlimit
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def environ(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LOREBASE_")}
+        env["LOREBASE_SECRET_FILE"] = str(self.data_dir.parent / "no-secret.py")
+        env.update({"LOREBASE_BEAT_CPU": "0", "LOREBASE_BEAT_MEMORY": "0", "LOREBASE_BEAT_DISK": "0"})
+        env.update({f"LOREBASE_{k}": v for k, v in self.overrides.items()})
+        return env
+
+    def start(self, wait: bool = True) -> FileServer:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")
+        command = [sys.executable, "-m", "lorebase", "serve", "dev", "--role", "files"]
+        self.proc = subprocess.Popen([*self.wrapper, *command],
+                                     env=self.environ(), stdout=log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, cwd=ROOT)
+        log.close()
+        if wait:
+            def up() -> bool:
+                assert self.proc is not None
+                if self.proc.poll() is not None:
+                    raise AssertionError(f"the file server exited with {self.proc.returncode}:\n"
+                                         f"{self.log_text()[-3000:]}")
+                return httpx.get(self.url + "/blobs", headers={"x-files-secret": FILES_SECRET},
+                                 timeout=2).status_code == 200
+            wait_for(up, 30, 0.05, "the file server")
+        return self
+
+    def stop(self, timeout: float = 30.0) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError("the file server did not stop within 30 s of SIGTERM") from None
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    @contextmanager
+    def running(self) -> Iterator[FileServer]:
+        self.start()
+        try:
+            yield self
+        finally:
+            code = self.stop()
+            assert code == 0, f"the file server exited with {code}:\n{self.log_text()[-2000:]}"
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def events(self, name: str | None = None) -> list[dict[str, Any]]:
+        out = []
+        for line in self.log_text().splitlines():
+            if line.startswith("{"):
+                try:
+                    entry = json.loads(line)
+                except ValueError:
+                    continue
+                if name is None or entry.get("ev") == name:
+                    out.append(entry)
+        return out
+
+
 class Lorebase:
-    """`lorebase serve` as a child process, with LOREBASE_* overrides."""
+    """`lorebase serve` as a child process, with LOREBASE_* overrides. With
+    LOREBASE_TEST_FILES=server (test_files()) and no FILES_URL given, a file server of its own
+    on the same DATA_DIR starts and stops with it."""
 
     def __init__(self, data_dir: Path, env: str = "dev", root: Path = ROOT, **overrides: Any):
         self.data_dir = data_dir
@@ -162,6 +266,13 @@ class Lorebase:
         self.log_path = data_dir.parent / f"{data_dir.name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.wrapper: list[str] = []  # a command the server runs under, such as prlimit
+        self.files: FileServer | None = None
+        if test_files() == "server" and "FILES_URL" not in overrides:
+            s3 = {k: v for k, v in overrides.items() if k.startswith("S3_")}
+            if s3:  # the file server runs the mirror: it needs the Redis of the queue
+                s3["REDIS_URL"] = overrides.get("REDIS_URL") or f"unix://{data_dir / 'redis' / 'redis.sock'}"
+            self.files = FileServer(data_dir, **s3)
+            self.overrides.update({"FILES_URL": self.files.url, "FILES_SECRET": FILES_SECRET})
 
     @property
     def url(self) -> str:
@@ -177,6 +288,8 @@ class Lorebase:
 
     def start(self, wait: bool = True) -> Lorebase:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        if self.files is not None and (self.files.proc is None or self.files.proc.poll() is not None):
+            self.files.start()
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([*self.wrapper, sys.executable, "-m", "lorebase", "serve", self.env_name],
                                      env=self.environ(), stdout=log, stderr=subprocess.STDOUT,
@@ -195,6 +308,13 @@ class Lorebase:
         wait_for(up, timeout, 0.05, "lorebase /health")
 
     def stop(self, timeout: float = 30.0) -> int:
+        code = self._stop(timeout)
+        if self.files is not None:
+            files_code = self.files.stop(timeout)
+            assert files_code == 0, f"the file server exited with {files_code}:\n{self.files.log_text()[-2000:]}"
+        return code
+
+    def _stop(self, timeout: float) -> int:
         if self.proc is None or self.proc.poll() is not None:
             return self.proc.returncode if self.proc else 0
         self.proc.send_signal(signal.SIGTERM)

@@ -1,7 +1,7 @@
 """lorebase beyond one box (issue 11), through its HTTP API and its commands: a lorebase whose
 REDIS_URL is `redis+sentinel://` or `redis+cluster://` keeps serving when a primary is
-killed, and its check, backup and restore work there; two API nodes behind nginx. (The
-client underneath: tests/test_topology.py.)"""
+killed, and its check, backup and restore work there; two API nodes behind nginx, one
+killed; two sharing a file server. (The client underneath: tests/test_topology.py.)"""
 
 from __future__ import annotations
 
@@ -15,9 +15,10 @@ import httpx
 import psutil
 import pytest
 
-from .files_support import lorebase_cmd
+from .files_support import Api as FilesApi
+from .files_support import blob, lorebase_cmd, tree, user
 from .identity_support import COOKIE, Api, Users, dedicated
-from .lore import Lorebase, MailSink, RedisServer, free_port, wait_for
+from .lore import FILES_SECRET, FileServer, Lorebase, MailSink, RedisServer, free_port, wait_for
 from .test_nginx import NGINX, WRAPPER, Edge
 from .test_topology import record
 from .topology import Cluster, Sentinels
@@ -256,4 +257,48 @@ def test_two_api_nodes_behind_nginx_one_killed(tmp_path_factory: pytest.TempPath
         if a.proc is not None and a.proc.poll() is None:
             a.stop()
         assert b.stop() == 0
+        shared.stop()
+
+
+def test_two_api_nodes_behind_nginx_share_one_file_server(tmp_path_factory: pytest.TempPathFactory,
+                                                          mail: MailSink) -> None:
+    """Architecture C with its file server: two API nodes (one Redis, one COOKIE_SECRET, the same
+    FILES_URL) behind nginx. A file uploaded through A is downloaded through B and through
+    nginx, deleted through B, and neither node's DATA_DIR ever holds a byte of it."""
+    base = Path(tmp_path_factory.mktemp("two-nodes-files"))
+    shared = RedisServer(base / "redis").start()
+    files = FileServer(base / "files").start()
+    common = {"REDIS_URL": shared.url, "COOKIE_SECRET": "s" * 48, "TRUSTED_PROXIES": "127.0.0.1",
+              "MAIL_URL": mail.url, "FILES_URL": files.url, "FILES_SECRET": FILES_SECRET}
+    a = Lorebase(base / "a" / "data", **common).start()
+    b = Lorebase(base / "b" / "data", **common).start()
+    edge = None
+    try:
+        data = blob(1_500_000, "two-nodes")
+        with user(a, "two_files") as on_a:
+            out = on_a.ok_upload(data, "shared.bin")
+            on_b = FilesApi(b, on_a.ip)
+            on_b.cookie, on_b.csrf = on_a.cookie, on_a.csrf
+            try:
+                r = on_b.get(f"/files/{out['id']}")
+                assert r.status_code == 200 and r.content == data
+                edge = edge_for(base / "edge", a, [a, b])
+                with edge.client() as http:
+                    through = http.get(f"/files/{out['id']}", headers={"cookie": f"{COOKIE}={on_a.cookie}"})
+                    assert through.status_code == 200 and through.content == data
+                    assert through.headers["etag"] == r.headers["etag"]  # one file server, one ETag
+                for node in (a, b):
+                    assert tree(node.data_dir / "files") == set() and tree(node.data_dir / "tmp") == set()
+                assert (files.data_dir / "files" / out["id"][-2:] / out["id"]).read_bytes() == data
+                assert on_b.post("/files/delete", {"id": out["id"]}).status_code == 200
+                assert on_a.get(f"/files/{out['id']}").status_code == 404
+                assert tree(files.data_dir / "files") == set()
+            finally:
+                on_b.close()
+    finally:
+        if edge is not None and edge.proc is not None:
+            edge.proc.terminate()
+            edge.proc.wait(10)
+        assert a.stop() == 0 and b.stop() == 0
+        assert files.stop() == 0
         shared.stop()

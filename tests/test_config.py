@@ -69,6 +69,50 @@ def test_prod_secret_from_the_secret_file_is_accepted(tmp_path):
     assert settings["COOKIE_SECRET"] == "***"
 
 
+@pytest.mark.parametrize("secret", ["", "changeme", "x" * 31])
+@pytest.mark.parametrize("argv", [("serve", "dev"), ("serve", "dev", "--role", "files")])
+def test_a_file_server_or_its_client_without_a_strong_files_secret_exits_2_naming_it(tmp_path, secret, argv):
+    """FILES_SECRET in every environment: with FILES_URL set (an API node) or for --role files."""
+    out = run(tmp_path, *argv, FILES_URL="http://127.0.0.1:9", FILES_SECRET=secret)
+    assert out.returncode == 2, (out.stdout, out.stderr)
+    assert "FILES_SECRET" in out.stderr
+    assert secret not in out.stderr + out.stdout or not secret
+    assert not (tmp_path / "data" / "redis").exists() and not (tmp_path / "data" / "files").exists()
+
+
+@pytest.mark.parametrize("url", ["ftp://10.0.0.5:8081", "http://", "http://10.0.0.5:8081/files", "10.0.0.5:8081",
+                                 "http://user:pw@10.0.0.5:8081", "http://10.0.0.5:8081?x=1"])
+def test_a_files_url_that_is_not_http_host_port_exits_2_naming_it(tmp_path, url):
+    out = run(tmp_path, "serve", "dev", FILES_URL=url, FILES_SECRET=STRONG)
+    assert out.returncode == 2 and "FILES_URL" in out.stderr, (out.stdout, out.stderr)
+
+
+def test_the_files_secret_is_masked_and_a_file_server_with_s3_needs_redis(tmp_path):
+    settings = config(tmp_path, FILES_URL="http://10.0.0.5:8081", FILES_SECRET=STRONG)
+    assert settings["FILES_SECRET"] == "***" and settings["FILES_URL"] == "http://10.0.0.5:8081"
+    out = run(tmp_path, "serve", "dev", "--role", "files", FILES_SECRET=STRONG, S3_BUCKET="b", S3_TRASH_BUCKET="t")
+    assert out.returncode == 2 and "REDIS_URL" in out.stderr, (out.stdout, out.stderr)
+
+
+def test_a_prod_file_server_needs_its_secret_not_the_api_ones(tmp_path):
+    """--role files in prod: FILES_SECRET is its one secret (no cookie, no mail of its own)."""
+    out = run(tmp_path, "serve", "prod", "--role", "files", FILES_SECRET="y" * 31)
+    assert out.returncode == 2 and "FILES_SECRET" in out.stderr, (out.stdout, out.stderr)
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "lorebase", "serve", "prod", "--role", "files"], cwd=ROOT, env={
+        **{k: v for k, v in os.environ.items() if not k.startswith("LOREBASE_")},
+        "LOREBASE_SECRET_FILE": str(tmp_path / "no-secret.py"), "LOREBASE_DATA_DIR": str(tmp_path / "data"),
+        "LOREBASE_FILES_SECRET": STRONG, "LOREBASE_FILES_PORT": str(port), "LOREBASE_BEAT_EVERY": "0"},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: httpx.get(f"http://127.0.0.1:{port}/blobs", headers={"x-files-secret": STRONG},
+                                   timeout=2).status_code == 200, 20, 0.05, "the prod file server")
+        assert not (tmp_path / "data" / "dev_cookie_secret").exists()
+    finally:
+        proc.terminate()
+        assert proc.wait(20) == 0
+
+
 def test_environment_wins_over_the_secret_file(tmp_path):
     secret_file = tmp_path / "secret.py"
     secret_file.write_text("COOKIE_SECRET = 'short'\n")

@@ -25,6 +25,21 @@ def test_the_systemd_unit_passes_systemd_analyze_verify(tmp_path: Path):
     assert done.returncode == 0 and not done.stderr.strip(), done.stderr
 
 
+def test_the_file_server_unit_passes_systemd_analyze_verify_and_runs_the_files_role(tmp_path: Path):
+    analyze = shutil.which("systemd-analyze")
+    assert analyze, "systemd-analyze is missing (Debian's systemd package)"
+    text = (ROOT / "deploy" / "lorebase-files.service").read_text()
+    assert "ExecStart=/opt/lorebase/current/.venv/bin/lorebase serve prod --role files" in text
+    assert "ExecReload" not in text  # one process, no rolling restart: SIGHUP would end it
+    for hardening in ("NoNewPrivileges=yes", "ProtectSystem=strict", "ReadWritePaths=/var/lib/lorebase"):
+        assert hardening in text, hardening
+    unit = tmp_path / "lorebase-files.service"
+    lorebase = Path(sys.executable).parent / "lorebase"
+    unit.write_text(text.replace("/opt/lorebase/current/.venv/bin/lorebase", str(lorebase)))
+    done = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0 and not done.stderr.strip(), done.stderr
+
+
 def test_the_unit_reloads_with_sighup_and_outwaits_the_shutdown_grace():
     text = UNIT.read_text()
     assert "ExecReload=/bin/kill -HUP $MAINPID" in text

@@ -1,4 +1,5 @@
-"""Files (seed: File): the local store (the fast copy) and its S3 mirror (the durable copy).
+"""Files (seed: File): the store (records in Redis, the bytes behind blobs.Blobs: this disk, or
+the file server at FILES_URL) as the fast copy, and its S3 mirror (the durable copy).
 
 Local layout: DATA_DIR/files/<id[-2:]>/<id> for stored files, DATA_DIR/tmp/ for uploads in
 progress, DATA_DIR/trash/<id> for deleted files waiting to be moved to the S3 trash.

@@ -10,19 +10,24 @@ it still exists), and a file deleted or uploaded since the scan is not reported.
 A record and its S3 job are written in two steps (store.py), so the check also sweeps what a
 stop between them leaves: a record never mirrored (not in S3, no job pending) gets its put
 job again, and an object in the bucket with no record and no job pending (a removal whose
-trash job was never queued: its local copy waits in trash/) gets its trash job."""
+trash job was never queued: its local copy waits in trash/) gets its trash job.
+
+The disk is the one holding the bytes, through Blobs (blobs.py): this node's, or the file
+server's at FILES_URL (listed, hashed and fetched back there), so the check runs on any node."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 import time
-from pathlib import Path
 from typing import Any, TextIO
 
+from ..http import ApiError
 from ..tasks.queue import doing_lists, names
 from . import keys
 from . import s3 as s3mod
+from .blobs import Stat, blobs
 from .keys import S3_QUEUE
 from .store import ID, s3_key
 
@@ -72,13 +77,13 @@ def _records(db: Any) -> dict[str, str]:
     return out
 
 
-def _trash_leftovers(data: Path, pending: set[str]) -> set[str]:
-    """Ids of local copies in trash/ older than ORPHAN_AGE whose trash job is not pending."""
-    trash = data / "trash"
-    if not trash.exists():
-        return set()
-    return {p.name for p in trash.iterdir()
-            if ID.match(p.name) and p.name not in pending and time.time() - p.stat().st_mtime >= ORPHAN_AGE}
+def _old(stat: Stat) -> bool:
+    return time.time() - stat.mtime_ns / 1e9 >= ORPHAN_AGE
+
+
+def _trash_leftovers(trashed: dict[str, Stat], pending: set[str]) -> set[str]:
+    """Ids of copies in trash/ older than ORPHAN_AGE whose trash job is not pending."""
+    return {i for i, stat in trashed.items() if i not in pending and _old(stat)}
 
 
 def _s3_objects(s3: Any, bucket: str) -> list[tuple[str, str]]:
@@ -95,9 +100,20 @@ def _s3_objects(s3: Any, bucket: str) -> list[tuple[str, str]]:
 def check(config: Any, db: Any, repair: bool = False, verify: bool = False,
           out: TextIO = sys.stdout, progress: TextIO = sys.stderr) -> int:
     """Prints one line per problem; returns how many problems are left: all those found, or
-    with `repair` those it could not fix."""
-    data = Path(config.DATA_DIR)
+    with `repair` those it could not fix. Raises blobs.Unavailable if the file server does
+    not answer."""
+    with asyncio.Runner() as runner:  # one loop for the blobs' connections
+        store = blobs(config)
+        try:
+            return _check(config, db, store, runner.run, repair, verify, out, progress)
+        finally:
+            runner.run(store.close())
+
+
+def _check(config: Any, db: Any, store: Any, run: Any, repair: bool, verify: bool, out: TextIO,
+           progress: TextIO) -> int:
     records = sorted(_records(db).values())
+    on_disk_now: dict[str, Stat] = run(store.listing())  # after the records: each one's bytes came first
     s3 = s3mod.client(config) if config.S3_BUCKET else None
     pending = _pending(db) if s3 is not None else set()
     waiting = 0
@@ -110,18 +126,18 @@ def check(config: Any, db: Any, repair: bool = False, verify: bool = False,
         if not meta:  # deleted since the scan
             _progress(n, len(records), progress)
             continue
-        local = data / "files" / file_id[-2:] / file_id
         if db.zscore(keys.files(user), file_id) is None:  # every score is 0: test presence, not truth
             problems += 1
             print(f"{file_id}: not in {keys.files(user)}" + (" (added)" if repair else ""), file=out)
             if repair:
                 db.eval(_LIST, 2, key, keys.files(user), user, file_id)
                 fixed += 1
-        on_disk = local.exists()
-        if on_disk and local.stat().st_size != int(meta.get("size", -1)):
+        held = on_disk_now.get(file_id)
+        on_disk = held is not None
+        if held is not None and held.size != int(meta.get("size", -1)):
             problems += 1
-            print(f"{file_id}: local size {local.stat().st_size} != recorded {meta.get('size')}", file=out)
-        elif on_disk and verify and s3mod.sha256_of(local) != meta.get("sha256"):
+            print(f"{file_id}: local size {held.size} != recorded {meta.get('size')}", file=out)
+        elif on_disk and verify and run(store.digest(file_id)) != meta.get("sha256"):
             problems += 1
             print(f"{file_id}: local SHA-256 differs from the recorded one", file=out)
         in_s3 = None
@@ -141,21 +157,21 @@ def check(config: Any, db: Any, repair: bool = False, verify: bool = False,
         if not on_disk:
             problems += 1
             if repair and in_s3 and s3 is not None:
-                local.parent.mkdir(parents=True, exist_ok=True)
-                s3.download_file(config.S3_BUCKET, s3_key(user, file_id), str(local))
-                print(f"{file_id}: missing on disk (fetched back from S3)", file=out)
-                fixed += 1
+                try:
+                    run(store.fetch_back({"id": file_id, "user": user, "sha256": meta.get("sha256", "")}))
+                    print(f"{file_id}: missing on disk (fetched back from S3)", file=out)
+                    fixed += 1
+                except ApiError as error:
+                    print(f"{file_id}: missing on disk (fetching it back from S3 failed: {error.code})", file=out)
             else:
                 print(f"{file_id}: missing on disk" + (" and in S3" if s3 is not None and not in_s3 else ""), file=out)
         _progress(n, len(records), progress)
-    files_dir = data / "files"
-    if files_dir.exists():
-        unknown = [p for p in files_dir.glob("*/*") if p.name not in seen and ID.match(p.name)]
-        now_known = set(_records(db)) if unknown else set()  # a second scan: uploads since the first
-        for path in unknown:
-            if path.name not in now_known and time.time() - path.stat().st_mtime >= ORPHAN_AGE:
-                problems += 1
-                print(f"{path.name}: on disk but not in Redis (orphan)", file=out)
+    unknown = [i for i in on_disk_now if i not in seen]
+    now_known = set(_records(db)) if unknown else set()  # a second scan: uploads since the first
+    for file_id in unknown:
+        if file_id not in now_known and _old(on_disk_now[file_id]):
+            problems += 1
+            print(f"{file_id}: on disk but not in Redis (orphan)", file=out)
     prefix, _, suffix = keys.files("\0").partition("\0")
     for list_key in db.scan_iter(match=keys.files("*"), count=1000):
         user = list_key[len(prefix):len(list_key) - len(suffix)]
@@ -171,7 +187,7 @@ def check(config: Any, db: Any, repair: bool = False, verify: bool = False,
     # deletes it: a copy left there, old and with no job pending, is the sign of a trash job
     # lost between the two steps (store.py); only then is the bucket listed for objects
     # without a record (so a check with nothing of the kind costs S3 nothing)
-    leftovers = _trash_leftovers(data, _pending(db, "trash")) if s3 is not None else set()
+    leftovers = _trash_leftovers(run(store.listing("trash")), _pending(db, "trash")) if s3 is not None else set()
     if s3 is not None and leftovers:
         queued = _pending(db, None)
         for user, file_id in _s3_objects(s3, config.S3_BUCKET):

@@ -18,11 +18,10 @@ local bytes are gone too: "gone") and `mirrored` marks only a record that still 
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
 import random
 import re
-import secrets
 import time
 import unicodedata
 from pathlib import Path
@@ -108,30 +107,26 @@ def s3_key(user: str, file_id: str) -> str:
 
 
 class Store:
+    """The file records in Redis and, through `blobs` (blobs.py: this disk or the file
+    server), their bytes."""
+
     def __init__(self, config: Any):
-        self.root = Path(config.DATA_DIR)
-        self.files = self.root / "files"
-        self.tmp = self.root / "tmp"
-        self.trash = self.root / "trash"
-        for d in (self.files, self.tmp, self.trash):
-            d.mkdir(parents=True, exist_ok=True)
+        from .blobs import blobs
+
+        self.blobs = blobs(config)
         self.s3 = bool(config.S3_BUCKET)
         self.quota = int(config.QUOTA)
 
-    def path(self, file_id: str) -> Path:
-        return self.files / file_id[-2:] / file_id
-
     def temp(self) -> Path:
-        return self.tmp / f"upload-{secrets.token_hex(12)}"
+        return self.blobs.temp()
 
     async def add(self, db: Client, session: dict[str, Any], tmp: Path, meta: dict[str, Any]) -> None:
-        """Moves the upload into place and records it; 409 quota if it no longer fits, 403
-        session if the session that sent it ended meanwhile (its user destroyed, say)."""
+        """Stores the upload's bytes and records it; 409 quota if it no longer fits, 403
+        session if the session that sent it ended meanwhile (its user destroyed, say). Bytes
+        stored without a record are removed again (a failed record write included)."""
         user = session["user"]
         file_id = meta["id"]
-        final = self.path(file_id)
-        final.parent.mkdir(exist_ok=True)
-        os.replace(tmp, final)
+        await self.blobs.put(tmp, file_id)
         fields: list[Any] = []
         for key, value in meta.items():
             fields += [key, value]
@@ -139,13 +134,23 @@ class Store:
         try:
             added = await db.script(_ADD, names, [meta["size"], self.quota, file_id, *fields])
         except BaseException:
-            final.unlink(missing_ok=True)
+            await self._discard(file_id)
             raise
         if added != "ok":
-            final.unlink(missing_ok=True)
+            await self._discard(file_id)
             raise ApiError(409, "quota") if added == "quota" else ApiError(403, "session")
         if self.s3:  # after the record (see the docstring)
             await db.call("LPUSH", S3_QUEUE, json.dumps({"op": "put", "id": file_id, "user": user}))
+
+    async def _discard(self, file_id: str) -> None:
+        """Bytes that got no record; if the file server cannot be told now, the check finds
+        them as an orphan."""
+        try:
+            await self.blobs.delete(file_id)
+        except ApiError as error:
+            from ..notify import notify
+
+            notify("orphan blob", file=file_id, error=error.code)
 
     async def get(self, db: Client, user: str, file_id: str) -> dict[str, str] | None:
         """The file's metadata if it is `user`'s; None otherwise (another user's id included)."""
@@ -168,20 +173,28 @@ class Store:
 
     async def remove(self, db: Client, user: str, file_id: str, orphan: bool = False) -> bool:
         """Forgets the file; its bytes go to the S3 trash (through the queue) or away.
-        orphan=True: only while its user does not exist (a leftover of a missing user)."""
-        local = self.path(file_id)
-        if self.s3 and local.exists():
-            os.replace(local, self.trash / file_id)  # kept until the S3 trash has it
-        removed = await db.script(_REMOVE, [keys.file(user, file_id), keys.files(user), keys.usage(user),
-                                            user_key(user)], [user, file_id, "1" if orphan else ""])
+        orphan=True: only while its user does not exist (a leftover of a missing user).
+        The bytes move to the trash before the record goes (a download in flight then ends
+        short; with the file server down: 503 unavailable, nothing changed)."""
+        if self.s3 and await self.get(db, user, file_id) is None:
+            return False  # never touch the bytes of an id that is not the user's
+        moved = await self.blobs.trash(file_id) if self.s3 else False  # kept until the S3 trash has it
+        try:
+            removed = await db.script(_REMOVE, [keys.file(user, file_id), keys.files(user), keys.usage(user),
+                                                user_key(user)], [user, file_id, "1" if orphan else ""])
+        except BaseException:  # Redis failed: the record lives on, so do its bytes
+            if moved:
+                with contextlib.suppress(ApiError):
+                    await self.blobs.untrash(file_id)
+            raise
         if not removed:
-            if self.s3 and (self.trash / file_id).exists():
-                os.replace(self.trash / file_id, local)
+            if moved:
+                await self.blobs.untrash(file_id)
             return False
         if self.s3:  # after the record is gone (see the docstring)
             await db.call("LPUSH", S3_QUEUE, json.dumps({"op": "trash", "id": file_id, "user": user}))
         else:
-            local.unlink(missing_ok=True)
+            await self._discard(file_id)
         return True
 
     async def owned(self, db: Client, user: str, ids: list[str]) -> list[bool]:

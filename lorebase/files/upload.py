@@ -105,11 +105,13 @@ class Upload:
             self.done_file = True  # flushed, synced and closed by finish(), off the event loop
         self._field = ""
 
-    def finish(self) -> None:
-        """The file's bytes on disk before anyone is told it is stored."""
+    def finish(self, sync: bool = True) -> None:
+        """The file's bytes on disk before anyone is told it is stored (sync=False: this copy
+        is only a relay, the one stored is fsynced where it is kept)."""
         assert self.file is not None
         self.file.flush()
-        os.fsync(self.file.fileno())
+        if sync:
+            os.fsync(self.file.fileno())
         self.file.close()
 
     def discard(self) -> None:
@@ -119,7 +121,7 @@ class Upload:
 
 
 async def receive_upload(req: Request, tmp: Path, limit: int, room: int, csrf: str | None,
-                         body_limit: int) -> Upload:
+                         body_limit: int, sync: bool = True) -> Upload:
     """Reads the request body into `tmp`; raises ApiError (and leaves nothing) on failure.
     The whole body is held to `body_limit` (a preamble or epilogue around the file part
     counts too)."""
@@ -166,7 +168,7 @@ async def receive_upload(req: Request, tmp: Path, limit: int, room: int, csrf: s
         upload.discard()
         raise ApiError(400, "validation", "file")
     try:
-        await asyncio.to_thread(upload.finish)  # an fsync of 100 MiB must not stall the worker
+        await asyncio.to_thread(upload.finish, sync)  # an fsync of 100 MiB must not stall the worker
     except OSError as error:
         raise _storage_error(req, upload, error) from None
     return upload

@@ -2,25 +2,20 @@
 
 from __future__ import annotations
 
-import asyncio
-import os
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import msgspec
 
 from ..chain import Route
-from ..files import s3
 from ..files.store import ID, check_id, new_id, serve_type
 from ..files.upload import receive_upload
 from ..http import ApiError, Reply, Request, etag_matches, reply
 from ..schema import Schema, Text
 
 PAGE = 50
-CHUNK = 256 * 1024
 
 
 class FileOut(msgspec.Struct):
@@ -62,7 +57,7 @@ async def upload(req: Request) -> Reply:
     expected = req.session["csrf"] if req.session.get("csrf_in_body") else None
     tmp = store.temp()
     got = await receive_upload(req, tmp, app.config.FILE_LIMIT, room, expected,
-                               body_limit=app.config.FILE_LIMIT + MULTIPART_OVERHEAD)
+                               body_limit=app.config.FILE_LIMIT + MULTIPART_OVERHEAD, sync=store.blobs.keeps_temp)
     meta = {"id": new_id(), "user": user, "name": got.name, "size": got.size, "type": got.type,
             "sha256": got.digest.hexdigest(), "created": int(time.time()), "s3": 0}
     await store.add(app.db, req.session, tmp, meta)
@@ -99,18 +94,6 @@ def _range(header: str, size: int) -> tuple[int, int] | None:
     return start, min(end, size - 1)
 
 
-async def _stream(path: Path, start: int, length: int) -> AsyncIterator[bytes]:
-    with open(path, "rb") as f:
-        f.seek(start)
-        left = length
-        while left > 0:
-            chunk = f.read(min(CHUNK, left)) if left <= CHUNK else await asyncio.to_thread(f.read, CHUNK)
-            if not chunk:
-                return
-            left -= len(chunk)
-            yield chunk
-
-
 async def download(req: Request) -> Reply:
     app = req.app
     assert req.session is not None
@@ -118,22 +101,23 @@ async def download(req: Request) -> Reply:
     meta = await app.store.get(app.db, req.session["user"], file_id)
     if meta is None:
         raise ApiError(404, "notfound")
-    path = app.store.path(file_id)
-    try:
-        stat = os.stat(path)
-    except FileNotFoundError:
+    blobs = app.store.blobs
+    stat = await blobs.stat(file_id)
+    if stat is None:  # the bytes are lost where they should be: S3 has the durable copy
         if not app.store.s3:
-            raise ApiError(404, "missing") from None
-        await s3.fetch_back(app.config, meta, path)
-        stat = os.stat(path)
-    etag = f'"{stat.st_mtime_ns:x}-{stat.st_size:x}"'
+            raise ApiError(404, "missing")
+        await blobs.fetch_back(meta)  # where the bytes belong (this disk or the file server)
+        stat = await blobs.stat(file_id)
+        if stat is None:
+            raise ApiError(503, "s3")
+    etag = stat.etag
     headers: dict[str, str] = {"etag": etag, "cache-control": "private, no-cache", "accept-ranges": "bytes",
                                "content-disposition": _disposition(meta["name"]),
                                "content-type": serve_type(meta.get("type", ""))}
     inm = req.header(b"if-none-match")
     if inm is not None and etag_matches(inm, etag):
         return Reply(304, b"", headers, stream=_empty())
-    size = stat.st_size
+    size = stat.size
     start, length, status = 0, size, 200
     range_header = req.headers.get("range")
     if range_header and req.headers.get("if-range", etag) == etag:
@@ -150,7 +134,7 @@ async def download(req: Request) -> Reply:
         else:
             status = 200
     headers["content-length"] = str(length)
-    return Reply(status, b"", headers, stream=_stream(path, start, length) if req.method != "HEAD" else _empty())
+    return Reply(status, b"", headers, stream=blobs.read(file_id, start, length) if req.method != "HEAD" else _empty())
 
 
 async def _empty() -> AsyncIterator[bytes]:
@@ -176,12 +160,13 @@ def routes(config: Any) -> list[Route]:
         Route("POST", "/files", upload, section="private", accepts="multipart",
               limit=config.FILE_LIMIT + MULTIPART_OVERHEAD,
               summary="Upload one file (multipart field `file`; CSRF in X-CSRF-Token or a `csrf` field before it)",
-              ok=FileOut, replies={409: ["quota"], 507: ["storage"]}),
+              ok=FileOut, replies={409: ["quota"], 503: ["unavailable"], 507: ["storage"]}),
         Route("GET", "/files", list_files, section="private", query=ListQuery, ok=list[FileRow],
               summary="The user's files, newest first, 50 a page (`before`: the last id of the previous page)"),
         Route("GET", "/files/{id}", download, section="private", serves="*/*",
               summary="The file's bytes (ETag, Range → 206, attachment)",
-              replies={206: [], 404: ["notfound", "missing"], 416: ["range"], 503: ["s3"]}),
-        Route("POST", "/files/delete", delete, section="private", body=DeleteIn, replies={404: ["notfound"]},
+              replies={206: [], 404: ["notfound", "missing"], 416: ["range"], 503: ["s3", "unavailable"]}),
+        Route("POST", "/files/delete", delete, section="private", body=DeleteIn,
+              replies={404: ["notfound"], 503: ["unavailable"]},
               summary="Delete a file (to the S3 trash when S3 is on)"),
     ]

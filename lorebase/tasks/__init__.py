@@ -29,15 +29,16 @@ SCHEDULED = ("backup", "check", "stats")  # the scheduled tasks' names (`task:{<
 
 
 class Tasks:
-    def __init__(self, config: Any):
+    def __init__(self, config: Any, role: str = "api"):
         self.config = config
         self.db = db.connect(config, timeout=5)
         # each queue blocks on its own connection (BLMOVE): one connection each, waiting longer
         self.clients = [self.db]
         sender = mail.Sender(config.MAIL_URL or "console://", config.MAIL_FROM, config)
-        self.queues = [DurableQueue(self._blocking(), mail.QUEUE, _send_mail(sender),
-                                    lambda n: min(5 * 2 ** (n - 1), 3600), mail.MAX_TRIES, doing=mail.SENDING)]
-        if config.S3_BUCKET:
+        self.queues = [] if role == "files" else [
+            DurableQueue(self._blocking(), mail.QUEUE, _send_mail(sender), lambda n: min(5 * 2 ** (n - 1), 3600),
+                         mail.MAX_TRIES, doing=mail.SENDING)]
+        if config.S3_BUCKET and (role == "files" or not config.FILES_URL):  # where the bytes are
             from ..files import s3
             from ..files.keys import S3_QUEUE
             from ..files.store import Store
@@ -60,7 +61,7 @@ class Tasks:
         if float(config.CHECK_EVERY) > 0:
             tasks.append(Task("check", float(config.CHECK_EVERY), self.alerting("check", self.check),
                               at_start=CHECK_AT_START))
-        self.scheduler = Scheduler(self.db, tasks, float(config.LOCK_TTL))
+        self.scheduler = Scheduler(self.db, tasks, float(config.LOCK_TTL)) if role == "api" else None
         self.beat = Beat(self.db, config) if float(config.BEAT_EVERY) > 0 else None  # on every node
         self.stopping = asyncio.Event()
 
@@ -112,15 +113,17 @@ class Tasks:
         if outcome == "put":  # only if the file was not deleted meanwhile
             await self.store.mirrored(self.db, str(job["user"]), str(job["id"]))
 
-    async def run(self) -> None:
+    async def run(self, signals: bool = True) -> None:
+        """Until `stopping` is set (by SIGTERM/SIGINT unless signals=False: the caller's)."""
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT) if signals else ():
             loop.add_signal_handler(sig, self.stopping.set)
         notify.attach_async(self.db)
         working = [asyncio.create_task(q.work(self.stopping)) for q in self.queues]
         jobs = [asyncio.create_task(q.promote(self.stopping)) for q in self.queues]
         jobs += [asyncio.create_task(q.watch(self.stopping)) for q in self.queues]
-        jobs.append(asyncio.create_task(self.scheduler.run(self.stopping)))
+        if self.scheduler is not None:
+            jobs.append(asyncio.create_task(self.scheduler.run(self.stopping)))
         if self.beat is not None:
             jobs.append(asyncio.create_task(self.beat.run(self.stopping)))
         await self.stopping.wait()
