@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -29,18 +30,34 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+_CLUSTER_PORTS: set[int] = set()  # handed out by free_cluster_port in this process
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_cluster_port() -> int:
-    """A free port a Redis Cluster node may take: at most 55535, its bus port (10000 above
-    it) free too."""
+    """A free port a Redis Cluster node may take, its bus port (10000 above it) free too, both
+    below the kernel's ephemeral range: a port picked from that range (bind to 0) can be taken
+    by any outgoing connection's source port before the node binds it (it happened in CI).
+    Never the same one twice in a test process."""
+
+    top = _ephemeral_low() - 10000
     while True:
-        port = free_port()
-        if port > 55535:
+        port = random.randrange(10000, top)
+        if port in _CLUSTER_PORTS:
             continue
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port + 10000))
-            except OSError:
-                continue
+        try:
+            with socket.socket() as a, socket.socket() as b:
+                a.bind(("127.0.0.1", port))
+                b.bind(("127.0.0.1", port + 10000))
+        except OSError:
+            continue
+        _CLUSTER_PORTS.add(port)
         return port
 
 
