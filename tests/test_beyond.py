@@ -139,7 +139,8 @@ def test_cluster_primary_killed_under_writes(tmp_path_factory: pytest.TempPathFa
     /notes by a user whose slot lives on the primary killed with -9: requests get 200 or 503
     (never 500), writes succeed again within 10 s with no restart, and `lorebase check` /
     `backup` / `restore` run on the cluster (the backup merges every primary's keys; the
-    restore puts each key on its slot's primary)."""
+    restore puts each key on its slot's primary); then every slot of the user's primary is
+    resharded to another under POST and GET /notes: no 5xx, nothing lost."""
     cluster = Cluster(Path(tmp_path_factory.mktemp("cluster"))).start()
     try:
         with dedicated(tmp_path_factory, mail, "on-cluster", REDIS_URL=cluster.url) as lore, \
@@ -189,6 +190,32 @@ def test_cluster_primary_killed_under_writes(tmp_path_factory: pytest.TempPathFa
                 assert len(note_ids(users.session(other))) == 1
             checked = lorebase_cmd(lore, "check", "dev")
             assert checked.returncode == 0, checked.stdout + checked.stderr
+
+            # every slot of the user's primary moves to another (redis-cli --cluster reshard)
+            # under the same stream of writes and reads: no 5xx, nothing lost
+            source = cluster.owner("{cl_alice}")
+            target = next(p for p in cluster.primaries() if p != source)
+            owned = sum(end - start + 1 for start, end, node, *_ in cluster.node(source).execute_command(
+                "CLUSTER", "SLOTS") if int(node[1]) == source)
+            moving = threading.Thread(target=cluster.reshard, args=(source, target, owned, 300))
+            before = note_ids(api)
+            written: list[str] = []
+            failed: list[str] = []
+            moving.start()
+            while moving.is_alive() or not written:
+                r = raw_post(api, "/notes", {"text": f"m{len(written)}"})
+                if r.status_code == 200:
+                    written.append(r.json()["id"])
+                else:
+                    failed.append(f"{r.status_code} {r.text[:100]}")
+                listed = api.http.get("/notes", headers={"cookie": f"{COOKIE}={api.cookie}", "x-real-ip": api.ip})
+                if listed.status_code != 200:
+                    failed.append(f"GET {listed.status_code} {listed.text[:100]}")
+            moving.join()
+            assert cluster.owner("{cl_alice}") == target
+            assert not failed, failed[:10]
+            assert note_ids(api) == before | set(written)
+            record("lorebase on cluster, reshard under writes", slots=owned, posts=len(written), failed=len(failed))
     finally:
         cluster.stop()
 
