@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import httpx
 import redis
@@ -179,117 +179,18 @@ def test_files() -> str:
     return chosen
 
 
-class FileServer:
-    """`lorebase serve --role files` as a child process, with LOREBASE_* overrides."""
+class ServerProcess:
+    """A `lorebase serve` child process with LOREBASE_* overrides, its output in `log_path`:
+    what FileServer and Lorebase share. Subclasses set data_dir, port, overrides, log_path,
+    proc and wrapper, and define start()."""
 
-    def __init__(self, data_dir: Path, port: int | None = None, **overrides: Any):
-        self.data_dir = data_dir
-        self.port = port or free_port()  # a restart on the same port: FileServer(dir, port=old.port)
-        self.overrides = {"FILES_PORT": str(self.port), "FILES_HOST": "127.0.0.1", "DATA_DIR": str(data_dir),
-                          "FILES_SECRET": FILES_SECRET, "SHUTDOWN_GRACE": "3", "BEAT_EVERY": "0"}
-        self.overrides.update({k: str(v) for k, v in overrides.items()})
-        self.log_path = data_dir.parent / f"{data_dir.name}-files.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.wrapper: list[str] = []  # a command the server runs under, such as prlimit
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def environ(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("LOREBASE_")}
-        env["LOREBASE_SECRET_FILE"] = str(self.data_dir.parent / "no-secret.py")
-        env.update({"LOREBASE_BEAT_CPU": "0", "LOREBASE_BEAT_MEMORY": "0", "LOREBASE_BEAT_DISK": "0"})
-        env.update({f"LOREBASE_{k}": v for k, v in self.overrides.items()})
-        return env
-
-    def start(self, wait: bool = True) -> FileServer:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")
-        command = [sys.executable, "-m", "lorebase", "serve", "dev", "--role", "files"]
-        self.proc = subprocess.Popen([*self.wrapper, *command],
-                                     env=self.environ(), stdout=log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, cwd=ROOT)
-        log.close()
-        if wait:
-            def up() -> bool:
-                assert self.proc is not None
-                if self.proc.poll() is not None:
-                    raise AssertionError(f"the file server exited with {self.proc.returncode}:\n"
-                                         f"{self.log_text()[-3000:]}")
-                return httpx.get(self.url + "/blobs", headers={"x-files-secret": FILES_SECRET},
-                                 timeout=2).status_code == 200
-            wait_for(up, 30, 0.05, "the file server")
-        return self
-
-    def stop(self, timeout: float = 30.0) -> int:
-        if self.proc is None or self.proc.poll() is not None:
-            return self.proc.returncode if self.proc else 0
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            raise AssertionError("the file server did not stop within 30 s of SIGTERM") from None
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-    @contextmanager
-    def running(self) -> Iterator[FileServer]:
-        self.start()
-        try:
-            yield self
-        finally:
-            code = self.stop()
-            assert code == 0, f"the file server exited with {code}:\n{self.log_text()[-2000:]}"
-
-    def log_text(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def events(self, name: str | None = None) -> list[dict[str, Any]]:
-        out = []
-        for line in self.log_text().splitlines():
-            if line.startswith("{"):
-                try:
-                    entry = json.loads(line)
-                except ValueError:
-                    continue
-                if name is None or entry.get("ev") == name:
-                    out.append(entry)
-        return out
-
-
-class Lorebase:
-    """`lorebase serve` as a child process, with LOREBASE_* overrides. With
-    LOREBASE_TEST_FILES=server (test_files()) and no FILES_URL given, a file server of its own
-    on the same DATA_DIR starts and stops with it."""
-
-    def __init__(self, data_dir: Path, env: str = "dev", root: Path = ROOT, **overrides: Any):
-        self.data_dir = data_dir
-        self.redis_url = str(overrides.get("REDIS_URL", ""))  # '' : the embedded Redis
-        self.root = root  # the source tree `python -m lorebase` runs from
-        self.port = free_port()
-        self.env_name = env
-        self.overrides = {"PORT": str(self.port), "DATA_DIR": str(data_dir), "WORKERS": "2",
-                          "BASE_URL": f"http://127.0.0.1:{self.port}", "SHUTDOWN_GRACE": "3"}
-        self.overrides.update({k: str(v) for k, v in overrides.items()})
-        self.log_path = data_dir.parent / f"{data_dir.name}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.wrapper: list[str] = []  # a command the server runs under, such as prlimit
-        self.files: FileServer | None = None
-        if test_files() == "server" and "FILES_URL" not in overrides:
-            s3 = {k: v for k, v in overrides.items() if k.startswith("S3_")}
-            if s3:  # the file server runs the mirror: it needs the Redis of the queue
-                s3["REDIS_URL"] = overrides.get("REDIS_URL") or f"unix://{data_dir / 'redis' / 'redis.sock'}"
-            self.files = FileServer(data_dir, **s3)
-            self.overrides.update({"FILES_URL": self.files.url, "FILES_SECRET": FILES_SECRET})
+    what = "lorebase"  # as messages name it
+    data_dir: Path
+    port: int
+    overrides: dict[str, str]
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None
+    wrapper: list[str]  # a command the server runs under, such as prlimit
 
     @property
     def url(self) -> str:
@@ -303,35 +204,28 @@ class Lorebase:
         env.update({f"LOREBASE_{k}": v for k, v in self.overrides.items()})
         return env
 
-    def start(self, wait: bool = True) -> Lorebase:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        if self.files is not None and (self.files.proc is None or self.files.proc.poll() is not None):
-            self.files.start()
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([*self.wrapper, sys.executable, "-m", "lorebase", "serve", self.env_name],
-                                     env=self.environ(), stdout=log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, cwd=self.root)
-        log.close()
-        if wait:
-            self.wait_ready()
-        return self
+    def start(self, wait: bool = True) -> Self:
+        raise NotImplementedError
 
-    def wait_ready(self, timeout: float = 30.0) -> None:
+    def _spawn(self, args: list[str], cwd: Path) -> None:
+        """`python -m lorebase serve <args>`, under the wrapper, its output appended to the log."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen([*self.wrapper, sys.executable, "-m", "lorebase", "serve", *args],
+                                         env=self.environ(), stdout=log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, cwd=cwd)
+
+    def _wait_up(self, path: str, headers: dict[str, str], timeout: float, what: str) -> None:
+        """Until GET `path` answers 200; fails at once if the process exits."""
         def up() -> bool:
             assert self.proc is not None
             if self.proc.poll() is not None:
-                raise AssertionError(f"lorebase exited with {self.proc.returncode}:\n{self.log_text()[-3000:]}")
-            return httpx.get(self.url + "/health", timeout=2).status_code == 200
-        wait_for(up, timeout, 0.05, "lorebase /health")
+                raise AssertionError(f"{self.what} exited with {self.proc.returncode}:\n{self.log_text()[-3000:]}")
+            return httpx.get(self.url + path, headers=headers, timeout=2).status_code == 200
+        wait_for(up, timeout, 0.05, what)
 
     def stop(self, timeout: float = 30.0) -> int:
-        code = self._stop(timeout)
-        if self.files is not None:
-            files_code = self.files.stop(timeout)
-            assert files_code == 0, f"the file server exited with {files_code}:\n{self.files.log_text()[-2000:]}"
-        return code
-
-    def _stop(self, timeout: float) -> int:
+        """SIGTERM, then its exit code (killed, and an AssertionError, past `timeout`)."""
         if self.proc is None or self.proc.poll() is not None:
             return self.proc.returncode if self.proc else 0
         self.proc.send_signal(signal.SIGTERM)
@@ -340,17 +234,22 @@ class Lorebase:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-            raise AssertionError("lorebase did not stop within 30 s of SIGTERM") from None
+            raise AssertionError(f"{self.what} did not stop within {timeout:g} s of SIGTERM") from None
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
 
     @contextmanager
-    def running(self) -> Iterator[Lorebase]:
+    def running(self) -> Iterator[Self]:
         """Started for the block; stopped after it, which must exit 0."""
         self.start()
         try:
             yield self
         finally:
             code = self.stop()
-            assert code == 0, f"lorebase exited with {code}:\n{self.log_text()[-2000:]}"
+            assert code == 0, f"{self.what} exited with {code}:\n{self.log_text()[-2000:]}"
 
     def log_text(self) -> str:
         try:
@@ -370,6 +269,72 @@ class Lorebase:
                 if name is None or entry.get("ev") == name:
                     out.append(entry)
         return out
+
+
+class FileServer(ServerProcess):
+    """`lorebase serve --role files` as a child process, with LOREBASE_* overrides."""
+
+    what = "the file server"
+
+    def __init__(self, data_dir: Path, port: int | None = None, **overrides: Any):
+        self.data_dir = data_dir
+        self.port = port or free_port()  # a restart on the same port: FileServer(dir, port=old.port)
+        self.overrides = {"FILES_PORT": str(self.port), "FILES_HOST": "127.0.0.1", "DATA_DIR": str(data_dir),
+                          "FILES_SECRET": FILES_SECRET, "SHUTDOWN_GRACE": "3", "BEAT_EVERY": "0"}
+        self.overrides.update({k: str(v) for k, v in overrides.items()})
+        self.log_path = data_dir.parent / f"{data_dir.name}-files.log"
+        self.proc = None
+        self.wrapper = []
+
+    def start(self, wait: bool = True) -> FileServer:
+        self._spawn(["dev", "--role", "files"], ROOT)
+        if wait:
+            self._wait_up("/blobs", {"x-files-secret": FILES_SECRET}, 30, "the file server")
+        return self
+
+
+class Lorebase(ServerProcess):
+    """`lorebase serve` as a child process, with LOREBASE_* overrides. With
+    LOREBASE_TEST_FILES=server (test_files()) and no FILES_URL given, a file server of its own
+    on the same DATA_DIR starts and stops with it."""
+
+    def __init__(self, data_dir: Path, env: str = "dev", root: Path = ROOT, **overrides: Any):
+        self.data_dir = data_dir
+        self.redis_url = str(overrides.get("REDIS_URL", ""))  # '' : the embedded Redis
+        self.root = root  # the source tree `python -m lorebase` runs from
+        self.port = free_port()
+        self.env_name = env
+        self.overrides = {"PORT": str(self.port), "DATA_DIR": str(data_dir), "WORKERS": "2",
+                          "BASE_URL": f"http://127.0.0.1:{self.port}", "SHUTDOWN_GRACE": "3"}
+        self.overrides.update({k: str(v) for k, v in overrides.items()})
+        self.log_path = data_dir.parent / f"{data_dir.name}.log"
+        self.proc = None
+        self.wrapper = []
+        self.files: FileServer | None = None
+        if test_files() == "server" and "FILES_URL" not in overrides:
+            s3 = {k: v for k, v in overrides.items() if k.startswith("S3_")}
+            if s3:  # the file server runs the mirror: it needs the Redis of the queue
+                s3["REDIS_URL"] = overrides.get("REDIS_URL") or f"unix://{data_dir / 'redis' / 'redis.sock'}"
+            self.files = FileServer(data_dir, **s3)
+            self.overrides.update({"FILES_URL": self.files.url, "FILES_SECRET": FILES_SECRET})
+
+    def start(self, wait: bool = True) -> Lorebase:
+        if self.files is not None and (self.files.proc is None or self.files.proc.poll() is not None):
+            self.files.start()
+        self._spawn([self.env_name], self.root)
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        self._wait_up("/health", {}, timeout, "lorebase /health")
+
+    def stop(self, timeout: float = 30.0) -> int:
+        code = super().stop(timeout)
+        if self.files is not None:
+            files_code = self.files.stop(timeout)
+            assert files_code == 0, f"the file server exited with {files_code}:\n{self.files.log_text()[-2000:]}"
+        return code
 
     def redis(self, decode: bool = True) -> redis.Redis:
         """lorebase's Redis as redis-cli would reach it: the embedded one on its unix socket, or

@@ -8,6 +8,7 @@ from __future__ import annotations
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,46 @@ def note_ids(api: Any) -> set[str]:
         before = page[-1]["id"]
 
 
+def writes_through(api: Api, kill: Callable[[], None]) -> tuple[list[str], dict[int, int], float]:
+    """POST /notes for up to 30 s, `kill` called after the first second: every reply 200 or
+    503 `redis` (never a 500), and writes succeed again within 10 s with no restart. The ids
+    acknowledged, the count of each status, the seconds from the kill to the next 200."""
+    acked: list[str] = []
+    statuses: dict[int, int] = {}
+    killed_at = recovered = 0.0
+    began = time.monotonic()
+    while time.monotonic() - began < 30:
+        r = raw_post(api, "/notes", {"text": f"n{len(acked)}"})
+        statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
+        if r.status_code == 200:
+            acked.append(r.json()["id"])
+            if killed_at and not recovered:
+                recovered = time.monotonic() - killed_at
+            if recovered and time.monotonic() - killed_at > recovered + 1:
+                break
+        else:
+            assert r.status_code == 503 and r.json()["error"] == "redis", (r.text, statuses, killed_at)
+            time.sleep(0.02)
+        if not killed_at and time.monotonic() - began > 1:
+            kill()
+            killed_at = time.monotonic()
+    assert recovered and recovered < 10, (recovered, statuses)
+    return acked, statuses, recovered
+
+
+def check_backup_restore(lore: Lorebase, api: Api, kept: set[str]) -> None:
+    """`lorebase check` passes, `backup` takes one, a note written after it is gone again
+    after `restore latest`: the user's notes are `kept` again."""
+    checked = lorebase_cmd(lore, "check", "dev")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    taken = lorebase_cmd(lore, "backup", "dev")
+    assert taken.returncode == 0, taken.stdout + taken.stderr
+    assert raw_post(api, "/notes", {"text": "after the backup"}).status_code == 200
+    restored = lorebase_cmd(lore, "restore", "latest", "dev")
+    assert restored.returncode == 0, restored.stdout + restored.stderr
+    assert note_ids(api) == kept  # the note written after the backup is gone again
+
+
 @pytest.fixture(scope="module")
 def mail() -> Any:
     sink = MailSink().start()
@@ -62,40 +103,14 @@ def test_sentinel_primary_killed_under_writes(tmp_path_factory: pytest.TempPathF
                 Users(lore, mail) as users:
             alice = users.new("sn_alice", verified=True)
             api = users.session(alice)
-            acked: list[str] = []
-            statuses: dict[int, int] = {}
-            killed_at = recovered = 0.0
-            began = time.monotonic()
-            while time.monotonic() - began < 30:
-                r = raw_post(api, "/notes", {"text": f"n{len(acked)}"})
-                statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
-                if r.status_code == 200:
-                    acked.append(r.json()["id"])
-                    if killed_at and not recovered:
-                        recovered = time.monotonic() - killed_at
-                    if recovered and time.monotonic() - killed_at > recovered + 1:
-                        break
-                else:
-                    assert r.status_code == 503 and r.json()["error"] == "redis", (r.text, statuses, killed_at)
-                    time.sleep(0.02)
-                if not killed_at and time.monotonic() - began > 1:
-                    group.kill(group.primary())
-                    killed_at = time.monotonic()
-            assert recovered and recovered < 10, (recovered, statuses)
+            acked, statuses, recovered = writes_through(api, lambda: group.kill(group.primary()))
             assert group.primary() != group.data_ports[0]
             kept = note_ids(api)
             lost = [i for i in acked if i not in kept]
             record("lorebase on sentinel, primary killed", writes_again_after_s=round(recovered, 2),
                    statuses=statuses, acked_notes=len(acked), acked_lost=len(lost))
             assert len(lost) <= 5, lost  # asynchronous replication: at most the last moment's writes
-            checked = lorebase_cmd(lore, "check", "dev")
-            assert checked.returncode == 0, checked.stdout + checked.stderr
-            taken = lorebase_cmd(lore, "backup", "dev")
-            assert taken.returncode == 0, taken.stdout + taken.stderr
-            assert raw_post(api, "/notes", {"text": "after the backup"}).status_code == 200
-            restored = lorebase_cmd(lore, "restore", "latest", "dev")
-            assert restored.returncode == 0, restored.stdout + restored.stderr
-            assert note_ids(api) == kept  # the note written after the backup is gone again
+            check_backup_restore(lore, api, kept)
     finally:
         group.stop()
 
@@ -151,26 +166,7 @@ def test_cluster_primary_killed_under_writes(tmp_path_factory: pytest.TempPathFa
             for other in others:
                 assert raw_post(users.session(other), "/notes", {"text": "elsewhere"}).status_code == 200
             victim = cluster.owner("{cl_alice}")
-            acked: list[str] = []
-            statuses: dict[int, int] = {}
-            killed_at = recovered = 0.0
-            began = time.monotonic()
-            while time.monotonic() - began < 30:
-                r = raw_post(api, "/notes", {"text": f"n{len(acked)}"})
-                statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
-                if r.status_code == 200:
-                    acked.append(r.json()["id"])
-                    if killed_at and not recovered:
-                        recovered = time.monotonic() - killed_at
-                    if recovered and time.monotonic() - killed_at > recovered + 1:
-                        break
-                else:
-                    assert r.status_code == 503 and r.json()["error"] == "redis", (r.text, statuses, killed_at)
-                    time.sleep(0.02)
-                if not killed_at and time.monotonic() - began > 1:
-                    cluster.kill(victim)
-                    killed_at = time.monotonic()
-            assert recovered and recovered < 10, (recovered, statuses)
+            acked, statuses, recovered = writes_through(api, lambda: cluster.kill(victim))
             assert cluster.owner("{cl_alice}") != victim
             cluster.wait_ok()
             kept = note_ids(api)
@@ -178,14 +174,7 @@ def test_cluster_primary_killed_under_writes(tmp_path_factory: pytest.TempPathFa
             record("lorebase on cluster, primary killed", writes_again_after_s=round(recovered, 2),
                    statuses=statuses, acked_notes=len(acked), acked_lost=len(lost))
             assert len(lost) <= 5, lost  # asynchronous replication: at most the last moment's writes
-            checked = lorebase_cmd(lore, "check", "dev")
-            assert checked.returncode == 0, checked.stdout + checked.stderr
-            taken = lorebase_cmd(lore, "backup", "dev")
-            assert taken.returncode == 0, taken.stdout + taken.stderr
-            assert raw_post(api, "/notes", {"text": "after the backup"}).status_code == 200
-            restored = lorebase_cmd(lore, "restore", "latest", "dev")
-            assert restored.returncode == 0, restored.stdout + restored.stderr
-            assert note_ids(api) == kept  # the note written after the backup is gone again
+            check_backup_restore(lore, api, kept)
             for other in others:  # the keys of the other primaries came back too
                 assert len(note_ids(users.session(other))) == 1
             checked = lorebase_cmd(lore, "check", "dev")

@@ -23,6 +23,14 @@ from .support import doing, redis_pid, tasks_pid
 MAIL = durable()["mail"]  # the outbox's keys
 
 
+def mail_in_flight(lore: Lorebase, db: Any, name: str, what: str) -> None:
+    """Signs up `name` on `lore`, and waits until a worker has taken its verification mail."""
+    r = httpx.post(lore.url + "/auth/signup", json=signup_body(name, f"{name}@example.com"),
+                   headers={"x-real-ip": fresh_ip()}, timeout=10)
+    assert r.status_code == 200, r.text
+    wait_for(lambda: doing(db, MAIL) == 1, 10, 0.05, what)
+
+
 class Trickler:
     """An SMTP server that greets forever: a `220-` continuation line every 2 s, so a send to
     it neither ends nor times out (each line comes well within the sender's 20 s), and its job
@@ -223,10 +231,7 @@ def test_a_node_starting_leaves_another_nodes_job_alone_and_a_dead_nodes_job_is_
     try:
         a.start()
         db = a.redis()
-        r = httpx.post(a.url + "/auth/signup", json=signup_body("tq_doing", "tq_doing@example.com"),
-                       headers={"x-real-ip": fresh_ip()}, timeout=10)
-        assert r.status_code == 200, r.text
-        wait_for(lambda: doing(db, MAIL) == 1, 10, 0.05, "A sending the mail")
+        mail_in_flight(a, db, "tq_doing", "A sending the mail")
         (a_worker,) = db.hkeys(MAIL["workers"])
         assert db.llen(doing_of(MAIL, a_worker)) == 1
         b.start()
@@ -260,25 +265,20 @@ def test_a_clean_stop_puts_the_job_being_run_back_at_once(tmp_path_factory):
     the workers' hash itself: another node need not wait for its heartbeat to lapse."""
     base = Path(tmp_path_factory.mktemp("clean-stop"))
     shared = RedisServer(base / "redis").start()
-    silent = socket.socket()
-    silent.bind(("127.0.0.1", 0))
-    silent.listen(16)
+    smtp = Trickler()
     a = Lorebase(base / "a" / "data", REDIS_URL=shared.url, TRUSTED_PROXIES="127.0.0.1", SHUTDOWN_GRACE="2",
-                 MAIL_URL=f"smtp://127.0.0.1:{silent.getsockname()[1]}")
+                 MAIL_URL=smtp.url)
     try:
         a.start()
         db = a.redis()
-        r = httpx.post(a.url + "/auth/signup", json=signup_body("tq_stop", "tq_stop@example.com"),
-                       headers={"x-real-ip": fresh_ip()}, timeout=10)
-        assert r.status_code == 200, r.text
-        wait_for(lambda: doing(db, MAIL) == 1, 10, 0.05, "the mail being sent")
+        mail_in_flight(a, db, "tq_stop", "the mail being sent")
         a.stop()
         assert db.llen(MAIL["queue"]) == 1 and doing(db, MAIL) == 0
         assert db.hlen(MAIL["workers"]) == 0
     finally:
         if a.proc is not None and a.proc.poll() is None:
             a.stop()
-        silent.close()
+        smtp.close()
         shared.stop()
 
 
@@ -299,10 +299,7 @@ def test_after_a_redis_outage_longer_than_the_expiry_no_live_workers_job_is_take
         b.start()
         db = a.redis()
         wait_for(lambda: len(db.hkeys(MAIL["workers"])) == 2, 10, 0.05, "both senders registered")
-        r = httpx.post(a.url + "/auth/signup", json=signup_body("tq_outage", "tq_outage@example.com"),
-                       headers={"x-real-ip": fresh_ip()}, timeout=10)
-        assert r.status_code == 200, r.text
-        wait_for(lambda: doing(db, MAIL) == 1, 10, 0.05, "a sender taking the mail")
+        mail_in_flight(a, db, "tq_outage", "a sender taking the mail")
         holder = next(w for w in db.hkeys(MAIL["workers"]) if db.llen(doing_of(MAIL, w)))
         assert shared.proc is not None
         pid = shared.proc.pid
