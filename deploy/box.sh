@@ -329,7 +329,10 @@ install() {  # RELEASE ENV
   # /etc/lorebase/pip.conf, when there: pip's settings for this box (a mirror, or a wheelhouse
   # for a box without PyPI: [global] no-index = true, find-links = /path)
   [ ! -f "$ETC/pip.conf" ] || export PIP_CONFIG_FILE="$ETC/pip.conf"
-  "$dir/.venv/bin/pip" install -q --disable-pip-version-check -e "$dir" >"$dir/.pip.log" 2>&1 ||
+  # exactly what CI tested: the release's requirements.lock (each file's hash checked), then
+  # lorebase itself with nothing resolved afresh
+  { "$dir/.venv/bin/pip" install -q --disable-pip-version-check --require-hashes -r "$dir/requirements.lock" &&
+    "$dir/.venv/bin/pip" install -q --disable-pip-version-check --no-deps -e "$dir"; } >"$dir/.pip.log" 2>&1 ||
     { cat "$dir/.pip.log" >&2; die "pip install failed"; }
   # the settings of this release with the box's secrets: refused here, not after the switch
   as_lorebase "$dir/.venv/bin/lorebase" openapi "$env" >/dev/null

@@ -1,5 +1,6 @@
 """The master (seed: Master node): starts the embedded Redis when no REDIS_URL is set,
-binds the listening socket, forks one worker per CPU and the tasks process, and
+binds the listening socket, starts one worker per CPU and the tasks process (each a new
+interpreter, lorebase/child.py: the master runs threads, and a fork would copy their locks), and
 supervises them; on SIGTERM/SIGINT it stops the workers, then Redis, and exits 0.
 
 The master accepts every connection itself and hands it to a worker over that worker's
@@ -37,7 +38,7 @@ from typing import Any
 
 import redis
 
-from . import __version__, db, procs, tasks, worker
+from . import __version__, child, db, procs
 from .notify import notify
 from .redisserver import EmbeddedRedis
 from .worker import MESSAGE, PING
@@ -163,34 +164,18 @@ class Master:
             self.shutdown()
         return 0
 
-    def _in_child(self) -> None:
-        """In a forked child: the master's sockets closed (the listening one, the other
-        workers' channels), so a channel's end is seen when its worker dies."""
-        if self.sock is not None:
-            self.sock.close()
-        for other in self.workers.values():
-            other.chan.close()
-
     def spawn(self, index: int) -> int:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        pid = os.fork()
-        if pid == 0:
-            os.close(0)
-            ours.close()
-            self._in_child()
-            worker.serve(self.config, theirs, index)
-        theirs.close()
+        try:
+            pid = child.spawn(self.config, "worker", index, theirs)
+        finally:
+            theirs.close()
         ours.setblocking(False)
         self.workers[pid] = Worker(pid, index, ours, time.monotonic())
         return pid
 
     def spawn_tasks(self) -> None:
-        pid = os.fork()
-        if pid == 0:
-            os.close(0)
-            self._in_child()
-            tasks.serve(self.config)
-        self.tasks_pid = pid
+        self.tasks_pid = child.spawn(self.config, "tasks")
 
     # -- the main loop ------------------------------------------------------------------
 
