@@ -26,7 +26,7 @@ PRIVATE_POSTS = [
     ("/auth/logout", {}, 200, None),
 ]
 IDENTITY_POSTS = ["/auth/signup", "/auth/verifyEmail", "/auth/login", "/auth/recover", "/auth/reset",
-                  "/auth/logout", "/auth/changePassword", "/auth/destroy", "/admin/revoke", "/admin/disable",
+                  "/auth/logout", "/auth/changePassword", "/auth/destroy", "/admin/revoke", "/admin/unlock", "/admin/disable",
                   "/admin/admin"]
 
 

@@ -1,5 +1,5 @@
 """Admin routes (after the admin gatekeeper): search users and page through them, one user's
-detail, revoke a user's sessions, disable or enable a user, grant or take the admin flag,
+detail, revoke a user's sessions, unlock a user's logins, disable or enable a user, grant or take the admin flag,
 delete a user. An admin cannot take their own flag, disable or delete themselves (403
 `self`): the last admin could otherwise lock everyone out."""
 
@@ -15,6 +15,7 @@ from ..files import keys as fkeys
 from ..http import ApiError, Reply, Request, reply
 from ..identity import keys, users
 from ..notify import notify
+from ..ratelimit import clear, key
 from ..schema import Schema, Text
 
 
@@ -107,6 +108,14 @@ async def revoke(req: Request) -> Reply:
     return reply(200, {"revoked": count})
 
 
+async def unlock(req: Request) -> Reply:
+    """The account's failed-login count cleared: a lockout strangers caused ends now."""
+    user = await _target(req)
+    await clear(req.app.db, key("login-account", user["username"]))
+    notify("admin unlock", user=user["username"], by=req.session and req.session["user"])
+    return reply(200, {})
+
+
 async def disable(req: Request) -> Reply:
     user = await _target(req, refuse_self=req.data.value)
     if req.data.value:  # disabled and every session ended in one step
@@ -142,6 +151,8 @@ def routes() -> list[Route]:
               summary="One user: its record, last login, files, bytes, notes and live sessions"),
         Route("POST", "/admin/revoke", revoke, section="admin", body=UserIn, replies={404: ["user"]},
               summary="End all sessions of a user"),
+        Route("POST", "/admin/unlock", unlock, section="admin", body=UserIn, replies={404: ["user"]},
+              summary="Clear a user's failed-login count: the account is no longer locked (429) for logins"),
         Route("POST", "/admin/disable", disable, section="admin", body=Flag, replies={403: ["self"], 404: ["user"]},
               summary="Disable (value true: sessions end, login refused) or enable a user; not oneself"),
         Route("POST", "/admin/admin", set_admin, section="admin", body=Flag, replies={403: ["self"], 404: ["user"]},
