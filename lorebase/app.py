@@ -20,6 +20,7 @@ from .config import Config
 from .files.store import Store
 from .http import Request
 from .identity import users
+from .identity.devices import Devices
 from .identity.passwords import Passwords
 from .identity.sessions import Sessions
 from .notify import notify
@@ -50,6 +51,7 @@ class App(Chain):
     def __init__(self, config: Config, chain_routes: list[Route]):
         super().__init__(chain_routes, config)
         self.sessions = Sessions(config)
+        self.devices = Devices(config)
         self.passwords = Passwords(config)
         self.store = Store(config)
         # called with (app, username) before a user is deleted: apps remove their data

@@ -328,6 +328,8 @@ class Chain:
                 name = key.lower().encode("latin-1")
                 cache_control = cache_control or name == b"cache-control"
                 headers.append((name, value.encode("latin-1")))
+        for cookie in result.cookies:
+            headers.append((b"set-cookie", cookie.encode("latin-1")))
         route = req.route
         if result.stream is None:
             headers.append((b"content-type", result.content_type))

@@ -79,7 +79,9 @@ DEFAULTS: dict[str, Any] = {
     "ARGON2_PARALLELISM": 1,  # and lanes
     "HASH_THREADS": 1,  # password hashes a worker runs at once (each holds ARGON2_MEMORY); more wait
     "LOGIN_FAILS_PER_ACCOUNT": 10,  # failed logins per account per LOGIN_WINDOW
-    "LOGIN_FAILS_PER_IP": 50,  # failed logins per client IP per LOGIN_WINDOW
+    "LOGIN_FAILS_PER_IP": 50,  # failed logins per client IP (an IPv6 /64 is one) per LOGIN_WINDOW
+    "LOGIN_FAILS_PER_DEVICE": 10,  # failed logins per LOGIN_WINDOW of a browser holding a device cookie
+    "DEVICE_TTL": 180 * 86400,  # seconds a device cookie (set at every good login) is kept by the browser
     "LOGIN_WINDOW": 900,
     "SIGNUPS_PER_IP": 20,  # valid signups per client IP per hour
     "RECOVER_PER_IP": 20,  # recover requests per client IP per hour

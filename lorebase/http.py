@@ -68,24 +68,28 @@ class ApiError(Exception):
 class Reply:
     """What a route returns when it replies. Built by `reply`; sent by the chain."""
 
-    __slots__ = ("body", "code", "content_type", "headers", "status", "stream")
+    __slots__ = ("body", "code", "content_type", "cookies", "headers", "status", "stream")
 
     def __init__(self, status: int, body: bytes, headers: dict[str, str] | None,
-                 content_type: bytes = JSON, stream: Any = None, code: str | None = None):
+                 content_type: bytes = JSON, stream: Any = None, code: str | None = None,
+                 cookies: tuple[str, ...] = ()):
         self.status = status
         self.body = body
         self.headers = headers
+        self.cookies = cookies  # Set-Cookie values beyond the one `headers` can hold
         self.content_type = content_type
         self.stream = stream  # an async iterator of bytes, for files
         self.code = code  # the error code, for notify
 
 
-def reply(status: int, body: Any = None, headers: dict[str, str] | None = None) -> Reply:
-    """The one reply function: JSON body (any msgspec-encodable value), status, headers."""
+def reply(status: int, body: Any = None, headers: dict[str, str] | None = None,
+          cookies: tuple[str, ...] = ()) -> Reply:
+    """The one reply function: JSON body (any msgspec-encodable value), status, headers, and
+    `cookies`, Set-Cookie values sent besides one in `headers`."""
     if body is None:
         body = {}
     code = body.get("error") if isinstance(body, dict) and status >= 400 else None
-    return Reply(status, _encode(body), headers, code=code)
+    return Reply(status, _encode(body), headers, code=code, cookies=cookies)
 
 
 def error_reply(error: ApiError) -> Reply:

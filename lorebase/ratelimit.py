@@ -2,11 +2,13 @@
 
 A fixed window per (limit, subject): the first hit creates `rate:<name>:<subject>` with
 the window as its TTL; past `limit` hits the caller gets 429 `rate` with Retry-After.
+A per-address limit's subject is `address(ip)`: an IPv6 /64 counts as one address.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 
 from .db import Client
 from .http import ApiError
@@ -18,6 +20,21 @@ local ttl = redis.call('TTL', KEYS[1])
 if ttl < 0 then redis.call('EXPIRE', KEYS[1], ARGV[1]); ttl = tonumber(ARGV[1]) end
 return {n, ttl}
 """
+
+
+def address(ip: str) -> str:
+    """The subject of a per-address limit for a client address: an IPv6 address counts as its
+    /64 (one subscriber's link is given a whole /64, so each address alone would be
+    unlimited addresses), an IPv4-mapped one as its IPv4 address."""
+    try:
+        parsed = ipaddress.ip_address(ip)
+    except ValueError:
+        return ip
+    if isinstance(parsed, ipaddress.IPv6Address):
+        if parsed.ipv4_mapped is not None:
+            return str(parsed.ipv4_mapped)
+        return str(ipaddress.IPv6Network((int(parsed) >> 64 << 64, 64)))  # any scope id dropped
+    return ip
 
 
 def key(name: str, subject: str) -> str:

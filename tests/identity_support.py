@@ -32,6 +32,8 @@ from .lore import Lorebase, MailSink, topology_redis, wait_for
 
 COOKIE = "lorebase"
 SECURE_COOKIE = "__Host-lorebase"  # with Secure cookies (an https BASE_URL) the name is prefixed
+DEVICE_COOKIE = "lorebase-device"  # the device cookie a login sets (the browser was seen to log in)
+SECURE_DEVICE_COOKIE = "__Host-lorebase-device"
 PASSWORD = "Correct-Horse-7-Battery"  # fixed, long enough, not a common password
 JSON_TYPE = {"content-type": "application/json"}
 
@@ -65,6 +67,12 @@ def session_cookies(response: httpx.Response) -> list[str]:
     """The Set-Cookie headers of the reply that set or clear the session cookie."""
     return [h for h in response.headers.get_list("set-cookie")
             if h.split("=", 1)[0].strip() in (COOKIE, SECURE_COOKIE)]
+
+
+def device_cookies(response: httpx.Response) -> list[str]:
+    """The Set-Cookie headers of the reply that set the device cookie."""
+    return [h for h in response.headers.get_list("set-cookie")
+            if h.split("=", 1)[0].strip() in (DEVICE_COOKIE, SECURE_DEVICE_COOKIE)]
 
 
 def cookie_value(header: str) -> str:
@@ -113,7 +121,8 @@ _TLS = ssl.create_default_context()  # one, shared: making one per client costs 
 
 class Api:
     """One browser of a lorebase: its own address, the session cookie it was given (sent
-    explicitly, so a test can also send any other), and its CSRF token.
+    explicitly, so a test can also send any other), its CSRF token, and the device cookie its
+    last good login set (sent with every request, as a browser does; `device` to change it).
 
     Every reply it gets is checked: never a 500, every session Set-Cookie has the right
     attributes (S1), a reply that sets a cookie or carries a CSRF token is no-store, and
@@ -126,6 +135,7 @@ class Api:
         self.secure = secure
         self.cookie: str | None = None
         self.csrf: str | None = None
+        self.device: str | None = None
 
     def __enter__(self) -> Api:
         return self
@@ -149,8 +159,13 @@ class Api:
             sent.update(JSON_TYPE)
         explicit = cookie is not _UNSET  # a one-off cookie: what the reply sets is not kept
         cookie = self.cookie if not explicit else cookie
+        jar = []
         if cookie is not None:
-            sent["cookie"] = f"{SECURE_COOKIE if self.secure else COOKIE}={cookie}"
+            jar.append(f"{SECURE_COOKIE if self.secure else COOKIE}={cookie}")
+        if self.device is not None:
+            jar.append(f"{SECURE_DEVICE_COOKIE if self.secure else DEVICE_COOKIE}={self.device}")
+        if jar:
+            sent["cookie"] = "; ".join(jar)
         sent.update(headers or {})
         r = self.http.request(method, path, content=content, headers=sent)
         self.http.cookies.clear()  # the cookie is ours to send, not the jar's
@@ -160,6 +175,10 @@ class Api:
             self.cookie = cookie_value(set_cookies[-1]) or None
             if self.cookie:
                 SECRETS.add(self.cookie.rpartition(".")[0])
+        for header in device_cookies(r):
+            self.device = cookie_value(header) or None
+            if self.device:
+                SECRETS.add(self.device)
         return r
 
     def check(self, r: httpx.Response) -> None:

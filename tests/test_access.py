@@ -59,6 +59,7 @@ MATRIX = [
     ("GET", "/admin/users", None, admin_only(OK)),
     ("GET", "/admin/users/x_nobody", None, admin_only((404, "user"))),
     ("POST", "/admin/revoke", {"username": "x_nobody"}, admin_only((404, "user"))),
+    ("POST", "/admin/unlock", {"username": "x_nobody"}, admin_only((404, "user"))),
     ("POST", "/admin/disable", {"username": "x_nobody", "value": True}, admin_only((404, "user"))),
     ("POST", "/admin/admin", {"username": "x_nobody", "value": True}, admin_only((404, "user"))),
     ("POST", "/admin/delete", {"username": "x_nobody"}, admin_only((404, "user"))),

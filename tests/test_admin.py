@@ -27,6 +27,7 @@ ROUTES = [
     ("GET", "/admin/backups", None),
     ("POST", "/admin/backups", {}),
     ("POST", "/admin/revoke", {"username": "{target}"}),
+    ("POST", "/admin/unlock", {"username": "{target}"}),
     ("POST", "/admin/disable", {"username": "{target}", "value": True}),
     ("POST", "/admin/admin", {"username": "{target}", "value": True}),
     ("POST", "/admin/delete", {"username": "{target}"}),  # last: it deletes the target

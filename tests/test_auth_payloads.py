@@ -30,6 +30,7 @@ ROUTES: dict[str, tuple[str, dict[str, Any], dict[str, str]]] = {
     "/auth/changePassword": (USER, {"old": PASSWORD, "new": "Another-Horse-8-Stable"}, {"old": TEXT, "new": TEXT}),
     "/auth/destroy": (USER, {"password": PASSWORD}, {"password": TEXT}),
     "/admin/revoke": (ADMIN, {"username": "p_user"}, {"username": TEXT}),
+    "/admin/unlock": (ADMIN, {"username": "p_user"}, {"username": TEXT}),
     "/admin/disable": (ADMIN, {"username": "p_user", "value": True}, {"username": TEXT, "value": BOOL}),
     "/admin/admin": (ADMIN, {"username": "p_user", "value": True}, {"username": TEXT, "value": BOOL}),
 }

@@ -26,8 +26,8 @@ PRIVATE_POSTS = [
     ("/auth/logout", {}, 200, None),
 ]
 IDENTITY_POSTS = ["/auth/signup", "/auth/verifyEmail", "/auth/login", "/auth/recover", "/auth/reset",
-                  "/auth/logout", "/auth/changePassword", "/auth/destroy", "/admin/revoke", "/admin/disable",
-                  "/admin/admin"]
+                  "/auth/logout", "/auth/changePassword", "/auth/destroy", "/admin/revoke", "/admin/unlock",
+                  "/admin/disable", "/admin/admin"]
 
 
 pytestmark = pytest.mark.usefixtures("no_secret_logged")

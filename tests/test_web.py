@@ -299,6 +299,31 @@ def test_a_wrong_password_is_told_in_words(watched: Watched, client: httpx.Clien
     assert_error(post_json(client, "/auth/login", {"username": f"{name}x", "password": PASSWORD}), 403, "auth")
 
 
+def test_a_locked_login_says_how_long_to_wait_from_retry_after(watched: Watched, client: httpx.Client) -> None:
+    """Ten wrong passwords from strangers lock the account (the shared server's limit): the
+    page's login then says how long to wait, from the 429's Retry-After (900 s: 15 minutes)."""
+    name = f"weblock{uuid.uuid4().hex[:8]}"
+    reply = post_json(client, "/auth/signup", {"username": name, "email": f"{name}@example.com",
+                                               "password": PASSWORD})
+    assert reply.status_code == 200, reply.text
+    for _ in range(10):
+        wrong = post_json(client, "/auth/login", {"username": name, "password": PASSWORD + "-not"}, ip=client_ip())
+        assert_error(wrong, 403, "auth")
+    page = watched.page
+    page.goto("/")
+    with page.expect_response(lambda r: r.url.endswith("/auth/login")) as info:
+        log_in(page, name, PASSWORD)
+    response = info.value
+    assert response.status == 429
+    wait = int(response.headers["retry-after"])
+    minutes = -(-wait // 60)
+    assert 14 <= minutes <= 15, wait
+    error = page.locator("#login .error")
+    expect(error).to_have_text(f"Too many attempts. Please wait {minutes} minutes and try again.")
+    expect(page.locator("#nav")).to_be_hidden()
+    assert watched.errors == []
+
+
 def test_a_script_error_is_reported_to_the_server(watched: Watched, server: Lorebase) -> None:
     page = watched.page
     page.goto("/")

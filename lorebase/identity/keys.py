@@ -88,3 +88,10 @@ INVITES = "{invites}"
 
 def invite(address: str) -> str:
     return f"invite:{address}"
+
+
+# the roster of enabled admins (identity/admins.py), its own tag: the last-admin check is one
+# script over these three
+ADMINS = "{admins}"
+ADMINS_TURN = "{admins}:turn"
+ADMINS_LEAVING = "{admins}:leaving"

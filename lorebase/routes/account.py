@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from ..chain import Route
 from ..http import ApiError, Reply, Request, reply
-from ..identity import users
+from ..identity import admins, users
 from ..identity.sessions import handle as session_handle
 from ..mail import enqueue, password_changed_mail
 from ..notify import notify
@@ -120,7 +120,11 @@ async def destroy(req: Request) -> Reply:
     data: Destroy = req.data
     app = req.app
     user = await _user_with_password(req, data.password)
-    await app.destroy_user(user["username"])
+    await admins.leave(app.db, user["username"], keep_one=False)  # out of the roster before its record goes
+    try:
+        await app.destroy_user(user["username"])
+    finally:
+        await admins.left(app.db, user["username"])
     notify("destroy", user=user["username"], ip=req.ip)
     return reply(200, {}, {"set-cookie": app.sessions.clear_cookie(), **NO_STORE})
 

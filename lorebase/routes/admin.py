@@ -1,7 +1,9 @@
 """Admin routes (after the admin gatekeeper): search users and page through them, one user's
-detail, revoke a user's sessions, disable or enable a user, grant or take the admin flag,
+detail, revoke a user's sessions, unlock a user's logins, disable or enable a user, grant or take the admin flag,
 delete a user. An admin cannot take their own flag, disable or delete themselves (403
-`self`): the last admin could otherwise lock everyone out."""
+`self`), and no admin's rights can go when none would be left (409 `lastadmin`, decided in
+one step over the roster of identity/admins.py, so two admins acting on each other at once
+cannot both win)."""
 
 from __future__ import annotations
 
@@ -13,8 +15,9 @@ from ..apps.notes import notes_key
 from ..chain import Route
 from ..files import keys as fkeys
 from ..http import ApiError, Reply, Request, reply
-from ..identity import keys, users
+from ..identity import admins, keys, users
 from ..notify import notify
+from ..ratelimit import clear, key
 from ..schema import Schema, Text
 
 
@@ -107,28 +110,70 @@ async def revoke(req: Request) -> Reply:
     return reply(200, {"revoked": count})
 
 
+async def unlock(req: Request) -> Reply:
+    """The account's failed-login count cleared: a lockout strangers caused ends now."""
+    user = await _target(req)
+    await clear(req.app.db, key("login-account", user["username"]))
+    notify("admin unlock", user=user["username"], by=req.session and req.session["user"])
+    return reply(200, {})
+
+
+async def _taking_rights(req: Request, name: str) -> None:
+    """The roster step before `name` loses admin rights (disabled, deleted, un-flagged): 409
+    lastadmin if no other enabled admin would be left. The acting admin joins the roster
+    first (an admin of ADMINS is in it only once it acted). `admins.left` must follow."""
+    db, config = req.app.db, req.app.config
+    if req.session is not None:
+        await admins.join(db, req.session["user"], config.ADMINS)
+    if not await admins.leave(db, name):
+        raise ApiError(409, "lastadmin")
+
+
 async def disable(req: Request) -> Reply:
     user = await _target(req, refuse_self=req.data.value)
+    db, name = req.app.db, user["username"]
     if req.data.value:  # disabled and every session ended in one step
-        await users.disable(req.app.db, req.app.sessions, user["username"])
+        await _taking_rights(req, name)
+        try:
+            await users.disable(db, req.app.sessions, name)
+        finally:
+            await admins.left(db, name)
     else:
-        await users.set_flag(req.app.db, user["username"], "disabled", False)
-    notify("admin disable", user=user["username"], value=req.data.value, by=req.session and req.session["user"])
+        await users.set_flag(db, name, "disabled", False)
+        await admins.join(db, name, req.app.config.ADMINS)
+    notify("admin disable", user=name, value=req.data.value, by=req.session and req.session["user"])
     return reply(200, {})
 
 
 async def set_admin(req: Request) -> Reply:
     user = await _target(req, refuse_self=not req.data.value)
-    await users.set_flag(req.app.db, user["username"], "admin", req.data.value)
-    notify("admin flag", user=user["username"], value=req.data.value, by=req.session and req.session["user"])
+    db, name, config = req.app.db, user["username"], req.app.config
+    if req.data.value:
+        await users.set_flag(db, name, "admin", True)
+        await admins.join(db, name, config.ADMINS)
+    else:
+        if users.is_admin({**user, "admin": "0"}, config.ADMINS):
+            raise ApiError(409, "configadmin")  # its rights come from ADMINS: the flag changes nothing
+        await _taking_rights(req, name)
+        try:
+            await users.set_flag(db, name, "admin", False)
+        finally:
+            await admins.left(db, name)
+    notify("admin flag", user=name, value=req.data.value, by=req.session and req.session["user"])
     return reply(200, {})
 
 
 async def delete(req: Request) -> Reply:
     user = await _target(req, refuse_self=True)
-    if not await req.app.destroy_user(user["username"]):
+    name = user["username"]
+    await _taking_rights(req, name)
+    try:
+        deleted = await req.app.destroy_user(name)
+    finally:
+        await admins.left(req.app.db, name)
+    if not deleted:
         raise ApiError(404, "user")
-    notify("admin delete", user=user["username"], by=req.session and req.session["user"])
+    notify("admin delete", user=name, by=req.session and req.session["user"])
     return reply(200, {})
 
 
@@ -142,10 +187,18 @@ def routes() -> list[Route]:
               summary="One user: its record, last login, files, bytes, notes and live sessions"),
         Route("POST", "/admin/revoke", revoke, section="admin", body=UserIn, replies={404: ["user"]},
               summary="End all sessions of a user"),
-        Route("POST", "/admin/disable", disable, section="admin", body=Flag, replies={403: ["self"], 404: ["user"]},
-              summary="Disable (value true: sessions end, login refused) or enable a user; not oneself"),
-        Route("POST", "/admin/admin", set_admin, section="admin", body=Flag, replies={403: ["self"], 404: ["user"]},
-              summary="Grant or take the admin flag; not one's own"),
-        Route("POST", "/admin/delete", delete, section="admin", body=UserIn, replies={403: ["self"], 404: ["user"]},
-              summary="Delete a user and everything of it, as its own destroy does; not oneself"),
+        Route("POST", "/admin/unlock", unlock, section="admin", body=UserIn, replies={404: ["user"]},
+              summary="Clear a user's failed-login count: the account is no longer locked (429) for logins"),
+        Route("POST", "/admin/disable", disable, section="admin", body=Flag,
+              replies={403: ["self"], 404: ["user"], 409: ["lastadmin"]},
+              summary="Disable (value true: sessions end, login refused) or enable a user; not oneself, "
+                      "not the last enabled admin"),
+        Route("POST", "/admin/admin", set_admin, section="admin", body=Flag,
+              replies={403: ["self"], 404: ["user"], 409: ["lastadmin", "configadmin"]},
+              summary="Grant or take the admin flag; not one's own, not the last enabled admin's, not one "
+                      "whose rights come from ADMINS"),
+        Route("POST", "/admin/delete", delete, section="admin", body=UserIn,
+              replies={403: ["self"], 404: ["user"], 409: ["lastadmin"]},
+              summary="Delete a user and everything of it, as its own destroy does; not oneself, not the "
+                      "last enabled admin"),
     ]

@@ -8,7 +8,7 @@ from ..http import ApiError, Reply, Request, reply
 from ..identity import invites, keys, passwords, tokens, users
 from ..mail import enqueue, reset_mail, verify_mail
 from ..notify import notify
-from ..ratelimit import check, clear, hit, key, take_back
+from ..ratelimit import address, check, clear, hit, key, take_back
 from ..schema import Schema, Text
 
 HOUR = 3600
@@ -72,7 +72,7 @@ async def signup(req: Request) -> Reply:
         raise ApiError(403, "invite")  # a token for another address (or none of ours)
     if not data.invite and config.WHITELIST and email not in config.WHITELIST:
         raise ApiError(403, "whitelist")
-    await check(db, "signup-ip", req.ip, config.SIGNUPS_PER_IP, HOUR)
+    await check(db, "signup-ip", address(req.ip), config.SIGNUPS_PER_IP, HOUR)
     refused = await users.taken(db, username, email, config.VERIFY_TTL)
     if refused:  # before the hash: a taken name costs no argon2
         raise ApiError(409, refused)
@@ -108,14 +108,21 @@ async def _token_user(req: Request, kind: str, token: str) -> dict[str, str]:
 
 
 async def _count_attempt(req: Request, account: str) -> tuple[str, str]:
-    """One password attempt counted against the login limits, per IP and per account, before
-    its hash runs (parallel guesses cannot all slip under the limit); 429 rate past either.
-    The two counters' keys, for `take_back` once the password proved right."""
+    """One password attempt counted against the login limits, per address and per account
+    (or, from a browser holding a device cookie of the account, per device instead: the
+    owner is not locked out by strangers' failures), before its hash runs (parallel guesses
+    cannot all slip under the limit); 429 rate past either. The two counters' keys, for
+    `take_back` once the password proved right."""
     config, db = req.app.config, req.app.db
-    ip_key, account_key = key("login-ip", req.ip), key("login-account", account)
-    ip_ok, ip_wait = await hit(db, "login-ip", req.ip, config.LOGIN_FAILS_PER_IP, config.LOGIN_WINDOW)
-    account_ok, account_wait = await hit(db, "login-account", account, config.LOGIN_FAILS_PER_ACCOUNT,
-                                         config.LOGIN_WINDOW)
+    ip = address(req.ip)
+    device = req.app.devices.nonce(req.cookies.get(req.app.devices.name), account)
+    if device is None:
+        name, subject, limit = "login-account", account, config.LOGIN_FAILS_PER_ACCOUNT
+    else:
+        name, subject, limit = "login-device", device, config.LOGIN_FAILS_PER_DEVICE
+    ip_key, account_key = key("login-ip", ip), key(name, subject)
+    ip_ok, ip_wait = await hit(db, "login-ip", ip, config.LOGIN_FAILS_PER_IP, config.LOGIN_WINDOW)
+    account_ok, account_wait = await hit(db, name, subject, limit, config.LOGIN_WINDOW)
     if not (ip_ok and account_ok):
         await take_back(db, ip_key, account_key)
         wait = max(ip_wait if not ip_ok else 0, account_wait if not account_ok else 0)
@@ -190,7 +197,7 @@ async def login(req: Request) -> Reply:
     old_owner = keys.session_owner(old_sid) if old_sid else None
     if old_sid and old_owner:  # a new id at every login: the one before stops working (S2)
         await app.sessions.delete(db, old_sid, old_owner)
-    await clear(db, account_key)
+    await clear(db, account_key)  # the account's failures, or the device's
     # made only if the user is still the one whose password was checked: not destroyed,
     # disabled, reset or changed meanwhile (else the same reply as a wrong password)
     made = await app.sessions.create(db, user, rehash, req.ip, req.headers.get("user-agent", ""))
@@ -199,13 +206,14 @@ async def login(req: Request) -> Reply:
     sid, csrf = made
     await app.sessions.prune(db, user["username"])
     app.stats.flow("logins")
-    return reply(200, {"csrf": csrf}, {"set-cookie": app.sessions.set_cookie(sid), **NO_STORE})
+    return reply(200, {"csrf": csrf}, {"set-cookie": app.sessions.set_cookie(sid), **NO_STORE},
+                 cookies=(app.devices.issue(user["username"]),))
 
 
 async def recover(req: Request) -> Reply:
     data: Recover = req.data
     config, db = req.app.config, req.app.db
-    await check(db, "recover-ip", req.ip, config.RECOVER_PER_IP, HOUR)
+    await check(db, "recover-ip", address(req.ip), config.RECOVER_PER_IP, HOUR)
     user = await users.find(db, str(data.username).strip().lower())
     if user is not None:
         # past the per-account limit the mail is silently not sent: the reply must not
@@ -232,6 +240,7 @@ async def reset(req: Request) -> Reply:
     password_hash = await app.passwords.hash(data.password)
     if await users.set_password(db, app.sessions, user["username"], password_hash, verified=True) < 0:
         raise ApiError(403, "token")
+    await clear(db, key("login-account", user["username"]))  # the mailbox's owner: no longer locked out
     notify("password reset", user=user["username"], ip=req.ip)
     return reply(200, {})
 

@@ -8,6 +8,8 @@ Object.assign(WORDS, {
   self: 'You cannot do that to your own account: another admin has to (so the last admin cannot lock everyone out).',
   admin: 'This account is not an admin.',
   user: 'No such user: it may have been deleted.',
+  lastadmin: 'Refused: it would leave no enabled admin (another admin may have just done the same to you).',
+  configadmin: 'This account is an admin through the ADMINS setting: taking its flag changes nothing. Change ADMINS, or disable it.',
   invite: 'There is no such invite: it was used, revoked or has expired.',
   email: 'An account already holds that email.',
   busy: 'A backup is running or about to start. Wait for it to finish.',

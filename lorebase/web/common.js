@@ -39,17 +39,28 @@ const FIELDS = {
   file: 'Please choose a file.',
 };
 
-function words(status, body) {
+// How long `seconds` is, in words: "45 seconds", "15 minutes", "2 hours".
+function duration(seconds) {
+  const unit = (n, name) => `${n} ${name}${n === 1 ? '' : 's'}`;
+  if (seconds < 60) return unit(seconds, 'second');
+  if (seconds < 3600) return unit(Math.ceil(seconds / 60), 'minute');
+  return unit(Math.ceil(seconds / 3600), 'hour');
+}
+
+// `wait`: the seconds of a 429's Retry-After, if it had one.
+function words(status, body, wait) {
   const code = body && body.error;
   if (code === 'validation') return FIELDS[body.path] || `Please check the field "${body.path || 'form'}".`;
+  if (code === 'rate' && wait > 0) return `Too many attempts. Please wait ${duration(wait)} and try again.`;
   return WORDS[code] || `The server answered ${status}${code ? ` (${code})` : ''}.`;
 }
 
 class ApiError extends Error {
-  constructor(status, body) {
-    super(words(status, body));
+  constructor(status, body, wait) {
+    super(words(status, body, wait));
     this.status = status;
     this.code = body && body.error;
+    this.wait = wait || 0;
   }
 }
 
@@ -74,7 +85,8 @@ async function api(method, path, body) {
       state.csrf = null;
       state.me = null;
     }
-    throw new ApiError(response.status, data);
+    const wait = response.status === 429 ? parseInt(response.headers.get('Retry-After') || '', 10) : 0;
+    throw new ApiError(response.status, data, Number.isFinite(wait) ? wait : 0);
   }
   return data;
 }
