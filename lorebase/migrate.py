@@ -99,16 +99,49 @@ def pattern(key: str) -> str:
 
 
 def fingerprint(url: str) -> dict[str, str]:
-    """Every key with a digest of its value (DUMP, read as bytes), to tell what a script changed."""
+    """Every key with a digest of its value, to tell what a script changed. A hash's fields and
+    a set's members are read and sorted; any other value is read with DUMP (as bytes). A hash
+    or set encoded as a hash table DUMPs its entries in the table's order, which a mere read may
+    change after a load (a step of Redis's incremental rehash): its DUMP would report a key the
+    script only read as changed."""
     raw = connect_sync(url, 60, decode=False)
     out: dict[str, str] = {}
     try:
+        batch: list[bytes] = []
         for key in raw.scan_iter(count=1000):
-            dumped = raw.dump(key)
-            if dumped is not None:
-                out[key.decode("utf-8", "replace")] = hashlib.sha256(dumped).hexdigest()
+            batch.append(key)
+            if len(batch) >= 500:
+                out.update(_digests(raw, batch))
+                batch = []
+        out.update(_digests(raw, batch))
     finally:
         raw.close()
+    return out
+
+
+def _digests(raw: Any, batch: list[bytes]) -> dict[str, str]:
+    """The digest of each key's value (a key gone since the scan left out): two round trips."""
+    if not batch:
+        return {}
+    kinds = raw.pipeline(transaction=False)
+    for key in batch:
+        kinds.type(key)
+    reads = raw.pipeline(transaction=False)
+    for key, kind in zip(batch, kinds.execute(), strict=True):
+        if kind == b"hash":
+            reads.hgetall(key)
+        elif kind == b"set":
+            reads.smembers(key)
+        else:
+            reads.dump(key)
+    out = {}
+    for key, value in zip(batch, reads.execute(), strict=True):
+        if isinstance(value, dict):
+            value = repr(sorted(value.items())).encode()
+        elif isinstance(value, set):
+            value = repr(sorted(value)).encode()
+        if value:  # None: DUMP of a key gone since; empty: a hash or set gone since
+            out[key.decode("utf-8", "replace")] = hashlib.sha256(value).hexdigest()
     return out
 
 

@@ -203,6 +203,33 @@ def test_a_killed_migration_leaves_writes_paused_no_longer_than_the_pause_ttl(tm
 CLUSTER_KEYS = Path(__file__).resolve().parent.parent / "migrations" / "0002_cluster_keys.py"
 
 
+def what_changed(output: str) -> list[str]:
+    """The lines a migrate run prints under "what it changed"."""
+    _, _, rest = output.partition("what it changed")
+    lines = rest.splitlines()[1:]
+    return [line.strip() for line in lines[:next((i for i, line in enumerate(lines) if not line.startswith("  ")),
+                                                len(lines))]]
+
+
+def test_the_cluster_layout_migration_changes_nothing_on_an_up_to_date_database(tmp_path):
+    """On a database already in today's layout (users with sessions, files and notes), 0002's
+    rehearsal and its application both report that no key changed, as the README says."""
+    lore = Lorebase(tmp_path / "data", TRUSTED_PROXIES="127.0.0.1", MAIL_URL="console://")
+    with lore.running():
+        for name in ("mg_gil", "mg_hal"):
+            signup(lore, name)
+            api = Api(lore).login(name, PASSWORD)
+            stored = api.ok_upload(blob(2000, name), f"{name}.bin")
+            assert api.post("/notes", {"text": "up to date", "files": [stored["id"]]}).status_code == 200
+            api.close()
+        rehearsal = lorebase_cmd(lore, "migrate", str(CLUSTER_KEYS))
+        assert rehearsal.returncode == 0, rehearsal.stdout + rehearsal.stderr
+        assert what_changed(rehearsal.stdout) == ["no key changed"], rehearsal.stdout
+        applied = lorebase_cmd(lore, "migrate", str(CLUSTER_KEYS), "--apply")
+        assert applied.returncode == 0, applied.stdout + applied.stderr
+        assert what_changed(applied.stdout) == ["no key changed"], applied.stdout
+
+
 def old_name(key: str) -> str:
     """A key of today's layout as the layout before 0002 named it (how an older database
     holds it): the tags dropped, a file record without its user."""
@@ -252,6 +279,9 @@ def test_the_cluster_layout_migration_moves_an_older_database_and_its_users_carr
         before = {k: db.dump(k) for k in db.scan_iter(count=1000) if k not in ("migrations", "log")}
         again = lorebase_cmd(lore, "migrate", str(CLUSTER_KEYS), "--apply")
         assert again.returncode == 1 and "applied already" in again.stdout
+        rehearsed = lorebase_cmd(lore, "migrate", str(CLUSTER_KEYS))  # a second run, on a copy
+        assert rehearsed.returncode == 0, rehearsed.stdout + rehearsed.stderr
+        assert what_changed(rehearsed.stdout) == ["no key changed"], rehearsed.stdout
         import importlib.util
         spec = importlib.util.spec_from_file_location("cluster_keys", CLUSTER_KEYS)
         assert spec is not None and spec.loader is not None
