@@ -222,6 +222,16 @@ def tails(db: Any, builder: Callable[[str], str]) -> list[str]:
                    if k.startswith(prefix) and k.endswith(suffix) and len(k) > len(prefix) + len(suffix)})
 
 
+def file_owners(db: Any) -> dict[str, str]:
+    """The user of every file record (`file:{<user>}:<id>`), by one SCAN."""
+    owners = {}
+    for key in db.scan_iter(match=fkeys.file("*", "*"), count=1000):
+        named = fkeys.file_id(key)
+        if named:
+            owners[named[1]] = named[0]
+    return owners
+
+
 def shown_session(sid: str) -> str:
     """A session key as printed and notified: the id is a bearer secret, so only its start."""
     name, _, rest = sid.partition(":")
@@ -239,6 +249,7 @@ class Check:
         self.findings: list[Finding] = []
         self.counts: dict[str, int] = {}
         self.scripts: dict[str, Any] = {}
+        self.owners: dict[str, str] | None = None  # file id → its user (Check.owner)
 
     def run(self, lua: str, keys_: list[str], args: list[Any]) -> Any:
         if lua not in self.scripts:
@@ -461,8 +472,10 @@ class Check:
                 for file_id in note.files:
                     owned.exists(fkeys.file(name, file_id))
                 others = [f for f, mine in zip(note.files, owned.execute(), strict=True) if not mine]
-                # a file id not among the user's: another user's, or gone (records are per user)
-                foreign = [f for f in others if next(self.db.scan_iter(match=fkeys.file("*", f), count=1000), None)]
+                # a file id not among the user's: another user's, or gone (records are per user);
+                # whose it is comes from one scan of every record, made once for the whole run
+                # (a scan per id made the check quadratic: one user could make it take hours)
+                foreign = [f for f in others if self.owner(f)]
                 gone = [f for f in others if f not in foreign]
                 if not gone and not foreign:
                     continue
@@ -479,6 +492,14 @@ class Check:
                     self.found(notebook_key(name), f"note {note_id} names files no longer stored: {', '.join(gone)}",
                                done, tidy=True)
         self.counts["notes"] = total
+
+    def owner(self, file_id: str) -> str | None:
+        """The user whose file this is, per one scan of every record made when first asked,
+        and still now (one deleted since the scan is nobody's: gone, not another user's)."""
+        if self.owners is None:
+            self.owners = file_owners(self.db)
+        owner = self.owners.get(file_id)
+        return owner if owner is not None and self.db.exists(fkeys.file(owner, file_id)) else None
 
     # -- files and usage -------------------------------------------------------------------
 

@@ -48,6 +48,7 @@ DEFAULTS: dict[str, Any] = {
     "BACKUP_DAILY": 30,  # days for which the newest backup of each day is kept too
     "CHECK_EVERY": 86400,  # seconds between two consistency checks (0: none; also one when the tasks process starts)
     "LOCK_TTL": 10.0,  # seconds a scheduled task's Redis lock outlives a node that died holding it
+    "MIGRATE_PAUSE_TTL": 30.0,  # seconds `migrate --apply`'s pause of writes outlives a migrate that died
     "BEAT_EVERY": 10.0,  # seconds between two samples of the machine and Redis (0: no beat)
     "BEAT_SAMPLES": 3,  # consecutive samples over a threshold before it alerts (and under it before it is back)
     "BEAT_CPU": 90.0,  # % of all cores busy since the previous sample (0: no alert, for each threshold)

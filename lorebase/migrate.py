@@ -12,17 +12,20 @@ added, removed, changed, by pattern). The live database is not touched.
 
 With --apply: a fresh backup, verified by loading it into a scratch Redis; writes paused if
 the script asks (every worker answers 503 `maintenance` to state-changing requests within a
-second of the `maintenance` key appearing); the script on the live database; the checks
-again; on any failure the backup is restored. At the end, the command that restores the
-pre-migration backup. `migrations` (a hash: name → unix time it was applied) records what ran.
+second of the `maintenance` key appearing; `Pause` keeps the key for the whole run); the
+script on the live database; the checks again; on any failure the backup is restored. At
+the end, the command that restores the pre-migration backup. `migrations` (a hash: name →
+unix time it was applied) records what ran.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -34,12 +37,45 @@ from .tasks import backup
 
 APPLIED = "migrations"  # hash: migration name → unix time it was applied
 MAINTENANCE = "maintenance"  # string while writes are paused: the migration's name
-PAUSE_TTL = 900  # seconds the pause lasts at most, should the command die holding it
 PAUSE_SETTLE = 1.5  # seconds for every worker to see the pause (they look once a second)
+RENEWALS = 5  # times the pause key is renewed within its TTL (MIGRATE_PAUSE_TTL)
 
 
 class MigrationError(Exception):
     pass
+
+
+class Pause:
+    """Writes paused for as long as a migration runs: the `maintenance` key, set with a short
+    TTL (MIGRATE_PAUSE_TTL) and renewed by a thread RENEWALS times per TTL until the migration
+    ends, then deleted. A migrate that dies (kill -9 included) stops renewing it, and writes
+    resume within the TTL; a migration longer than the TTL keeps them paused throughout."""
+
+    def __init__(self, db: Any, name: str, ttl: float):
+        self.db = db
+        self.name = name
+        self.ttl_ms = max(1, int(ttl * 1000))
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._renew, name="maintenance", daemon=True)
+
+    def __enter__(self) -> Pause:
+        self.db.set(MAINTENANCE, self.name, px=self.ttl_ms)
+        self.thread.start()
+        return self
+
+    def _renew(self) -> None:
+        import redis
+
+        while not self.stop.wait(self.ttl_ms / 1000 / RENEWALS):
+            try:  # SET, not XX: a key lost to a Redis hiccup is put back while the migration runs
+                self.db.set(MAINTENANCE, self.name, px=self.ttl_ms)
+            except redis.RedisError:
+                pass  # the next turn tries again; the key lasts RENEWALS turns
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+        self.db.delete(MAINTENANCE)
 
 
 def load(path: Path) -> ModuleType:
@@ -63,16 +99,49 @@ def pattern(key: str) -> str:
 
 
 def fingerprint(url: str) -> dict[str, str]:
-    """Every key with a digest of its value (DUMP, read as bytes), to tell what a script changed."""
+    """Every key with a digest of its value, to tell what a script changed. A hash's fields and
+    a set's members are read and sorted; any other value is read with DUMP (as bytes). A hash
+    or set encoded as a hash table DUMPs its entries in the table's order, which a mere read may
+    change after a load (a step of Redis's incremental rehash): its DUMP would report a key the
+    script only read as changed."""
     raw = connect_sync(url, 60, decode=False)
     out: dict[str, str] = {}
     try:
+        batch: list[bytes] = []
         for key in raw.scan_iter(count=1000):
-            dumped = raw.dump(key)
-            if dumped is not None:
-                out[key.decode("utf-8", "replace")] = hashlib.sha256(dumped).hexdigest()
+            batch.append(key)
+            if len(batch) >= 500:
+                out.update(_digests(raw, batch))
+                batch = []
+        out.update(_digests(raw, batch))
     finally:
         raw.close()
+    return out
+
+
+def _digests(raw: Any, batch: list[bytes]) -> dict[str, str]:
+    """The digest of each key's value (a key gone since the scan left out): two round trips."""
+    if not batch:
+        return {}
+    kinds = raw.pipeline(transaction=False)
+    for key in batch:
+        kinds.type(key)
+    reads = raw.pipeline(transaction=False)
+    for key, kind in zip(batch, kinds.execute(), strict=True):
+        if kind == b"hash":
+            reads.hgetall(key)
+        elif kind == b"set":
+            reads.smembers(key)
+        else:
+            reads.dump(key)
+    out = {}
+    for key, value in zip(batch, reads.execute(), strict=True):
+        if isinstance(value, dict):
+            value = repr(sorted(value.items())).encode()
+        elif isinstance(value, set):
+            value = repr(sorted(value)).encode()
+        if value:  # None: DUMP of a key gone since; empty: a hash or set gone since
+            out[key.decode("utf-8", "replace")] = hashlib.sha256(value).hexdigest()
     return out
 
 
@@ -144,6 +213,18 @@ def rehearse(config: Any, path: Path, out: TextIO = sys.stdout) -> int:
     return 0
 
 
+def _run(config: Any, module: ModuleType, live: Any, url: str, out: TextIO) -> str:
+    """The script on the live database, what it changed, its checks; what failed ("": nothing)."""
+    before = fingerprint(url)
+    try:
+        module.migrate(live)
+    except Exception as error:  # noqa: BLE001 - the script's failure is the answer
+        return f"{type(error).__name__}: {error}"
+    print("what it changed:", file=out)
+    show(changes(before, fingerprint(url)), out)
+    return "; ".join(sanity(config, module, live, out))
+
+
 def apply(config: Any, path: Path, out: TextIO = sys.stdout) -> int:
     """The script on the live database, the backup restored if anything fails."""
     module = load(path)
@@ -164,32 +245,20 @@ def apply(config: Any, path: Path, out: TextIO = sys.stdout) -> int:
     undo = f"lorebase restore {name} {config.ENV}"
     print(f"backup {name} taken and verified", file=out, flush=True)
     paused = bool(getattr(module, "PAUSE", False))
-    failure = ""
     try:
-        if paused:
-            live.set(MAINTENANCE, path.stem, ex=PAUSE_TTL)
-            time.sleep(PAUSE_SETTLE)
-            print("writes paused (503 maintenance)", file=out, flush=True)
-        before = fingerprint(url)
-        try:
-            module.migrate(live)
-        except Exception as error:  # noqa: BLE001
-            failure = f"{type(error).__name__}: {error}"
-        if not failure:
-            print("what it changed:", file=out)
-            show(changes(before, fingerprint(url)), out)
-            problems = sanity(config, module, live, out)
-            failure = "; ".join(problems)
-        if failure:
-            print(f"{path.name} failed on the live database ({failure}); restoring backup {name}", file=out,
-                  flush=True)
-            backup.restore(where, name, url)
-            print(f"restored {name}: the database is as it was before the migration", file=out)
-            return 1
-        live.hset(APPLIED, path.stem, int(time.time()))
+        with Pause(live, path.stem, config.MIGRATE_PAUSE_TTL) if paused else contextlib.nullcontext():
+            if paused:
+                time.sleep(PAUSE_SETTLE)
+                print("writes paused (503 maintenance)", file=out, flush=True)
+            failure = _run(config, module, live, url, out)
+            if failure:
+                print(f"{path.name} failed on the live database ({failure}); restoring backup {name}", file=out,
+                      flush=True)
+                backup.restore(where, name, url)
+                print(f"restored {name}: the database is as it was before the migration", file=out)
+                return 1
+            live.hset(APPLIED, path.stem, int(time.time()))
     finally:
-        if paused:
-            live.delete(MAINTENANCE)
         live.close()
     print(f"{path.name} applied. To undo it: {undo}", file=out)
     return 0

@@ -12,6 +12,8 @@ from collections.abc import Iterator
 import pytest
 
 from lorebase.files import keys as fkeys
+from lorebase.files.keys import S3_QUEUE
+from lorebase.tasks.queue import doing_lists, names
 
 from .files_support import (
     S3_BUCKET,
@@ -177,6 +179,41 @@ def test_an_upload_still_queued_is_pending_not_missing(with_s3):
         wait_for(lambda: lore.redis().hget(fkeys.file("ck_pending", out["id"]), "s3") == "1", 15, 0.05,
                  "the upload mirrored")
         assert_clean(lore, 1)
+
+
+def lranges(redis) -> int:
+    """LRANGE calls Redis has answered since it started (INFO commandstats)."""
+    return int(redis.info("commandstats").get("cmdstat_lrange", {}).get("calls", 0))
+
+
+def test_objects_left_without_a_record_cost_the_check_no_queue_read_each(with_s3):
+    """20 removals that stopped before queueing their trash job (the copy in trash/, the object
+    in S3, no record): each is named, and the S3 queue is read a fixed number of times, not
+    once more per object."""
+    lore, _ = with_s3
+    redis = lore.redis()
+    with user(lore, "ck_left") as api:
+        ids = [api.ok_upload(blob(100 + n, f"left{n}"), f"l{n}.bin")["id"] for n in range(20)]
+        wait_for(lambda: all(redis.hget(fkeys.file("ck_left", i), "s3") == "1" for i in ids), 30, 0.05,
+                 "the uploads mirrored")
+        old = time.time() - 120  # a younger copy in trash/ may have its job on the way
+        for file_id in ids:  # a removal's first steps, as store.py takes them, then a stop
+            trashed = lore.data_dir / "trash" / file_id
+            local_path(lore, file_id).rename(trashed)
+            os.utime(trashed, (old, old))
+            redis.delete(fkeys.file("ck_left", file_id))
+            redis.zrem(fkeys.files("ck_left"), file_id)
+        reads = 1 + len(doing_lists(redis, names(S3_QUEUE)))  # the lists one look at the queue reads
+        before = lranges(redis)
+        code, lines = check(lore)
+        used = lranges(redis) - before
+        assert code == 1, lines
+        assert sorted(lines[:-1]) == sorted(f"{i}: in S3 but has no record" for i in ids), lines
+        assert used <= 4 * reads, (used, reads)
+        code, lines = check(lore, "--repair")
+        assert f"{ids[0]}: in S3 but has no record (trash queued)" in lines, lines
+        wait_for(lambda: not any((lore.data_dir / "trash" / i).exists() for i in ids), 30, 0.1,
+                 "the trash jobs done")
 
 
 def test_s3_down_is_a_clear_error_not_a_traceback(with_s3):

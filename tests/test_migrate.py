@@ -4,6 +4,8 @@ a broken script caught by the checks with the live database left as it was; writ
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -15,7 +17,7 @@ from lorebase.identity import keys as idkeys
 
 from .files_support import PASSWORD, Api, blob, lorebase_cmd, signup
 from .identity_support import fresh_ip
-from .lore import Lorebase, RedisServer
+from .lore import ROOT, Lorebase, RedisServer, wait_for
 
 RENAME = '''
 def migrate(db):
@@ -128,7 +130,104 @@ def test_a_script_that_pauses_writes_gets_them_503_while_it_runs(tmp_path):
         assert lore.redis().get("mg_paused_ran") == "1"
 
 
+UNTIL_RELEASED = '''
+import time
+
+PAUSE = True
+
+
+def migrate(db):
+    deadline = time.monotonic() + 60
+    while not db.exists("mg_release") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    db.set("mg_long_ran", "1")
+'''
+
+
+def test_a_migration_longer_than_the_pause_ttl_keeps_writes_paused_till_it_ends(tmp_path):
+    """The pause key outlives a dead migrate by MIGRATE_PAUSE_TTL only: a migration running
+    three times as long keeps writes paused throughout, and they resume once it ends."""
+    ttl = 2.0
+    lore = Lorebase(tmp_path / "data", TRUSTED_PROXIES="127.0.0.1", MAIL_URL="console://", MIGRATE_PAUSE_TTL=ttl)
+    with lore.running():
+        slow = script(tmp_path, "0004_until_released.py", UNTIL_RELEASED)
+        result: list[int] = []
+        run = threading.Thread(target=lambda: result.append(
+            lorebase_cmd(lore, "migrate", str(slow), "--apply").returncode))
+        run.start()
+        with httpx.Client(base_url=lore.url, timeout=10) as client:
+            def write() -> tuple[int, str | None]:
+                r = client.post("/error", json={"message": "a write"}, headers={"x-real-ip": fresh_ip()})
+                return r.status_code, r.json().get("error")
+
+            try:
+                wait_for(lambda: write() == (503, "maintenance"), 30, 0.1, "writes paused")
+                paused = time.monotonic()
+                seen = set()
+                while time.monotonic() - paused < 3 * ttl:  # well past the TTL the key was set with
+                    seen.add(write())
+                    time.sleep(0.2)
+                assert seen == {(503, "maintenance")}, seen
+                assert run.is_alive()
+            finally:
+                lore.redis().set("mg_release", "1")
+                run.join()
+            assert result == [0]
+            wait_for(lambda: write() == (200, None), 10, 0.1, "writes resumed")
+        db = lore.redis()
+        assert db.get("mg_long_ran") == "1" and not db.exists("maintenance")
+
+
+def test_a_killed_migration_leaves_writes_paused_no_longer_than_the_pause_ttl(tmp_path):
+    ttl = 2.0
+    lore = Lorebase(tmp_path / "data", TRUSTED_PROXIES="127.0.0.1", MAIL_URL="console://", MIGRATE_PAUSE_TTL=ttl)
+    with lore.running():
+        slow = script(tmp_path, "0005_until_released.py", UNTIL_RELEASED)
+        migrate = subprocess.Popen([sys.executable, "-m", "lorebase", "migrate", str(slow), "--apply"],
+                                   env=lore.environ(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        with httpx.Client(base_url=lore.url, timeout=10) as client:
+            def write() -> tuple[int, str | None]:
+                r = client.post("/error", json={"message": "a write"}, headers={"x-real-ip": fresh_ip()})
+                return r.status_code, r.json().get("error")
+
+            try:
+                wait_for(lambda: write() == (503, "maintenance"), 30, 0.1, "writes paused")
+            finally:
+                migrate.kill()
+                migrate.wait()
+            # the key expires within the TTL, and the workers look once a second
+            wait_for(lambda: write() == (200, None), ttl + 2, 0.1, "writes resumed")
+        assert not lore.redis().exists("maintenance", "mg_long_ran")
+
+
 CLUSTER_KEYS = Path(__file__).resolve().parent.parent / "migrations" / "0002_cluster_keys.py"
+
+
+def what_changed(output: str) -> list[str]:
+    """The lines a migrate run prints under "what it changed"."""
+    _, _, rest = output.partition("what it changed")
+    lines = rest.splitlines()[1:]
+    return [line.strip() for line in lines[:next((i for i, line in enumerate(lines) if not line.startswith("  ")),
+                                                len(lines))]]
+
+
+def test_the_cluster_layout_migration_changes_nothing_on_an_up_to_date_database(tmp_path):
+    """On a database already in today's layout (users with sessions, files and notes), 0002's
+    rehearsal and its application both report that no key changed, as the README says."""
+    lore = Lorebase(tmp_path / "data", TRUSTED_PROXIES="127.0.0.1", MAIL_URL="console://")
+    with lore.running():
+        for name in ("mg_gil", "mg_hal"):
+            signup(lore, name)
+            api = Api(lore).login(name, PASSWORD)
+            stored = api.ok_upload(blob(2000, name), f"{name}.bin")
+            assert api.post("/notes", {"text": "up to date", "files": [stored["id"]]}).status_code == 200
+            api.close()
+        rehearsal = lorebase_cmd(lore, "migrate", str(CLUSTER_KEYS))
+        assert rehearsal.returncode == 0, rehearsal.stdout + rehearsal.stderr
+        assert what_changed(rehearsal.stdout) == ["no key changed"], rehearsal.stdout
+        applied = lorebase_cmd(lore, "migrate", str(CLUSTER_KEYS), "--apply")
+        assert applied.returncode == 0, applied.stdout + applied.stderr
+        assert what_changed(applied.stdout) == ["no key changed"], applied.stdout
 
 
 def old_name(key: str) -> str:
@@ -180,6 +279,9 @@ def test_the_cluster_layout_migration_moves_an_older_database_and_its_users_carr
         before = {k: db.dump(k) for k in db.scan_iter(count=1000) if k not in ("migrations", "log")}
         again = lorebase_cmd(lore, "migrate", str(CLUSTER_KEYS), "--apply")
         assert again.returncode == 1 and "applied already" in again.stdout
+        rehearsed = lorebase_cmd(lore, "migrate", str(CLUSTER_KEYS))  # a second run, on a copy
+        assert rehearsed.returncode == 0, rehearsed.stdout + rehearsed.stderr
+        assert what_changed(rehearsed.stdout) == ["no key changed"], rehearsed.stdout
         import importlib.util
         spec = importlib.util.spec_from_file_location("cluster_keys", CLUSTER_KEYS)
         assert spec is not None and spec.loader is not None

@@ -190,10 +190,11 @@ def _check(config: Any, db: Any, store: Any, run: Any, repair: bool, verify: boo
     leftovers = _trash_leftovers(run(store.listing("trash")), _pending(db, "trash")) if s3 is not None else set()
     if s3 is not None and leftovers:
         queued = _pending(db, None)
-        for user, file_id in _s3_objects(s3, config.S3_BUCKET):
-            if file_id not in leftovers or file_id in queued or db.exists(keys.file(user, file_id)):
-                continue
-            if file_id in _pending(db, None):  # queued since the first read
+        candidates = [(user, file_id) for user, file_id in _s3_objects(s3, config.S3_BUCKET)
+                      if file_id in leftovers and file_id not in queued and not db.exists(keys.file(user, file_id))]
+        queued = _pending(db, None) if candidates else queued  # read once more: jobs queued since the first read
+        for user, file_id in candidates:
+            if file_id in queued:
                 continue
             problems += 1
             print(f"{file_id}: in S3 but has no record" + (" (trash queued)" if repair else ""), file=out)
