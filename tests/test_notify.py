@@ -65,6 +65,22 @@ def test_reply_event_carries_the_client_address_from_the_trusted_proxy(client, s
     assert wait_event(server, "reply", ip=ip, path="/notify-address")["status"] == 404
 
 
+@pytest.mark.parametrize("header", ["x-real-ip", "x-forwarded-for"])
+def test_an_ipv6_zone_from_the_proxy_is_refused_for_the_peers_address(client, server, header):
+    """`fe80::1%eth0` names an interface of the proxy's host, not a client: the peer's address
+    stands, before any route ran (a 404) and after (POST /error, counted per address)."""
+    marker = f"zone-{header}"
+    for zoned in ("fe80::1%eth0", "fe80::1%25eth0", "fe80::1%1"):
+        assert_error(client.get(f"/{marker}", headers={header: zoned}), 404, "notfound")
+        report = json.dumps({"message": f"{marker} {zoned}"}).encode()
+        assert client.post("/error", content=report, headers={**JSON_TYPE, header: zoned}).status_code == 200
+    for zoned in ("fe80::1%eth0", "fe80::1%25eth0", "fe80::1%1"):
+        assert wait_event(server, "client error", message=f"{marker} {zoned}")["ip"] == "127.0.0.1"
+    replies = wait_for(lambda: [e for e in server.events("reply") if e["path"] == f"/{marker}"][2:] and
+                       [e for e in server.events("reply") if e["path"] == f"/{marker}"], 10, 0.05, "3 replies")
+    assert {e["ip"] for e in replies} == {"127.0.0.1"}
+
+
 def test_successful_replies_are_not_notified(client, server):
     ip = client_ip()
     headers = {"x-real-ip": ip}
