@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from .db import Client
 
 REDACTED = "[redacted]"
-_SECRET_KEY = re.compile(r"pass|cookie|csrf|token|secret|authorization|session|invite", re.I)
+_SECRET_KEY = re.compile(r"pass|cookie|csrf|token|secret|authorization|session|\binvite\b", re.I)
 _SECRET_IN_TEXT = re.compile(
     r"((?:token|csrf|password|secret|session|cookie|invite)[\"']?\s*[=:]\s*[\"']?)([^\s&\"';,]+)", re.I)
 # a Cookie or Authorization header holds several values ("a=1; lorebase=..."; "Bearer ..."):

@@ -70,6 +70,9 @@ def test_an_invited_email_signs_up_past_the_whitelist_once(lore: Lorebase, root:
     me = users.session(user).get("/auth/me").json()
     assert me["verified"] is True
     assert not [m for m in mail.to(email) if "verify" in str(m["Subject"]).lower()]
+    # the token is redacted from the log, the fact of the invite is not
+    assert [e["invited"] for e in lore.events("signup") if e["user"] == "inv_guest"] == [True]
+    assert token not in lore.log_text()
     # single use: once the account is gone and the address free again, the token still fails
     assert lore.redis().exists(idkeys.invite(email)) == 0
     users.destroy(user)
