@@ -53,11 +53,12 @@ _encode = msgspec.json.Encoder().encode
 STREAM = "log"  # request errors and the processes' own events
 AUDIT = "audit"  # admin actions and security events
 STREAMS = (AUDIT, STREAM)
-# the events kept apart in `audit` (by name, so an event a route adds later is placed by its name)
-_AUDITED = re.compile(r"(admin|tampered|signup|destroy|password|email|sessions ended|invite|lock|unlock|"
-                      r"restore|backup|task backup|task restore|migrat)\b")
-# of those, the ones anyone can cause without an account: sampled per kind
-_ANONYMOUS = re.compile(r"(tampered|signup|lock)\b")
+# the events kept apart in `audit`, by how their names start (so an event added later with
+# such a name, `lockout` or `restore refused`, is placed with its kind)
+_AUDITED = re.compile(r"admin|tampered|signup|destroy|password|email|sessions ended|invite|lock|unlock|"
+                      r"restor|backup|task backup|task restore|migrat|.*\block")
+# of those, the ones anyone can cause without an account (a lockout: failed logins): sampled per kind
+_ANONYMOUS = re.compile(r"tampered|signup|lock|.*\block")
 # request errors: sampled per client address
 REQUEST_ERRORS = frozenset({"reply", "client error", "error"})
 ADDRESSES_MAX = 10000  # client addresses one window tells apart; the rest count together as "*"
