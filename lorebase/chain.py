@@ -224,7 +224,7 @@ class Chain:
             notify("redis down", error=str(error), path=req.path, rid=req.log["id"])
             result = error_reply(ApiError(503, "redis"))
         except Exception as error:  # noqa: BLE001 - the client gets a code, notify the trace
-            notify.exception("error", error, method=req.method, path=req.path, rid=req.log["id"])
+            notify.exception("error", error, method=req.method, path=req.path, ip=req.ip, rid=req.log["id"])
             result = error_reply(ApiError(500, "server"))
         status, sent = await self.send(req, result, send)
         stats = self.stats

@@ -219,8 +219,13 @@ def cmd_nginx(args: argparse.Namespace) -> int:
         print("lorebase nginx: give --cert and --key together (or neither, for certbot's files)", file=sys.stderr)
         return 2
     config = _load(args.env)
-    sys.stdout.write(nginx.render(config, args.domain, args.cert, args.key, args.http_port, args.https_port,
-                                  args.static, args.listen))
+    try:
+        site = nginx.render(config, args.domain, args.cert, args.key, args.http_port, args.https_port,
+                            args.static, args.listen)
+    except ValueError as error:
+        print(f"lorebase nginx: {error}", file=sys.stderr)
+        return 2
+    sys.stdout.write(site)
     return 0
 
 

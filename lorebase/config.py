@@ -60,7 +60,11 @@ DEFAULTS: dict[str, Any] = {
     "STATS": True,  # count requests, logins, bytes... per minute in Redis (stats.py); off: nothing counted
     "STATS_KEEP": 2 * 86400,  # seconds a minute's stats are kept
     "METRICS_TOKEN": "",  # GET /metrics also answers `Authorization: Bearer <this>` (a Prometheus scraper)
-    "LOG_STREAM_MAX": 10000,  # entries kept in the Redis stream `log`
+    "LOG_STREAM_MAX": 10000,  # entries kept in the Redis stream `log` (request errors, processes' events)
+    "AUDIT_STREAM_MAX": 50000,  # entries kept in the Redis stream `audit` (admin actions, security events)
+    "LOG_RATE": 60,  # request-error lines per client address (IPv6: /64) per minute a process writes to `log` (0: all)
+    "LOG_WINDOW": 60.0,  # seconds over which LOG_RATE and AUDIT_ANONYMOUS_RATE count; then one `flood` line each
+    "AUDIT_ANONYMOUS_RATE": 10,  # `tampered`, `signup`, lockout lines per kind per minute a process puts in `audit`
     "LOG_URL": "",  # also POST every notify line there, in batches of JSON lines (empty: don't)
     "LOG_BUFFER": 10000,  # lines a process holds for LOG_URL while it is down; past it, dropped and counted
     "ERROR_REPORTS_PER_MINUTE": 30,  # POST /error per client IP
@@ -265,6 +269,11 @@ def _check(env: str, values: dict[str, Any], role: str = "api") -> None:
         host, colon, port = str(node).strip().rpartition(":")
         if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ConfigError(f"NGINX_NODES: {node!r} is not host:port")
+    for key in ("LOG_STREAM_MAX", "AUDIT_STREAM_MAX", "LOG_RATE", "AUDIT_ANONYMOUS_RATE"):
+        if values[key] < 0:
+            raise ConfigError(f"{key} must be 0 or more, got {values[key]}")
+    if not float(values["LOG_WINDOW"]) > 0:
+        raise ConfigError("LOG_WINDOW must be a number of seconds above 0")
     if values["LOG_URL"] and urlsplit(str(values["LOG_URL"])).scheme not in ("http", "https"):
         raise ConfigError("LOG_URL must be an http:// or https:// URL")
     if values["FILES_URL"]:

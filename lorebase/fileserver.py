@@ -288,7 +288,7 @@ async def _main(config: Any) -> None:
 
 def serve(config: Any) -> int:
     """`lorebase serve --role files`: runs until SIGTERM/SIGINT; 0 on a clean stop."""
-    notify.setup(config.ENV, "files", config.LOG_STREAM_MAX, config.LOG_URL, config.LOG_BUFFER)
+    notify.setup(config.ENV, "files", config)
     procs.title("files", config.ENV)
     try:
         asyncio.run(_main(config))

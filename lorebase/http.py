@@ -192,9 +192,18 @@ def client_address(scope: dict[str, Any], headers: list[tuple[bytes, bytes]], tr
             real = value
         elif key == b"x-forwarded-for" and forwarded is None:
             forwarded = value
-    candidate = (real or (forwarded.split(b",")[-1] if forwarded else b"")).strip().decode("latin-1")
+    return proxied_address(real or (forwarded.split(b",")[-1] if forwarded else b""), peer)
+
+
+def proxied_address(candidate: bytes, peer: str) -> str:
+    """The address a trusted proxy's header names, normalised, or the peer's when it names
+    none. An IPv6 zone (`fe80::1%eth0`) is refused: it names an interface of the proxy's own
+    host, not a client, and its free text would make one client many addresses."""
+    text = candidate.strip().decode("latin-1")
+    if "%" in text:
+        return peer
     try:
-        return str(ipaddress.ip_address(candidate))
+        return str(ipaddress.ip_address(text))
     except ValueError:
         return peer
 

@@ -113,7 +113,7 @@ class Master:
 
     def run(self) -> int:
         config = self.config
-        notify.setup(config.ENV, "master", config.LOG_STREAM_MAX, config.LOG_URL, config.LOG_BUFFER)
+        notify.setup(config.ENV, "master", config)
         procs.title("master", config.ENV)
         wake_r, wake_w = os.pipe()
         os.set_blocking(wake_r, False)

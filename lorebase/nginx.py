@@ -15,6 +15,7 @@ the headers lorebase would have sent.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +26,16 @@ from .routes.web import WEB
 # the headers lorebase itself sends with the web client's script and style (the page stays lorebase's)
 STATIC_HEADERS = [(name.decode(), value.decode()) for name, value in SECURITY_HEADERS]
 HSTS = "max-age=63072000; includeSubDomains"
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+DOMAIN = re.compile(rf"^(?=.{{1,253}}\Z){_LABEL}(?:\.{_LABEL})*\Z")  # what --domain may be
 
 
 def render(config: Any, domain: str, cert: str | None = None, key: str | None = None,
            http_port: int = 80, https_port: int = 443, static: Path | None = None, listen: str = "") -> str:
     """The site file: what provision writes to /etc/nginx/sites-available/lorebase-<env>.
     `listen`: one address to listen on (default: every IPv4 and IPv6 address)."""
+    if not DOMAIN.match(domain):
+        raise ValueError(f"--domain {domain!r} is not a host name")
     env = config.ENV
     name = f"lorebase_{env}"
     cert = cert or f"/etc/letsencrypt/live/{domain}/fullchain.pem"
@@ -42,7 +47,9 @@ def render(config: Any, domain: str, cert: str | None = None, key: str | None = 
     # a node that fails (refused, reset, silent) is left alone for fail_timeout
     servers = "\n".join(f"    server {node} max_fails=1 fail_timeout=5s;" for node in nodes)
     body_limit = int(config.FILE_LIMIT) + MULTIPART_OVERHEAD
-    to_https = "https://$host$request_uri" if https_port == 443 else f"https://$host:{https_port}$request_uri"
+    # to the configured name, never the request's Host: the HTTP block is the default server of
+    # its port, so any Host reaches it, and a redirect built from it sends the client anywhere
+    to_https = f"https://{domain}$request_uri" if https_port == 443 else f"https://{domain}:{https_port}$request_uri"
     rate, burst = int(config.NGINX_AUTH_RATE), int(config.NGINX_AUTH_BURST)
     headers = "\n".join(f"        add_header {k} \"{v}\" always;" for k, v in STATIC_HEADERS)
     proxy = f"""        proxy_pass http://{name};

@@ -1,8 +1,18 @@
 """notify: the one funnel for everything worth knowing (seed: Notification).
 
 Each event becomes one JSON line on standard output (the journal in prod, the terminal in
-dev) and one entry in the capped Redis stream `log`, which the admin UI reads. Before
-either, secrets are redacted: passwords, cookies, CSRF, reset and verify tokens.
+dev) and one entry in a capped Redis stream, which the admin UI reads: admin actions and
+security events in `audit`, everything else (request errors first of all) in `log`, so a
+flood of anonymous requests fills `log`, not the admin's record. Before either, secrets are
+redacted: passwords, cookies, CSRF, reset, verify and invite tokens.
+
+The streams are sampled, stdout is not: past LOG_RATE request-error lines from one client
+address in a window (LOG_WINDOW, a minute), a process writes no more of them to `log` and ends
+the window with one `flood` line counting what it left out; the anonymous-reachable security
+events (`tampered`,
+`signup`, lockouts) go to `audit` at most AUDIT_ANONYMOUS_RATE a window per kind, then one
+`flood` line. The counting is in the process's memory: past the limit a request costs no
+Redis work at all.
 
 Events: `start`, `stop`, `worker exit`, `redis down`/`redis up`, `redis exit`,
 `reply` (every reply >= 400), `client error` (POST /error), `error` (an exception).
@@ -17,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import ipaddress
 import os
 import re
 import sys
@@ -32,14 +43,102 @@ if TYPE_CHECKING:
     from .db import Client
 
 REDACTED = "[redacted]"
-_SECRET_KEY = re.compile(r"pass|cookie|csrf|token|secret|authorization|session", re.I)
+_SECRET_KEY = re.compile(r"pass|cookie|csrf|token|secret|authorization|session|\binvite\b", re.I)
 _SECRET_IN_TEXT = re.compile(
-    r"((?:token|csrf|password|secret|session|cookie)[\"']?\s*[=:]\s*[\"']?)([^\s&\"';,]+)", re.I)
+    r"((?:token|csrf|password|secret|session|cookie|invite)[\"']?\s*[=:]\s*[\"']?)([^\s&\"';,]+)", re.I)
 # a Cookie or Authorization header holds several values ("a=1; lorebase=..."; "Bearer ..."):
 # everything to the end of the line or the closing quote goes
 _SECRET_HEADER = re.compile(r"((?:set-)?cookie|authorization)([\"']?\s*[=:]\s*[\"']?)([^\r\n\"']+)", re.I)
 _encode = msgspec.json.Encoder().encode
-STREAM = "log"
+STREAM = "log"  # request errors and the processes' own events
+AUDIT = "audit"  # admin actions and security events
+STREAMS = (AUDIT, STREAM)
+# the events kept apart in `audit`, by how their names start (so an event added later with
+# such a name, `lockout` or `restore refused`, is placed with its kind)
+_AUDITED = re.compile(r"admin|tampered|signup|destroy|password|email|sessions ended|invite|lock|unlock|"
+                      r"restor|backup|task backup|task restore|migrat|.*\block")
+# of those, the ones anyone can cause without an account (a lockout: failed logins): sampled per kind
+_ANONYMOUS = re.compile(r"tampered|signup|lock|.*\block")
+# request errors: sampled per client address
+REQUEST_ERRORS = frozenset({"reply", "client error", "error"})
+ADDRESSES_MAX = 10000  # client addresses one window tells apart; the rest count together as "*"
+
+
+def stream_of(event: str) -> str:
+    return AUDIT if _AUDITED.match(event) else STREAM
+
+
+def _address(ip: str) -> str:
+    """The sampling key of a client address: an IPv6 address counts as its /64 (one host
+    usually holds the whole /64)."""
+    if ":" not in ip:
+        return ip
+    try:
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    except ValueError:
+        return ip[:64]
+
+
+class Sampler:
+    """Which lines go to the streams, per window of `window` seconds: `rate` request-error lines
+    per client address, `anonymous_rate` per kind of anonymous-reachable security event; what
+    is left out is counted and told by one `flood` line per address (or kind) at the window's
+    end. 0: no limit."""
+
+    def __init__(self, rate: int, anonymous_rate: int, window: float = 60.0):
+        self.rate, self.anonymous_rate, self.seconds = rate, anonymous_rate, window
+        self.window = 0  # the current window's number (time // seconds)
+        self.seen: dict[tuple[str, str], int] = {}  # (event, address or "") → lines this window
+        self.left: dict[tuple[str, str], dict[str, int]] = {}  # → what was left out, by status or address
+
+    def admit(self, event: str, fields: dict[str, Any], now: float) -> tuple[bool, list[tuple[str, dict[str, Any]]]]:
+        """Whether the line goes to its stream, and the `flood` lines of a window that has just
+        ended, to write first (usually none)."""
+        if event in REQUEST_ERRORS:
+            limit, key = self.rate, (event, _address(str(fields.get("ip") or "")))
+        elif self.anonymous_rate and _ANONYMOUS.match(event):
+            limit, key = self.anonymous_rate, (event, "")
+        else:
+            return True, []
+        if not limit:
+            return True, []
+        ended = self.roll(now)
+        seen = self.seen
+        count = seen.get(key)
+        if key[1] and count is None and len(seen) >= ADDRESSES_MAX:
+            key = (event, "*")
+            count = seen.get(key)
+        count = (count or 0) + 1
+        seen[key] = count
+        if count <= limit:
+            return True, ended
+        left = self.left.setdefault(key, {})
+        what = (f"{fields.get('status', '')} {fields.get('error', '')}".strip() if key[1] else
+                _address(str(fields.get("ip") or "?")))
+        if len(left) < 20 or what in left:
+            left[what] = left.get(what, 0) + 1
+        else:
+            left["other"] = left.get("other", 0) + 1
+        return False, ended
+
+    def roll(self, now: float) -> list[tuple[str, dict[str, Any]]]:
+        """The `flood` lines of the window before `now`'s, once it has ended (then forgotten)."""
+        window = int(now // self.seconds)
+        if window == self.window:
+            return []
+        start, self.window = self.window, window
+        left, self.left, self.seen = self.left, {}, {}
+        lines = []
+        for (event, address), counts in left.items():
+            fields: dict[str, Any] = {"of": event, "count": sum(counts.values()),
+                                      "since": round(start * self.seconds, 3), "seconds": self.seconds}
+            if address:
+                fields["ip"] = address
+                fields["statuses"] = counts
+            else:
+                fields["addresses"] = counts
+            lines.append((stream_of(event), fields))
+        return lines
 
 
 def redact(value: Any, depth: int = 0) -> Any:
@@ -150,8 +249,10 @@ class Notifier:
     def __init__(self) -> None:
         self.role = "cli"
         self.env = "dev"
-        self.maxlen = 10000
-        self._queue: collections.deque[bytes] = collections.deque(maxlen=10000)
+        self.maxlen = {STREAM: 10000, AUDIT: 100000}
+        self.sampler = Sampler(0, 0)
+        self._roll_at: Any = None  # the timer that writes a window's `flood` lines (workers)
+        self._queue: collections.deque[tuple[str, bytes]] = collections.deque(maxlen=10000)
         self._db: Any = None  # the async client (workers)
         self._sync: Any = None  # a redis-py client (master, tasks)
         self._wake: asyncio.Event | None = None
@@ -159,10 +260,14 @@ class Notifier:
         self.lost = 0  # entries dropped because Redis was unreachable
         self.forwarder: Forwarder | None = None
 
-    def setup(self, env: str, role: str, maxlen: int, log_url: str = "", log_buffer: int = 10000) -> None:
-        """Who this process is; with `log_url`, its own forwarder (a forked child never uses
-        its parent's: that thread did not survive the fork)."""
-        self.env, self.role, self.maxlen = env, role, maxlen
+    def setup(self, env: str, role: str, config: Any) -> None:
+        """Who this process is, the streams' caps and rates (LOG_STREAM_MAX, AUDIT_STREAM_MAX,
+        LOG_RATE, AUDIT_ANONYMOUS_RATE, LOG_WINDOW); with LOG_URL, its own forwarder (a forked child never
+        uses its parent's: that thread did not survive the fork)."""
+        self.env, self.role = env, role
+        self.maxlen = {STREAM: config.LOG_STREAM_MAX, AUDIT: config.AUDIT_STREAM_MAX}
+        self.sampler = Sampler(config.LOG_RATE, config.AUDIT_ANONYMOUS_RATE, float(config.LOG_WINDOW))
+        log_url, log_buffer = config.LOG_URL, config.LOG_BUFFER
         self.forwarder = Forwarder(log_url, log_buffer, env, role) if log_url else None
 
     def attach_async(self, db: Any) -> None:
@@ -175,7 +280,7 @@ class Notifier:
         """In the master: entries go to Redis from a thread of their own, so no caller (the
         master's loop, which accepts every connection) ever waits on a slow Redis."""
         self._sync = client
-        self._sync_lines: collections.deque[bytes] = collections.deque()
+        self._sync_lines: collections.deque[tuple[str, bytes]] = collections.deque()
         self._sync_wake = threading.Event()
         self._sync_thread = threading.Thread(target=self._drain_sync, args=(client,), daemon=True,
                                              name="lorebase-notify")
@@ -189,8 +294,8 @@ class Notifier:
                 batch = [self._sync_lines.popleft() for _ in range(min(500, len(self._sync_lines)))]
                 try:
                     pipe = client.pipeline(transaction=False)
-                    for line in batch:
-                        pipe.xadd(STREAM, {"json": line}, maxlen=self.maxlen, approximate=True)
+                    for stream, line in batch:
+                        pipe.xadd(stream, {"json": line}, maxlen=self.maxlen[stream], approximate=True)
                     pipe.execute()
                 except Exception:  # noqa: BLE001 - Redis down: stdout has them
                     self.lost += len(batch)
@@ -207,27 +312,66 @@ class Notifier:
         self._sync_wake.set()
 
     def __call__(self, event: str, **fields: Any) -> None:
+        now = time.time()
         try:
-            entry = {"t": round(time.time(), 3), "ev": event, "env": self.env, "role": self.role,
+            entry = {"t": round(now, 3), "ev": event, "env": self.env, "role": self.role,
                      "pid": os.getpid()}
             entry.update(redact(fields))
             line = _encode(entry)
         except Exception as error:  # noqa: BLE001 - notify must never be the thing that fails
-            line = _encode({"t": time.time(), "ev": "notify failed", "error": repr(error)})
+            line = _encode({"t": now, "ev": "notify failed", "error": repr(error)})
         try:
             os.write(sys.stdout.fileno(), line + b"\n")
         except (OSError, ValueError):
             pass
         if self.forwarder is not None:
             self.forwarder.put(line)
+        if self._sync is None and self._wake is None:
+            return
+        try:
+            admitted, ended = self.sampler.admit(event, fields, now)
+        except Exception:  # noqa: BLE001 - as above: the line is written unsampled
+            admitted, ended = True, []
+        if ended:
+            self._floods(ended)
+        if admitted:
+            self._store(stream_of(event), line)
+        elif self._roll_at is None and self._wake is not None:
+            # a window with lines left out: its `flood` lines are written when it ends, even if
+            # nothing else comes (workers; the master and the tasks process serve no requests)
+            try:
+                seconds = self.sampler.seconds
+                self._roll_at = asyncio.get_running_loop().call_later(seconds - now % seconds + 0.01, self._roll)
+            except RuntimeError:  # another thread: the window's next line writes them
+                pass
+
+    def _roll(self) -> None:
+        self._roll_at = None
+        self._floods(self.sampler.roll(time.time()))
+
+    def _floods(self, lines: list[tuple[str, dict[str, Any]]]) -> None:
+        for stream, fields in lines:
+            entry = {"t": round(time.time(), 3), "ev": "flood", "env": self.env, "role": self.role,
+                     "pid": os.getpid(), **fields}
+            line = _encode(entry)
+            try:
+                os.write(sys.stdout.fileno(), line + b"\n")
+            except (OSError, ValueError):
+                pass
+            if self.forwarder is not None:
+                self.forwarder.put(line)
+            self._store(stream, line)
+
+    def _store(self, stream: str, line: bytes) -> None:
+        """To Redis, from the background writer of this process."""
         if self._sync is not None:
             if len(self._sync_lines) < 10000:
-                self._sync_lines.append(line)
+                self._sync_lines.append((stream, line))
                 self._sync_wake.set()
             else:
                 self.lost += 1
         elif self._wake is not None:
-            self._queue.append(line)
+            self._queue.append((stream, line))
             self._wake.set()
 
     def exception(self, event: str, error: BaseException, **fields: Any) -> None:
@@ -239,14 +383,14 @@ class Notifier:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            batch: list[bytes] = []
+            batch: list[tuple[str, bytes]] = []
             while self._queue and len(batch) < 500:
                 batch.append(self._queue.popleft())
             if not batch:
                 continue
             try:
-                await self._db.pipeline([("XADD", STREAM, "MAXLEN", "~", self.maxlen, "*", "json", line)
-                                         for line in batch])
+                await self._db.pipeline([("XADD", stream, "MAXLEN", "~", self.maxlen[stream], "*", "json", line)
+                                         for stream, line in batch])
             except Exception:  # noqa: BLE001 - Redis down: stdout has them
                 self.lost += len(batch)
             if self._queue:
@@ -257,7 +401,12 @@ class Notifier:
             self.forwarder.close()
 
     async def close(self) -> None:
-        """Flush what is queued (bounded), then stop the background task."""
+        """Write the `flood` lines of the window so far, flush what is queued (bounded), then
+        stop the background task."""
+        if self._roll_at is not None:
+            self._roll_at.cancel()
+            self._roll_at = None
+            self._floods(self.sampler.roll(time.time() + self.sampler.seconds))
         for _ in range(50):
             if not self._queue:
                 break
@@ -272,14 +421,55 @@ class Notifier:
 notify = Notifier()
 
 
-async def read(db: Client, start: str, end: str, count: int, newest_first: bool = True) -> list[tuple[str, str]]:
-    """Up to `count` entries of the stream `log` between the ids `start` and `end` (XRANGE's
-    syntax: `-`, `+`, a unix ms, `(<id>` for exclusive), as (id, the JSON line); newest first
-    (`start` is then the newer end) or oldest first. Entries without a `json` field are
+async def read(db: Client, start: str, end: str, count: int, newest_first: bool = True,
+               stream: str = STREAM) -> list[tuple[str, str]]:
+    """Up to `count` entries of the stream `log` (or `audit`) between the ids `start` and `end`
+    (XRANGE's syntax: `-`, `+`, a unix ms, `(<id>` for exclusive), as (id, the JSON line); newest
+    first (`start` is then the newer end) or oldest first. Entries without a `json` field are
     returned with an empty line."""
-    command = ("XREVRANGE", STREAM, start, end) if newest_first else ("XRANGE", STREAM, start, end)
+    command = ("XREVRANGE", stream, start, end) if newest_first else ("XRANGE", stream, start, end)
     out = []
     for entry_id, fields in await db.call(*command, "COUNT", count) or []:
         values = dict(zip(fields[::2], fields[1::2], strict=False))
         out.append((str(entry_id), str(values.get("json", ""))))
     return out
+
+
+def id_key(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq)
+
+
+class Merged:
+    """The entries of several streams between two ids as one sequence in id order (newest or
+    oldest first), each stream read `step` entries at a time: (id, stream, the JSON line).
+    Two streams can hold the same id; those come out one after the other."""
+
+    def __init__(self, db: Client, streams: tuple[str, ...], start: str, end: str, newest_first: bool,
+                 step: int):
+        self.db, self.end, self.newest_first, self.step = db, end, newest_first, step
+        self.start = dict.fromkeys(streams, start)
+        self.pending: dict[str, collections.deque[tuple[str, str]]] = {s: collections.deque() for s in streams}
+        self.done = dict.fromkeys(streams, False)
+
+    async def peek(self) -> tuple[str, str, str] | None:
+        best: tuple[str, str, str] | None = None
+        for stream, pending in self.pending.items():
+            if not pending and not self.done[stream]:
+                batch = await read(self.db, self.start[stream], self.end, self.step, self.newest_first, stream)
+                pending.extend(batch)
+                self.done[stream] = len(batch) < self.step
+                if batch:
+                    self.start[stream] = f"({batch[-1][0]}"
+            if pending:
+                entry_id, line = pending[0]
+                newer = id_key(entry_id) > id_key(best[0]) if best is not None else True
+                if best is None or (newer == self.newest_first and entry_id != best[0]):
+                    best = (entry_id, stream, line)
+        return best
+
+    async def next(self) -> tuple[str, str, str] | None:
+        entry = await self.peek()
+        if entry is not None:
+            self.pending[entry[1]].popleft()
+        return entry

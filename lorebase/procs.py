@@ -42,5 +42,5 @@ def become_child(config: Any, role: str) -> None:
     signal.set_wakeup_fd(-1)
     die_with_parent()
     notify._sync = None
-    notify.setup(config.ENV, role, config.LOG_STREAM_MAX, config.LOG_URL, config.LOG_BUFFER)
+    notify.setup(config.ENV, role, config)
     title(role, config.ENV)

@@ -305,7 +305,10 @@ class Lorebase(ServerProcess):
         self.port = free_port()
         self.env_name = env
         self.overrides = {"PORT": str(self.port), "DATA_DIR": str(data_dir), "WORKERS": "2",
-                          "BASE_URL": f"http://127.0.0.1:{self.port}", "SHUTDOWN_GRACE": "3"}
+                          "BASE_URL": f"http://127.0.0.1:{self.port}", "SHUTDOWN_GRACE": "3",
+                          # the suites speak from a few addresses and wait for the stream entries of
+                          # their requests: no sampling, but where a test sets the rates (test_notify)
+                          "LOG_RATE": "0", "AUDIT_ANONYMOUS_RATE": "0"}
         self.overrides.update({k: str(v) for k, v in overrides.items()})
         self.log_path = data_dir.parent / f"{data_dir.name}.log"
         self.proc = None

@@ -163,6 +163,19 @@ def test_logs_refuse_bad_parameters_naming_the_field(root):
         assert_error(root.get(f"{path}?range=week"), 400, "validation", "range")
 
 
+def test_logs_answer_ids_at_the_edges_of_the_schema_with_a_page_or_a_400(root):
+    """Ids the pattern lets through but Redis refuses (0-0 as an exclusive upper end, the last
+    id as an exclusive lower end, parts above 2^64-1) once made a 500."""
+    top = f"{2**64 - 1}-{2**64 - 1}"
+    assert ok(root, "/admin/logs", before="0-0") == {"events": [], "next": None}
+    assert ok(root, "/admin/logs", after=top) == {"events": [], "next": top}
+    assert ok(root, "/admin/logs", before=top, limit="1")["events"]
+    assert ok(root, "/admin/logs", after="0-0", limit="1")["events"]
+    for query, field in [(f"before={2**64}-0", "before"), (f"after=1-{2**64}", "after"),
+                         (f"before={'9' * 20}-{'9' * 20}", "before"), (f"after={'9' * 20}-0", "after")]:
+        assert_error(root.get(f"/admin/logs?{query}"), 400, "validation", field)
+
+
 def test_stats_series_have_points_after_requests(lore, root):
     with httpx.Client(base_url=lore.url, timeout=10) as client:
         for _ in range(30):

@@ -13,7 +13,7 @@ import pytest
 from lorebase.identity import keys as idkeys
 
 from .identity_support import Api, Users, assert_error, dedicated, signup_body
-from .lore import Lorebase, MailSink
+from .lore import Lorebase, MailSink, wait_for
 
 INVITE_TTL = 600
 
@@ -70,6 +70,9 @@ def test_an_invited_email_signs_up_past_the_whitelist_once(lore: Lorebase, root:
     me = users.session(user).get("/auth/me").json()
     assert me["verified"] is True
     assert not [m for m in mail.to(email) if "verify" in str(m["Subject"]).lower()]
+    # the token is redacted from the log, the fact of the invite is not
+    assert [e["invited"] for e in lore.events("signup") if e["user"] == "inv_guest"] == [True]
+    assert token not in lore.log_text()
     # single use: once the account is gone and the address free again, the token still fails
     assert lore.redis().exists(idkeys.invite(email)) == 0
     users.destroy(user)
@@ -150,6 +153,33 @@ def test_an_account_email_cannot_be_invited_and_only_admins_invite(root: Api, ma
     assert_error(member.get("/admin/invites"), 403, "admin")
     assert_error(member.post("/admin/invites/revoke", {"email": "x@example.com"}, csrf=True), 403, "admin")
     assert_error(root.post("/admin/invites", {"email": "inv_csrf@example.com"}), 403, "csrf")
+
+
+def test_an_address_held_by_a_stale_unverified_account_can_be_invited(tmp_path_factory: pytest.TempPathFactory,
+                                                                       mail: MailSink) -> None:
+    """VERIFY_TTL=2: an account that never verified its address stops holding it from an
+    invite once that long has passed, as it does from a signup; the invited signup takes it."""
+    with dedicated(tmp_path_factory, mail, "invites-stale", ADMINS="inv_st_root@example.com",
+                   VERIFY_TTL=2) as short, Users(short, mail) as made:
+        admin = made.session(made.new("inv_st_root", verified=True))
+        email = "inv_stale@example.com"
+        squatter = made.new("inv_squat", email=email)
+        # within VERIFY_TTL the unverified account keeps its address, as from a signup
+        assert_error(admin.post("/admin/invites", {"email": email}, csrf=True), 409, "email")
+        wait_for(lambda: admin.post("/admin/invites", {"email": email}, csrf=True).status_code == 200, 10, 0.2,
+                 "the invite, once the squatter's VERIFY_TTL has passed")
+        sent = mail.wait_for(email, "invited")
+        token = re.search(r"/signup\?invite=([A-Za-z0-9_.\-]+)", MailSink.text(sent))
+        assert token, MailSink.text(sent)
+        joined = made.api().post("/auth/signup", signup_body("inv_owner2", email, invite=token.group(1)))
+        assert joined.status_code == 200, joined.text
+        owner = made.session(made.track("inv_owner2", email)).get("/auth/me").json()
+        assert (owner["email"], owner["verified"]) == (email, True)
+        held = made.session(squatter).get("/auth/me").json()
+        assert (held["username"], held["email"]) == ("inv_squat", "")
+        squatter.email = ""
+        # a verified account's address is never invited
+        assert_error(admin.post("/admin/invites", {"email": email}, csrf=True), 409, "email")
 
 
 def test_the_invite_link_opens_a_signup_page_that_works_in_a_browser(lore: Lorebase, root: Api, mail: MailSink,

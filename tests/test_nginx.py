@@ -101,6 +101,20 @@ def test_https_serves_lorebase_with_hsts_and_http_redirects_to_it(edge):
     assert r.headers["location"] == f"https://localhost:{edge.https_port}/notes?x=1"
 
 
+def test_the_https_redirect_goes_to_the_configured_name_whatever_the_host_header(edge):
+    for host in ("evil.example", "localhost.evil.example", f"evil.example:{edge.https_port}"):
+        r = httpx.get(edge.http + "/notes?x=1", headers={"host": host}, timeout=10)
+        assert r.status_code == 301, (host, r.status_code)
+        assert r.headers["location"] == f"https://localhost:{edge.https_port}/notes?x=1", host
+
+
+def test_the_site_refuses_a_domain_that_is_not_a_host_name(lore):
+    for domain in ("evil.example; return 200", "a b", "x$host", "-x.example", ""):
+        done = lorebase_cmd(lore, "nginx", f"--domain={domain}")
+        assert done.returncode == 2 and "not a host name" in done.stderr, (domain, done.stderr)
+        assert not done.stdout
+
+
 def test_an_upload_over_the_limit_is_413_from_nginx_in_lorebases_shape(edge):
     # the limit is FILE_LIMIT (100000) plus 64 KiB for the multipart wrapping
     context = ssl.create_default_context(cafile=str(edge.cert))

@@ -116,6 +116,15 @@ def test_bad_requests_name_the_field(users: Users) -> None:
     assert api.get("/auth/me").status_code == 200
 
 
+def test_a_handle_that_is_not_hex_is_400_not_500(users: Users) -> None:
+    """A handle is 32 hex digits: a non-ASCII one (found by schemathesis) once reached the
+    constant-time comparison, which takes only ASCII text, and was a 500."""
+    api = users.session(users.new("own_bad_2"))
+    for handle in ("é" * 32, "\u00e9", "0" * 31 + "\u0660", "ğ"):
+        assert_error(api.post("/auth/sessions/end", {"handle": handle}, csrf=True), 400, "validation", "handle")
+    assert api.get("/auth/me").status_code == 200
+
+
 def test_without_a_session_both_routes_refuse(server: Lorebase, users: Users) -> None:
     api = users.api()
     assert_error(api.get("/auth/sessions"), 403, "nocookie")

@@ -184,6 +184,14 @@ async def taken(db: Client, username: str, email: str, verify_ttl: int) -> str |
     return None
 
 
+async def keeps(db: Client, email: str, verify_ttl: int) -> bool:
+    """An account holds `email` and keeps it from anyone else: it verified it, or signed up
+    within VERIFY_TTL. One that never verified it in time holds it only until a signup (an
+    invited one too) takes it (`create`, step 2)."""
+    holder = await db.call("GET", keys.email(email))
+    return bool(holder) and await _holding(db, str(holder), email, verify_ttl) == "keeps"
+
+
 async def _holding(db: Client, holder: str, email: str, verify_ttl: int | None = None) -> str:
     """What the user an `email:` entry names does with the address: 'keeps' it (verified,
     or signed up within VERIFY_TTL), 'stale' (never verified it, VERIFY_TTL after it signed
@@ -199,7 +207,8 @@ async def _holding(db: Client, holder: str, email: str, verify_ttl: int | None =
         return "none"
     if verified == "1" or verify_ttl is None:
         return "keeps"
-    return "stale" if int(created or 0) < time.time() - verify_ttl else "keeps"
+    # whole seconds, as _TAKE_FROM counts: a holder seen stale here is never refused there
+    return "stale" if int(created or 0) < int(time.time()) - verify_ttl else "keeps"
 
 
 async def _holds(db: Client, name: str, email: str) -> bool:

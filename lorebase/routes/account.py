@@ -74,7 +74,9 @@ async def list_sessions(req: Request) -> Reply:
 
 
 class EndSessions(Schema):
-    handle: Text(0, 64) = ""  # type: ignore[valid-type]
+    # a handle is hex (sessions.handle): anything else can name no session, and the
+    # constant-time comparison takes only ASCII
+    handle: Text(0, 64, pattern=r"^[0-9a-f]*\Z") = ""  # type: ignore[valid-type]
     others: bool = False
 
 

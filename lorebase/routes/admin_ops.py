@@ -2,7 +2,7 @@
 tailed, the stats and beat series for charts, the backups with the last result of each task,
 and "back up now".
 
-The owners of the data read it: notify.read (the `log` stream), stats.series (`{stats}:<minute>`),
+The owners of the data read it: notify.Merged (the `audit` and `log` streams), stats.series (`{stats}:<minute>`),
 beat.series and beat.latest (`beat:<node>`, `beat:<node>:minute`), schedule.results and
 schedule.request_run (`task:{<name>}`, `lock:{<name>}`), backup.store (the snapshots). No key is
 named here.
@@ -44,6 +44,7 @@ class LogsQuery(Schema):
     before: Text(3, 41, pattern=STREAM_ID) = ""  # type: ignore[valid-type]
     after: Text(3, 41, pattern=STREAM_ID) = ""  # type: ignore[valid-type]
     limit: Text(1, 3, pattern=r"^[0-9]{1,3}\Z") = ""  # type: ignore[valid-type]
+    stream: Text(3, 5, pattern=r"^(audit|log)\Z") = ""  # type: ignore[valid-type]
 
 
 class RangeQuery(Schema):
@@ -89,17 +90,23 @@ Series = dict[str, list[tuple[int, float]]]
 
 # -- logs ---------------------------------------------------------------------------------
 
+ID_MAX = 2**64 - 1  # each part of a Redis stream id
+STREAMS = {"": notifymod.STREAMS, "audit": (notifymod.AUDIT,), "log": (notifymod.STREAM,)}
 
-def _id(value: str) -> tuple[int, int]:
-    ms, _, seq = value.partition("-")
-    return int(ms), int(seq)
+
+def _id(value: str, field: str) -> tuple[int, int]:
+    """A stream id the schema let through, each part within Redis's range (else 400 `field`)."""
+    ms, seq = notifymod.id_key(value)
+    if ms > ID_MAX or seq > ID_MAX:
+        raise ApiError(400, "validation", field)
+    return ms, seq
 
 
 def _matcher(query: LogsQuery) -> Any:
-    """The line → event (or None) test of the query's `type` and `q`."""
+    """The (id, stream, line) → event (or None) test of the query's `type` and `q`."""
     text = query.q.lower()
 
-    def match(entry_id: str, line: str) -> dict[str, Any] | None:
+    def match(entry_id: str, stream: str, line: str) -> dict[str, Any] | None:
         if text and text not in line.lower():
             return None
         try:
@@ -109,6 +116,7 @@ def _matcher(query: LogsQuery) -> Any:
         if not isinstance(event, dict) or (query.type and event.get("ev") != query.type):
             return None
         event["id"] = entry_id
+        event["stream"] = stream
         return event
 
     return match
@@ -124,59 +132,56 @@ async def logs(req: Request) -> Reply:
         raise ApiError(400, "validation", "until")
     if query.before and query.after:
         raise ApiError(400, "validation", "after")
+    streams = STREAMS[query.stream]
     match = _matcher(query)
     if query.after:
-        return await _tail(req, query.after, since, until, limit, match)
+        after = _id(query.after, "after")
+        if after == (ID_MAX, ID_MAX):  # nothing can come after the last id there is
+            return reply(200, {"events": [], "next": query.after})
+        low = f"({query.after}"
+        if since is not None and after[0] < since:
+            low = str(since)
+        high = "+" if until is None else str(until)
+        merged = notifymod.Merged(req.app.db, streams, low, high, False, READ)
+        return await _page(merged, limit, match, query.after, tail=True)
     # newest first: from min(before (excluded), until) down to since
     high = "+" if until is None else str(until)
-    if query.before and (until is None or _id(query.before)[0] <= until):
-        high = f"({query.before}"
+    if query.before:
+        before = _id(query.before, "before")
+        if before == (0, 0):  # nothing is older than the first id there is
+            return reply(200, {"events": [], "next": None})
+        if until is None or before[0] <= until:
+            high = f"({query.before}"
     low = "-" if since is None else str(since)
+    merged = notifymod.Merged(req.app.db, streams, high, low, True, READ)
+    return await _page(merged, limit, match, None, tail=False)
+
+
+async def _page(merged: notifymod.Merged, limit: int, match: Any, cursor: str | None, tail: bool) -> Reply:
+    """Up to `limit` matching events, looking at no more than SCAN_MAX entries. A search's
+    `next` is the last id looked at while more are left (null once none is); the tail's the
+    newest looked at, or `after` itself when nothing came. An entry of the other stream with
+    the same id as the last one looked at is looked at too, so going on from `next` skips nothing."""
     events: list[dict[str, Any]] = []
     scanned = 0
     while True:
-        count = min(READ, SCAN_MAX - scanned)
-        batch = await notifymod.read(req.app.db, high, low, count)
-        scanned += len(batch)
-        exhausted = len(batch) < count
-        for index, (entry_id, line) in enumerate(batch):
-            event = match(entry_id, line)
-            if event is not None:
-                events.append(event)
-                if len(events) == limit:
-                    last = exhausted and index == len(batch) - 1
-                    return reply(200, {"events": events, "next": None if last else entry_id})
-        if exhausted:
-            return reply(200, {"events": events, "next": None})
-        high = f"({batch[-1][0]}"
-        if scanned >= SCAN_MAX:  # the budget is spent: the client goes on from here
-            return reply(200, {"events": events, "next": batch[-1][0]})
-
-
-async def _tail(req: Request, after: str, since: int | None, until: int | None, limit: int, match: Any) -> Reply:
-    """Events newer than `after`, oldest first; `next` is the id to poll with next (the
-    newest looked at, or `after` itself when nothing came)."""
-    low = f"({after}"
-    if since is not None and _id(after)[0] < since:
-        low = str(since)
-    high = "+" if until is None else str(until)
-    events: list[dict[str, Any]] = []
-    cursor, scanned = after, 0
-    while scanned < SCAN_MAX:
-        count = min(READ, SCAN_MAX - scanned)
-        batch = await notifymod.read(req.app.db, low, high, count, newest_first=False)
-        scanned += len(batch)
-        for entry_id, line in batch:
-            cursor = entry_id
-            event = match(entry_id, line)
-            if event is not None:
-                events.append(event)
-                if len(events) == limit:
-                    return reply(200, {"events": events, "next": cursor})
-        if len(batch) < count:
-            break
-        low = f"({cursor}"
-    return reply(200, {"events": events, "next": cursor})
+        entry = await merged.next()
+        if entry is None:
+            return reply(200, {"events": events, "next": cursor if tail else None})
+        scanned += 1
+        cursor = entry[0]
+        event = match(*entry)
+        if event is not None:
+            events.append(event)
+        if len(events) == limit or scanned >= SCAN_MAX:
+            while (twin := await merged.peek()) is not None and twin[0] == cursor:
+                await merged.next()
+                event = match(*twin)
+                if event is not None:
+                    events.append(event)
+            if not tail and await merged.peek() is None:
+                return reply(200, {"events": events, "next": None})
+            return reply(200, {"events": events, "next": cursor})
 
 
 # -- stats and beat ---------------------------------------------------------------------------
@@ -232,7 +237,8 @@ async def backup_now(req: Request) -> Reply:
 def routes() -> list[Route]:
     return [
         Route("GET", "/admin/logs", logs, section="admin", query=LogsQuery, ok=LogsOut,
-              summary="Search the notify stream (newest first, paged by stream id), or tail it (after)"),
+              summary="Search the notify streams `audit` and `log` (newest first, paged by stream id), "
+                      "or tail them (after)"),
         Route("GET", "/admin/stats", stats_series, section="admin", query=RangeQuery, ok=Series,
               summary="Stats series for charts: the last hour (per minute) or day (per 5 minutes)"),
         Route("GET", "/admin/beat", beat_series, section="admin", query=RangeQuery, ok=Series,

@@ -28,8 +28,10 @@ def _email(req: Request) -> str:
 
 async def invite(req: Request) -> Reply:
     app, email = req.app, _email(req)
-    if await users.find(app.db, email) is not None:
-        raise ApiError(409, "email")  # an account holds that address already
+    if await users.keeps(app.db, email, int(app.config.VERIFY_TTL)):
+        # an account holds that address already; one that never verified it within VERIFY_TTL
+        # does not: the invited signup takes it, in the holder's own step (users.create)
+        raise ApiError(409, "email")
     by = req.session["user"] if req.session else ""
     ttl = int(app.config.INVITE_TTL)
     token = await invites.issue(app.db, email, by, ttl)

@@ -3,14 +3,13 @@ document. None of them needs a session."""
 
 from __future__ import annotations
 
-import ipaddress
 import time
 
 import msgspec
 
 from .. import ratelimit, stats
 from ..chain import Route
-from ..http import ApiError, Reply, Request, reply
+from ..http import ApiError, Reply, Request, proxied_address, reply
 from ..identity import users
 from ..notify import notify
 from ..schema import Int, Schema, Text
@@ -25,11 +24,7 @@ def client_ip(req: Request) -> str:
     if peer in req.app.config.TRUSTED_PROXIES:
         real = req.header(b"x-real-ip")
         forwarded = req.header(b"x-forwarded-for")
-        candidate = (real or (forwarded.split(b",")[-1] if forwarded else b"")).strip().decode("latin-1")
-        try:
-            return str(ipaddress.ip_address(candidate))
-        except ValueError:
-            return peer
+        return proxied_address(real or (forwarded.split(b",")[-1] if forwarded else b""), peer)
     return peer
 
 

@@ -195,13 +195,15 @@ async function invitesScreen() {
 
 const EVENTS = ['reply', 'error', 'client error', 'signup', 'login', 'tampered', 'destroy', 'invite', 'invite revoked',
   'sessions ended', 'mail done', 'mail failed', 'task backup', 'task backup failed', 'task check', 'beat alert',
-  'beat ok', 'check problem', 'start', 'stop', 'worker exit'];
+  'beat ok', 'check problem', 'start', 'stop', 'worker exit', 'flood', 'admin disable', 'admin delete', 'admin flag',
+  'admin revoke', 'admin backup'];
 const streamTime = (id) => Number(String(id).split('-')[0]);
 
 function eventRow(e) {
   const rest = {...e};
-  for (const key of ['id', 't', 'ev', 'env', 'pid']) delete rest[key];
-  return h('tr', {'data-id': e.id}, h('td', {class: 'when'}, when(streamTime(e.id))), h('td', {class: 'when'}, e.ev),
+  for (const key of ['id', 't', 'ev', 'env', 'pid', 'stream']) delete rest[key];
+  return h('tr', {'data-id': e.id, 'data-stream': e.stream}, h('td', {class: 'when'}, when(streamTime(e.id))),
+    h('td', {class: 'when'}, e.stream === 'audit' ? 'audit' : 'log'), h('td', {class: 'when'}, e.ev),
     h('td', {class: 'line'}, JSON.stringify(rest)));
 }
 
@@ -209,8 +211,12 @@ async function logsScreen() {
   const field = (name, label, type, attrs) => h('label', {}, label, h('input', {name, type, ...(attrs || {})}));
   const types = h('datalist', {id: 'event-types'}, EVENTS.map((e) => h('option', {value: e})));
   const tail = h('input', {type: 'checkbox', name: 'tail', id: 'tail'});
+  // `audit`: admin actions and security events; `log`: request errors (sampled) and the processes' events
+  const streams = h('label', {}, 'Stream', h('select', {name: 'stream'},
+    h('option', {value: ''}, 'both'), h('option', {value: 'audit'}, 'audit (admin, security)'),
+    h('option', {value: 'log'}, 'log (requests, processes)')));
   const filters = h('form', {id: 'log-filters', class: 'toolbar'},
-    field('type', 'Event type', 'text', {list: 'event-types', autocomplete: 'off'}), types,
+    streams, field('type', 'Event type', 'text', {list: 'event-types', autocomplete: 'off'}), types,
     field('q', 'Text', 'search', {maxlength: 200, autocomplete: 'off'}),
     field('since', 'From', 'datetime-local', {step: 1}), field('until', 'Until', 'datetime-local', {step: 1}),
     h('button', {type: 'submit'}, 'Search'),
@@ -224,8 +230,9 @@ async function logsScreen() {
   let newest = null;
   const add = (events, top) => {
     for (const e of events) {
-      if (seen.has(e.id)) continue;
-      seen.add(e.id);
+      const key = `${e.stream}:${e.id}`;  // the two streams can hold the same id
+      if (seen.has(key)) continue;
+      seen.add(key);
       if (top) body.prepend(eventRow(e)); else body.append(eventRow(e));
     }
     status.textContent = `${body.children.length} event${body.children.length === 1 ? '' : 's'}.`;
@@ -243,7 +250,7 @@ async function logsScreen() {
     ui.timer = null;
     if (!tail.checked || !document.body.contains(tail)) return;
     const query = new URLSearchParams();
-    for (const key of ['type', 'q']) if (params.has(key)) query.set(key, params.get(key));
+    for (const key of ['stream', 'type', 'q']) if (params.has(key)) query.set(key, params.get(key));
     query.set('after', newest);
     try {
       const reply = await api('GET', `/admin/logs?${query}`);
@@ -255,6 +262,7 @@ async function logsScreen() {
   const search = async () => {
     const values = Object.fromEntries(new FormData(filters).entries());
     params = new URLSearchParams();
+    if (values.stream) params.set('stream', values.stream);
     if (values.type.trim()) params.set('type', values.type.trim());
     if (values.q.trim()) params.set('q', values.q.trim());
     for (const key of ['since', 'until']) if (values[key]) params.set(key, String(new Date(values[key]).getTime()));
@@ -279,7 +287,7 @@ async function logsScreen() {
     if (tail.checked) poll();
   });
   show(h('h2', {}, 'Logs'), filters, status, h('table', {id: 'events', class: 'events'},
-    h('thead', {}, h('tr', {}, ['When', 'Event', 'Details'].map((x) => h('th', {}, x)))), body), older);
+    h('thead', {}, h('tr', {}, ['When', 'Stream', 'Event', 'Details'].map((x) => h('th', {}, x)))), body), older);
   await search();
 }
 
