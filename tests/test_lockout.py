@@ -12,6 +12,7 @@ reports a minute per address.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import pytest
@@ -94,6 +95,23 @@ def test_strangers_lock_the_account_while_a_browser_that_logged_in_before_still_
         assert browser.login(user.name, PASSWORD).status_code == 200
     assert browser.login(user.email, PASSWORD).status_code == 200  # by email too
     assert_rate(stranger_login(lore, user.name, PASSWORD))  # strangers stay locked out
+
+
+def test_a_lockout_is_a_security_event_in_the_audit_stream(lore, users):
+    """Kept apart from request errors (issue 17, item 2): an anonymous flood of those cannot
+    evict it."""
+    user = users.new("lk_audited")
+    browser = users.api()  # the owner's, logged in before: the cleanup's way in
+    assert browser.login(user.name, PASSWORD).status_code == 200
+    user.apis.append(browser)
+    lock(lore, user.name)
+
+    def audited() -> dict | None:
+        entries = [json.loads(fields["json"]) for _, fields in lore.redis().xrange("audit")]
+        return next((e for e in entries if e.get("ev") == "lockout" and e.get("user") == user.name), None)
+
+    event = wait_for(audited, 10, 0.05, "a lockout event in the audit stream")
+    assert event["by"] == "account" and event["retry_s"] > 0, event
 
 
 def test_a_trusted_browsers_own_wrong_passwords_are_still_limited(lore, users):

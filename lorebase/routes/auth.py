@@ -126,6 +126,9 @@ async def _count_attempt(req: Request, account: str) -> tuple[str, str]:
     if not (ip_ok and account_ok):
         await take_back(db, ip_key, account_key)
         wait = max(ip_wait if not ip_ok else 0, account_wait if not account_ok else 0)
+        # a security event (the audit stream, sampled per kind past AUDIT_ANONYMOUS_RATE)
+        notify("lockout", user=account, by="address" if not ip_ok else name.removeprefix("login-"), ip=req.ip,
+               retry_s=wait)
         raise ApiError(429, "rate", headers={"retry-after": str(wait)})
     return ip_key, account_key
 
