@@ -29,11 +29,11 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, TextIO
 
-from .db import address, connect_sync
+from .db import connect_sync
+from .pause import MAINTENANCE
 from .tasks import backup
 
 APPLIED = "migrations"  # hash: migration name → unix time it was applied
-MAINTENANCE = "maintenance"  # string while writes are paused: the migration's name
 PAUSE_TTL = 900  # seconds the pause lasts at most, should the command die holding it
 PAUSE_SETTLE = 1.5  # seconds for every worker to see the pause (they look once a second)
 
@@ -113,7 +113,7 @@ def _client(url: str) -> Any:
 def rehearse(config: Any, path: Path, out: TextIO = sys.stdout) -> int:
     """The script on a copy of the live database; 0 if its checks pass, 1 if not."""
     module = load(path)
-    url = address(config)
+    url = backup.redis_url(config)  # its user may copy (backup) and wipe (restore) the database
     where = backup.store(config)
     manifest = backup.take(config, url, where)
     print(f"backup {manifest['name']} taken; rehearsing {path.name} on a copy of it", file=out, flush=True)
@@ -147,7 +147,7 @@ def rehearse(config: Any, path: Path, out: TextIO = sys.stdout) -> int:
 def apply(config: Any, path: Path, out: TextIO = sys.stdout) -> int:
     """The script on the live database, the backup restored if anything fails."""
     module = load(path)
-    url = address(config)
+    url = backup.redis_url(config)  # its user may copy (backup) and wipe (restore) the database
     live = _client(url)
     if live.hexists(APPLIED, path.stem):
         print(f"{path.stem} was applied already (at {live.hget(APPLIED, path.stem)})", file=out)

@@ -77,7 +77,7 @@ def test_a_rename_is_rehearsed_applied_and_undone(tmp_path):
 
         undo = re.search(r"To undo it: lorebase (restore \S+ dev)", applied.stdout)
         assert undo, applied.stdout
-        restored = lorebase_cmd(lore, *undo.group(1).split())
+        restored = lorebase_cmd(lore, *undo.group(1).split(), "--force")  # lorebase is serving
         assert restored.returncode == 0, restored.stderr
         db = lore.redis()
         assert db.hget(idkeys.user("mg_ann"), "nick") == "MG_ANN" and not db.hexists(idkeys.user("mg_ann"), "nickname")
