@@ -25,8 +25,8 @@ LAPSE = 30  # seconds a renewed pause outlives the command holding it, should th
 def paused(connect: Callable[[], Any], why: str, settle: bool = True) -> Iterator[None]:
     """Writes paused for the whole block: the key set with a LAPSE-second expiry and renewed
     every few seconds by a thread of its own (own connection), so a long run stays paused
-    and a killed one lets writes go again within LAPSE seconds. `settle`: wait until every
-    worker has seen it. Removed at the end, if it is still ours."""
+    and a killed one lets writes go again within LAPSE seconds. Removed at the end, if it is
+    still ours. `settle`: wait until every worker has seen it set, and seen it gone."""
     client = connect()
     client.set(MAINTENANCE, why, ex=LAPSE)
     done = threading.Event()
@@ -52,6 +52,8 @@ def paused(connect: Callable[[], Any], why: str, settle: bool = True) -> Iterato
         try:
             if client.get(MAINTENANCE) in (why, why.encode()):
                 client.delete(MAINTENANCE)
+                if settle:  # the command ends once writes go again on every worker
+                    time.sleep(SETTLE)
         finally:
             client.close()
 
