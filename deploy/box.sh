@@ -125,17 +125,21 @@ secret_value() {  # KEY: its string value in secret.py, or nothing
 random_token() { openssl rand -hex 32; }
 
 provision_secrets() {
-  local cookie redis_url mail_url password socket=/run/redis/redis-server.sock
+  local cookie redis_url mail_url password backup_password socket=/run/redis/redis-server.sock
   cookie=$(secret_value COOKIE_SECRET)
   [ -n "$cookie" ] || cookie=$(random_token)
   redis_url=$(secret_value REDIS_URL)
   [ -n "$redis_url" ] || redis_url="unix://lorebase:$(random_token)@$socket"
+  backup_password=$(secret_value BACKUP_REDIS_PASSWORD)  # backups' and restores' own Redis user
+  [ -n "$backup_password" ] || backup_password=$(random_token)
   mail_url=${opt_mail_url:-$(secret_value MAIL_URL)}
   {
     printf '# lorebase prod secrets (deploy/box.sh provision). Later runs keep the generated values\n'
     printf '# and everything below the "yours below" line; provision --mail-url replaces MAIL_URL.\n'
     printf 'COOKIE_SECRET = "%s"\n' "$cookie"
     printf 'REDIS_URL = "%s"\n' "$redis_url"
+    printf 'BACKUP_REDIS_USER = "backup"\n'
+    printf 'BACKUP_REDIS_PASSWORD = "%s"\n' "$backup_password"
     [ -z "$mail_url" ] || printf 'MAIL_URL = "%s"\n' "$mail_url"
     sed -n '/^# -- yours below --$/,$p' "$ETC/secret.py" 2>/dev/null | grep . ||
       printf '# -- yours below --\n'
@@ -145,6 +149,7 @@ provision_secrets() {
   password=${redis_url#unix://lorebase:}
   password=${password%%@*}
   REDIS_PASSWORD_SHA=$(printf '%s' "$password" | sha256sum | cut -d' ' -f1)
+  BACKUP_PASSWORD_SHA=$(printf '%s' "$backup_password" | sha256sum | cut -d' ' -f1)
   if [ ! -f "$ETC/env" ]; then
     printf '# LOREBASE_<KEY>=value lines for lorebase prod (systemd EnvironmentFile); yours to edit\n' |
       put_file "$ETC/env" 640 root:lorebase || true
@@ -167,13 +172,15 @@ provision_redis() {
     printf 'maxmemory-policy noeviction\n'              # a full Redis refuses writes; it never drops keys
     printf 'aclfile /etc/redis/users.acl\n'
   } | put_file /etc/redis/lorebase.conf 640 redis:redis && redis_changed=1
-  # lorebase's user: every command but the dangerous ones (CONFIG, DEBUG, KEYS, SHUTDOWN, MONITOR,
-  # REPLICAOF, MIGRATE, ACL, MODULE, SAVE...), except INFO (beat), SYNC and REPLCONF (a backup is
-  # `redis-cli --rdb`), RESTORE and FLUSHALL (restore)
+  # lorebase's user (the API): every command but the dangerous ones (CONFIG, DEBUG, KEYS, SHUTDOWN,
+  # MONITOR, REPLICAOF, MIGRATE, ACL, MODULE, SAVE, FLUSHALL, FLUSHDB, RESTORE, SYNC, PSYNC,
+  # REPLCONF...), except INFO (beat) and ROLE. backup's (backups, restores, migrations): the same,
+  # plus SYNC and REPLCONF (a backup is `redis-cli --rdb`), RESTORE and FLUSHALL (restore)
   {
     printf 'user default off\n'
-    printf 'user lorebase on #%s ~* &* +@all -@dangerous +info +sync +replconf +restore +flushall\n' \
-      "$REDIS_PASSWORD_SHA"
+    printf 'user lorebase on #%s ~* &* +@all -@dangerous +info +role\n' "$REDIS_PASSWORD_SHA"
+    printf 'user backup on #%s ~* &* +@all -@dangerous +info +role +sync +replconf +restore +flushall\n' \
+      "$BACKUP_PASSWORD_SHA"
   } | put_file /etc/redis/users.acl 640 redis:redis && redis_changed=1
   if grep -qx "include /etc/redis/lorebase.conf" "$conf"; then
     ok "$conf includes lorebase.conf"

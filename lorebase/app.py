@@ -88,7 +88,7 @@ class App(Chain):
 async def watch_maintenance(app: App) -> None:
     """Once a second: is the `maintenance` key there (`lorebase migrate` pausing writes)? The
     chain then answers state-changing requests 503 `maintenance`; nothing per request."""
-    from .migrate import MAINTENANCE
+    from .pause import MAINTENANCE
 
     while True:
         try:

@@ -146,12 +146,11 @@ def cmd_backup(args: argparse.Namespace) -> int:
             when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(manifest["created"]))
             print(f"{name}  {when}  {manifest['size']} bytes  {manifest['keys']} keys  {len(manifest['files'])} files")
         return 0
-    url = _redis_url(config)
-    if url is None:
+    if _redis_url(config) is None:
         print("lorebase backup: the embedded Redis is not running: start `lorebase serve` first", file=sys.stderr)
         return 2
     try:
-        manifest = backup.take(config, url, where)
+        manifest = backup.take(config, backup.redis_url(config), where)
     except backup.BackupError as error:
         print(f"lorebase backup: {error}", file=sys.stderr)
         return 1
@@ -161,33 +160,38 @@ def cmd_backup(args: argparse.Namespace) -> int:
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
+    from .db import connect_sync
+    from .pause import paused
     from .redisserver import EmbeddedRedis
-    from .tasks import backup
+    from .tasks import backup, restoring
 
     config = _load(args.env)
     where = backup.store(config)
-    url = _redis_url(config)
+    running = _redis_url(config) is not None
     embedded = None
     try:
         name = backup.resolve(where, args.name)
-        if url is None:  # no lorebase running: start the embedded Redis for the restore
+        if running:
+            url = backup.redis_url(config)
+        else:  # no lorebase running: start the embedded Redis for the restore
             embedded = EmbeddedRedis(config)
             embedded.start()
             url = embedded.url
-        report = backup.restore(where, name, url)
-        print(f"restored {report['name']} into {url.split('@')[-1]}: {report['keys']} keys, {report['users']} "
-              f"users, {report['files']} files")
-        print("files whose bytes are not on this disk come back from S3 on download, or now with "
-              "`lorebase files check --repair`")
-        print("consistency check of the restored database:", flush=True)
-        from .db import connect_sync
-
-        client = connect_sync(url, 30)
-        try:
-            if _run_check(config, client, False, "lorebase restore: check") != 0:
-                print("the restore is done; `lorebase check --repair` fixes what can be fixed")
-        finally:
-            client.close()
+        if not _may_restore(url, args.force):
+            return 1
+        with paused(lambda: connect_sync(url, 30), f"restore {name}", lapse=float(config.PAUSE_TTL)):
+            print("writes paused (503 maintenance) until the restore and its check are done", flush=True)
+            report = backup.restore(where, name, url, ready=restoring.announcer(url, sys.stdout))
+            print(f"restored {report['name']} into {url.split('@')[-1]}: {report['keys']} keys, {report['users']} "
+                  f"users, {report['files']} files")
+            print(restoring.files_note(config))
+            print("consistency check of the restored database:", flush=True)
+            client = connect_sync(url, 30)
+            try:
+                if _run_check(config, client, False, "lorebase restore: check") != 0:
+                    print("the restore is done; `lorebase check --repair` fixes what can be fixed")
+            finally:
+                client.close()
     except backup.BackupError as error:
         print(f"lorebase restore: {error}", file=sys.stderr)
         return 1
@@ -195,6 +199,28 @@ def cmd_restore(args: argparse.Namespace) -> int:
         if embedded is not None:
             embedded.stop()  # SIGTERM: the AOF and the RDB are written before it exits
     return 0
+
+
+def _may_restore(url: str, force: bool) -> bool:
+    """No node serves from the Redis at `url`, or --force: said on stderr, either way."""
+    from .db import connect_sync
+    from .tasks import restoring
+
+    client = connect_sync(url, 30)
+    try:
+        nodes = restoring.serving(client)
+    finally:
+        client.close()
+    if not nodes:
+        return True
+    names = ", ".join(nodes)
+    if not force:
+        print(f"lorebase restore: refused: lorebase is serving from this Redis: {names}. Stop it there first, "
+              "or pass --force to replace the database under it (writes paused meanwhile; whatever was "
+              "written since the backup is lost); nothing was changed", file=sys.stderr)
+        return False
+    print(f"lorebase restore: --force: replacing the database under {names}", file=sys.stderr)
+    return True
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -302,11 +328,15 @@ def parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("restore", help="replace the database with a backup: `restore NAME|latest [ENV]`",
                         description="Checks the backup's SHA-256 and loads it into a scratch Redis first (a "
-                                    "corrupted one is refused, nothing touched); then empties the target Redis and "
-                                    "copies every key in. With the embedded Redis and no lorebase running, it "
-                                    "starts that Redis for the restore. Stop lorebase first on a live box.")
+                                    "corrupted one is refused, nothing touched); refuses while a lorebase node "
+                                    "serves from that Redis (naming them) unless --force; says what it replaces; "
+                                    "then, writes paused, empties the target Redis and copies every key in. With "
+                                    "the embedded Redis and no lorebase running, it starts that Redis for the "
+                                    "restore. Connects as BACKUP_REDIS_USER when set.")
     sp.add_argument("name", help="a name from `lorebase backup list`, or latest")
     env_arg(sp)
+    sp.add_argument("--force", action="store_true", help="go on while lorebase serves from that Redis: its writes "
+                    "get 503 maintenance during the restore, and whatever it wrote since the backup is lost")
     sp.set_defaults(func=cmd_restore)
 
     sp = sub.add_parser("migrate", help="a structural change to the database: `migrate SCRIPT [ENV]` rehearses it "

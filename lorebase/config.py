@@ -46,9 +46,14 @@ DEFAULTS: dict[str, Any] = {
     "BACKUP_EVERY": 3600,  # seconds between two Redis backups (0: none scheduled; `lorebase backup` still works)
     "BACKUP_KEEP": 24,  # newest backups kept
     "BACKUP_DAILY": 30,  # days for which the newest backup of each day is kept too
+    # the Redis ACL user backups and restores connect as (REDIS_URL's servers, these credentials):
+    # the API's own user may not copy (SYNC) or wipe (FLUSHALL, RESTORE) the database. Empty:
+    # REDIS_URL's own credentials (the embedded Redis, a Redis without ACL users)
+    "BACKUP_REDIS_USER": "",
+    "BACKUP_REDIS_PASSWORD": "",
     "CHECK_EVERY": 86400,  # seconds between two consistency checks (0: none; also one when the tasks process starts)
     "LOCK_TTL": 10.0,  # seconds a scheduled task's Redis lock outlives a node that died holding it
-    "MIGRATE_PAUSE_TTL": 30.0,  # seconds `migrate --apply`'s pause of writes outlives a migrate that died
+    "PAUSE_TTL": 30.0,  # seconds a pause of writes (migrate --apply, restore) outlives the command, should it die
     "BEAT_EVERY": 10.0,  # seconds between two samples of the machine and Redis (0: no beat)
     "BEAT_SAMPLES": 3,  # consecutive samples over a threshold before it alerts (and under it before it is back)
     "BEAT_CPU": 90.0,  # % of all cores busy since the previous sample (0: no alert, for each threshold)
@@ -120,7 +125,7 @@ PER_ENV: dict[str, dict[str, Any]] = {
     },
 }
 
-SECRET_KEYS = ("COOKIE_SECRET", "S3_SECRET_KEY", "METRICS_TOKEN", "FILES_SECRET")
+SECRET_KEYS = ("COOKIE_SECRET", "S3_SECRET_KEY", "METRICS_TOKEN", "FILES_SECRET", "BACKUP_REDIS_PASSWORD")
 MIN_SECRET_BYTES = 32
 KNOWN_WEAK = {"", "changeme", "secret", "dev", "change-me", "lorebase"}
 
@@ -265,6 +270,9 @@ def _check(env: str, values: dict[str, Any], role: str = "api") -> None:
             parse_url(str(values["REDIS_URL"]))
         except ValueError as error:
             raise ConfigError(f"REDIS_URL: {error}") from None
+    if bool(values["BACKUP_REDIS_USER"]) != bool(values["BACKUP_REDIS_PASSWORD"]):
+        raise ConfigError("BACKUP_REDIS_USER and BACKUP_REDIS_PASSWORD go together (the ACL user backups and "
+                          "restores connect as), or neither")
     for node in values["NGINX_NODES"]:
         host, colon, port = str(node).strip().rpartition(":")
         if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:

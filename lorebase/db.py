@@ -156,6 +156,15 @@ def address(config: Any) -> str:
     return str(config.REDIS_URL) or f"unix://{config.redis_socket}"
 
 
+def with_user(url: str, username: str, password: str) -> str:
+    """`url` (any of the three shapes) with these credentials in place of its own: the same
+    servers, another Redis ACL user (backups and restores connect as one of their own)."""
+    scheme, _, rest = url.partition("://")
+    netloc, slash, tail = rest.partition("/")  # a password with a `/` in it is quoted in a URL
+    hosts = netloc.rpartition("@")[2]
+    return f"{scheme}://{quote(username, safe='')}:{quote(password, safe='')}@{hosts}{slash}{tail}"
+
+
 def open_client(url: str, timeout: float = 1.0) -> Client:
     """The async client for a Redis URL of any of the three shapes."""
     options = parse_url(url)

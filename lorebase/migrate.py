@@ -12,7 +12,7 @@ added, removed, changed, by pattern). The live database is not touched.
 
 With --apply: a fresh backup, verified by loading it into a scratch Redis; writes paused if
 the script asks (every worker answers 503 `maintenance` to state-changing requests within a
-second of the `maintenance` key appearing; `Pause` keeps the key for the whole run); the
+second of the `maintenance` key appearing; `pause.paused` keeps the key for the whole run); the
 script on the live database; the checks again; on any failure the backup is restored. At
 the end, the command that restores the pre-migration backup. `migrations` (a hash: name →
 unix time it was applied) records what ran.
@@ -25,57 +25,19 @@ import hashlib
 import importlib.util
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
 from pathlib import Path
 from types import ModuleType
 from typing import Any, TextIO
 
-from .db import address, connect_sync
+from .db import connect_sync
+from .pause import paused as pausing
 from .tasks import backup
 
 APPLIED = "migrations"  # hash: migration name → unix time it was applied
-MAINTENANCE = "maintenance"  # string while writes are paused: the migration's name
-PAUSE_SETTLE = 1.5  # seconds for every worker to see the pause (they look once a second)
-RENEWALS = 5  # times the pause key is renewed within its TTL (MIGRATE_PAUSE_TTL)
-
-
 class MigrationError(Exception):
     pass
-
-
-class Pause:
-    """Writes paused for as long as a migration runs: the `maintenance` key, set with a short
-    TTL (MIGRATE_PAUSE_TTL) and renewed by a thread RENEWALS times per TTL until the migration
-    ends, then deleted. A migrate that dies (kill -9 included) stops renewing it, and writes
-    resume within the TTL; a migration longer than the TTL keeps them paused throughout."""
-
-    def __init__(self, db: Any, name: str, ttl: float):
-        self.db = db
-        self.name = name
-        self.ttl_ms = max(1, int(ttl * 1000))
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._renew, name="maintenance", daemon=True)
-
-    def __enter__(self) -> Pause:
-        self.db.set(MAINTENANCE, self.name, px=self.ttl_ms)
-        self.thread.start()
-        return self
-
-    def _renew(self) -> None:
-        import redis
-
-        while not self.stop.wait(self.ttl_ms / 1000 / RENEWALS):
-            try:  # SET, not XX: a key lost to a Redis hiccup is put back while the migration runs
-                self.db.set(MAINTENANCE, self.name, px=self.ttl_ms)
-            except redis.RedisError:
-                pass  # the next turn tries again; the key lasts RENEWALS turns
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join()
-        self.db.delete(MAINTENANCE)
 
 
 def load(path: Path) -> ModuleType:
@@ -182,7 +144,7 @@ def _client(url: str) -> Any:
 def rehearse(config: Any, path: Path, out: TextIO = sys.stdout) -> int:
     """The script on a copy of the live database; 0 if its checks pass, 1 if not."""
     module = load(path)
-    url = address(config)
+    url = backup.redis_url(config)  # its user may copy (backup) and wipe (restore) the database
     where = backup.store(config)
     manifest = backup.take(config, url, where)
     print(f"backup {manifest['name']} taken; rehearsing {path.name} on a copy of it", file=out, flush=True)
@@ -228,7 +190,7 @@ def _run(config: Any, module: ModuleType, live: Any, url: str, out: TextIO) -> s
 def apply(config: Any, path: Path, out: TextIO = sys.stdout) -> int:
     """The script on the live database, the backup restored if anything fails."""
     module = load(path)
-    url = address(config)
+    url = backup.redis_url(config)  # its user may copy (backup) and wipe (restore) the database
     live = _client(url)
     if live.hexists(APPLIED, path.stem):
         print(f"{path.stem} was applied already (at {live.hget(APPLIED, path.stem)})", file=out)
@@ -246,9 +208,9 @@ def apply(config: Any, path: Path, out: TextIO = sys.stdout) -> int:
     print(f"backup {name} taken and verified", file=out, flush=True)
     paused = bool(getattr(module, "PAUSE", False))
     try:
-        with Pause(live, path.stem, config.MIGRATE_PAUSE_TTL) if paused else contextlib.nullcontext():
+        with (pausing(lambda: connect_sync(url, 30), path.stem, lapse=float(config.PAUSE_TTL)) if paused
+              else contextlib.nullcontext()):
             if paused:
-                time.sleep(PAUSE_SETTLE)
                 print("writes paused (503 maintenance)", file=out, flush=True)
             failure = _run(config, module, live, url, out)
             if failure:

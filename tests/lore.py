@@ -149,17 +149,19 @@ def topology_redis(base: Path, overrides: dict[str, Any]) -> Iterator[dict[str, 
     if chosen == "single" or overrides.get("REDIS_URL"):
         yield overrides
         return
-    from .topology import Cluster, Sentinels
+    from .topology import BACKUP_USER, Cluster, Sentinels
 
     made: Any
+    users: dict[str, str] = BACKUP_USER  # the deploy's users.acl: backups connect as `backup`
     if chosen == "slots":
+        users = {}
         made = RedisServer(base / "cluster", cluster=True).start()
     elif chosen == "cluster":
         made = Cluster(base / "cluster").start()
     else:
         made = Sentinels(base / "sentinel").start()
     try:
-        yield {**overrides, "REDIS_URL": made.url}
+        yield {**overrides, "REDIS_URL": made.url, **users}
     finally:
         made.stop()
 

@@ -22,7 +22,7 @@ from .identity_support import COOKIE, Api, Users, dedicated
 from .lore import FILES_SECRET, FileServer, Lorebase, MailSink, RedisServer, free_port, wait_for
 from .test_nginx import NGINX, WRAPPER, Edge
 from .test_topology import record
-from .topology import Cluster, Sentinels
+from .topology import BACKUP_USER, Cluster, Sentinels
 
 
 def raw_post(api: Api, path: str, body: dict[str, Any]) -> httpx.Response:
@@ -80,7 +80,7 @@ def check_backup_restore(lore: Lorebase, api: Api, kept: set[str]) -> None:
     taken = lorebase_cmd(lore, "backup", "dev")
     assert taken.returncode == 0, taken.stdout + taken.stderr
     assert raw_post(api, "/notes", {"text": "after the backup"}).status_code == 200
-    restored = lorebase_cmd(lore, "restore", "latest", "dev")
+    restored = lorebase_cmd(lore, "restore", "latest", "dev", "--force")  # lorebase is serving
     assert restored.returncode == 0, restored.stdout + restored.stderr
     assert note_ids(api) == kept  # the note written after the backup is gone again
 
@@ -99,7 +99,7 @@ def test_sentinel_primary_killed_under_writes(tmp_path_factory: pytest.TempPathF
     `lorebase check` / `backup` / `restore` run against the new primary."""
     group = Sentinels(Path(tmp_path_factory.mktemp("sentinel")), replicas=2).start()
     try:
-        with dedicated(tmp_path_factory, mail, "on-sentinel", REDIS_URL=group.url) as lore, \
+        with dedicated(tmp_path_factory, mail, "on-sentinel", REDIS_URL=group.url, **BACKUP_USER) as lore, \
                 Users(lore, mail) as users:
             alice = users.new("sn_alice", verified=True)
             api = users.session(alice)
@@ -158,7 +158,7 @@ def test_cluster_primary_killed_under_writes(tmp_path_factory: pytest.TempPathFa
     resharded to another under POST and GET /notes: no 5xx, nothing lost."""
     cluster = Cluster(Path(tmp_path_factory.mktemp("cluster"))).start()
     try:
-        with dedicated(tmp_path_factory, mail, "on-cluster", REDIS_URL=cluster.url) as lore, \
+        with dedicated(tmp_path_factory, mail, "on-cluster", REDIS_URL=cluster.url, **BACKUP_USER) as lore, \
                 Users(lore, mail) as users:
             alice = users.new("cl_alice", verified=True)
             others = [users.new(f"cl_other{i}", verified=True) for i in range(3)]  # keys on other primaries

@@ -265,8 +265,9 @@ def test_the_box_redis_lets_lorebase_in_and_keeps_dangerous_commands_out(provisi
     assert box.redis_call("SET", "deploy-test", "1") == "OK"
     assert box.redis_call("DEL", "deploy-test") == "1"
     for command in (("CONFIG", "GET", "dir"), ("KEYS", "*"), ("ACL", "LIST"), ("SAVE",), ("SHUTDOWN",),
-                    ("REPLICAOF", "127.0.0.1", "1")):
-        assert "NOPERM" in box.redis_call(*command), command
+                    ("REPLICAOF", "127.0.0.1", "1"), ("FLUSHALL",), ("FLUSHDB",), ("RESTORE", "k", "0", "x"),
+                    ("SYNC",), ("REPLCONF", "listening-port", "1")):
+        assert "NOPERM" in box.redis_call(*command), command  # the API's user can neither wipe nor copy it
     url = box.secret("REDIS_URL")
     assert "WRONGPASS" in box.redis_call("PING", url=url.replace("lorebase:", "lorebase:x"))
     # the default user is off, and there is no TCP port at all

@@ -79,7 +79,7 @@ def test_a_rename_is_rehearsed_applied_and_undone(tmp_path):
 
         undo = re.search(r"To undo it: lorebase (restore \S+ dev)", applied.stdout)
         assert undo, applied.stdout
-        restored = lorebase_cmd(lore, *undo.group(1).split())
+        restored = lorebase_cmd(lore, *undo.group(1).split(), "--force")  # lorebase is serving
         assert restored.returncode == 0, restored.stderr
         db = lore.redis()
         assert db.hget(idkeys.user("mg_ann"), "nick") == "MG_ANN" and not db.hexists(idkeys.user("mg_ann"), "nickname")
@@ -145,10 +145,10 @@ def migrate(db):
 
 
 def test_a_migration_longer_than_the_pause_ttl_keeps_writes_paused_till_it_ends(tmp_path):
-    """The pause key outlives a dead migrate by MIGRATE_PAUSE_TTL only: a migration running
+    """The pause key outlives a dead migrate by PAUSE_TTL only: a migration running
     three times as long keeps writes paused throughout, and they resume once it ends."""
     ttl = 2.0
-    lore = Lorebase(tmp_path / "data", TRUSTED_PROXIES="127.0.0.1", MAIL_URL="console://", MIGRATE_PAUSE_TTL=ttl)
+    lore = Lorebase(tmp_path / "data", TRUSTED_PROXIES="127.0.0.1", MAIL_URL="console://", PAUSE_TTL=ttl)
     with lore.running():
         slow = script(tmp_path, "0004_until_released.py", UNTIL_RELEASED)
         result: list[int] = []
@@ -180,7 +180,7 @@ def test_a_migration_longer_than_the_pause_ttl_keeps_writes_paused_till_it_ends(
 
 def test_a_killed_migration_leaves_writes_paused_no_longer_than_the_pause_ttl(tmp_path):
     ttl = 2.0
-    lore = Lorebase(tmp_path / "data", TRUSTED_PROXIES="127.0.0.1", MAIL_URL="console://", MIGRATE_PAUSE_TTL=ttl)
+    lore = Lorebase(tmp_path / "data", TRUSTED_PROXIES="127.0.0.1", MAIL_URL="console://", PAUSE_TTL=ttl)
     with lore.running():
         slow = script(tmp_path, "0005_until_released.py", UNTIL_RELEASED)
         migrate = subprocess.Popen([sys.executable, "-m", "lorebase", "migrate", str(slow), "--apply"],

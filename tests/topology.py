@@ -20,9 +20,11 @@ from .lore import ROOT, free_cluster_port, free_port, wait_for
 
 TEMPLATES = ROOT / "deploy" / "redis"
 # the users of deploy/redis/users.acl, with the tests' passwords
-PASSWORDS = {"lorebase": "lore-test-pw", "replica": "replica-test-pw", "sentinel": "sentinel-test-pw",
-             "admin": "admin-test-pw"}
+PASSWORDS = {"lorebase": "lore-test-pw", "backup": "backup-test-pw", "replica": "replica-test-pw",
+             "sentinel": "sentinel-test-pw", "admin": "admin-test-pw"}
 ADMIN = {"username": "admin", "password": PASSWORDS["admin"]}
+# lorebase's settings for backups and restores as the `backup` user
+BACKUP_USER = {"BACKUP_REDIS_USER": "backup", "BACKUP_REDIS_PASSWORD": PASSWORDS["backup"]}
 
 
 def render(template: str, into: Path, **values: object) -> Path:
@@ -72,6 +74,26 @@ class Servers:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait(10)
+
+
+class Single(Servers):
+    """One data server (data.conf, users.acl), as on the data server of Architecture C."""
+
+    def __init__(self, dir: Path):
+        super().__init__()
+        self.dir = dir
+        self.port = free_port()
+
+    def url(self, user: str = "lorebase") -> str:
+        return f"redis://{user}:{PASSWORDS[user]}@127.0.0.1:{self.port}"
+
+    def client(self, user: str = "lorebase") -> redis.Redis:
+        return redis.Redis(port=self.port, socket_timeout=2, username=user, password=PASSWORDS[user])
+
+    def start(self) -> Single:
+        self.procs[self.port] = _server(data_conf(self.dir, self.port))
+        wait_for(lambda: self.client("admin").ping(), what=f"redis-server :{self.port}")
+        return self
 
 
 class Cluster(Servers):

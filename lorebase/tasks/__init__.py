@@ -74,7 +74,7 @@ class Tasks:
         return await stats.record_stocks(self.db, stats.queues(self.config), int(self.config.STATS_KEEP))
 
     async def backup(self) -> str:
-        manifest = await asyncio.to_thread(backup.take, self.config, db.address(self.config))
+        manifest = await asyncio.to_thread(backup.take, self.config, backup.redis_url(self.config))
         return f"backup {manifest['name']}: {manifest['keys']} keys, {manifest['size']} bytes"
 
     async def check(self) -> str:

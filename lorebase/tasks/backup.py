@@ -27,7 +27,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,7 +35,8 @@ from typing import Any
 
 import redis
 
-from ..db import connect_sync, parse_url, servers
+from ..db import address, connect_sync, parse_url, servers, with_user
+from ..pause import flush_keeping_pause
 
 CHUNK = 1 << 20
 
@@ -138,6 +139,16 @@ def store(config: Any) -> Local | S3:
 
 
 # -- taking one ---------------------------------------------------------------------------
+
+
+def redis_url(config: Any) -> str:
+    """The URL backups and restores connect with: the environment's Redis as the
+    BACKUP_REDIS_USER ACL user (the API's own user can neither copy nor wipe the database),
+    or with REDIS_URL's own credentials when none is set."""
+    url = address(config)
+    if config.BACKUP_REDIS_USER and config.REDIS_URL:  # the embedded Redis has no ACL users
+        return with_user(url, str(config.BACKUP_REDIS_USER), str(config.BACKUP_REDIS_PASSWORD))
+    return url
 
 
 def cli_args(url: str) -> tuple[list[str], dict[str, str]]:
@@ -311,10 +322,10 @@ def fetch_checked(where: Local | S3, name: str, into: Path) -> dict[str, Any]:
 
 
 def copy_all(source: redis.Redis, target: redis.Redis, batch: int = 500, empty: bool = True) -> int:
-    """Empties `target` (unless empty=False) and copies every key of `source` into it, TTLs
-    kept; how many."""
+    """Empties `target` (unless empty=False; a write pause set on it is kept) and copies every
+    key of `source` into it, TTLs kept; how many."""
     if empty:
-        target.flushall()
+        flush_keeping_pause(target)
     count = 0
     keys: list[bytes] = []
 
@@ -342,8 +353,13 @@ def copy_all(source: redis.Redis, target: redis.Redis, batch: int = 500, empty: 
     return count
 
 
-def restore(where: Local | S3, name: str, url: str) -> dict[str, Any]:
-    """Replaces the database at `url` with backup `name` (already resolved); what it restored."""
+Ready = Callable[[redis.Redis, dict[str, Any]], None]
+
+
+def restore(where: Local | S3, name: str, url: str, ready: Ready | None = None) -> dict[str, Any]:
+    """Replaces the database at `url` with backup `name` (already resolved); what it restored.
+    `ready(source, manifest)`: called once the backup is verified (`source`: a scratch Redis
+    serving it), before the target is touched; what it raises stops the restore."""
     from ..identity.keys import USERS
 
     with tempfile.TemporaryDirectory(prefix="lorebase-restore-") as tmp:
@@ -353,10 +369,15 @@ def restore(where: Local | S3, name: str, url: str) -> dict[str, Any]:
             if int(source.dbsize()) != int(manifest["keys"]):
                 raise BackupError(f"backup {name} holds {source.dbsize()} keys, its manifest says "
                                   f"{manifest['keys']}; nothing was changed")
+            if ready is not None:
+                ready(source, manifest)
             target = connect_sync(url, 60, decode=False)
             try:
                 count = copy_all(source, target)
                 users = int(target.scard(USERS))
+            except redis.exceptions.NoPermissionError as error:
+                raise BackupError(f"the Redis user may not replace the database ({error}): restores connect as "
+                                  "BACKUP_REDIS_USER (README: Backups and restore)") from None
             except redis.RedisError as error:
                 raise BackupError(f"the target Redis failed during the restore ({error}): run it again") from None
             finally:
