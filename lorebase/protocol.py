@@ -8,7 +8,10 @@ memory it holds.
   start or of the head's first byte.
 - The body must arrive within BODY_TIMEOUT of the head; a long upload earns BODY_TIMEOUT more
   with every 64 KiB that arrives, so a client has to keep sending at some 2 KiB/s, while a
-  JSON body (at most 128 KiB) cannot be dripped for long.
+  JSON body (at most 128 KiB) cannot be dripped for long. A body answered before it was read
+  (403 `nocookie` to an anonymous 100 MB upload, 413 on its declared length) earns nothing:
+  uvicorn drops what still arrives of it, and the connection is closed once BODY_TIMEOUT
+  since its head has passed, unless the body ended and the next request began.
 
 A request past its deadline gets 408 `{"error":"timeout"}` (unless its reply has begun) and
 the connection closes; the route reading the body sees the client gone.
@@ -80,12 +83,16 @@ class _Watch:
             if transport is None or transport.is_closing():
                 continue
             scope, cycle = protocol.scope, protocol.cycle
+            earns = False  # more time for each EARN bytes that arrive
             if scope is None:  # a new connection: its first head is awaited
                 what, timeout = None, self.header_timeout
             elif "method" not in scope:  # a head begun, not ended
                 what, timeout = scope, self.header_timeout
-            elif cycle is not None and cycle.scope is scope and cycle.more_body and not cycle.response_complete:
-                what, timeout = cycle, self.body_timeout  # a body awaited
+            elif cycle is not None and cycle.scope is scope and cycle.more_body:
+                # a body awaited, or one answered before it was read (a 403 to an anonymous upload):
+                # uvicorn skips the rest of that body, and without this a client dripping it would
+                # hold the connection for ever (no keep-alive timer runs while bytes arrive)
+                what, timeout, earns = cycle, self.body_timeout, not cycle.response_complete
             else:  # a request being answered, or a connection idle between requests
                 self.waiting.pop(protocol, None)
                 continue
@@ -93,7 +100,7 @@ class _Watch:
             if seen is not what:
                 self.waiting[protocol] = (what, now + timeout, protocol.received)
                 continue
-            if what is cycle and protocol.received - mark >= EARN:
+            if earns and protocol.received - mark >= EARN:
                 self.waiting[protocol] = (what, now + timeout, protocol.received)
                 continue
             if due <= now:
