@@ -101,6 +101,7 @@ DEFAULTS: dict[str, Any] = {
     "FILES_HOST": "127.0.0.1",  # where `--role files` listens
     "FILES_PORT": 8081,
     "FILES_TIMEOUT": 10.0,  # seconds an API node waits on the file server (each connect, read, write): then 503
+    "FILES_CONNECTIONS": 1000,  # connections the file server holds at most (idle ones make room; else closed)
 }
 
 # Only what differs in prod; the rest is the table above.
