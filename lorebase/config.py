@@ -66,6 +66,7 @@ DEFAULTS: dict[str, Any] = {
     "SHUTDOWN_GRACE": 10.0,  # seconds workers get to finish in-flight requests
     "WORKER_CONNECTIONS": 1000,  # connections one worker holds at most (idle keep-alive ones make room)
     "WORKER_TIMEOUT": 10.0,  # seconds a worker may go without pinging the master before it is killed as hung
+    "TASKS_TIMEOUT": 30.0,  # seconds the tasks process may go without beating to the master before it is replaced
     # identity
     "SESSION_IDLE": 7 * 86400,  # seconds a session lives unused; every use renews it
     "SESSION_MAX": 30 * 86400,  # seconds a session lives at most, used or not
