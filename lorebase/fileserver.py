@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import hmac
 import json
 import math
@@ -51,7 +50,6 @@ from .files.blobs import WHERE, LocalBlobs, StorageFull
 from .files.remote import HEADER
 from .http import ApiError
 from .identity.keys import USERNAME
-from .master import bind
 from .notify import notify
 from .protocol import protocol_class
 
@@ -61,7 +59,6 @@ _HEADER = HEADER.encode()
 FETCH_LIMIT = 4096  # bytes of a fetch request's JSON body
 ACCEPT_PAUSE = 0.5  # seconds accepting pauses when the process is out of descriptors (or memory)
 ACCEPT_NOTIFY_EVERY = 10.0  # seconds between two `accept failed` lines while it goes on
-OUT_OF = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 
 class BlobServer:
@@ -277,6 +274,7 @@ class Listener:
         self.failed = 0  # attempts failed since the last line
         self.notified = -math.inf
         self.resume: asyncio.TimerHandle | None = None
+        self.handing: set[asyncio.Task[None]] = set()  # held: the loop keeps only weak references
         self.loop.add_reader(sock.fileno(), self._accept)
 
     def _accept(self) -> None:
@@ -287,15 +285,15 @@ class Listener:
                 return
             except ConnectionAbortedError:
                 continue
-            except OSError as error:
-                if error.errno not in OUT_OF:
-                    raise
-                self._out_of(error)
+            except OSError as error:  # EMFILE, ENFILE, ENOBUFS, ENOMEM: out of descriptors or memory
+                self._failed(error)
                 return
             conn.setblocking(False)
-            self.loop.create_task(self._serve(conn))
+            task = self.loop.create_task(self._serve(conn))
+            self.handing.add(task)
+            task.add_done_callback(self.handing.discard)
 
-    def _out_of(self, error: OSError) -> None:
+    def _failed(self, error: OSError) -> None:
         self.failed += 1
         now = time.monotonic()
         if now - self.notified >= ACCEPT_NOTIFY_EVERY:
@@ -339,7 +337,9 @@ class _Server(uvicorn.Server):
             return
         config = self.config
         try:
-            sock = bind(config.host, config.port)
+            sock = socket.create_server((config.host, config.port), backlog=2048,
+                                        family=socket.AF_INET6 if ":" in config.host else socket.AF_INET)
+            sock.setblocking(False)
         except OSError as error:
             self.bind_error = str(error)
             await self.lifespan.shutdown()
