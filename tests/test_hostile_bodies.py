@@ -300,7 +300,7 @@ def test_a_body_dripped_after_its_early_403_is_cut_at_the_body_deadline(hostile,
         s.sendall(head.replace(b"Host: lore\r\n", b"Host: lore\r\nX-Real-IP: " + fresh_ip().encode() + b"\r\n"))
         status, raw = read_reply(s)
         assert status == 403 and raw.endswith(b'{"error":"nocookie"}'), raw[:400]
-        assert drip_until_closed(s, piece, limit=10) < 3
+        assert drip_until_closed(s, piece, limit=10) < 4
     assert httpx.get(hostile.url + "/ping", timeout=10).json() == {"pong": True}
 
 
