@@ -10,7 +10,8 @@ interpreter inherits no lock. It is handed, as descriptors:
 - 3: a pipe holding the master's settings (pickled; the master's own object, so secrets
   generated at its start and any override are the same in every process, and no secret is
   put in an environment variable or on a command line);
-- 4: the worker's channel to the master (a unix SOCK_SEQPACKET socketpair end), workers only.
+- 4: its line to the master: a worker's channel (a unix SOCK_SEQPACKET socketpair end), the
+  tasks process's beat pipe (the write end; the master reads its beats).
 
 It runs the master's code, not whatever a release switch has put on disk since: the master's
 package directory comes first on sys.path (a deploy's new code arrives by the master's own
@@ -41,8 +42,9 @@ def _above(fd: int, floor: int = 10) -> int:
     return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, floor)
 
 
-def spawn(config: Any, role: str, index: int = 0, channel: socket.socket | None = None) -> int:
-    """Start `role` ("worker" or "tasks") in a new interpreter; its pid. Called by the master."""
+def spawn(config: Any, role: str, index: int = 0, channel: int | None = None) -> int:
+    """Start `role` ("worker" or "tasks") in a new interpreter, `channel` (a descriptor) as its
+    descriptor 4; its pid. Called by the master."""
     data = pickle.dumps(config, protocol=pickle.HIGHEST_PROTOCOL)
     read, write = os.pipe2(os.O_CLOEXEC)
     fds = [read, write]
@@ -58,7 +60,7 @@ def spawn(config: Any, role: str, index: int = 0, channel: socket.socket | None 
             (os.POSIX_SPAWN_DUP2, high_read, CONFIG_FD),
         ]
         if channel is not None:
-            fds.append(high_chan := _above(channel.fileno()))
+            fds.append(high_chan := _above(channel))
             actions.append((os.POSIX_SPAWN_DUP2, high_chan, CHANNEL_FD))
         boot = f"import sys; sys.path.insert(0, {str(CODE_ROOT)!r}); from lorebase.child import main; main()"
         argv = [sys.executable, "-c", boot, role, str(index), str(os.getpid())]
@@ -82,7 +84,8 @@ def main() -> None:
     if role == "tasks":
         from . import tasks
 
-        tasks.serve(config)
+        os.set_blocking(CHANNEL_FD, False)  # a master not reading never holds the tasks' loop
+        tasks.serve(config, CHANNEL_FD)
     else:
         from . import worker
 

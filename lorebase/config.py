@@ -76,6 +76,7 @@ DEFAULTS: dict[str, Any] = {
     "SHUTDOWN_GRACE": 10.0,  # seconds workers get to finish in-flight requests
     "WORKER_CONNECTIONS": 1000,  # connections one worker holds at most (idle keep-alive ones make room)
     "WORKER_TIMEOUT": 10.0,  # seconds a worker may go without pinging the master before it is killed as hung
+    "TASKS_TIMEOUT": 30.0,  # seconds the tasks process may go without beating to the master before it is replaced
     # identity
     "SESSION_IDLE": 7 * 86400,  # seconds a session lives unused; every use renews it
     "SESSION_MAX": 30 * 86400,  # seconds a session lives at most, used or not
@@ -113,6 +114,7 @@ DEFAULTS: dict[str, Any] = {
     "FILES_HOST": "127.0.0.1",  # where `--role files` listens
     "FILES_PORT": 8081,
     "FILES_TIMEOUT": 10.0,  # seconds an API node waits on the file server (each connect, read, write): then 503
+    "FILES_CONNECTIONS": 1000,  # connections the file server holds at most (idle ones make room; else closed)
 }
 
 # Only what differs in prod; the rest is the table above.

@@ -19,6 +19,13 @@ matched on the whole decoded path: no client-chosen path ever reaches the disk.
 
 The same process runs the S3 mirror (its queue in Redis) and the beat for the bytes it holds,
 when REDIS_URL is set (tasks/__init__.py, role "files"); the API nodes then run neither.
+
+It holds what an API worker holds (protocol.py): HEADER_TIMEOUT and BODY_TIMEOUT for each
+request, and at most FILES_CONNECTIONS connections (past it, with no idle one to close, a new
+connection is closed at once). It accepts its connections itself (Listener): with its
+descriptors used up, asyncio's own accept loop logs a traceback per attempt, some two
+thousand a second; here accepting pauses for ACCEPT_PAUSE and one `accept failed` line per
+ACCEPT_NOTIFY_EVERY seconds at most says how many attempts failed since the one before.
 """
 
 from __future__ import annotations
@@ -27,10 +34,13 @@ import asyncio
 import contextlib
 import hmac
 import json
+import math
 import os
 import re
 import signal
-from collections.abc import Iterator
+import socket
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import uvicorn
@@ -41,11 +51,14 @@ from .files.remote import HEADER
 from .http import ApiError
 from .identity.keys import USERNAME
 from .notify import notify
+from .protocol import protocol_class
 
 _PATH = re.compile(r"/blobs/([0-9a-f]{23})(?:/(trash|untrash|sha256|fetch))?")
 _RANGE = re.compile(r"bytes=(\d{1,19})-(\d{1,19})")
 _HEADER = HEADER.encode()
 FETCH_LIMIT = 4096  # bytes of a fetch request's JSON body
+ACCEPT_PAUSE = 0.5  # seconds accepting pauses when the process is out of descriptors (or memory)
+ACCEPT_NOTIFY_EVERY = 10.0  # seconds between two `accept failed` lines while it goes on
 
 
 class BlobServer:
@@ -247,18 +260,105 @@ async def _reply(send: Any, status: int, code: str = "") -> None:
                 json.dumps({"error": code}).encode())
 
 
+class Listener:
+    """Stands where uvicorn keeps its listening servers (as worker.Handoff does in a worker):
+    accepts each connection and hands it to a uvicorn protocol. Out of descriptors, it stops
+    accepting for ACCEPT_PAUSE (the backlog holds the clients meanwhile) and notifies
+    `accept failed` at most once per ACCEPT_NOTIFY_EVERY, with the attempts that failed since
+    the line before (the first of them included)."""
+
+    def __init__(self, sock: socket.socket, create_protocol: Callable[[], asyncio.Protocol]):
+        self.sock = sock
+        self.create_protocol = create_protocol
+        self.loop = asyncio.get_running_loop()
+        self.failed = 0  # attempts failed since the last line
+        self.notified = -math.inf
+        self.resume: asyncio.TimerHandle | None = None
+        self.handing: set[asyncio.Task[None]] = set()  # held: the loop keeps only weak references
+        self.loop.add_reader(sock.fileno(), self._accept)
+
+    def _accept(self) -> None:
+        for _ in range(64):  # then the loop's other work gets its turn
+            try:
+                conn, _ = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except ConnectionAbortedError:
+                continue
+            except OSError as error:  # EMFILE, ENFILE, ENOBUFS, ENOMEM: out of descriptors or memory
+                self._failed(error)
+                return
+            conn.setblocking(False)
+            task = self.loop.create_task(self._serve(conn))
+            self.handing.add(task)
+            task.add_done_callback(self.handing.discard)
+
+    def _failed(self, error: OSError) -> None:
+        self.failed += 1
+        now = time.monotonic()
+        if now - self.notified >= ACCEPT_NOTIFY_EVERY:
+            notify("accept failed", error=str(error), failures=self.failed)
+            self.notified, self.failed = now, 0
+        self.loop.remove_reader(self.sock.fileno())
+        self.resume = self.loop.call_later(ACCEPT_PAUSE, self.loop.add_reader, self.sock.fileno(), self._accept)
+
+    async def _serve(self, conn: socket.socket) -> None:
+        try:
+            await self.loop.connect_accepted_socket(self.create_protocol, conn)
+        except OSError:
+            conn.close()
+
+    def close(self) -> None:
+        """No new connection (uvicorn's shutdown): the listening socket closes."""
+        if self.resume is not None:
+            self.resume.cancel()
+        with contextlib.suppress(ValueError, OSError):
+            self.loop.remove_reader(self.sock.fileno())
+        self.sock.close()
+
+    async def wait_closed(self) -> None:
+        return None
+
+
 class _Server(uvicorn.Server):
-    """uvicorn without its own signal handling: serve() below owns SIGTERM/SIGINT, so the
-    tasks running beside the server stop with it."""
+    """uvicorn with its connections from a Listener, and without its own signal handling:
+    serve() below owns SIGTERM/SIGINT, so the tasks running beside the server stop with it."""
+
+    bind_error = ""
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
 
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await self.lifespan.startup()
+        if self.lifespan.should_exit:
+            self.should_exit = True
+            return
+        config = self.config
+        try:
+            sock = socket.create_server((config.host, config.port), backlog=2048,
+                                        family=socket.AF_INET6 if ":" in config.host else socket.AF_INET)
+            sock.setblocking(False)
+        except OSError as error:
+            self.bind_error = str(error)
+            await self.lifespan.shutdown()
+            self.should_exit = True
+            return
+
+        def create_protocol() -> asyncio.Protocol:
+            return config.http_protocol_class(  # type: ignore[call-arg]
+                config=config, server_state=self.server_state, app_state=self.lifespan.state)
+
+        self.servers = [Listener(sock, create_protocol)]  # type: ignore[list-item]
+        self.started = True
+
 
 async def _main(config: Any) -> None:
     server = _Server(uvicorn.Config(
         BlobServer(config), host=str(config.FILES_HOST), port=int(config.FILES_PORT), lifespan="on",
+        http=protocol_class(float(config.HEADER_TIMEOUT), float(config.BODY_TIMEOUT), int(config.FILES_CONNECTIONS),
+                            refuse=True),
         access_log=False, proxy_headers=False, server_header=False, date_header=False, log_level="warning",
         timeout_keep_alive=30, timeout_graceful_shutdown=int(config.SHUTDOWN_GRACE)))
     tasks = None
@@ -282,7 +382,8 @@ async def _main(config: Any) -> None:
     stop()
     await asyncio.gather(*running)
     if not server.started:
-        raise RuntimeError(f"the file server could not listen on {config.FILES_HOST}:{config.FILES_PORT}")
+        raise RuntimeError(f"the file server could not listen on {config.FILES_HOST}:{config.FILES_PORT}"
+                           + (f": {server.bind_error}" if server.bind_error else ""))
     notify("stop", role="files")
 
 

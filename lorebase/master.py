@@ -11,6 +11,9 @@ while it finishes its own (a SIGHUP drops nothing), and a worker that stopped an
 gets none either. Over the same channel each worker pings once every PING seconds from its
 event loop, with its count of open connections; one silent for WORKER_TIMEOUT seconds is
 stuck (an endless loop in a handler, say): it is killed and replaced, notified `worker hung`.
+The tasks process beats the same way, over a pipe of its own (tasks.BEAT): one silent for
+TASKS_TIMEOUT seconds is killed and replaced, notified `tasks stuck`: a stuck loop would
+otherwise stop mail, the S3 mirror, backups and checks without a word.
 
 Signals, one `handle_<name>` method each (as uvicorn's supervisor reads): TERM/INT stop, HUP
 loads the code on disk (the master re-executes itself in place, keeping its pid, socket and
@@ -98,6 +101,11 @@ class Master:
         self.redis_up = True
         self.tasks_pid: int | None = None
         self.tasks_due: float | None = None  # when to start the tasks process again
+        self.tasks_timeout = float(config.TASKS_TIMEOUT)
+        self.tasks_beat: int | None = None  # the read end of the tasks process's beat pipe
+        self.tasks_started = 0.0
+        self.tasks_last_beat: float | None = None  # None: it has not beaten yet
+        self.tasks_stuck = False  # killed for it: its exit is not a crash of its own
         # after a re-exec (SIGHUP): the workers and tasks process of the code before, pid → TERM deadline
         self.old: dict[int, float | None] = {}
         self.old_tasks: int | None = None
@@ -167,7 +175,7 @@ class Master:
     def spawn(self, index: int) -> int:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            pid = child.spawn(self.config, "worker", index, theirs)
+            pid = child.spawn(self.config, "worker", index, theirs.fileno())
         finally:
             theirs.close()
         ours.setblocking(False)
@@ -175,7 +183,23 @@ class Master:
         return pid
 
     def spawn_tasks(self) -> None:
-        self.tasks_pid = child.spawn(self.config, "tasks")
+        self._close_tasks_beat()  # the last one's, if it is not closed yet
+        beat, theirs = os.pipe()
+        try:
+            pid = child.spawn(self.config, "tasks", channel=theirs)
+        except BaseException:
+            os.close(beat)
+            raise
+        finally:
+            os.close(theirs)
+        os.set_blocking(beat, False)
+        self.tasks_pid, self.tasks_beat = pid, beat
+        self.tasks_started, self.tasks_last_beat, self.tasks_stuck = time.monotonic(), None, False
+
+    def _close_tasks_beat(self) -> None:
+        if self.tasks_beat is not None:
+            os.close(self.tasks_beat)
+            self.tasks_beat = None
 
     # -- the main loop ------------------------------------------------------------------
 
@@ -183,6 +207,8 @@ class Master:
         while not self.stopping:
             takers = self.takers()
             watched: list[Any] = [wake_r, *(w.chan for w in self.workers.values() if w.chan.fileno() >= 0)]
+            if self.tasks_beat is not None:
+                watched.append(self.tasks_beat)
             if takers and self.sock is not None:
                 watched.append(self.sock)
             try:
@@ -192,6 +218,8 @@ class Master:
             for item in readable:
                 if item is wake_r:
                     self.signals(wake_r)
+                elif item == self.tasks_beat:
+                    self.hear_tasks()
                 elif item is self.sock:
                     self.accept()
                 else:
@@ -225,6 +253,7 @@ class Master:
             self.tasks_due = None
             self.spawn_tasks()
         self.step_old(now)
+        self.check_tasks(now)
         if not self.announced and not self.old and not self.stopping and \
                 sum(1 for w in self.workers.values() if w.ready) >= self.target:
             self.announced = True
@@ -237,6 +266,32 @@ class Master:
                 notify("worker hung", worker=w.index, worker_pid=w.pid, ready=w.ready,
                        silent_s=round(now - (w.last_ping if w.ready else w.started), 1))
                 self._kill(w.pid)
+
+    def hear_tasks(self) -> None:
+        """The tasks process's beats (any bytes: each read is one beat)."""
+        assert self.tasks_beat is not None
+        try:
+            data = os.read(self.tasks_beat, 4096)
+        except (BlockingIOError, InterruptedError):
+            return
+        if not data:  # it exited: reaping replaces it (a closed pipe is not watched)
+            self._close_tasks_beat()
+            return
+        self.tasks_last_beat = time.monotonic()
+
+    def check_tasks(self, now: float) -> None:
+        """A tasks process that stopped beating for TASKS_TIMEOUT (or never began within
+        START_TIMEOUT) is killed; reaping starts another."""
+        if self.tasks_pid is None or self.tasks_stuck or self.stopping:
+            return
+        since, limit = self.tasks_last_beat, self.tasks_timeout
+        if since is None:
+            since, limit = self.tasks_started, max(START_TIMEOUT, self.tasks_timeout)
+        if now - since > limit:
+            self.tasks_stuck = True
+            notify("tasks stuck", tasks_pid=self.tasks_pid, beaten=self.tasks_last_beat is not None,
+                   silent_s=round(now - since, 1))
+            self._kill(self.tasks_pid)
 
     def write_state(self) -> None:
         """DATA_DIR/master.json, once every worker serving runs this master's code (at start, and
@@ -467,7 +522,7 @@ class Master:
             if pid == self.tasks_pid:
                 self.tasks_pid = None
                 if not self.stopping:
-                    notify("tasks exit", code=code)
+                    notify("tasks exit", code=code, stuck=self.tasks_stuck)
                     self.tasks_due = time.monotonic() + 0.5  # a crash loop must not spin
                 continue
             w = self.workers.pop(pid, None)
@@ -568,6 +623,7 @@ class Master:
         for w in self.workers.values():
             w.chan.close()
         self.workers.clear()
+        self._close_tasks_beat()
         if self.keeper is not None:
             self.keeper.join(20)  # a restart of the embedded Redis in progress ends first
         notify("stop")

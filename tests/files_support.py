@@ -16,6 +16,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -253,6 +254,24 @@ def read_reply(s: socket.socket) -> tuple[int, bytes]:
                     break
     assert data.startswith(b"HTTP/1.1 "), data[:200]
     return int(data[9:12]), data
+
+
+def drip_until_closed(s: socket.socket, piece: bytes, every: float = 0.1, limit: float = 10.0) -> float:
+    """Send `piece` every `every` seconds until the server closes the connection: the seconds
+    that took (an AssertionError after `limit` seconds of dripping). Whatever the server
+    sends meanwhile is read and dropped; waiting for it is what paces the dripping."""
+    began = time.monotonic()
+    s.settimeout(every)
+    while (spent := time.monotonic() - began) < limit:
+        try:
+            s.sendall(piece)
+            if s.recv(65536) == b"":
+                return spent
+        except TimeoutError:
+            continue
+        except (BrokenPipeError, ConnectionResetError):
+            return spent
+    raise AssertionError(f"the server kept the connection open through {limit:g} s of dripping")
 
 
 # -- the lorebase command -------------------------------------------------------------------

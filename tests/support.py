@@ -121,9 +121,16 @@ def redis_pid(lore: Lorebase) -> int:
 
 
 def tasks_pid(lore: Lorebase) -> int:
-    """The pid of the tasks process (`lorebase: tasks <env>`)."""
-    [tasks] = [c for c in master(lore).children() if "tasks" in " ".join(c.cmdline())]
-    return int(tasks.pid)
+    """The pid of the tasks process (`lorebase: tasks <env>`; a killed one not yet reaped is not it)."""
+    found = []
+    for child in master(lore).children():
+        try:
+            if child.status() != psutil.STATUS_ZOMBIE and " ".join(child.cmdline()).startswith("lorebase: tasks"):
+                found.append(child.pid)
+        except (psutil.NoSuchProcess, psutil.ZombieProcess):
+            pass
+    [pid] = found
+    return int(pid)
 
 
 def worker_pids(lore: Lorebase) -> set[int]:

@@ -1,7 +1,8 @@
 """The file server (issue 11): `lorebase serve --role files` holding the bytes for API nodes
 whose FILES_URL points at it. Its secret header on every verb, an API node that keeps no byte
 of its own, the file server dying, stopping and coming back, its disk filling up, hostile ids,
-and the S3 mirror, fetch-back and `files check` where the bytes are."""
+its deadlines, connection cap and descriptors running out (issue 17), and the S3 mirror,
+fetch-back and `files check` where the bytes are."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from .files_support import (
     Api,
     Moto,
     blob,
+    drip_until_closed,
     lorebase_cmd,
     multipart,
     part,
@@ -261,6 +263,108 @@ def test_a_cut_upload_to_the_file_server_leaves_nothing(pair):
         wait_for(lambda: tree(files.data_dir / "tmp") != set(), 10, 0.01, "the upload's temp file")
     wait_for(lambda: tree(files.data_dir / "tmp") == set(), 10, 0.05, "the cut upload's temp file removed")
     assert stored(files) == before
+
+
+# -- deadlines, the connection cap, descriptors running out ---------------------------------------
+
+
+@pytest.fixture(scope="module")
+def deadlined(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FileServer]:
+    """A file server whose heads and bodies get 1 s to arrive."""
+    files = FileServer(tmp_path_factory.mktemp("deadlined") / "files", HEADER_TIMEOUT=1, BODY_TIMEOUT=1)
+    with files.running():
+        yield files
+
+
+def test_an_idle_connection_to_the_file_server_is_closed_after_the_head_deadline(deadlined):
+    """No secret needed to open a connection: one that sends nothing gets 408 within
+    HEADER_TIMEOUT (plus the 0.5 s sweep) and is closed."""
+    with socket.create_connection(("127.0.0.1", deadlined.port), timeout=10) as s:
+        began = time.monotonic()
+        status, raw = read_reply(s)
+        assert status == 408 and raw.endswith(b'{"error":"timeout"}'), raw[:300]
+        assert s.recv(1) == b"" and time.monotonic() - began < 4
+    # a head trickled in a byte at a time is cut the same way
+    with socket.create_connection(("127.0.0.1", deadlined.port), timeout=10) as s:
+        s.sendall(f"GET /blobs HTTP/1.1\r\nHost: x\r\nX-Files-Secret: {FILES_SECRET}\r\nX-Pad: ".encode())
+        assert drip_until_closed(s, b"a", limit=10) < 4  # the head never ends
+    assert httpx.get(deadlined.url + "/blobs", headers=RIGHT, timeout=10).status_code == 200
+
+
+def test_a_body_dripped_to_the_file_server_is_cut_at_the_body_deadline(deadlined):
+    """A PUT with the secret whose body comes a byte every 0.1 s: cut within BODY_TIMEOUT (an
+    upload earns more time only with each 64 KiB), the temp file removed, nothing stored."""
+    with socket.create_connection(("127.0.0.1", deadlined.port), timeout=10) as s:
+        s.sendall(f"PUT /blobs/{SOME_ID} HTTP/1.1\r\nHost: x\r\nX-Files-Secret: {FILES_SECRET}\r\n"
+                  f"Content-Length: 100000\r\n\r\n".encode() + b"y" * 1000)
+        assert drip_until_closed(s, b"y", limit=10) < 4
+    wait_for(lambda: tree(deadlined.data_dir / "tmp") == set(), 10, 0.05, "the cut upload's temp file removed")
+    assert SOME_ID not in stored(deadlined)
+    # and a body dripped after an early 403 (no secret) is cut the same way
+    with socket.create_connection(("127.0.0.1", deadlined.port), timeout=10) as s:
+        s.sendall(f"PUT /blobs/{SOME_ID} HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n".encode())
+        status, _ = read_reply(s)
+        assert status == 403
+        assert drip_until_closed(s, b"y", limit=10) < 4
+
+
+def test_past_the_connection_cap_new_connections_are_closed_and_the_held_ones_finish(tmp_path):
+    """FILES_CONNECTIONS=8: eight uploads under way hold every place; a ninth connection is
+    closed at once (nothing read, nothing answered), and the eight finish with 204. Once they
+    are idle keep-alive connections, a new one gets room again."""
+    files = FileServer(tmp_path / "files", FILES_CONNECTIONS=8)
+    with files.running():
+        ids = [f"{n:023x}" for n in range(1, 9)]
+        held = [socket.create_connection(("127.0.0.1", files.port), timeout=10) for _ in ids]
+        try:
+            for s, file_id in zip(held, ids, strict=True):
+                s.sendall(f"PUT /blobs/{file_id} HTTP/1.1\r\nHost: x\r\nX-Files-Secret: {FILES_SECRET}\r\n"
+                          f"Content-Length: 2000\r\n\r\n".encode() + b"z" * 1000)
+            wait_for(lambda: len(tree(files.data_dir / "tmp")) == 8, 10, 0.05, "eight uploads under way")
+            with socket.create_connection(("127.0.0.1", files.port), timeout=10) as extra:
+                began = time.monotonic()
+                extra.sendall(f"GET /blobs HTTP/1.1\r\nHost: x\r\nX-Files-Secret: {FILES_SECRET}\r\n\r\n".encode())
+                try:
+                    assert extra.recv(65536) == b""
+                except ConnectionResetError:
+                    pass
+                assert time.monotonic() - began < 2
+            for s in held:
+                s.sendall(b"z" * 1000)
+                status, _ = read_reply(s)
+                assert status == 204
+            assert stored(files) == set(ids)
+            r = httpx.get(files.url + "/blobs", headers=RIGHT, timeout=10)
+            assert r.status_code == 200 and len(r.text.splitlines()) == 8
+        finally:
+            for s in held:
+                s.close()
+        assert any(e.get("ev") == "connection refused" for e in files.events()), files.events()
+
+
+def test_out_of_descriptors_the_file_server_logs_a_line_per_interval_and_serves_again(tmp_path):
+    """RLIMIT_NOFILE=64 and 150 connections that stay open: accepting fails for as long as
+    they do (EMFILE). The log gets one `accept failed` line for the interval, with the count,
+    not a traceback per attempt; once they are gone the server answers again."""
+    files = FileServer(tmp_path / "files", HEADER_TIMEOUT=30)
+    files.wrapper = ["prlimit", "--nofile=64"]
+    with files.running():
+        before = len(files.log_text().splitlines())
+        flood = []
+        try:
+            for _ in range(150):  # the kernel completes them in the listen backlog, accepted or not
+                flood.append(socket.create_connection(("127.0.0.1", files.port), timeout=10))
+            wait_for(lambda: files.events("accept failed"), 10, 0.05, "accept failed logged")
+            time.sleep(3)  # the point of the test: how much is logged while the failures go on
+            lines = files.log_text().splitlines()[before:]
+        finally:
+            for s in flood:
+                s.close()
+        assert len(files.events("accept failed")) == 1, files.events("accept failed")
+        assert len(lines) <= 5 and not any("Traceback" in line for line in lines), "\n".join(lines[:40])
+        assert files.events("accept failed")[0]["error"].startswith("[Errno 24]")
+        wait_for(lambda: httpx.get(files.url + "/blobs", headers=RIGHT, timeout=5).status_code == 200, 15, 0.2,
+                 "the file server answering again")
 
 
 # -- hostile ids and paths ----------------------------------------------------------------------

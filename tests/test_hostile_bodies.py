@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 import httpx
 import pytest
 
-from .files_support import COOKIE, MULTIPART_TYPE, blob, multipart, part, read_reply
+from .files_support import COOKIE, MULTIPART_TYPE, blob, drip_until_closed, multipart, part, read_reply
 from .files_support import user as files_user
 from .identity_support import (
     SECURE_COOKIE,
@@ -281,6 +281,27 @@ def test_an_upload_that_stops_arriving_is_408_timeout_and_stores_nothing(hostile
         assert reply == (408, {"error": "timeout"})
         assert api.files() == []
         assert list(tmp.iterdir()) == []
+
+
+EARLY_REPLIES = [  # (the head of an anonymous POST whose body is never read, a valid piece of that body)
+    (b"POST /notes HTTP/1.1\r\nHost: lore\r\nContent-Type: application/json\r\n"
+     b"Transfer-Encoding: chunked\r\n\r\n", b"1\r\n \r\n"),
+    (f"POST /files HTTP/1.1\r\nHost: lore\r\nContent-Type: {MULTIPART_TYPE}\r\n"
+     f"Content-Length: {FILE_LIMIT + 60 * KIB}\r\n\r\n".encode(), b"x"),
+]
+
+
+@pytest.mark.parametrize(("head", "piece"), EARLY_REPLIES, ids=["chunked-notes", "sized-upload"])
+def test_a_body_dripped_after_its_early_403_is_cut_at_the_body_deadline(hostile, head, piece):
+    """The gatekeeper answers 403 `nocookie` before the body is read; the client goes on
+    dripping that body. BODY_TIMEOUT=1: the server closes the connection within it (plus the
+    0.5 s sweep), however long the body would be."""
+    with socket.create_connection(("127.0.0.1", hostile.port), timeout=15) as s:
+        s.sendall(head.replace(b"Host: lore\r\n", b"Host: lore\r\nX-Real-IP: " + fresh_ip().encode() + b"\r\n"))
+        status, raw = read_reply(s)
+        assert status == 403 and raw.endswith(b'{"error":"nocookie"}'), raw[:400]
+        assert drip_until_closed(s, piece, limit=10) < 4
+    assert httpx.get(hostile.url + "/ping", timeout=10).json() == {"pong": True}
 
 
 def test_a_request_head_that_trickles_in_is_408_and_the_connection_closes(hostile):

@@ -1,8 +1,10 @@
 """The tasks process's queues survive any Redis failure (master tasks issue): a job that
-fails while Redis cannot take it back is not lost, and the loop that works the queue goes on."""
+fails while Redis cannot take it back is not lost, and the loop that works the queue goes on.
+A tasks process whose loop stops is replaced by the master (issue 17)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -18,7 +20,7 @@ from lorebase.tasks.queue import durable
 
 from .identity_support import dedicated, fresh_ip, signup_body
 from .lore import Lorebase, MailSink, RedisServer, wait_for
-from .support import doing, redis_pid, tasks_pid
+from .support import doing, gone, redis_pid, tasks_pid, wait_event
 
 MAIL = durable()["mail"]  # the outbox's keys
 
@@ -318,3 +320,46 @@ def test_after_a_redis_outage_longer_than_the_expiry_no_live_workers_job_is_take
                 node.stop()
         smtp.close()
         shared.stop()
+
+
+def test_a_stuck_tasks_process_is_killed_and_replaced_and_mail_goes_on(tmp_path):
+    """SIGSTOP stands in for a stuck event loop: the tasks process stops beating, and within
+    TASKS_TIMEOUT (2 s here; the master looks every 0.5 s) the master notifies `tasks stuck`,
+    kills it and starts another, which sends the mail that comes after at once. The mail
+    queued during the stall was taken by the stopped process (Redis ran its waiting BLMOVE):
+    it is sent too, once that worker's entry has lapsed (the queue's EXPIRY + HEARTBEAT)."""
+    from lorebase.tasks.queue import EXPIRY, HEARTBEAT, PAUSE_MAX
+
+    sink = MailSink().start()
+    lore = Lorebase(tmp_path / "data", MAIL_URL=sink.url, TRUSTED_PROXIES="127.0.0.1", TASKS_TIMEOUT="2")
+    stuck = 0
+    try:
+        lore.start()
+
+        def sign_up(name: str) -> None:
+            r = httpx.post(lore.url + "/auth/signup", json=signup_body(name, f"{name}@example.com"),
+                           headers={"x-real-ip": fresh_ip()}, timeout=10)
+            assert r.status_code == 200, r.text
+
+        sign_up("stuck_before")
+        sink.wait_for("stuck_before@example.com")  # the loop runs: it has beaten
+        stuck = tasks_pid(lore)
+        os.kill(stuck, signal.SIGSTOP)
+        began = time.monotonic()
+        sign_up("stuck_during")  # queued while nothing works the outbox
+        line = wait_event(lore, "tasks stuck", tasks_pid=stuck, timeout=15)
+        assert line["role"] == "master" and line["beaten"] is True
+        assert time.monotonic() - began < 2 + 3, "not replaced within TASKS_TIMEOUT (and slack)"
+        wait_for(lambda: gone(stuck), 10, 0.05, "the stuck tasks process killed")
+        wait_event(lore, "tasks exit", stuck=True)
+        replaced = wait_for(lambda: tasks_pid(lore) != stuck and tasks_pid(lore), 10, 0.05, "a new tasks process")
+        sign_up("stuck_after")
+        sink.wait_for("stuck_after@example.com", timeout=20)
+        sink.wait_for("stuck_during@example.com", timeout=EXPIRY + 2 * HEARTBEAT + PAUSE_MAX + 10)
+        assert tasks_pid(lore) == replaced and len(lore.events("tasks stuck")) == 1
+    finally:
+        if stuck:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(stuck, signal.SIGCONT)
+        assert lore.stop() == 0
+        sink.stop()

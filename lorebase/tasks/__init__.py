@@ -2,7 +2,8 @@
 running the jobs that are not requests: the mail outbox (lorebase.mail), the S3
 mirror queue (lorebase.files.s3), the scheduled tasks (schedule.py) and the beat (beat.py).
 The master restarts it if it dies; it picks up where it stopped, because every job waits in
-Redis until it is done."""
+Redis until it is done. Its event loop beats to the master over a pipe every BEAT seconds: a
+loop that stops (stuck, or the process stopped) is killed and replaced (master.py)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from .schedule import Scheduler, Task
 
 # the start-up check is skipped if one (of any node) started within this many seconds
 CHECK_AT_START = 3600.0
+BEAT = 0.5  # seconds between two beats of the tasks process to its master
 SCHEDULED = ("backup", "check", "stats")  # the scheduled tasks' names (`task:{<name>}`)
 
 
@@ -152,12 +154,30 @@ def _send_mail(sender: mail.Sender) -> Callable[[dict[str, Any]], str]:
     return send
 
 
-def serve(config: Any) -> None:
-    """Runs in the forked child; never returns."""
+def _beat(loop: asyncio.AbstractEventLoop, fd: int) -> None:
+    """One byte to the master, then again in BEAT seconds, from this event loop."""
+    try:
+        os.write(fd, b".")
+    except BlockingIOError:
+        pass  # the master has not read the last ones yet: they say the same
+    except OSError:
+        return  # the master is gone (or has re-executed): nobody listens any more
+    loop.call_later(BEAT, _beat, loop, fd)
+
+
+async def _run(config: Any, beat: int | None) -> None:
+    tasks = Tasks(config)
+    if beat is not None:
+        _beat(asyncio.get_running_loop(), beat)
+    await tasks.run()
+
+
+def serve(config: Any, beat: int | None = None) -> None:
+    """Runs in the forked child; never returns. `beat`: the pipe to the master (non-blocking)."""
     code = 1
     try:
         procs.become_child(config, "tasks")
-        asyncio.run(Tasks(config).run())
+        asyncio.run(_run(config, beat))
         code = 0
     except BaseException as error:  # noqa: BLE001
         notify.exception("tasks exception", error)
