@@ -243,9 +243,7 @@ def load(env: str = "dev", environ: dict[str, str] | None = None, check: bool = 
         return Config(env, values)
     _check(env, values, role)
     if role == "api" and not values["COOKIE_SECRET"]:
-        values["COOKIE_SECRET"] = _dev_secret(Path(values["DATA_DIR"]))
-    if role == "api" and not values["BACKUP_KEY"]:
-        values["BACKUP_KEY"] = _dev_secret(Path(values["DATA_DIR"]), "backup_key")
+        values["COOKIE_SECRET"] = kept_secret(Path(values["DATA_DIR"]))
     return Config(env, values)
 
 
@@ -315,7 +313,8 @@ def check_files_secret(values: dict[str, Any]) -> None:
 
 def check_backup_key(env: str, values: dict[str, Any]) -> None:
     """BACKUP_KEY seals every backup. Set, it must be random and at least MIN_SECRET_BYTES. Unset,
-    a node makes one up in its data dir (load), which restores only that node's own backups:
+    a node makes one up in its data dir when it first seals or opens a backup (tasks/vault.py),
+    which then restores only that node's own backups:
     refused in prod with S3 backups, which must restore on a new box, and which anyone holding
     the S3 keys (every API node, the file server) could otherwise read or plant."""
     key = values["BACKUP_KEY"]
@@ -329,7 +328,7 @@ def check_backup_key(env: str, values: dict[str, Any]) -> None:
         raise ConfigError(f"BACKUP_KEY is shorter than {MIN_SECRET_BYTES} bytes")
 
 
-def _dev_secret(data_dir: Path, name: str = "dev_cookie_secret") -> str:
+def kept_secret(data_dir: Path, name: str = "dev_cookie_secret") -> str:
     """Where no secret is set (a dev box; a backup key without S3), a random one kept in the
     data dir, so it survives restarts and no secret is ever a constant in the code."""
     path = data_dir / name

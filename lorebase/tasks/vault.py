@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import sealed
+from ..config import kept_secret
 
 SNAPSHOT, MANIFEST = ".rdb.gz.sealed", ".json.sealed"
 PURPOSE = b"lorebase backup v1"
@@ -233,11 +234,14 @@ class S3(Store):
 
 
 def store(config: Any) -> Store:
+    """The environment's backups. Without BACKUP_KEY (dev, or prod without S3: config refuses
+    prod with S3 without it), a random key kept in DATA_DIR/backup_key, made on first use."""
+    key = str(config.BACKUP_KEY) or kept_secret(Path(config.DATA_DIR), "backup_key")
     if config.S3_BUCKET:
         from ..files import s3
 
-        return S3(s3.client(config), config.S3_BUCKET, f"backups/{config.ENV}/", config.BACKUP_KEY)
-    return Local(Path(config.DATA_DIR) / "backups" / config.ENV, config.BACKUP_KEY)
+        return S3(s3.client(config), config.S3_BUCKET, f"backups/{config.ENV}/", key)
+    return Local(Path(config.DATA_DIR) / "backups" / config.ENV, key)
 
 
 def catalog(where: Store, now: float | None = None) -> tuple[list[dict[str, Any]], dict[str, str]]:
