@@ -226,8 +226,10 @@ def test_a_node_starting_leaves_another_nodes_job_alone_and_a_dead_nodes_job_is_
     shared = RedisServer(base / "redis").start()
     smtp = Trickler()
     sink = MailSink().start()
-    a = Lorebase(base / "a" / "data", REDIS_URL=shared.url, TRUSTED_PROXIES="127.0.0.1", MAIL_URL=smtp.url)
-    b = Lorebase(base / "b" / "data", REDIS_URL=shared.url, MAIL_URL=sink.url)
+    # two nodes of one deployment share COOKIE_SECRET (queued mail bodies are sealed with it)
+    a = Lorebase(base / "a" / "data", REDIS_URL=shared.url, TRUSTED_PROXIES="127.0.0.1", MAIL_URL=smtp.url,
+                 COOKIE_SECRET="s" * 48)
+    b = Lorebase(base / "b" / "data", REDIS_URL=shared.url, MAIL_URL=sink.url, COOKIE_SECRET="s" * 48)
     try:
         a.start()
         db = a.redis()
