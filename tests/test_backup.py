@@ -258,6 +258,7 @@ def test_stray_objects_among_the_backups_break_neither_list_nor_backup_nor_reten
     strays = {"backups/dev/README.json": b'{"what": "backups of lorebase"}',
               "backups/dev/20200101T000000Z.json": b'{"name": "20200101T000000Z", "created": 0}',
               "backups/dev/20201301T000000Z.json.sealed": b"not a time",
+              "backups/dev/20200102T000000Z.json.sealed": b"LORESEAL1\n" + blob(3 << 20, "forged"),  # big, forged
               "backups/dev/notes.txt": b"hello"}
     for key, body in strays.items():
         s3.put_object(Bucket="lore-stray", Key=key, Body=body)
@@ -273,6 +274,7 @@ def test_stray_objects_among_the_backups_break_neither_list_nor_backup_nor_reten
         assert strays.keys() <= s3_keys(s3, "lore-stray"), "the strays are left alone"
         listed = lorebase_cmd(lore, "backup", "list")
         assert "ignored backups/" not in listed.stderr and "ignored README.json: not a backup" in listed.stderr
+        assert "ignored 20200102T000000Z.json.sealed: does not verify with this BACKUP_KEY" in listed.stderr
         done = lorebase_cmd(lore, "restore", "latest")
         assert done.returncode == 0 and f"restored {made[-1]}" in done.stdout, done.stdout + done.stderr
 

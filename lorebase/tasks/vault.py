@@ -20,15 +20,17 @@ deletes it; it is reported for a person to look at.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import re
 import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 from .. import sealed
 from ..config import kept_secret
@@ -97,7 +99,8 @@ class Store:
     def objects(self) -> list[str]:
         raise NotImplementedError
 
-    def read(self, obj: str) -> bytes:
+    def reader(self, obj: str) -> BinaryIO:
+        """The object as a stream (read as it is opened: a huge planted object costs one chunk)."""
         raise NotImplementedError
 
     def write(self, obj: str, data: bytes) -> None:
@@ -141,7 +144,10 @@ class Store:
         refused = (f"backup {name} does not verify (sealed with another BACKUP_KEY, changed, or not made under this "
                    "name); nothing was changed")
         try:
-            data = json.loads(sealed.unseal(self.key, PURPOSE, _bound("manifest", name), self.read(name + MANIFEST)))
+            opened = io.BytesIO()
+            with closing(self.reader(name + MANIFEST)) as src:
+                sealed.open_stream(self.key, PURPOSE, _bound("manifest", name), src, opened)
+            data = json.loads(opened.getvalue())
         except (sealed.Unsealed, ValueError):
             raise BackupError(refused) from None
         if not isinstance(data, dict) or data.get("name") != name or not isinstance(data.get("files"), dict) \
@@ -179,8 +185,8 @@ class Local(Store):
             return []
         return [p.name for p in self.root.iterdir() if p.is_file() and not p.name.endswith(".tmp")]
 
-    def read(self, obj: str) -> bytes:
-        return (self.root / obj).read_bytes()
+    def reader(self, obj: str) -> BinaryIO:
+        return open(self.root / obj, "rb")  # closed by the caller
 
     def write(self, obj: str, data: bytes) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -216,8 +222,8 @@ class S3(Store):
             keys += [item["Key"][len(self.prefix):] for item in page.get("Contents", [])]
         return keys
 
-    def read(self, obj: str) -> bytes:
-        return bytes(self.client.get_object(Bucket=self.bucket, Key=self.prefix + obj)["Body"].read())
+    def reader(self, obj: str) -> BinaryIO:
+        return cast(BinaryIO, self.client.get_object(Bucket=self.bucket, Key=self.prefix + obj)["Body"])
 
     def write(self, obj: str, data: bytes) -> None:
         self.client.put_object(Bucket=self.bucket, Key=self.prefix + obj, Body=data,
