@@ -14,7 +14,7 @@ set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 umask 022
 
-ETC=/etc/lorebase          # secret.py (COOKIE_SECRET, REDIS_URL, MAIL_URL...), env, box, pip.conf, tls/
+ETC=/etc/lorebase          # secret.py (COOKIE_SECRET, BACKUP_KEY, REDIS_URL, MAIL_URL...), env, box, pip.conf, tls/
 APP=/opt/lorebase          # releases/<UTC time>-<commit>/, current -> one of them, previous
 DATA=/var/lib/lorebase     # DATA_DIR: the only place lorebase writes
 LOGS=/var/log/lorebase     # lorebase's output when it runs without systemd (else the journal)
@@ -125,9 +125,15 @@ secret_value() {  # KEY: its string value in secret.py, or nothing
 random_token() { openssl rand -hex 32; }
 
 provision_secrets() {
-  local cookie redis_url mail_url password backup_password socket=/run/redis/redis-server.sock
+  local cookie backup_key redis_url mail_url password backup_password socket=/run/redis/redis-server.sock
   cookie=$(secret_value COOKIE_SECRET)
   [ -n "$cookie" ] || cookie=$(random_token)
+  backup_key=$(secret_value BACKUP_KEY)
+  if [ -z "$backup_key" ]; then
+    backup_key=$(random_token)
+    say "  note     BACKUP_KEY generated: keep a copy off this box (no backup restores without it), and give" \
+      "every API node of this deployment the same one (sudo grep BACKUP_KEY $ETC/secret.py)"
+  fi
   redis_url=$(secret_value REDIS_URL)
   [ -n "$redis_url" ] || redis_url="unix://lorebase:$(random_token)@$socket"
   backup_password=$(secret_value BACKUP_REDIS_PASSWORD)  # backups' and restores' own Redis user
@@ -137,6 +143,7 @@ provision_secrets() {
     printf '# lorebase prod secrets (deploy/box.sh provision). Later runs keep the generated values\n'
     printf '# and everything below the "yours below" line; provision --mail-url replaces MAIL_URL.\n'
     printf 'COOKIE_SECRET = "%s"\n' "$cookie"
+    printf 'BACKUP_KEY = "%s"\n' "$backup_key"
     printf 'REDIS_URL = "%s"\n' "$redis_url"
     printf 'BACKUP_REDIS_USER = "backup"\n'
     printf 'BACKUP_REDIS_PASSWORD = "%s"\n' "$backup_password"

@@ -141,8 +141,11 @@ def cmd_backup(args: argparse.Namespace) -> int:
     config = _load(env)
     where = backup.store(config)
     if "list" in words:
-        for name in where.names():
-            manifest = where.manifest(name)
+        found, ignored = backup.catalog(where)
+        for obj, why in sorted(ignored.items()):
+            print(f"ignored {obj}: {why}", file=sys.stderr)
+        for manifest in found:
+            name = manifest["name"]
             when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(manifest["created"]))
             print(f"{name}  {when}  {manifest['size']} bytes  {manifest['keys']} keys  {len(manifest['files'])} files")
         return 0

@@ -51,6 +51,7 @@ DEFAULTS: dict[str, Any] = {
     # REDIS_URL's own credentials (the embedded Redis, a Redis without ACL users)
     "BACKUP_REDIS_USER": "",
     "BACKUP_REDIS_PASSWORD": "",
+    "BACKUP_KEY": "",  # seals every backup, >= 32 bytes (empty: one made up in DATA_DIR/backup_key; not prod+S3)
     "CHECK_EVERY": 86400,  # seconds between two consistency checks (0: none; also one when the tasks process starts)
     "LOCK_TTL": 10.0,  # seconds a scheduled task's Redis lock outlives a node that died holding it
     "PAUSE_TTL": 30.0,  # seconds a pause of writes (migrate --apply, restore) outlives the command, should it die
@@ -127,7 +128,8 @@ PER_ENV: dict[str, dict[str, Any]] = {
     },
 }
 
-SECRET_KEYS = ("COOKIE_SECRET", "S3_SECRET_KEY", "METRICS_TOKEN", "FILES_SECRET", "BACKUP_REDIS_PASSWORD")
+SECRET_KEYS = ("COOKIE_SECRET", "S3_SECRET_KEY", "METRICS_TOKEN", "FILES_SECRET", "BACKUP_REDIS_PASSWORD",
+               "BACKUP_KEY")
 MIN_SECRET_BYTES = 32
 KNOWN_WEAK = {"", "changeme", "secret", "dev", "change-me", "lorebase"}
 
@@ -256,7 +258,7 @@ def load(env: str = "dev", environ: dict[str, str] | None = None, check: bool = 
         return Config(env, values)
     _check(env, values, role)
     if role == "api" and not values["COOKIE_SECRET"]:
-        values["COOKIE_SECRET"] = _dev_secret(Path(values["DATA_DIR"]))
+        values["COOKIE_SECRET"] = kept_secret(Path(values["DATA_DIR"]))
     return Config(env, values)
 
 
@@ -296,12 +298,13 @@ def _check(env: str, values: dict[str, Any], role: str = "api") -> None:
         raise ConfigError(f"FILES_PORT must be 1-65535, got {values['FILES_PORT']}")
     if not float(values["FILES_TIMEOUT"]) > 0:
         raise ConfigError("FILES_TIMEOUT must be a number of seconds above 0")
-    if role == "files":
+    if role == "files":  # the file server takes no backup: it never needs BACKUP_KEY
         check_files_secret(values)
         if values["S3_BUCKET"] and not values["REDIS_URL"]:
             raise ConfigError("the file server runs the S3 mirror, whose queue is in Redis: set REDIS_URL "
                               "(the API nodes' Redis)")
         return
+    check_backup_key(env, values)
     if env != "prod":
         return
     secret = values["COOKIE_SECRET"]
@@ -331,10 +334,27 @@ def check_files_secret(values: dict[str, Any]) -> None:
         raise ConfigError(f"FILES_SECRET is shorter than {MIN_SECRET_BYTES} bytes")
 
 
-def _dev_secret(data_dir: Path) -> str:
-    """In dev, a random cookie secret kept in the data dir, so sessions survive restarts
-    and no secret is ever a constant in the code."""
-    path = data_dir / "dev_cookie_secret"
+def check_backup_key(env: str, values: dict[str, Any]) -> None:
+    """BACKUP_KEY seals every backup. Set, it must be random and at least MIN_SECRET_BYTES. Unset,
+    a node makes one up in its data dir when it first seals or opens a backup (tasks/vault.py),
+    which then restores only that node's own backups:
+    refused in prod with S3 backups, which must restore on a new box, and which anyone holding
+    the S3 keys (every API node, the file server) could otherwise read or plant."""
+    key = values["BACKUP_KEY"]
+    if not key and not (env == "prod" and values["S3_BUCKET"]):
+        return
+    if not isinstance(key, str) or key.strip().lower() in KNOWN_WEAK:
+        raise ConfigError("BACKUP_KEY is missing or a default: with S3_BUCKET in prod, backups are sealed with it; set "
+                          "it in secret.py or LOREBASE_BACKUP_KEY, the same on every API node, and keep a copy off the "
+                          "box (generate one with: python3 -c 'import secrets; print(secrets.token_urlsafe(48))')")
+    if len(key.encode()) < MIN_SECRET_BYTES:
+        raise ConfigError(f"BACKUP_KEY is shorter than {MIN_SECRET_BYTES} bytes")
+
+
+def kept_secret(data_dir: Path, name: str = "dev_cookie_secret") -> str:
+    """Where no secret is set (a dev box; a backup key without S3), a random one kept in the
+    data dir, so it survives restarts and no secret is ever a constant in the code."""
+    path = data_dir / name
     try:
         return path.read_text().strip()
     except FileNotFoundError:

@@ -1,7 +1,9 @@
 """Mail: the templates, the durable outbox in Redis, and the senders.
 
 Routes never send: they push the mail onto `{mail}:queue` (a list of JSON mails) in Redis
-and reply. The tasks process takes each mail with LMOVE into `{mail}:sending`, sends it,
+and reply; its body (the links with one-time tokens) sealed (sealed.py, AES-256-GCM with a key
+derived from COOKIE_SECRET, bound to the recipient), so Redis, its AOF and the backups never
+hold a token readable. The tasks process takes each mail with LMOVE into `{mail}:sending`, sends it,
 and removes it; a failure goes to the `{mail}:retry` sorted set (score: when to try again,
 backoff doubling from 5 s to an hour), after 12 tries to `{mail}:dead`, each notified.
 On start, mails left in `{mail}:sending` by a crash go back to the queue, so a restart
@@ -13,6 +15,7 @@ ses://region (Amazon SES v2, with boto3's credentials or S3_ACCESS_KEY/S3_SECRET
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import smtplib
@@ -23,6 +26,7 @@ from email.utils import formatdate, make_msgid
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from . import sealed
 from .db import Client
 
 # the outbox's four keys share the hash tag `{mail}`: a move between two of them is one step
@@ -32,12 +36,26 @@ WORKERS = "{mail}:workers"  # its senders (tasks/queue.py): each one's doing lis
 MAX_TRIES = 12
 
 
-def message(to: str, subject: str, text: str) -> str:
-    return json.dumps({"to": to, "subject": subject, "text": text, "t": int(time.time()), "tries": 0})
+PURPOSE = b"lorebase mail v1"
 
 
-async def enqueue(db: Client, to: str, subject: str, text: str) -> None:
-    await db.call("LPUSH", QUEUE, message(to, subject, text))
+def message(secret: str, to: str, subject: str, text: str) -> str:
+    """A queued mail (JSON), its body sealed with `secret` (COOKIE_SECRET)."""
+    body = base64.b64encode(sealed.seal(secret, PURPOSE, to.encode(), text.encode())).decode()
+    return json.dumps({"to": to, "subject": subject, "sealed": body, "t": int(time.time()), "tries": 0})
+
+
+def body(secret: str, mail: dict[str, Any]) -> str:
+    """A queued mail's text: its sealed body opened (sealed.Unsealed if it does not, e.g. queued
+    before COOKIE_SECRET changed: it fails, retries and ends dead), or the clear text of a mail
+    queued by a release before bodies were sealed."""
+    if "sealed" not in mail:
+        return str(mail["text"])
+    return sealed.unseal(secret, PURPOSE, str(mail["to"]).encode(), base64.b64decode(mail["sealed"])).decode()
+
+
+async def enqueue(db: Client, secret: str, to: str, subject: str, text: str) -> None:
+    await db.call("LPUSH", QUEUE, message(secret, to, subject, text))
 
 
 # -- templates --------------------------------------------------------------------------
@@ -107,25 +125,26 @@ class Sender:
             raise ValueError(f"MAIL_URL {url!r}: use console://, smtp://host:port or ses://region")
         self.parts = parts
 
-    def build(self, mail: dict[str, Any]) -> EmailMessage:
+    def build(self, mail: dict[str, Any], text: str) -> EmailMessage:
         msg = EmailMessage()
         msg["From"] = self.sender
         msg["To"] = mail["to"]
         msg["Subject"] = mail["subject"]
         msg["Date"] = formatdate(localtime=False)
         msg["Message-ID"] = make_msgid(domain="lorebase")
-        msg.set_content(mail["text"])
+        msg.set_content(text)
         return msg
 
     def send(self, mail: dict[str, Any]) -> None:
         """Blocking; run it on a thread. Raises on failure."""
+        text = body(self.config.COOKIE_SECRET, mail)
         if self.scheme == "console":
-            text = f"--- mail to {mail['to']}: {mail['subject']}\n{mail['text']}--- end of mail\n"
-            os.write(sys.stdout.fileno(), text.encode())
+            shown = f"--- mail to {mail['to']}: {mail['subject']}\n{text}--- end of mail\n"
+            os.write(sys.stdout.fileno(), shown.encode())
         elif self.scheme == "smtp":
-            self._smtp(self.build(mail))
+            self._smtp(self.build(mail, text))
         else:
-            self._ses(mail)
+            self._ses(mail, text)
 
     def _smtp(self, msg: EmailMessage) -> None:
         p = self.parts
@@ -137,7 +156,7 @@ class Sender:
                 smtp.login(unquote(p.username), unquote(p.password or ""))
             smtp.send_message(msg)
 
-    def _ses(self, mail: dict[str, Any]) -> None:
+    def _ses(self, mail: dict[str, Any], text: str) -> None:
         import boto3
 
         region = self.parts.hostname or "us-east-1"
@@ -148,4 +167,4 @@ class Sender:
         client = boto3.client("sesv2", **kwargs)
         client.send_email(FromEmailAddress=self.sender, Destination={"ToAddresses": [mail["to"]]},
                           Content={"Simple": {"Subject": {"Data": mail["subject"]},
-                                              "Body": {"Text": {"Data": mail["text"]}}}})
+                                              "Body": {"Text": {"Data": text}}}})

@@ -247,3 +247,29 @@ def test_a_backup_started_by_an_admin_is_listed_with_its_task_result(lore, root)
     assert r.status_code == 202, r.text
     wait_for(lambda: ok(root, "/admin/backups")["tasks"]["backup"]["at"] > result["at"], 30, 0.2,
              "the second backup")
+
+
+def test_stray_objects_among_the_backups_break_neither_the_screen_nor_the_backup_task(lore, root):
+    """A README.json and a planted object in DATA_DIR/backups/dev: the screen answers 200 with
+    the real backups only, and a backup started by the admin ends ok (its retention ran)."""
+    folder = lore.data_dir / "backups" / "dev"
+    folder.mkdir(parents=True, exist_ok=True)
+    strays = {"README.json": b'{"what": "backups of lorebase"}\n', "99991231T235959Z.json.sealed": b"planted",
+              "20200101T000000Z.json": b'{"name": "20200101T000000Z"}'}
+    for name, body in strays.items():
+        (folder / name).write_bytes(body)
+    try:
+        before = ok(root, "/admin/backups")
+        assert all(b["name"].startswith("20") and b["name"] < "9999" for b in before["backups"]), before["backups"]
+        last = (before["tasks"].get("backup") or {}).get("at") or 0
+        wait_for(lambda: root.post("/admin/backups", {}, csrf=True).status_code == 202, 30, 0.2, "a backup started")
+        result = wait_for(lambda: (t := ok(root, "/admin/backups")["tasks"]["backup"])["at"] > last and t, 30, 0.2,
+                          "the backup task's result")
+        assert result["ok"] is True, result
+        after = ok(root, "/admin/backups")["backups"]
+        assert result["outcome"].startswith(f"backup {after[0]['name']}") and after[0]["name"] < "9999"
+        assert not {b["name"] for b in after} & {"README", "99991231T235959Z", "20200101T000000Z"}
+        assert all((folder / name).read_bytes() == body for name, body in strays.items()), "strays left alone"
+    finally:
+        for name in strays:
+            (folder / name).unlink(missing_ok=True)

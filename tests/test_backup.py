@@ -6,14 +6,15 @@ Real processes only: lorebase with its embedded Redis, moto's S3 server over HTT
 from __future__ import annotations
 
 import gzip
-import json
 import re
 import signal
 import socket
 import subprocess
 import sys
+import zlib
 from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 from lorebase import mail
 from lorebase.identity import keys as idkeys
@@ -26,6 +27,8 @@ from .files_support import (
     Moto,
     blob,
     lorebase_cmd,
+    s3_bytes,
+    s3_keys,
     setup_buckets,
     sha256,
     signup,
@@ -33,9 +36,13 @@ from .files_support import (
 from .lore import ROOT, Lorebase, wait_for
 from .test_beyond import raw_post
 
+KEY = "backup-key-of-the-tests-" + "k" * 24  # what an operator keeps off the box
+OTHER_KEY = "another-backup-key-entirely-" + "o" * 24  # an attacker's, or a wrong one
+
 
 def box(base: Path, moto: Moto, **overrides: str) -> Lorebase:
-    settings = {"TRUSTED_PROXIES": "127.0.0.1", "MAIL_URL": "console://", **moto.settings(), **overrides}
+    settings = {"TRUSTED_PROXIES": "127.0.0.1", "MAIL_URL": "console://", "BACKUP_KEY": KEY, **moto.settings(),
+                **overrides}
     lore = Lorebase(base / "data", **settings)
     lore.data_dir.mkdir(parents=True, exist_ok=True)
     return lore
@@ -67,12 +74,12 @@ def test_a_lost_box_comes_back_from_s3_with_its_users_notes_and_files(tmp_path, 
         done = lorebase_cmd(first, "backup")
         assert done.returncode == 0, done.stderr
     [name] = backup_names(first)
-    manifest = json.loads(s3.get_object(Bucket=S3_BUCKET, Key=f"backups/dev/{name}.json")["Body"].read())
-    assert manifest["files"] == {stored["id"]: sha256(data)}
-    packed = s3.get_object(Bucket=S3_BUCKET, Key=f"backups/dev/{name}.rdb.gz")["Body"].read()
-    assert gzip.decompress(packed).startswith(b"REDIS"), "an RDB, gzipped"
+    listed = lorebase_cmd(first, "backup", "list").stdout
+    assert listed.split()[8:10] == ["1", "files"], listed
+    sealed = s3.get_object(Bucket=S3_BUCKET, Key=f"backups/dev/{name}.rdb.gz.sealed")["Body"].read()
+    assert sealed.startswith(b"LORESEAL1") and b"REDIS" not in sealed, "a sealed snapshot"
 
-    second = box(tmp_path / "second", moto)  # a new data dir: nothing of the first box
+    second = box(tmp_path / "second", moto)  # a new data dir: nothing of the first box, but BACKUP_KEY
     done = lorebase_cmd(second, "restore", "latest")
     assert done.returncode == 0, done.stderr
     assert f"restored {name}" in done.stdout and "1 users" in done.stdout, done.stdout
@@ -85,7 +92,7 @@ def test_a_lost_box_comes_back_from_s3_with_its_users_notes_and_files(tmp_path, 
         assert [n["text"] for n in notes] == ["written before the box was lost"]
         assert notes[0]["files"] == [stored["id"]]
         got = api.get(f"/files/{stored['id']}")
-        assert got.status_code == 200 and sha256(got.content) == manifest["files"][stored["id"]]
+        assert got.status_code == 200 and sha256(got.content) == sha256(data)
         wrong = api.request("POST", "/auth/login", json_body={"username": "bk_owner", "password": PASSWORD + "x"})
         assert wrong.status_code == 403
 
@@ -98,7 +105,7 @@ def test_a_corrupted_backup_is_refused_and_nothing_is_touched(tmp_path, moto):
         assert lorebase_cmd(lore, "backup").returncode == 0
         [name] = backup_names(lore)
         s3 = moto.client()
-        key = f"backups/dev/{name}.rdb.gz"
+        key = f"backups/dev/{name}.rdb.gz.sealed"
         packed = s3.get_object(Bucket="lore-corrupt", Key=key)["Body"].read()
         s3.put_object(Bucket="lore-corrupt", Key=key, Body=packed[: len(packed) // 2])  # truncated
         signup(lore, "bk_after")  # made after the backup: a restore would remove it
@@ -142,7 +149,7 @@ def test_an_external_redis_with_a_password_is_backed_up_and_restored(tmp_path):
             assert done.returncode == 0, done.stderr
             assert "s3cret" not in done.stdout + done.stderr
             [name] = backup_names(lore)
-            assert list((lore.data_dir / "backups" / "dev").glob(f"{name}.rdb.gz"))
+            assert list((lore.data_dir / "backups" / "dev").glob(f"{name}.rdb.gz.sealed"))
             signup(lore, "bk_pw_after")
             done = lorebase_cmd(lore, "restore", name, "--force")
             assert done.returncode == 0, done.stderr
@@ -241,3 +248,156 @@ def test_restore_without_s3_claims_nothing_of_s3(tmp_path):
     assert "S3 is not configured" in done.stdout, done.stdout
     assert "from S3" not in done.stdout, done.stdout
     assert "  in the backup:      1 users, " in done.stdout, done.stdout
+
+
+# -- sealed backups (issue 17 item 3): only what BACKUP_KEY sealed under its name restores ----------
+
+
+def backup_objects(s3: Any, bucket: str, name: str) -> list[str]:
+    """The S3 keys of backup `name` (its snapshot and its manifest, whatever their suffixes)."""
+    return sorted(k for k in s3_keys(s3, bucket) if k.startswith(f"backups/dev/{name}."))
+
+
+def rename(s3: Any, bucket: str, name: str, new: str) -> None:
+    """Backup `name`'s objects, byte for byte, under the name `new` (as anyone holding the S3
+    keys can do); the originals gone."""
+    for key in backup_objects(s3, bucket, name):
+        s3.put_object(Bucket=bucket, Key=key.replace(name, new, 1), Body=s3_bytes(s3, bucket, key))
+        s3.delete_object(Bucket=bucket, Key=key)
+
+
+def refused(lore: Lorebase, name: str) -> str:
+    """`restore NAME` refused for what the backup is (--force: whether a node serves is not the reason)."""
+    done = lorebase_cmd(lore, "restore", name, "--force")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "nothing was changed" in done.stderr and "Traceback" not in done.stderr, done.stderr
+    return done.stderr
+
+
+def test_a_backup_sealed_with_another_backup_key_is_refused_and_nothing_is_changed(tmp_path, moto):
+    lore = box(tmp_path / "keys", moto, S3_BUCKET="lore-keys")
+    setup_buckets(lore)
+    wrong = box(tmp_path / "keys", moto, S3_BUCKET="lore-keys", BACKUP_KEY=OTHER_KEY)  # the same box, another key
+    with lore.running():
+        signup(lore, "bk_keyed")
+        assert lorebase_cmd(lore, "backup").returncode == 0
+        [name] = backup_names(lore)
+        signup(lore, "bk_keyed_after")
+        assert "does not verify" in refused(wrong, name)
+        assert "no backup" in refused(wrong, "latest")
+        listed = lorebase_cmd(wrong, "backup", "list")
+        assert listed.returncode == 0 and listed.stdout == "", listed.stdout
+        assert f"ignored {name}.json.sealed: does not verify with this BACKUP_KEY" in listed.stderr, listed.stderr
+        assert lore.redis().sismember(idkeys.USERS, "bk_keyed_after"), "a refused restore touched the database"
+        done = lorebase_cmd(lore, "restore", name, "--force")  # the right key: the same backup restores
+        assert done.returncode == 0, done.stderr
+        assert not lore.redis().sismember(idkeys.USERS, "bk_keyed_after")
+
+
+def test_a_backup_with_any_byte_changed_is_refused_and_nothing_is_changed(tmp_path, moto):
+    lore = box(tmp_path / "tamper", moto, S3_BUCKET="lore-tamper")
+    setup_buckets(lore)
+    s3 = moto.client()
+    with lore.running():
+        signup(lore, "bk_tamper")
+        assert lorebase_cmd(lore, "backup").returncode == 0
+        [name] = backup_names(lore)
+        signup(lore, "bk_tamper_after")
+        for key in backup_objects(s3, "lore-tamper", name):
+            original = s3_bytes(s3, "lore-tamper", key)
+            for at in (0, 12, len(original) // 2, len(original) - 1):  # the header, its salt, a chunk, a tag
+                changed = bytearray(original)
+                changed[at] ^= 0x01
+                s3.put_object(Bucket="lore-tamper", Key=key, Body=bytes(changed))
+                refused(lore, name)
+                assert lore.redis().sismember(idkeys.USERS, "bk_tamper_after"), (key, at)
+            s3.put_object(Bucket="lore-tamper", Key=key, Body=original)
+        assert lorebase_cmd(lore, "restore", name, "--force").returncode == 0  # as it was: it restores
+
+
+def test_a_planted_or_renamed_backup_is_neither_listed_nor_latest_nor_restored(tmp_path, moto):
+    """An attacker with the S3 keys runs a lorebase of its own (another BACKUP_KEY) with an
+    admin `bk_intruder`, and plants its backup under 99991231T235959Z; it also copies the
+    real backup under a newer name. `latest` is still the real backup."""
+    lore = box(tmp_path / "victim", moto, S3_BUCKET="lore-plant")
+    setup_buckets(lore)
+    s3 = moto.client()
+    with lore.running():
+        signup(lore, "bk_real")
+        assert lorebase_cmd(lore, "backup").returncode == 0
+        [real] = backup_names(lore)
+    attacker = box(tmp_path / "attacker", moto, S3_BUCKET="lore-plant", BACKUP_KEY=OTHER_KEY)
+    with attacker.running():
+        signup(attacker, "bk_intruder")
+        # a second apart from the real one: the attacker's own backup gets a name of its own
+        wait_for(lambda: lorebase_cmd(attacker, "backup").returncode == 0 and
+                 len({k.split("/")[-1].split(".")[0] for k in s3_keys(s3, "lore-plant") if "backups/" in k}) == 2,
+                 10, 1.0, "the attacker's backup")
+    [planted] = {k.split("/")[-1].split(".")[0] for k in s3_keys(s3, "lore-plant") if "backups/" in k} - {real}
+    rename(s3, "lore-plant", planted, "99991231T235959Z")
+    for key in backup_objects(s3, "lore-plant", real):  # the real one, copied under a newer name
+        s3.put_object(Bucket="lore-plant", Key=key.replace(real, planted, 1), Body=s3_bytes(s3, "lore-plant", key))
+
+    assert backup_names(lore) == [real]
+    assert "future" in refused(lore, "99991231T235959Z")
+    assert "does not verify" in refused(lore, planted)
+    done = lorebase_cmd(lore, "restore", "latest")
+    assert done.returncode == 0 and f"restored {real}" in done.stdout, done.stdout + done.stderr
+    with lore.running():
+        assert lore.redis().sismember(idkeys.USERS, "bk_real")
+        assert not lore.redis().sismember(idkeys.USERS, "bk_intruder")
+
+
+def test_stray_objects_among_the_backups_break_neither_list_nor_backup_nor_retention_nor_latest(tmp_path, moto):
+    """A README.json, a backup of an older format, a half-named object: left alone, never
+    counted by the retention (which keeps 1), never latest."""
+    lore = box(tmp_path / "stray", moto, S3_BUCKET="lore-stray", BACKUP_KEEP="1", BACKUP_DAILY="0")
+    setup_buckets(lore)
+    s3 = moto.client()
+    strays = {"backups/dev/README.json": b'{"what": "backups of lorebase"}',
+              "backups/dev/20200101T000000Z.json": b'{"name": "20200101T000000Z", "created": 0}',
+              "backups/dev/20201301T000000Z.json.sealed": b"not a time",
+              "backups/dev/20200102T000000Z.json.sealed": b"LORESEAL1\n" + blob(3 << 20, "forged"),  # big, forged
+              "backups/dev/notes.txt": b"hello"}
+    for key, body in strays.items():
+        s3.put_object(Bucket="lore-stray", Key=key, Body=body)
+    with lore.running():
+        signup(lore, "bk_stray")
+        made = []
+        for _ in range(2):
+            before = set(backup_names(lore))
+            wait_for(lambda b=before: lorebase_cmd(lore, "backup").returncode == 0
+                     and bool(set(backup_names(lore)) - b), 10, 1.0, "a backup with a name of its own")
+            made.append(max(backup_names(lore)))
+        assert backup_names(lore) == [made[-1]], "the retention kept the newest backup, and only it"
+        assert strays.keys() <= s3_keys(s3, "lore-stray"), "the strays are left alone"
+        listed = lorebase_cmd(lore, "backup", "list")
+        assert "ignored backups/" not in listed.stderr and "ignored README.json: not a backup" in listed.stderr
+        assert "ignored 20200102T000000Z.json.sealed: does not verify with this BACKUP_KEY" in listed.stderr
+        done = lorebase_cmd(lore, "restore", "latest", "--force")
+        assert done.returncode == 0 and f"restored {made[-1]}" in done.stdout, done.stdout + done.stderr
+
+
+def test_a_backup_holds_no_session_id_or_password_hash_readable(tmp_path, moto):
+    lore = box(tmp_path / "clear", moto, S3_BUCKET="lore-clear")
+    setup_buckets(lore)
+    s3 = moto.client()
+    with lore.running():
+        signup(lore, "bk_secret")
+        with closing(Api(lore)) as api:
+            api.login("bk_secret")
+            db = lore.redis()
+            [session] = [k for k in db.scan_iter(match=idkeys.session_prefix("bk_secret") + "*")]
+            secrets = [session.rsplit(":", 1)[1], str(db.hget(idkeys.user("bk_secret"), "hash")).rsplit("$", 1)[1]]
+            assert all(len(s) >= 20 for s in secrets), secrets
+            assert lorebase_cmd(lore, "backup").returncode == 0
+    stored = [s3_bytes(s3, "lore-clear", k) for k in s3_keys(s3, "lore-clear") if k.startswith("backups/")]
+    assert len(stored) == 2
+    readable = list(stored)
+    for body in stored:
+        try:
+            readable.append(gzip.decompress(body))
+        except (OSError, EOFError, zlib.error):
+            pass
+    for secret in secrets:
+        assert not any(secret.encode() in body for body in readable), "a secret readable in the backup"

@@ -108,9 +108,33 @@ def test_a_prod_file_server_needs_its_secret_not_the_api_ones(tmp_path):
         wait_for(lambda: httpx.get(f"http://127.0.0.1:{port}/blobs", headers={"x-files-secret": STRONG},
                                    timeout=2).status_code == 200, 20, 0.05, "the prod file server")
         assert not (tmp_path / "data" / "dev_cookie_secret").exists()
+        assert not (tmp_path / "data" / "backup_key").exists()
     finally:
         proc.terminate()
         assert proc.wait(20) == 0
+
+
+@pytest.mark.parametrize("key", [None, "changeme", "k" * 31])
+def test_prod_with_s3_backups_refuses_a_missing_default_or_short_backup_key(tmp_path, key):
+    """Backups in S3 are sealed with BACKUP_KEY: without a real one they could be read, or
+    planted, by anyone holding the S3 keys, or not restore on a new box."""
+    extra = {} if key is None else {"BACKUP_KEY": key}
+    out = run(tmp_path, "serve", "prod", COOKIE_SECRET=STRONG, MAIL_URL=MAIL, S3_BUCKET="b", **extra)
+    assert out.returncode == 2 and "BACKUP_KEY" in out.stderr and "Traceback" not in out.stderr, out.stderr
+    assert key is None or key not in out.stderr
+    assert config(tmp_path, "prod", COOKIE_SECRET=STRONG, MAIL_URL=MAIL)["BACKUP_KEY"] == ""  # no S3: not needed
+    assert not (tmp_path / "data" / "backup_key").exists(), "reading the settings makes up no key"
+
+
+def test_a_file_server_with_s3_needs_no_backup_key(tmp_path, monkeypatch):
+    """--role files takes no backup: prod with S3 and no BACKUP_KEY is its normal setting."""
+    from lorebase import config as configmod
+
+    monkeypatch.setenv("LOREBASE_SECRET_FILE", str(tmp_path / "no-secret.py"))
+    loaded = configmod.load("prod", {"LOREBASE_FILES_SECRET": STRONG, "LOREBASE_S3_BUCKET": "b",
+                                     "LOREBASE_REDIS_URL": "redis://127.0.0.1:1/0",
+                                     "LOREBASE_DATA_DIR": str(tmp_path / "data")}, role="files")
+    assert loaded.BACKUP_KEY == "" and not (tmp_path / "data").exists()
 
 
 def test_environment_wins_over_the_secret_file(tmp_path):
@@ -175,12 +199,12 @@ def test_unknown_environment_is_refused(tmp_path):
 
 def test_config_command_prints_json_with_secrets_masked(tmp_path):
     out = run(tmp_path, "config", "prod", COOKIE_SECRET=STRONG, MAIL_URL=MAIL, S3_SECRET_KEY="S3SECRETVALUE",
-              S3_BUCKET="b", S3_ACCESS_KEY="AKIAEXAMPLE")
+              S3_BUCKET="b", S3_ACCESS_KEY="AKIAEXAMPLE", BACKUP_KEY="BACKUPKEYVALUE" + "b" * 20)
     assert out.returncode == 0, out.stderr
     settings = json.loads(out.stdout)
     assert settings["COOKIE_SECRET"] == "***"
-    assert settings["S3_SECRET_KEY"] == "***"
-    assert STRONG not in out.stdout + out.stderr
+    assert settings["S3_SECRET_KEY"] == "***" and settings["BACKUP_KEY"] == "***"
+    assert STRONG not in out.stdout + out.stderr and "BACKUPKEYVALUE" not in out.stdout + out.stderr
     assert "S3SECRETVALUE" not in out.stdout + out.stderr
 
 

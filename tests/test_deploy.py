@@ -233,7 +233,7 @@ def test_provision_sets_the_box_up_and_a_second_run_changes_nothing(provisioned:
     assert "lorebase:" not in Path("/etc/passwd").read_text()  # the box's user, not this machine's
     secret = box.path("/etc/lorebase/secret.py")
     assert stat.S_IMODE(secret.stat().st_mode) == 0o640
-    assert len(box.secret("COOKIE_SECRET")) >= 32
+    assert len(box.secret("COOKIE_SECRET")) >= 32 and len(box.secret("BACKUP_KEY")) >= 32
     assert box.secret("MAIL_URL") == "console://"
     data = box.path("/var/lib/lorebase")
     assert stat.S_IMODE(data.stat().st_mode) == 0o750
@@ -256,6 +256,7 @@ def test_provision_sets_the_box_up_and_a_second_run_changes_nothing(provisioned:
     assert "provision: nothing changed" in again.stdout, again.stdout
     assert "  changed  " not in again.stdout, again.stdout
     assert box.secret("COOKIE_SECRET") in secret.read_text()  # kept, not regenerated
+    assert box.secret("BACKUP_KEY") in secret.read_text()
 
 
 def test_the_box_redis_lets_lorebase_in_and_keeps_dangerous_commands_out(provisioned: Box) -> None:
@@ -372,7 +373,7 @@ def test_deploy_serves_a_failing_release_is_rolled_back_and_the_next_one_serves(
     assert check.returncode == 0, check.stdout + check.stderr
     backup = box.run("lorebase", "backup", "prod")
     assert backup.returncode == 0, backup.stdout + backup.stderr  # redis-cli --rdb as lorebase's user
-    assert list(box.path("/var/lib/lorebase/backups/prod").glob("*.rdb.gz"))
+    assert list(box.path("/var/lib/lorebase/backups/prod").glob("*.rdb.gz.sealed"))
     base = f"https://{box.ip}"
     with httpx.Client(base_url=base, verify=False, headers={"Host": "box.test"}) as client:
         signup = client.post("/auth/signup", json={"username": "ada", "email": "ada@example.com",

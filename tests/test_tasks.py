@@ -228,8 +228,10 @@ def test_a_node_starting_leaves_another_nodes_job_alone_and_a_dead_nodes_job_is_
     shared = RedisServer(base / "redis").start()
     smtp = Trickler()
     sink = MailSink().start()
-    a = Lorebase(base / "a" / "data", REDIS_URL=shared.url, TRUSTED_PROXIES="127.0.0.1", MAIL_URL=smtp.url)
-    b = Lorebase(base / "b" / "data", REDIS_URL=shared.url, MAIL_URL=sink.url)
+    # two nodes of one deployment share COOKIE_SECRET (queued mail bodies are sealed with it)
+    a = Lorebase(base / "a" / "data", REDIS_URL=shared.url, TRUSTED_PROXIES="127.0.0.1", MAIL_URL=smtp.url,
+                 COOKIE_SECRET="s" * 48)
+    b = Lorebase(base / "b" / "data", REDIS_URL=shared.url, MAIL_URL=sink.url, COOKIE_SECRET="s" * 48)
     try:
         a.start()
         db = a.redis()
@@ -363,3 +365,30 @@ def test_a_stuck_tasks_process_is_killed_and_replaced_and_mail_goes_on(tmp_path)
                 os.kill(stuck, signal.SIGCONT)
         assert lore.stop() == 0
         sink.stop()
+
+
+def test_a_queued_mail_does_not_hold_its_token_readable_in_redis(tmp_path):
+    """SMTP is down, so the verification mail waits in the outbox: neither the outbox's keys
+    nor Redis's files on disk hold the link's token; once SMTP is up the mail arrives with it."""
+    sink = MailSink()  # down until later
+    lore = Lorebase(tmp_path / "data", TRUSTED_PROXIES="127.0.0.1", MAIL_URL=sink.url)
+    with lore.running():
+        r = httpx.post(lore.url + "/auth/signup", json=signup_body("tq_sealed", "tq_sealed@example.com"),
+                       headers={"x-real-ip": fresh_ip()}, timeout=10)
+        assert r.status_code == 200, r.text
+        db = lore.redis(decode=False)
+        wait_for(lambda: db.zcard(outbox.RETRY) == 1, 30, 0.1, "the mail waiting for a retry")
+        held = b"".join([*db.lrange(outbox.QUEUE, 0, -1), *db.zrange(outbox.RETRY, 0, -1),
+                         *db.lrange(outbox.DEAD, 0, -1)])
+        assert b"tq_sealed@example.com" in held
+        def on_disk() -> bytes | None:  # Redis's files (the AOF, the RDB), once they hold the mail
+            data = b"".join(p.read_bytes() for p in (lore.data_dir / "redis").rglob("*") if p.is_file())
+            return data if b"tq_sealed@example.com" in data else None
+
+        disk = wait_for(on_disk, 10, 0.1, "the mail in Redis's files")
+        sink.start()
+        try:
+            token = MailSink.token(sink.wait_for("tq_sealed@example.com", "verify", timeout=60))
+        finally:
+            sink.stop()
+    assert len(token) >= 20 and token.encode() not in held and token.encode() not in disk

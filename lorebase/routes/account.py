@@ -113,7 +113,8 @@ async def change_password(req: Request) -> Reply:
     if await users.set_password(app.db, app.sessions, user["username"], await app.passwords.hash(data.new),
                                 keep=req.session["id"]) < 0:
         raise ApiError(403, "session")
-    await enqueue(app.db, user["email"], *password_changed_mail(app.config.BASE_URL, user["username"]))
+    await enqueue(app.db, app.config.COOKIE_SECRET, user["email"],
+                  *password_changed_mail(app.config.BASE_URL, user["username"]))
     notify("password changed", user=user["username"], ip=req.ip)
     return reply(200, {})
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import msgspec
@@ -206,10 +205,7 @@ async def beat_series(req: Request) -> Reply:
 
 def _list_backups(config: Any) -> list[dict[str, Any]]:
     """What `lorebase backup list` shows, newest first (blocking: S3 or the disk)."""
-    where = backup.store(config)
-    names = where.names()
-    with ThreadPoolExecutor(max_workers=8) as pool:  # one GET per manifest with S3
-        manifests = list(pool.map(where.manifest, names))
+    manifests, _ = backup.catalog(backup.store(config))  # what verifies: a stray or planted object is no backup
     return [{"name": m["name"], "created": int(m["created"]), "size": int(m["size"]), "sha256": str(m["sha256"]),
              "keys": int(m["keys"]), "files": len(m.get("files") or {})} for m in manifests]
 

@@ -92,7 +92,7 @@ async def signup(req: Request) -> Reply:
         await users.set_flag(db, username, "verified", True)
     else:
         token = await tokens.issue(db, "verify", username, email, config.VERIFY_TTL)
-        await enqueue(db, email, *verify_mail(config.BASE_URL, username, token))
+        await enqueue(db, config.COOKIE_SECRET, email, *verify_mail(config.BASE_URL, username, token))
     notify("signup", user=username, ip=req.ip, invited=bool(invited))
     req.app.stats.flow("signups")
     return reply(200, {})
@@ -225,7 +225,8 @@ async def recover(req: Request) -> Reply:
         if allowed:
             token = await tokens.issue(db, "reset", user["username"], user["email"], config.RESET_TTL,
                                        user.get("gen", ""))
-            await enqueue(db, user["email"], *reset_mail(config.BASE_URL, user["username"], token))
+            await enqueue(db, config.COOKIE_SECRET, user["email"],
+                          *reset_mail(config.BASE_URL, user["username"], token))
     return reply(200, {})
 
 

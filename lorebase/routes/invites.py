@@ -35,7 +35,7 @@ async def invite(req: Request) -> Reply:
     by = req.session["user"] if req.session else ""
     ttl = int(app.config.INVITE_TTL)
     token = await invites.issue(app.db, email, by, ttl)
-    await enqueue(app.db, email, *invite_mail(app.config.BASE_URL, token, ttl))
+    await enqueue(app.db, app.config.COOKIE_SECRET, email, *invite_mail(app.config.BASE_URL, token, ttl))
     notify("invite", email=email, by=by)
     return reply(200, {})
 

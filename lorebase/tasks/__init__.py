@@ -106,7 +106,7 @@ class Tasks:
                 return await run()
             except Exception as error:
                 for admin in self.config.ADMINS:
-                    await mail.enqueue(self.db, admin, f"lorebase: the {name} task failed",
+                    await mail.enqueue(self.db, self.config.COOKIE_SECRET, admin, f"lorebase: the {name} task failed",
                                        f"The {name} task of lorebase ({self.config.ENV}) failed:\n\n{error}\n")
                 raise
         return wrapped

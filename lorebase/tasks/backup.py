@@ -2,26 +2,21 @@
 "Making structural changes to a production database").
 
 A backup is a consistent snapshot taken over the replication stream (`redis-cli --rdb`: the
-same path for the embedded Redis and an external one), gzipped, and a manifest:
+same path for the embedded Redis and an external one), gzipped, sealed with BACKUP_KEY, and a
+sealed manifest, in S3_BUCKET or under DATA_DIR/backups/ without S3 (vault.py: the objects,
+what counts as a backup). A snapshot without a manifest is unfinished, never restored, and
+removed by the retention.
 
-  backups/<env>/<name>.rdb.gz   the snapshot; <name> is its UTC time, 20261201T230000Z
-  backups/<env>/<name>.json     {"name", "created" (unix s), "size", "sha256" (of the .rdb.gz),
-                                 "keys", "files": {file id: sha256}}
-
-in S3_BUCKET, or under DATA_DIR/backups/ without S3. The manifest is written last: a
-snapshot without one is unfinished, never restored, and removed by the retention.
-
-Restore checks the snapshot's SHA-256 against its manifest and loads it into a scratch
-redis-server (a temp dir, a unix socket) before it touches anything: a corrupted or
-truncated snapshot is refused with nothing changed. Then the target (the embedded Redis, or
-REDIS_URL) is emptied and every key copied in with DUMP/RESTORE, its TTL kept.
+Restore verifies the manifest and the snapshot (sealed with this BACKUP_KEY under this name,
+its SHA-256 the manifest's), refuses a name in the future, and loads the snapshot into a
+scratch redis-server (a temp dir, a unix socket) before it touches anything: a forged,
+corrupted or truncated backup is refused with nothing changed. Then the target (the embedded
+Redis, or REDIS_URL) is emptied and every key copied in with DUMP/RESTORE, its TTL kept.
 """
 
 from __future__ import annotations
 
 import gzip
-import hashlib
-import json
 import os
 import shutil
 import subprocess
@@ -29,7 +24,6 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -37,105 +31,9 @@ import redis
 
 from ..db import address, connect_sync, parse_url, servers, with_user
 from ..pause import flush_keeping_pause
+from .vault import BackupError, Store, catalog, in_future, is_name, latest, name_time, now_name, sha256_of, store
 
 CHUNK = 1 << 20
-
-
-class BackupError(Exception):
-    """A backup or restore that cannot go on; the message says why, for a person."""
-
-
-def now_name(at: float | None = None) -> str:
-    return datetime.fromtimestamp(at if at is not None else time.time(), UTC).strftime("%Y%m%dT%H%M%SZ")
-
-
-def name_time(name: str) -> float:
-    return datetime.strptime(name, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC).timestamp()
-
-
-# -- where backups live -------------------------------------------------------------------
-
-
-class Local:
-    """DATA_DIR/backups/<env>/: for a box without S3 (not a backup against losing the box)."""
-
-    def __init__(self, root: Path):
-        self.root = root
-        self.where = str(root)
-
-    def names(self) -> list[str]:
-        if not self.root.is_dir():
-            return []
-        return sorted((p.name[:-5] for p in self.root.glob("*.json")), reverse=True)
-
-    def partial(self) -> list[str]:
-        done = set(self.names())
-        return [p.name[:-7] for p in self.root.glob("*.rdb.gz") if p.name[:-7] not in done]
-
-    def put(self, name: str, snapshot: Path, manifest: dict[str, Any]) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(snapshot, self.root / f"{name}.rdb.gz.tmp")
-        os.replace(self.root / f"{name}.rdb.gz.tmp", self.root / f"{name}.rdb.gz")
-        (self.root / f"{name}.json.tmp").write_text(json.dumps(manifest))
-        os.replace(self.root / f"{name}.json.tmp", self.root / f"{name}.json")
-
-    def manifest(self, name: str) -> dict[str, Any]:
-        return dict(json.loads((self.root / f"{name}.json").read_text()))
-
-    def fetch(self, name: str, into: Path) -> None:
-        shutil.copyfile(self.root / f"{name}.rdb.gz", into)
-
-    def delete(self, name: str) -> None:
-        for suffix in (".json", ".rdb.gz"):
-            (self.root / f"{name}{suffix}").unlink(missing_ok=True)
-
-
-class S3:
-    """s3://S3_BUCKET/backups/<env>/."""
-
-    def __init__(self, client: Any, bucket: str, prefix: str):
-        self.client = client
-        self.bucket = bucket
-        self.prefix = prefix
-        self.where = f"s3://{bucket}/{prefix}"
-
-    def _keys(self) -> list[str]:
-        keys: list[str] = []
-        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix):
-            keys += [item["Key"][len(self.prefix):] for item in page.get("Contents", [])]
-        return keys
-
-    def names(self) -> list[str]:
-        return sorted((k[:-5] for k in self._keys() if k.endswith(".json")), reverse=True)
-
-    def partial(self) -> list[str]:
-        keys = self._keys()
-        done = {k[:-5] for k in keys if k.endswith(".json")}
-        return [k[:-7] for k in keys if k.endswith(".rdb.gz") and k[:-7] not in done]
-
-    def put(self, name: str, snapshot: Path, manifest: dict[str, Any]) -> None:
-        self.client.upload_file(str(snapshot), self.bucket, f"{self.prefix}{name}.rdb.gz")
-        self.client.put_object(Bucket=self.bucket, Key=f"{self.prefix}{name}.json",
-                               Body=json.dumps(manifest).encode(), ContentType="application/json")
-
-    def manifest(self, name: str) -> dict[str, Any]:
-        body = self.client.get_object(Bucket=self.bucket, Key=f"{self.prefix}{name}.json")["Body"].read()
-        return dict(json.loads(body))
-
-    def fetch(self, name: str, into: Path) -> None:
-        self.client.download_file(self.bucket, f"{self.prefix}{name}.rdb.gz", str(into))
-
-    def delete(self, name: str) -> None:
-        self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": [
-            {"Key": f"{self.prefix}{name}.json"}, {"Key": f"{self.prefix}{name}.rdb.gz"}]})
-
-
-def store(config: Any) -> Local | S3:
-    if config.S3_BUCKET:
-        from ..files import s3
-
-        return S3(s3.client(config), config.S3_BUCKET, f"backups/{config.ENV}/")
-    return Local(Path(config.DATA_DIR) / "backups" / config.ENV)
 
 
 # -- taking one ---------------------------------------------------------------------------
@@ -191,19 +89,10 @@ def _snapshot_one(url: str, into: Path, timeout: float) -> None:
         raise BackupError(f"redis-cli --rdb failed: {(done.stderr or done.stdout).strip()[-300:]}")
 
 
-def compress(rdb: Path, into: Path) -> tuple[int, str]:
-    """gzip `rdb` into `into`; (size, SHA-256) of the result."""
+def compress(rdb: Path, into: Path) -> None:
+    """gzip `rdb` into `into`."""
     with open(rdb, "rb") as src, gzip.open(into, "wb", compresslevel=6) as dst:
         shutil.copyfileobj(src, dst, CHUNK)
-    return into.stat().st_size, sha256_of(into)
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def file_hashes(db: redis.Redis) -> dict[str, str]:
@@ -221,7 +110,7 @@ def file_hashes(db: redis.Redis) -> dict[str, str]:
     return out
 
 
-def take(config: Any, url: str, where: Local | S3 | None = None) -> dict[str, Any]:
+def take(config: Any, url: str, where: Store | None = None) -> dict[str, Any]:
     """One backup now, then the retention; its manifest."""
     where = where or store(config)
     name = now_name()
@@ -231,16 +120,25 @@ def take(config: Any, url: str, where: Local | S3 | None = None) -> dict[str, An
         with scratch(rdb) as db:  # read the manifest from the snapshot itself: the same moment
             keys = int(db.dbsize())
             files = file_hashes(db)
-        size, digest = compress(rdb, packed)
-        manifest = {"name": name, "created": int(name_time(name)), "size": size, "sha256": digest,
-                    "keys": keys, "files": files}
-        where.put(name, packed, manifest)
-    for old in expired(where.names(), int(config.BACKUP_KEEP), int(config.BACKUP_DAILY), time.time()):
+        compress(rdb, packed)
+        manifest = where.put(name, packed, {"name": name, "created": int(name_time(name)), "keys": keys,
+                                            "files": files})
+    retain(config, where, name)
+    return manifest
+
+
+def retain(config: Any, where: Store, taken: str) -> None:
+    """The retention, over the backups that verify only (vault.catalog): an object that is not
+    one, planted or stray, is never counted, so it cannot push a real backup out, and is never
+    deleted (a backup under an older BACKUP_KEY is one). Unfinished snapshots older than an
+    hour are removed."""
+    found, _ = catalog(where)
+    now = time.time()
+    for old in expired([m["name"] for m in found], int(config.BACKUP_KEEP), int(config.BACKUP_DAILY), now):
         where.delete(old)
     for unfinished in where.partial():
-        if unfinished != name and time.time() - name_time(unfinished) > 3600:
+        if unfinished != taken and now - name_time(unfinished) > 3600:
             where.delete(unfinished)
-    return manifest
 
 
 def expired(names: list[str], keep: int, daily: int, now: float) -> list[str]:
@@ -295,24 +193,27 @@ def scratch(rdb: Path | None, wait: float = 60) -> Iterator[redis.Redis]:
             proc.wait()
 
 
-def resolve(where: Local | S3, name: str) -> str:
-    names = where.names()
+def resolve(where: Store, name: str) -> str:
+    """`latest` (the newest backup that verifies, not named in the future) or a name there is a
+    manifest for, not in the future (verified when fetched)."""
     if name == "latest":
-        if not names:
-            raise BackupError(f"no backups in {where.where}")
-        return names[0]
-    if name not in names:
-        raise BackupError(f"no backup {name} in {where.where} (see `lorebase backup list`)")
+        return latest(where)
+    if is_name(name) and in_future(name):
+        raise BackupError(f"backup {name} is named for a time in the future: refused; nothing was changed")
+    if name not in where.names():
+        raise BackupError(f"no backup {name} in {where.where} (see `lorebase backup list`); nothing was changed")
     return name
 
 
-def fetch_checked(where: Local | S3, name: str, into: Path) -> dict[str, Any]:
-    """The backup's manifest, its snapshot in `into` as an RDB, checksum verified."""
+def fetch_checked(where: Store, name: str, into: Path) -> dict[str, Any]:
+    """The backup's manifest, its snapshot in `into` as an RDB, both verified."""
     manifest = where.manifest(name)
-    packed = into.with_suffix(".rdb.gz")
-    where.fetch(name, packed)
-    if sha256_of(packed) != manifest.get("sha256"):
+    closed, packed = into.with_suffix(".sealed"), into.with_suffix(".rdb.gz")
+    where.fetch(name, closed)
+    if sha256_of(closed) != manifest.get("sha256"):
         raise BackupError(f"backup {name} is corrupted: its SHA-256 does not match its manifest; nothing was changed")
+    where.open_snapshot(name, closed, packed)
+    closed.unlink()
     try:
         with gzip.open(packed, "rb") as src, open(into, "wb") as dst:
             shutil.copyfileobj(src, dst, CHUNK)
@@ -356,7 +257,7 @@ def copy_all(source: redis.Redis, target: redis.Redis, batch: int = 500, empty: 
 Ready = Callable[[redis.Redis, dict[str, Any]], None]
 
 
-def restore(where: Local | S3, name: str, url: str, ready: Ready | None = None) -> dict[str, Any]:
+def restore(where: Store, name: str, url: str, ready: Ready | None = None) -> dict[str, Any]:
     """Replaces the database at `url` with backup `name` (already resolved); what it restored.
     `ready(source, manifest)`: called once the backup is verified (`source`: a scratch Redis
     serving it), before the target is touched; what it raises stops the restore."""

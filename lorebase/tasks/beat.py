@@ -360,7 +360,7 @@ class Beat:
         text = (f"Beat of lorebase ({self.config.ENV}) on {self.node}: {what} is {state}, for "
                 f"{self.streaks.need} samples in a row.\n\nYou get one mail per crossing; "
                 f"`beat ok` is notified when it is back under the threshold.\n")
-        mails = [mail.message(admin, subject, text) for admin in self.config.ADMINS]
+        mails = [mail.message(self.config.COOKIE_SECRET, admin, subject, text) for admin in self.config.ADMINS]
         recorded = json.dumps({"value": value, "threshold": threshold, "node": self.node, "since": now})
         if await self.db.script(_CROSS, [key, mail.QUEUE], [what, recorded, *mails]):
             notify("beat alert", node=self.node, what=what, value=value, threshold=threshold)

@@ -250,7 +250,7 @@ class DurableQueue:
         except ValueError:
             notify(f"{self.name} dead", error="not a job", job=raw[:200])
             return raw, raw, None
-        shown = {k: v for k, v in job.items() if k != "text"}
+        shown = {k: v for k, v in job.items() if k not in ("text", "sealed")}
         try:
             outcome = await asyncio.to_thread(self.run, job)
             if self.after is not None:
