@@ -332,7 +332,21 @@ class Lorebase(ServerProcess):
         return self
 
     def wait_ready(self, timeout: float = 30.0) -> None:
+        """Until /health answers and every worker serves: the master writes DATA_DIR/master.json
+        once all of them have pinged (each worker is a new interpreter, so the second can come
+        up a while after the first answers)."""
         self._wait_up("/health", {}, timeout, "lorebase /health")
+        state = self.data_dir / "master.json"
+
+        def all_serving() -> bool:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"{self.what} exited with {self.proc.returncode}:\n{self.log_text()[-3000:]}")
+            try:
+                return json.loads(state.read_text()).get("pid") == self.proc.pid
+            except (FileNotFoundError, ValueError):
+                return False
+        wait_for(all_serving, timeout, 0.05, "every worker serving (master.json)")
 
     def stop(self, timeout: float = 30.0) -> int:
         code = super().stop(timeout)
