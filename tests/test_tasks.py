@@ -296,14 +296,18 @@ def test_after_a_redis_outage_longer_than_the_expiry_no_live_workers_job_is_take
     base = Path(tmp_path_factory.mktemp("outage-doing"))
     shared = RedisServer(base / "redis").start()
     smtp = Trickler()
-    a = Lorebase(base / "a" / "data", REDIS_URL=shared.url, TRUSTED_PROXIES="127.0.0.1", MAIL_URL=smtp.url)
-    b = Lorebase(base / "b" / "data", REDIS_URL=shared.url, MAIL_URL="console://")
+    # one deployment's nodes share COOKIE_SECRET (queued mail bodies are sealed with it). B starts
+    # once A's sender holds the mail: two idle senders block on the queue in the order they came,
+    # and B's (console://) would send it at once were it first
+    a = Lorebase(base / "a" / "data", REDIS_URL=shared.url, TRUSTED_PROXIES="127.0.0.1", MAIL_URL=smtp.url,
+                 COOKIE_SECRET="s" * 48)
+    b = Lorebase(base / "b" / "data", REDIS_URL=shared.url, MAIL_URL="console://", COOKIE_SECRET="s" * 48)
     try:
         a.start()
-        b.start()
         db = a.redis()
+        mail_in_flight(a, db, "tq_outage", "A's sender taking the mail")
+        b.start()
         wait_for(lambda: len(db.hkeys(MAIL["workers"])) == 2, 10, 0.05, "both senders registered")
-        mail_in_flight(a, db, "tq_outage", "a sender taking the mail")
         holder = next(w for w in db.hkeys(MAIL["workers"]) if db.llen(doing_of(MAIL, w)))
         assert shared.proc is not None
         pid = shared.proc.pid
