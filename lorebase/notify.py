@@ -320,12 +320,7 @@ class Notifier:
             line = _encode(entry)
         except Exception as error:  # noqa: BLE001 - notify must never be the thing that fails
             line = _encode({"t": now, "ev": "notify failed", "error": repr(error)})
-        try:
-            os.write(sys.stdout.fileno(), line + b"\n")
-        except (OSError, ValueError):
-            pass
-        if self.forwarder is not None:
-            self.forwarder.put(line)
+        self._emit(line)
         if self._sync is None and self._wake is None:
             return
         try:
@@ -354,13 +349,17 @@ class Notifier:
             entry = {"t": round(time.time(), 3), "ev": "flood", "env": self.env, "role": self.role,
                      "pid": os.getpid(), **fields}
             line = _encode(entry)
-            try:
-                os.write(sys.stdout.fileno(), line + b"\n")
-            except (OSError, ValueError):
-                pass
-            if self.forwarder is not None:
-                self.forwarder.put(line)
+            self._emit(line)
             self._store(stream, line)
+
+    def _emit(self, line: bytes) -> None:
+        """Every line, sampled or not: standard output, and LOG_URL's forwarder if any."""
+        try:
+            os.write(sys.stdout.fileno(), line + b"\n")
+        except (OSError, ValueError):
+            pass
+        if self.forwarder is not None:
+            self.forwarder.put(line)
 
     def _store(self, stream: str, line: bytes) -> None:
         """To Redis, from the background writer of this process."""
