@@ -262,8 +262,8 @@ class Notifier:
 
     def setup(self, env: str, role: str, config: Any) -> None:
         """Who this process is, the streams' caps and rates (LOG_STREAM_MAX, AUDIT_STREAM_MAX,
-        LOG_RATE, AUDIT_ANONYMOUS_RATE, LOG_WINDOW); with LOG_URL, its own forwarder (a forked child never
-        uses its parent's: that thread did not survive the fork)."""
+        LOG_RATE, AUDIT_ANONYMOUS_RATE, LOG_WINDOW); with LOG_URL, its own forwarder (each process
+        runs its own thread)."""
         self.env, self.role = env, role
         self.maxlen = {STREAM: config.LOG_STREAM_MAX, AUDIT: config.AUDIT_STREAM_MAX}
         self.sampler = Sampler(config.LOG_RATE, config.AUDIT_ANONYMOUS_RATE, float(config.LOG_WINDOW))

@@ -32,15 +32,13 @@ def title(role: str, env: str) -> None:
 
 
 def become_child(config: Any, role: str) -> None:
-    """What a forked worker or tasks process does first: the master's signal handlers and
-    wakeup fd undone, death with the parent, its own notify (the master's Redis connection
-    is not the child's), its name."""
+    """What a worker or the tasks process does first, in its new interpreter (child.py, which
+    has already asked to die with the master): the default action for the signals the master
+    handles (Python's own SIGINT handler would turn a terminal's Ctrl-C into a traceback),
+    its own notify, its name."""
     from .notify import notify
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, signal.SIGTTIN, signal.SIGTTOU):
         signal.signal(sig, signal.SIG_DFL)
-    signal.set_wakeup_fd(-1)
-    die_with_parent()
-    notify._sync = None
     notify.setup(config.ENV, role, config)
     title(role, config.ENV)

@@ -144,6 +144,12 @@ def migrate(db):
 '''
 
 
+def a_write(client: httpx.Client) -> tuple[int, str | None]:
+    """One state-changing request (an error report): its status and error code."""
+    r = client.post("/error", json={"message": "a write"}, headers={"x-real-ip": fresh_ip()})
+    return r.status_code, r.json().get("error")
+
+
 def test_a_migration_longer_than_the_pause_ttl_keeps_writes_paused_till_it_ends(tmp_path):
     """The pause key outlives a dead migrate by PAUSE_TTL only: a migration running
     three times as long keeps writes paused throughout, and they resume once it ends."""
@@ -156,16 +162,12 @@ def test_a_migration_longer_than_the_pause_ttl_keeps_writes_paused_till_it_ends(
             lorebase_cmd(lore, "migrate", str(slow), "--apply").returncode))
         run.start()
         with httpx.Client(base_url=lore.url, timeout=10) as client:
-            def write() -> tuple[int, str | None]:
-                r = client.post("/error", json={"message": "a write"}, headers={"x-real-ip": fresh_ip()})
-                return r.status_code, r.json().get("error")
-
             try:
-                wait_for(lambda: write() == (503, "maintenance"), 30, 0.1, "writes paused")
+                wait_for(lambda: a_write(client) == (503, "maintenance"), 30, 0.1, "writes paused")
                 paused = time.monotonic()
                 seen = set()
                 while time.monotonic() - paused < 3 * ttl:  # well past the TTL the key was set with
-                    seen.add(write())
+                    seen.add(a_write(client))
                     time.sleep(0.2)
                 assert seen == {(503, "maintenance")}, seen
                 assert run.is_alive()
@@ -173,7 +175,7 @@ def test_a_migration_longer_than_the_pause_ttl_keeps_writes_paused_till_it_ends(
                 lore.redis().set("mg_release", "1")
                 run.join()
             assert result == [0]
-            wait_for(lambda: write() == (200, None), 10, 0.1, "writes resumed")
+            wait_for(lambda: a_write(client) == (200, None), 10, 0.1, "writes resumed")
         db = lore.redis()
         assert db.get("mg_long_ran") == "1" and not db.exists("maintenance")
 
@@ -186,17 +188,13 @@ def test_a_killed_migration_leaves_writes_paused_no_longer_than_the_pause_ttl(tm
         migrate = subprocess.Popen([sys.executable, "-m", "lorebase", "migrate", str(slow), "--apply"],
                                    env=lore.environ(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         with httpx.Client(base_url=lore.url, timeout=10) as client:
-            def write() -> tuple[int, str | None]:
-                r = client.post("/error", json={"message": "a write"}, headers={"x-real-ip": fresh_ip()})
-                return r.status_code, r.json().get("error")
-
             try:
-                wait_for(lambda: write() == (503, "maintenance"), 30, 0.1, "writes paused")
+                wait_for(lambda: a_write(client) == (503, "maintenance"), 30, 0.1, "writes paused")
             finally:
                 migrate.kill()
                 migrate.wait()
             # the key expires within the TTL, and the workers look once a second
-            wait_for(lambda: write() == (200, None), ttl + 2, 0.1, "writes resumed")
+            wait_for(lambda: a_write(client) == (200, None), ttl + 2, 0.1, "writes resumed")
         assert not lore.redis().exists("maintenance", "mg_long_ran")
 
 

@@ -73,7 +73,7 @@ def new_id() -> str:
     """23 hex characters: 11 of milliseconds and 3 of the microseconds within it, then 9
     random. Ids sort by time, even two made within one millisecond one after the other (a
     list must not swap a note and the one written right after it), and nobody picks them.
-    The random part comes from `random` (reseeded in every forked child), not `secrets`:
+    The random part comes from `random` (seeded afresh in every worker, a new interpreter), not `secrets`:
     an id is not a secret (every read checks its owner) and os.urandom was 8 % of a worker's
     time on POST /notes."""
     micros = time.time_ns() // 1000

@@ -173,7 +173,8 @@ async def _run(config: Any, beat: int | None) -> None:
 
 
 def serve(config: Any, beat: int | None = None) -> None:
-    """Runs in the forked child; never returns. `beat`: the pipe to the master (non-blocking)."""
+    """Runs in the tasks process (a new interpreter, child.py); never returns. `beat`: the
+    pipe to the master (non-blocking)."""
     code = 1
     try:
         procs.become_child(config, "tasks")
