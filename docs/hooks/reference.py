@@ -23,9 +23,11 @@ import re
 import tempfile
 import tokenize
 from functools import cache
+from pathlib import Path
 from typing import Any
 
-log = logging.getLogger("mkdocs.hooks.reference")
+log = logging.getLogger("mkdocs.hooks.reference")  # its warnings fail `mkdocs build --strict`
+REPO = Path(__file__).resolve().parents[2]
 
 MARKER = re.compile(r"^<!-- lorebase:(\w+) -->$", re.MULTILINE)
 METHODS = ("get", "post", "put", "patch", "delete")
@@ -36,13 +38,14 @@ COMMON = {"notfound", "method", "url", "server", "redis", "json", "validation", 
 
 def app_routes() -> list[Any]:
     """The routes the docs describe: the dev app's chain, as `lorebase openapi dev` builds it
-    (the chain marks which routes are behind the gatekeeper). The one place to change when
-    the way routes are gathered changes."""
+    for this repo's project (the chain marks which routes are behind the gatekeeper). The one
+    place to change when the way routes are gathered changes."""
     from lorebase.app import create_app
     from lorebase.config import load
 
-    with tempfile.TemporaryDirectory() as data_dir:  # no environment of the reader's, no ./data made
-        return list(create_app(load("dev", environ={"LOREBASE_DATA_DIR": data_dir}, check=False)).routes)
+    with tempfile.TemporaryDirectory() as data_dir:  # none of the reader's environment, no ./data made
+        environ = {"LOREBASE_DATA_DIR": data_dir, "LOREBASE_PROJECT": str(REPO)}
+        return list(create_app(load("dev", environ=environ, check=False)).routes)
 
 
 @cache
@@ -239,6 +242,7 @@ def on_page_markdown(markdown: str, page: Any, **_: Any) -> str:
         if name not in TABLES:
             log.warning("%s: unknown table marker %s", page.file.src_uri, name)
             return match.group(0)
-        return TABLES[name]()
+        # marked, so a test can tell the generated table from the hand-written ones
+        return f'<div class="generated" data-table="{name}" markdown>\n\n{TABLES[name]()}\n\n</div>'
 
     return MARKER.sub(table, markdown)
