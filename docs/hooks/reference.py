@@ -160,7 +160,9 @@ def settings() -> list[tuple[str, Any, str, str]]:
             comments[token.start[0]] = (token.string.lstrip("#").strip(), alone)
     found: dict[str, tuple[str, str]] = {}
     for node in ast.walk(ast.parse(source)):
-        target = node.targets[0] if isinstance(node, ast.Assign) else getattr(node, "target", None)
+        if not isinstance(node, ast.Assign | ast.AnnAssign):
+            continue
+        target = node.targets[0] if isinstance(node, ast.Assign) else node.target
         if not (isinstance(target, ast.Name) and target.id == "DEFAULTS" and isinstance(node.value, ast.Dict)):
             continue
         for key, value in zip(node.value.keys, node.value.values, strict=True):
@@ -169,7 +171,8 @@ def settings() -> list[tuple[str, Any, str, str]]:
             end = value.end_lineno or value.lineno
             comment, alone = comments.get(end, ("", True))
             if alone:  # no comment at the end of the line: the block just above, if any
-                block, line = [], key.lineno - 1
+                block: list[str] = []
+                line = key.lineno - 1
                 while line in comments and comments[line][1]:
                     block.insert(0, comments[line][0])
                     line -= 1
