@@ -17,7 +17,7 @@ import time
 from bisect import bisect_left
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from . import db as dbmod
 from .http import (
@@ -40,6 +40,9 @@ from .http import (
 from .notify import notify
 from .schema import parse_json, validate
 from .stats import BUCKETS_S, Stats
+
+if TYPE_CHECKING:
+    from .app import App
 
 Handler = Callable[[Request], Awaitable[Reply | None]]
 UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -215,7 +218,7 @@ class Chain:
         return endpoint, params
 
     async def handle(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        req = Request(scope, receive, self)
+        req = Request(scope, receive, cast("App", self))  # the chain served is always an App (app.py)
         try:
             result = await self.run(req)
         except ApiError as error:

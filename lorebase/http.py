@@ -12,10 +12,13 @@ import hashlib
 import ipaddress
 import secrets
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
 import msgspec
+
+if TYPE_CHECKING:
+    from .app import App
 
 JSON = b"application/json"
 GZIP_MIN = 1400  # below one packet, compressing costs more than it saves
@@ -119,8 +122,8 @@ class Request:
         "user",
     )
 
-    def __init__(self, scope: dict[str, Any], receive: Any, app: Any = None):
-        self.app = app  # the Chain: .db, .config
+    def __init__(self, scope: dict[str, Any], receive: Any, app: App):
+        self.app = app  # the services the routes share: .db, .config, .sessions, .store, .stats...
         self.scope = scope
         self.receive = receive
         self.method: str = scope["method"]

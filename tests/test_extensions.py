@@ -219,3 +219,37 @@ def test_an_app_stats_flow_and_assets_are_served(tiny, mail):
         text = httpx.get(f"{tiny.url}/metrics", headers={"authorization": f"Bearer {METRICS}"}).text
         return "lorebase_tiny_marks_total " in text and "lorebase_tiny_marks_total 0" not in text
     wait_for(counted, 15, what="the flow on /metrics")
+
+
+# -- the tutorial's application, as docs/using/writing-an-app.md shows it -------------------
+
+TUTORIAL = Path(__file__).resolve().parent.parent / "docs" / "tutorial" / "myapp.py"
+
+
+@pytest.fixture(scope="module")
+def tutorial(tmp_path_factory, mail) -> Iterator[Lorebase]:
+    project = Path(tmp_path_factory.mktemp("tutorial")) / "project"
+    (project / "myapp").mkdir(parents=True)
+    (project / "myapp" / "__init__.py").write_text(TUTORIAL.read_text())
+    (project / "config.py").write_text('APPS = ["myapp"]\n')  # as the page says
+    with dedicated(tmp_path_factory, mail, "tutorial", PROJECT=str(project)) as lore:
+        yield lore
+
+
+def test_the_tutorial_app_serves_what_its_page_says(tutorial, mail):
+    assert httpx.get(f"{tutorial.url}/hello").json() == {"error": "nocookie"}
+    with Users(tutorial, mail) as made:
+        user = made.new("tut_reader", verified=True)
+        api = made.session(user)
+        assert api.request("GET", "/hello").json() == {"hello": "tut_reader"}
+        assert api.post("/bookmarks", {"url": "https://example.com/a"}, csrf=True).status_code == 200
+        r = api.post("/bookmarks", {"url": "not a url"}, csrf=True)
+        assert (r.status_code, r.json()) == (400, {"error": "validation", "path": "url"})
+        saved = api.request("GET", "/bookmarks").json()
+        assert [b["url"] for b in saved] == ["https://example.com/a"]
+        r = api.post("/bookmarks/delete", {"url": "https://example.com/b"}, csrf=True)
+        assert (r.status_code, r.json()) == (404, {"error": "notfound"})
+        assert api.post("/bookmarks/delete", {"url": "https://example.com/a"}, csrf=True).status_code == 200
+        assert api.post("/bookmarks", {"url": "https://example.com/c"}, csrf=True).status_code == 200
+        made.destroy(user)
+    assert not tutorial.redis().exists("myapp:bookmarks:{tut_reader}")
