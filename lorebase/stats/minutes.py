@@ -17,8 +17,8 @@ async def record_stocks(db: Client, queues: Iterable[dict[str, str]], keep: int)
     """The levels now, into this minute's hash (`stock|<name>`): the `stats` task, once a minute."""
     levels = await read_stocks(db, queues)
     key = minute_key(int(time.time() // 60))
-    fields = [x for name, level in levels.items() for x in (f"stock|{name}", level)]
-    await db.pipeline([("HSET", key, *fields), ("EXPIRE", key, keep)])
+    pairs = [x for name, level in levels.items() for x in (f"stock|{name}", level)]
+    await db.pipeline([("HSET", key, *pairs), ("EXPIRE", key, keep)])
     return ", ".join(f"{name} {level}" for name, level in levels.items())
 
 
