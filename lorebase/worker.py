@@ -1,6 +1,6 @@
 """A worker: a child of the master (a new interpreter, child.py) serving HTTP with uvicorn (httptools + uvloop,
 with deadlines for request heads and bodies: protocol.py), the chain as its ASGI app. It
-gets its connections from the master over its channel (see master.py), pings the master
+gets its connections from the master over its channel (see master/broker.py), pings the master
 from its event loop, and opens its own Redis connection, so no connection is ever shared
 between processes."""
 
