@@ -4,6 +4,8 @@ change password, destroy the account."""
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from ..chain import Route
 from ..http import ApiError, Reply, Request, reply
 from ..identity import admins, users
@@ -19,16 +21,16 @@ class Empty(Schema):
 
 
 class ChangePassword(Schema):
-    old: Password  # type: ignore[valid-type]
-    new: Password  # type: ignore[valid-type]
+    old: Password
+    new: Password
 
 
 class Destroy(Schema):
-    password: Password  # type: ignore[valid-type]
+    password: Password
 
 
 class CsrfOut(Schema):
-    csrf: Text(1, 100)  # type: ignore[valid-type]
+    csrf: Annotated[str, Text(1, 100)]
 
 
 async def csrf(req: Request) -> Reply:
@@ -76,7 +78,7 @@ async def list_sessions(req: Request) -> Reply:
 class EndSessions(Schema):
     # a handle is hex (sessions.handle): anything else can name no session, and the
     # constant-time comparison takes only ASCII
-    handle: Text(0, 64, pattern=r"^[0-9a-f]*\Z") = ""  # type: ignore[valid-type]
+    handle: Annotated[str, Text(0, 64, pattern=r"^[0-9a-f]*\Z")] = ""
     others: bool = False
 
 

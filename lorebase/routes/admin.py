@@ -7,7 +7,7 @@ cannot both win)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
@@ -22,17 +22,17 @@ from ..schema import Schema, Text
 
 
 class UserIn(Schema):
-    username: Text(3, 32)  # type: ignore[valid-type]
+    username: Annotated[str, Text(3, 32)]
 
 
 class Flag(Schema):
-    username: Text(3, 32)  # type: ignore[valid-type]
+    username: Annotated[str, Text(3, 32)]
     value: bool
 
 
 class UsersQuery(Schema):
-    q: Text(0, 254, description="a username or email prefix, any case") = ""  # type: ignore[valid-type]
-    after: Text(0, 400, description="the `next` of the previous page") = ""  # type: ignore[valid-type]
+    q: Annotated[str, Text(0, 254, description="a username or email prefix, any case")] = ""
+    after: Annotated[str, Text(0, 400, description="the `next` of the previous page")] = ""
 
 
 class UserRow(msgspec.Struct):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
@@ -36,18 +36,18 @@ RANGES = {"hour": (60, 1), "day": (1440, 5)}  # minutes covered, minutes per poi
 
 
 class LogsQuery(Schema):
-    type: Text(1, 100) = ""  # type: ignore[valid-type]
-    q: Text(1, 200) = ""  # type: ignore[valid-type]
-    since: Text(1, 15, pattern=MS) = ""  # type: ignore[valid-type]
-    until: Text(1, 15, pattern=MS) = ""  # type: ignore[valid-type]
-    before: Text(3, 41, pattern=STREAM_ID) = ""  # type: ignore[valid-type]
-    after: Text(3, 41, pattern=STREAM_ID) = ""  # type: ignore[valid-type]
-    limit: Text(1, 3, pattern=r"^[0-9]{1,3}\Z") = ""  # type: ignore[valid-type]
-    stream: Text(3, 5, pattern=r"^(audit|log)\Z") = ""  # type: ignore[valid-type]
+    type: Annotated[str, Text(1, 100)] = ""
+    q: Annotated[str, Text(1, 200)] = ""
+    since: Annotated[str, Text(1, 15, pattern=MS)] = ""
+    until: Annotated[str, Text(1, 15, pattern=MS)] = ""
+    before: Annotated[str, Text(3, 41, pattern=STREAM_ID)] = ""
+    after: Annotated[str, Text(3, 41, pattern=STREAM_ID)] = ""
+    limit: Annotated[str, Text(1, 3, pattern=r"^[0-9]{1,3}\Z")] = ""
+    stream: Annotated[str, Text(3, 5, pattern=r"^(audit|log)\Z")] = ""
 
 
 class RangeQuery(Schema):
-    range: Text(3, 4, pattern=r"^(hour|day)\Z") = "hour"  # type: ignore[valid-type]
+    range: Annotated[str, Text(3, 4, pattern=r"^(hour|day)\Z")] = "hour"
 
 
 class LogsOut(msgspec.Struct):

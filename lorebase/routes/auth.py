@@ -3,6 +3,8 @@ releaseEmail, recover, reset. Rate limits per IP and per account are kept in Red
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from ..chain import Route
 from ..http import ApiError, Reply, Request, reply
 from ..identity import invites, keys, passwords, tokens, users
@@ -18,30 +20,30 @@ HOUR = 3600
 LIMIT = 4096
 NO_STORE = {"cache-control": "no-store"}
 
-Password = Text(1, passwords.MAX_LENGTH, description="8-128 characters, not a common password")
-Login = Text(1, 254, description="username or email; trimmed and lower-cased")
-Token = Text(1, 200)
+Password = Annotated[str, Text(1, passwords.MAX_LENGTH, description="8-128 characters, not a common password")]
+Login = Annotated[str, Text(1, 254, description="username or email; trimmed and lower-cased")]
+Token = Annotated[str, Text(1, 200)]
 
 
 class Signup(Schema):
-    username: Text(1, 64, description="3-32 of [a-z0-9_.-] after trimming and lower-casing")  # type: ignore[valid-type]
-    email: Text(3, 300)  # type: ignore[valid-type]
-    password: Password  # type: ignore[valid-type]
-    invite: Text(0, 500, description="the token of an invite mail, for its email only") = ""  # type: ignore[valid-type]
+    username: Annotated[str, Text(1, 64, description="3-32 of [a-z0-9_.-] after trimming and lower-casing")]
+    email: Annotated[str, Text(3, 300)]
+    password: Password
+    invite: Annotated[str, Text(0, 500, description="the token of an invite mail, for its email only")] = ""
 
 
 class VerifyEmail(Schema):
-    token: Token  # type: ignore[valid-type]
-    password: Password | None = None  # type: ignore[valid-type]
+    token: Token
+    password: Password | None = None
 
 
 class ReleaseEmail(Schema):
-    token: Token  # type: ignore[valid-type]
+    token: Token
 
 
 class LoginIn(Schema):
-    username: Login  # type: ignore[valid-type]
-    password: Password  # type: ignore[valid-type]
+    username: Login
+    password: Password
 
 
 class Csrf(Schema):
@@ -49,12 +51,12 @@ class Csrf(Schema):
 
 
 class Recover(Schema):
-    username: Login  # type: ignore[valid-type]
+    username: Login
 
 
 class Reset(Schema):
-    token: Token  # type: ignore[valid-type]
-    password: Password  # type: ignore[valid-type]
+    token: Token
+    password: Password
 
 
 def check_new_password(password: str, path: str) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import quote
 
 import msgspec
@@ -27,7 +27,7 @@ class FileOut(msgspec.Struct):
 
 
 class ListQuery(Schema):
-    before: Text(23, 23, pattern=ID.pattern) = ""  # type: ignore[valid-type]
+    before: Annotated[str, Text(23, 23, pattern=ID.pattern)] = ""
 
 
 class FileRow(msgspec.Struct):
@@ -43,7 +43,7 @@ MULTIPART_OVERHEAD = 65536  # the csrf field, part headers and boundaries around
 
 
 class DeleteIn(Schema):
-    id: Text(1, 64)  # type: ignore[valid-type]
+    id: Annotated[str, Text(1, 64)]
 
 
 async def upload(req: Request) -> Reply:
