@@ -30,6 +30,7 @@ from typing import Any
 from ..db import Client
 from ..http import ApiError
 from ..identity.keys import user as user_key
+from ..identity.records import Session
 from ..identity.sessions import GUARD, guard_keys
 from . import keys
 from .keys import S3_QUEUE
@@ -120,7 +121,7 @@ class Store:
     def temp(self) -> Path:
         return self.blobs.temp()
 
-    async def add(self, db: Client, session: dict[str, Any], tmp: Path, meta: dict[str, Any]) -> None:
+    async def add(self, db: Client, session: Session, tmp: Path, meta: dict[str, Any]) -> None:
         """Stores the upload's bytes and records it; 409 quota if it no longer fits, 403
         session if the session that sent it ended meanwhile (its user destroyed, say). Bytes
         stored without a record are removed again (a failed record write included)."""

@@ -43,11 +43,12 @@ import asyncio
 import base64
 import re
 import time
-from typing import Any
+from typing import Any, cast
 
 from ..db import Client
 from ..http import ApiError
 from . import keys, tokens
+from .records import Profile, User
 from .sessions import Sessions, new_gen
 
 USERNAME = keys.USERNAME
@@ -309,7 +310,7 @@ def _position(cursor: str) -> tuple[str, str]:
     return phase, member
 
 
-async def search(db: Client, q: str, after: str = "", page: int = PAGE) -> tuple[list[dict[str, str]], str | None]:
+async def search(db: Client, q: str, after: str = "", page: int = PAGE) -> tuple[list[Profile], str | None]:
     """Users whose username or email starts with `q` (lower-cased already), a page at a time,
     and the cursor of the next page (None: the last one). The usernames that match come
     first, in order (`{users}:by-name`), then the users matched by email only, in address order
@@ -338,16 +339,16 @@ async def search(db: Client, q: str, after: str = "", page: int = PAGE) -> tuple
     more = len(found) > page
     found = found[:page]
     rows = await db.pipeline([("HMGET", keys.user(name), *_LISTED) for _, _, name in found])
-    listed = [dict(zip(_LISTED, row, strict=True)) for row in rows if row[0] is not None]
+    listed = [cast(Profile, dict(zip(_LISTED, row, strict=True))) for row in rows if row[0] is not None]
     return listed, _cursor(*found[-1][:2]) if more else None
 
 
-async def get(db: Client, username: str) -> dict[str, str] | None:
+async def get(db: Client, username: str) -> User | None:
     user = await db.call("HGETALL", keys.user(username))
-    return dict(zip(user[::2], user[1::2], strict=True)) if user else None
+    return cast(User, dict(zip(user[::2], user[1::2], strict=True))) if user else None
 
 
-async def find(db: Client, login: str) -> dict[str, str] | None:
+async def find(db: Client, login: str) -> User | None:
     """By username or email (already trimmed and lower-cased)."""
     if "@" in login:
         address, login = login, await db.call("GET", keys.email(login)) or ""
@@ -360,14 +361,14 @@ async def find(db: Client, login: str) -> dict[str, str] | None:
     return await get(db, login)
 
 
-def public(user: dict[str, str], admins: list[str]) -> dict[str, Any]:
+def public(user: Profile, admins: list[str]) -> dict[str, Any]:
     """What a reply may say of a user: never the hash."""
     return {"username": user["username"], "email": user["email"], "created": int(user.get("created", 0)),
             "verified": user.get("verified") == "1", "admin": is_admin(user, admins),
             "disabled": user.get("disabled") == "1"}
 
 
-def is_admin(user: dict[str, str], admins: list[str]) -> bool:
+def is_admin(user: Profile | User, admins: list[str]) -> bool:
     """The admin flag, or an email of ADMINS once verified: anyone may sign up with any
     address, so the address grants nothing until its owner proved it is theirs. Never for a
     disabled user."""
@@ -435,7 +436,7 @@ async def drop_email(db: Client, name: str, email: str) -> None:
         await db.call("SET", keys.email(email), name, "NX")
 
 
-async def delete(db: Client, user: dict[str, str], destroying: str = "") -> bool:
+async def delete(db: Client, user: User, destroying: str = "") -> bool:
     """The user, its sessions and its tokens (one step), then its indexes; with `destroying`,
     only if the user still carries that mark (not re-enabled, not another user of the name)."""
     name = user["username"]

@@ -122,7 +122,7 @@ def _matcher(query: LogsQuery) -> Any:
 
 
 async def logs(req: Request) -> Reply:
-    query: LogsQuery = req.data
+    query = req.payload(LogsQuery)
     limit = int(query.limit) if query.limit else PAGE
     if not 1 <= limit <= PAGE_MAX:
         raise ApiError(400, "validation", "limit")
@@ -187,12 +187,12 @@ async def _page(merged: notifymod.Merged, limit: int, match: Any, cursor: str | 
 
 
 async def stats_series(req: Request) -> Reply:
-    minutes, step = RANGES[req.data.range]
+    minutes, step = RANGES[req.payload(RangeQuery).range]
     return reply(200, await stats.series(req.app.db, minutes, step))
 
 
 async def beat_series(req: Request) -> Reply:
-    minutes, step = RANGES[req.data.range]
+    minutes, step = RANGES[req.payload(RangeQuery).range]
     step_ms = step * beat.MINUTE_MS
     now = int(time.time() * 1000)
     last_bucket = now - now % step_ms

@@ -8,6 +8,7 @@ from typing import Annotated
 from ..chain import Route
 from ..http import ApiError, Reply, Request, reply
 from ..identity import invites, keys, passwords, tokens, users
+from ..identity.records import User
 from ..mail import enqueue, reset_mail, verify_mail
 from ..notify import notify
 from ..ratelimit import address, check, clear, hit, key, take_back
@@ -65,7 +66,7 @@ def check_new_password(password: str, path: str) -> None:
 
 
 async def signup(req: Request) -> Reply:
-    data: Signup = req.data
+    data = req.payload(Signup)
     config, db = req.app.config, req.app.db
     username = users.normal_username(data.username)
     email = users.normal_email(data.email)
@@ -100,7 +101,7 @@ async def signup(req: Request) -> Reply:
     return reply(200, {})
 
 
-async def _token_user(req: Request, kind: str, token: str) -> dict[str, str]:
+async def _token_user(req: Request, kind: str, token: str) -> User:
     """The user a live token was issued for, its email unchanged since; else 403 token."""
     issued = await tokens.peek(req.app.db, kind, token)
     user = await users.get(req.app.db, issued[0]) if issued else None
@@ -135,7 +136,7 @@ async def _count_attempt(req: Request, account: str) -> tuple[str, str]:
     return ip_key, account_key
 
 
-async def _password_proof(req: Request, user: dict[str, str], password: str) -> bool:
+async def _password_proof(req: Request, user: User, password: str) -> bool:
     """The account's password, under the login limits (each try costs a hash)."""
     counters = await _count_attempt(req, user["username"])
     if not await req.app.passwords.verify(user["hash"], password):
@@ -156,7 +157,7 @@ async def _session_of(req: Request, username: str) -> bool:
 async def verify_email(req: Request) -> Reply:
     """The token proves the mailbox; a live session of the account or its password proves
     the account. Both are needed, so nobody's click verifies an account someone else made."""
-    data: VerifyEmail = req.data
+    data = req.payload(VerifyEmail)
     user = await _token_user(req, "verify", data.token)
     if not await _session_of(req, user["username"]):
         if data.password is None or not await _password_proof(req, user, data.password):
@@ -170,7 +171,7 @@ async def verify_email(req: Request) -> Reply:
 async def release_email(req: Request) -> Reply:
     """"This was not me": the mailbox owner takes the address back from the account that
     signed up with it, which keeps everything else; the address is free to sign up with."""
-    data: ReleaseEmail = req.data
+    data = req.payload(ReleaseEmail)
     db = req.app.db
     issued = await tokens.redeem(db, "verify", data.token)
     if issued is None or not await users.release(db, issued[0], issued[1]):
@@ -180,7 +181,7 @@ async def release_email(req: Request) -> Reply:
 
 
 async def login(req: Request) -> Reply:
-    data: LoginIn = req.data
+    data = req.payload(LoginIn)
     app = req.app
     config, db = app.config, app.db
     name = str(data.username).strip().lower()
@@ -216,7 +217,7 @@ async def login(req: Request) -> Reply:
 
 
 async def recover(req: Request) -> Reply:
-    data: Recover = req.data
+    data = req.payload(Recover)
     config, db = req.app.config, req.app.db
     await check(db, "recover-ip", address(req.ip), config.RECOVER_PER_IP, HOUR)
     user = await users.find(db, str(data.username).strip().lower())
@@ -233,7 +234,7 @@ async def recover(req: Request) -> Reply:
 
 
 async def reset(req: Request) -> Reply:
-    data: Reset = req.data
+    data = req.payload(Reset)
     app = req.app
     db = app.db
     check_new_password(data.password, "password")

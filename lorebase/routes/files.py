@@ -67,7 +67,7 @@ async def upload(req: Request) -> Reply:
 
 async def list_files(req: Request) -> Reply:
     assert req.session is not None
-    rows = await req.app.store.page(req.app.db, req.session["user"], req.data.before or None, PAGE)
+    rows = await req.app.store.page(req.app.db, req.session["user"], req.payload(ListQuery).before or None, PAGE)
     return reply(200, rows)
 
 
@@ -145,7 +145,7 @@ async def _empty() -> AsyncIterator[bytes]:
 async def delete(req: Request) -> Reply:
     app = req.app
     assert req.session is not None
-    file_id = check_id(req.data.id)
+    file_id = check_id(req.payload(DeleteIn).id)
     if not await app.store.remove(app.db, req.session["user"], file_id):
         raise ApiError(404, "notfound")
     return reply(200, {})

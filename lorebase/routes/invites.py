@@ -25,7 +25,7 @@ class InviteOut(Schema):
 
 
 def _email(req: Request) -> str:
-    return users.normal_email(req.data.email)
+    return users.normal_email(req.payload(InviteIn).email)
 
 
 async def invite(req: Request) -> Reply:

@@ -66,7 +66,7 @@ class ClientError(Schema):
 async def client_error(req: Request) -> Reply:
     config = req.app.config
     await ratelimit.check(req.app.db, "error", ratelimit.address(req.ip), config.ERROR_REPORTS_PER_MINUTE, 60)
-    data: ClientError = req.data
+    data = req.payload(ClientError)
     notify("client error", ip=req.ip, message=data.message, url=data.url, stack=data.stack,
            line=data.line, column=data.column, agent=req.headers.get("user-agent", "")[:300])
     return reply(200, {})
