@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from ..chain import Route
+from ..errors import Taken
 from ..http import ApiError, Reply, Request, reply
 from ..identity import invites, keys, passwords, tokens, users
 from ..identity.records import User
@@ -78,14 +79,14 @@ async def signup(req: Request) -> Reply:
     await check(db, "signup-ip", address(req.ip), config.SIGNUPS_PER_IP, HOUR)
     refused = await users.taken(db, username, email, config.VERIFY_TTL)
     if refused:  # before the hash: a taken name costs no argon2
-        raise ApiError(409, refused)
+        raise Taken(refused)
     password_hash = await req.app.passwords.hash(data.password)
     invited = await invites.take(db, data.invite, email) if data.invite else None
     if data.invite and invited is None:
         raise ApiError(403, "invite")  # used, revoked, expired or replaced
     try:
         previous = await users.create(db, username, email, password_hash, config.VERIFY_TTL)
-    except ApiError:
+    except Taken:
         if invited:
             await invites.give_back(db, email, invited)  # the name was taken meanwhile: the invite still works
         raise
