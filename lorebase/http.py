@@ -12,12 +12,15 @@ import hashlib
 import ipaddress
 import secrets
 import time
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qsl
 
 import msgspec
 
 from .identity.records import Session, User
+
+if TYPE_CHECKING:
+    from .chain import Route
 
 JSON = b"application/json"
 GZIP_MIN = 1400  # below one packet, compressing costs more than it saves
@@ -146,7 +149,7 @@ class Request:
         self.ip: str = ""
         self.user: User | None = None  # the session's user record, once a route read it (App.current_user)
         self.session: Session | None = None  # the live session, once the gatekeeper loaded it
-        self.route: Any = None
+        self.route: Route | None = None  # the endpoint's Route, once the chain found it
 
     def payload(self, schema: type[T]) -> T:
         """The validated body (or query) as the route's schema `schema`, typed for the

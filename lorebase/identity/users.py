@@ -368,6 +368,8 @@ def public(user: Profile, admins: list[str]) -> dict[str, Any]:
             "disabled": user.get("disabled") == "1"}
 
 
+# `Profile | User`: a User is a Profile, but a copy of one with a field changed
+# (`{**user, "admin": "0"}`) is typed as a User only where a User is expected
 def is_admin(user: Profile | User, admins: list[str]) -> bool:
     """The admin flag, or an email of ADMINS once verified: anyone may sign up with any
     address, so the address grants nothing until its owner proved it is theirs. Never for a
