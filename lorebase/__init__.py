@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from .config import Config
     from .extension import CheckContext, Extension, Queue, Scheduled, TaskContext, user_tag
     from .http import ApiError, Reply, Request, reply
-    from .schema import Schema, Text
+    from .schema import Int, Schema, Text
 
 # name → the module that defines it
 _EXPORTS = {
@@ -29,10 +29,10 @@ _EXPORTS = {
     "CheckContext": "extension", "Extension": "extension", "Queue": "extension", "Scheduled": "extension",
     "TaskContext": "extension", "user_tag": "extension",
     "ApiError": "http", "Reply": "http", "Request": "http", "reply": "http",
-    "Schema": "schema", "Text": "schema",
+    "Schema": "schema", "Text": "schema", "Int": "schema",
 }
 
-__all__ = ["SECTIONS", "ApiError", "App", "CheckContext", "Config", "Extension", "Queue", "Reply", "Request",
+__all__ = ["SECTIONS", "ApiError", "App", "CheckContext", "Config", "Extension", "Int", "Queue", "Reply", "Request",
            "Route", "Scheduled", "Schema", "TaskContext", "Text", "__version__", "reply", "user_tag"]
 
 

@@ -22,6 +22,7 @@ from .http import Request
 from .identity import users
 from .identity.devices import Devices
 from .identity.passwords import Passwords
+from .identity.records import User
 from .identity.sessions import Sessions
 from .notify import notify
 from .openapi import document
@@ -72,7 +73,7 @@ class App(Chain):
         user = await users.get(self.db, username)
         return user is not None and await users.delete(self.db, user, destroying)
 
-    async def current_user(self, req: Request) -> dict[str, str] | None:
+    async def current_user(self, req: Request) -> User | None:
         """The user record of the request's session, read once per request."""
         if req.user is None and req.session is not None:
             req.user = await users.get(self.db, req.session["user"])

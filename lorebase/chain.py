@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
 from . import db as dbmod
+from .errors import DomainError, api_error
 from .http import (
     CLOSE,
     GZIP_MIN,
@@ -223,6 +224,8 @@ class Chain:
             result = await self.run(req)
         except ApiError as error:
             result = error_reply(error)
+        except DomainError as error:  # identity's and files' own failures, replied as errors.TABLE says
+            result = error_reply(api_error(error))
         except dbmod.Unavailable as error:
             notify("redis down", error=str(error), path=req.path, rid=req.log["id"])
             result = error_reply(ApiError(503, "redis"))

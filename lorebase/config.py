@@ -12,7 +12,7 @@ import secrets
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 ENVIRONMENTS = ("dev", "prod")
@@ -141,7 +141,100 @@ class ConfigError(Exception):
 
 
 class Config:
-    """The settings of one environment, as attributes named like the keys."""
+    """The settings of one environment, as attributes named like the keys. Each key of
+    DEFAULTS is declared here with the type of its default (tests/test_config.py holds the
+    two together), so a type checker knows `config.PORT` is an int and refuses a key that
+    does not exist."""
+
+    ENV: str
+    PORT: int
+    HOST: str
+    DATA_DIR: str
+    REDIS_URL: str
+    REDIS_APPENDFSYNC: str
+    REDIS_TIMEOUT: float
+    BASE_URL: str
+    WORKERS: int
+    COOKIE_NAME: str
+    COOKIE_SECRET: str
+    MAIL_URL: str
+    MAIL_FROM: str
+    S3_ENDPOINT: str
+    S3_REGION: str
+    S3_BUCKET: str
+    S3_TRASH_BUCKET: str
+    S3_ACCESS_KEY: str
+    S3_SECRET_KEY: str
+    ADMINS: list[str]
+    WHITELIST: list[str]
+    TRUSTED_PROXIES: list[str]
+    JSON_LIMIT: int
+    BACKUP_EVERY: int
+    BACKUP_KEEP: int
+    BACKUP_DAILY: int
+    BACKUP_REDIS_USER: str
+    BACKUP_REDIS_PASSWORD: str
+    BACKUP_KEY: str
+    CHECK_EVERY: int
+    LOCK_TTL: float
+    PAUSE_TTL: float
+    BEAT_EVERY: float
+    BEAT_SAMPLES: int
+    BEAT_CPU: float
+    BEAT_MEMORY: float
+    BEAT_DISK: float
+    BEAT_REDIS_MEMORY: float
+    HEADER_TIMEOUT: float
+    BODY_TIMEOUT: float
+    STATS: bool
+    STATS_KEEP: int
+    METRICS_TOKEN: str
+    LOG_STREAM_MAX: int
+    AUDIT_STREAM_MAX: int
+    LOG_RATE: int
+    LOG_WINDOW: float
+    AUDIT_ANONYMOUS_RATE: int
+    LOG_URL: str
+    LOG_BUFFER: int
+    ERROR_REPORTS_PER_MINUTE: int
+    SHUTDOWN_GRACE: float
+    WORKER_CONNECTIONS: int
+    WORKER_TIMEOUT: float
+    TASKS_TIMEOUT: float
+    SESSION_IDLE: int
+    SESSION_MAX: int
+    SESSIONS_PER_USER: int
+    REQUIRE_VERIFIED: bool
+    VERIFY_TTL: int
+    RESET_TTL: int
+    INVITE_TTL: int
+    ARGON2_TIME: int
+    ARGON2_MEMORY: int
+    ARGON2_PARALLELISM: int
+    HASH_THREADS: int
+    LOGIN_FAILS_PER_ACCOUNT: int
+    LOGIN_FAILS_PER_IP: int
+    LOGIN_FAILS_PER_DEVICE: int
+    DEVICE_TTL: int
+    LOGIN_WINDOW: int
+    SIGNUPS_PER_IP: int
+    RECOVER_PER_IP: int
+    RECOVER_MAILS_PER_ACCOUNT: int
+    NGINX_AUTH_RATE: int
+    NGINX_AUTH_BURST: int
+    NGINX_NODES: list[str]
+    DEPLOY_HOST: str
+    DEPLOY_SSH_PORT: int
+    DEPLOY_KEEP: int
+    FILE_LIMIT: int
+    QUOTA: int
+    FILES_URL: str
+    FILES_SECRET: str
+    FILES_HOST: str
+    FILES_PORT: int
+    FILES_TIMEOUT: float
+    FILES_CONNECTIONS: int
+    APPS: list[str]
 
     def __init__(self, env: str, values: dict[str, Any], project: Path | None = None):
         self.ENV = env
@@ -150,8 +243,10 @@ class Config:
         for key, value in values.items():
             setattr(self, key, value)
 
-    def __getattr__(self, name: str) -> Any:  # only reached for unknown names
-        raise AttributeError(f"no config key {name}")
+    if not TYPE_CHECKING:  # to a type checker, an unknown key is an error, not Any
+
+        def __getattr__(self, name: str) -> Any:  # only reached for unknown names
+            raise AttributeError(f"no config key {name}")
 
     @property
     def embedded_redis(self) -> bool:

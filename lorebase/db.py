@@ -199,7 +199,7 @@ def connect_sync(where: Any, timeout: float = 5.0, decode: bool = True, retry: b
         from redis.cluster import ClusterNode, RedisCluster
 
         common.pop("retry", None)
-        nodes = [ClusterNode(host, port) for host, port in opts["nodes"]]
+        nodes = [ClusterNode(host, port) for host, port in opts["nodes"]]  # type: ignore[no-untyped-call]
         return cast("redis.Redis", RedisCluster(startup_nodes=nodes, **common))
     if opts["kind"] == "sentinel":
         from redis.sentinel import Sentinel as RedisSentinel

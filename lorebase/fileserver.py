@@ -46,6 +46,7 @@ from typing import Any
 import uvicorn
 
 from . import procs
+from .errors import DomainError, api_error
 from .files.blobs import WHERE, LocalBlobs, StorageFull
 from .files.remote import HEADER
 from .http import ApiError
@@ -87,6 +88,9 @@ class BlobServer:
             await self.route(scope, receive, send)
         except ApiError as error:
             await _reply(send, error.status, error.code)
+        except DomainError as error:  # the disk full, S3 down: the status and code errors.TABLE gives
+            reply = api_error(error)
+            await _reply(send, reply.status, reply.code)
 
     async def route(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         method, path = scope["method"], scope["path"]

@@ -12,13 +12,16 @@ import hashlib
 import ipaddress
 import secrets
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qsl
 
 import msgspec
 
+from .identity.records import Session, User
+
 if TYPE_CHECKING:
     from .app import App
+    from .chain import Route
 
 JSON = b"application/json"
 GZIP_MIN = 1400  # below one packet, compressing costs more than it saves
@@ -99,8 +102,15 @@ def error_reply(error: ApiError) -> Reply:
     return Reply(error.status, _encode(error.body()), error.headers or None, code=error.code)
 
 
+T = TypeVar("T")
+
+
 class Request:
-    """One request: what the chain has learnt about it so far, for the routes after."""
+    """One request: what the chain has learnt about it so far, for the routes after.
+
+    `data` is the body as the chain has it: parsed JSON for the steps (the CSRF step takes
+    its field out of it), then the route's validated schema for the handler. A handler reads
+    it typed with `payload`: `note = req.payload(NoteIn)`."""
 
     __slots__ = (
         "_cookies",
@@ -133,14 +143,23 @@ class Request:
         # the avant step's log object: start time and request id
         self.log: dict[str, Any] = {"t": time.perf_counter(), "id": secrets.token_hex(8)}
         self.body: bytes = b""
-        self.data: Any = None  # the validated payload (a msgspec Struct) or parsed JSON
+        self.data: Any = None  # parsed JSON, then the validated schema: read it with `payload`
         self._headers: dict[str, str] | None = None
         self._cookies: dict[str, str] | None = None
         self._query: dict[str, str] | None = None
         self.ip: str = ""
-        self.user: dict[str, Any] | None = None
-        self.session: dict[str, Any] | None = None
-        self.route: Any = None
+        self.user: User | None = None  # the session's user record, once a route read it (App.current_user)
+        self.session: Session | None = None  # the live session, once the gatekeeper loaded it
+        self.route: Route | None = None  # the endpoint's Route, once the chain found it
+
+    def payload(self, schema: type[T]) -> T:
+        """The validated body (or query) as the route's schema `schema`, typed for the
+        handler. A TypeError if the route declared another schema (a bug of the route)."""
+        data = self.data
+        if not isinstance(data, schema):
+            raise TypeError(f"{self.method} {self.path}: the payload is a {type(data).__name__}, "
+                            f"not a {schema.__name__}")
+        return data
 
     @property
     def headers(self) -> dict[str, str]:

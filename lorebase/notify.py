@@ -228,7 +228,7 @@ class Forwarder:
                                          headers={"content-type": "application/x-ndjson"})
         try:
             with urllib.request.urlopen(request, timeout=self.TIMEOUT) as reply:  # noqa: S310
-                return 200 <= reply.status < 300
+                return 200 <= int(reply.status) < 300
         except (OSError, ValueError):
             return False
 

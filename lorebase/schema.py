@@ -2,14 +2,22 @@
 before any route, and the deep check that runs right before the handler.
 
 Schemas are msgspec Structs (exact keys, types, lengths). The same Structs produce the
-OpenAPI document, so the published contract and the check are one thing.
+OpenAPI document, so the published contract and the check are one thing. A field's
+annotation is its real type, its bounds the metadata beside it, so a type checker reads the
+field as a `str` or an `int` and the validation reads the bounds:
+
+    class NoteIn(Schema):
+        text: Annotated[str, Text(1, 10000, multiline=True)]
+        files: list[Annotated[str, Text(23, 23)]] = []
+
+A bound used in several places is a type alias: `Password = Annotated[str, Text(8, 128)]`.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from typing import Annotated, Any
+from typing import Any
 
 import msgspec
 
@@ -23,16 +31,19 @@ _NO_CONTROL_MULTILINE = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*\Z"
 
 
 def Text(min_length: int = 0, max_length: int = 1000, multiline: bool = False,
-         pattern: str | None = None, description: str | None = None) -> Any:
-    """A string type for a schema field: length bounds, no control characters (NUL included)."""
-    return Annotated[str, msgspec.Meta(
+         pattern: str | None = None, description: str | None = None) -> msgspec.Meta:
+    """The bounds of a string field, written `Annotated[str, Text(...)]`: its length, and no
+    control characters (NUL included; tab and newline too unless `multiline`) unless
+    `pattern` says otherwise."""
+    return msgspec.Meta(
         min_length=min_length, max_length=max_length, description=description,
-        pattern=pattern or (_NO_CONTROL_MULTILINE if multiline else _NO_CONTROL))]
+        pattern=pattern or (_NO_CONTROL_MULTILINE if multiline else _NO_CONTROL))
 
 
-def Int(ge: int = 0, le: int = 2**53 - 1) -> Any:
-    """An integer type, bounded (so a 400-digit number is a validation error, not a bigint)."""
-    return Annotated[int, msgspec.Meta(ge=ge, le=le)]
+def Int(ge: int = 0, le: int = 2**53 - 1) -> msgspec.Meta:
+    """The bounds of an integer field, written `Annotated[int, Int(...)]` (so a 400-digit
+    number is a validation error, not a bigint)."""
+    return msgspec.Meta(ge=ge, le=le)
 
 
 class Schema(msgspec.Struct, forbid_unknown_fields=True):

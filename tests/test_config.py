@@ -8,12 +8,15 @@ import json
 import os
 import subprocess
 import sys
+import typing
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+
+from lorebase.config import DEFAULTS, PER_ENV, Config
 
 from .lore import ROOT, Lorebase, free_port, wait_for
 from .support import JSON_TYPE, assert_error, client_ip, post_json, wait_workers
@@ -226,6 +229,28 @@ def test_config_command_masks_passwords_in_urls(tmp_path):
     assert "MAILPASSWORD" not in out.stdout
     assert "10.0.0.5:6380" in settings["REDIS_URL"]  # the rest stays readable
     assert "smtp.example.test" in settings["MAIL_URL"]
+
+
+# -- the declared types -----------------------------------------------------------------
+
+
+def _declared_type_fits(hint: Any, value: Any) -> bool:
+    if isinstance(value, list):
+        return hint == list[str] and all(isinstance(item, str) for item in value)
+    return hint is type(value)  # exactly: a bool is no int here, an int no float
+
+
+def test_config_declares_every_key_with_the_type_of_its_default():
+    """`config.PORT` is an int to a type checker because Config declares it: the declarations
+    and DEFAULTS (and the per-environment values) must not drift apart."""
+    hints = typing.get_type_hints(Config)
+    # declared ahead of its default, which the extension seam adds to DEFAULTS (issue 18)
+    ahead = {"APPS"} - set(DEFAULTS)
+    assert set(hints) - {"ENV"} - ahead == set(DEFAULTS)
+    wrong = {key: (hints[key], value) for key, value in DEFAULTS.items() if not _declared_type_fits(hints[key], value)}
+    assert wrong == {}
+    for values in PER_ENV.values():
+        assert {k: v for k, v in values.items() if not _declared_type_fits(hints[k], v)} == {}
 
 
 # -- overrides reach a running server ----------------------------------------------------

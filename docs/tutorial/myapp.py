@@ -4,9 +4,9 @@ a project's myapp/__init__.py. The page includes it piece by piece; a test runs 
 from __future__ import annotations
 
 import time
+from typing import Annotated
 
-from lorebase import ApiError, App, Extension, Reply, Request, Route, Schema, Text, reply
-from lorebase.extension import user_tag
+from lorebase import ApiError, App, Extension, Reply, Request, Route, Schema, Text, reply, user_tag
 
 
 # --8<-- [start:hello]
@@ -26,12 +26,14 @@ def bookmarks_key(username: str) -> str:
 
 # --8<-- [start:routes]
 class Bookmark(Schema):
-    url: Text(8, 2048, pattern=r"^https?://[^\x00-\x20\x7f]+\Z")  # no space or control character
+    # a str to mypy; its bounds beside it: 8-2048 characters, no space or control character
+    url: Annotated[str, Text(8, 2048, pattern=r"^https?://[^\x00-\x20\x7f]+\Z")]
 
 
 async def save(req: Request) -> Reply:
     assert req.session is not None
-    await req.app.db.call("HSET", bookmarks_key(req.session["user"]), req.data.url, int(time.time() * 1000))
+    bookmark = req.payload(Bookmark)  # the validated body, typed
+    await req.app.db.call("HSET", bookmarks_key(req.session["user"]), bookmark.url, int(time.time() * 1000))
     return reply(200, {})
 
 
@@ -44,7 +46,7 @@ async def bookmarks(req: Request) -> Reply:
 
 async def forget(req: Request) -> Reply:
     assert req.session is not None
-    if not await req.app.db.call("HDEL", bookmarks_key(req.session["user"]), req.data.url):
+    if not await req.app.db.call("HDEL", bookmarks_key(req.session["user"]), req.payload(Bookmark).url):
         raise ApiError(404, "notfound")
     return reply(200, {})
 # --8<-- [end:routes]

@@ -15,7 +15,7 @@ and the session probe within them, stay in one slot on a Redis Cluster.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
 
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 PAGE = 20
 # a note's text is up to 10,000 characters: 12 bytes each at worst as JSON escapes
 LIMIT = 128 * 1024
-FileId = Text(23, 23, pattern=ID.pattern)
+FileId = Annotated[str, Text(23, 23, pattern=ID.pattern)]
 
 
 def notes_key(user: str) -> str:
@@ -46,22 +46,22 @@ def notebook_key(user: str) -> str:
 
 
 class NoteIn(Schema):
-    text: Text(1, 10000, multiline=True)  # type: ignore[valid-type]
-    files: list[FileId] = []  # type: ignore[valid-type]
+    text: Annotated[str, Text(1, 10000, multiline=True)]
+    files: list[FileId] = []
 
 
 class NoteUpdate(Schema):
-    id: FileId  # type: ignore[valid-type]
-    text: Text(1, 10000, multiline=True)  # type: ignore[valid-type]
-    files: list[FileId] | None = None  # type: ignore[valid-type]
+    id: FileId
+    text: Annotated[str, Text(1, 10000, multiline=True)]
+    files: list[FileId] | None = None
 
 
 class NoteId(Schema):
-    id: Text(1, 64)  # type: ignore[valid-type]
+    id: Annotated[str, Text(1, 64)]
 
 
 class ListQuery(Schema):
-    before: Text(23, 23, pattern=ID.pattern) = ""  # type: ignore[valid-type]
+    before: Annotated[str, Text(23, 23, pattern=ID.pattern)] = ""
 
 
 class Created(msgspec.Struct):

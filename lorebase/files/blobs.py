@@ -7,9 +7,9 @@ DATA_DIR/files/<id[-2:]>/<id> a stored file; DATA_DIR/tmp/ uploads in progress (
 place only once complete, so a cut upload leaves nothing in files/); DATA_DIR/trash/<id> a
 deleted file kept until the S3 trash has it (only with S3).
 
-Failures are errors that carry their reply (as ApiError does): `StorageFull` (507 storage:
-the disk refused the bytes) and `Unavailable` (503 unavailable: the file server could not be
-reached in time). A blob that is not there is None or False, never an error.
+Failures are domain errors (lorebase/errors.py says their replies): `StorageFull` (the disk
+refused the bytes) and `FileServerDown` (the file server could not be reached in time). A
+blob that is not there is None or False, never an error.
 """
 
 from __future__ import annotations
@@ -22,24 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..http import ApiError
+from ..errors import FileServerDown
+from ..errors import StorageFull as StorageFull
+
+Unavailable = FileServerDown  # its name before lorebase/errors.py (cli.py catches it by that name)
 
 CHUNK = 256 * 1024
 WHERE = ("files", "trash")
-
-
-class StorageFull(ApiError):
-    """The disk holding the bytes refused them (full, a file size limit, read-only)."""
-
-    def __init__(self, detail: str = "") -> None:
-        super().__init__(507, "storage", detail=detail)
-
-
-class Unavailable(ApiError):
-    """The file server did not answer (down, unreachable, too slow)."""
-
-    def __init__(self, detail: str = "") -> None:
-        super().__init__(503, "unavailable", detail=detail)
 
 
 @dataclass(frozen=True)

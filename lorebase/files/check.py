@@ -23,7 +23,7 @@ import sys
 import time
 from typing import Any, TextIO
 
-from ..http import ApiError
+from ..errors import DomainError
 from ..tasks.queue import doing_lists, names
 from . import keys
 from . import s3 as s3mod
@@ -161,7 +161,7 @@ def _check(config: Any, db: Any, store: Any, run: Any, repair: bool, verify: boo
                     run(store.fetch_back({"id": file_id, "user": user, "sha256": meta.get("sha256", "")}))
                     print(f"{file_id}: missing on disk (fetched back from S3)", file=out)
                     fixed += 1
-                except ApiError as error:
+                except DomainError as error:
                     print(f"{file_id}: missing on disk (fetching it back from S3 failed: {error.code})", file=out)
             else:
                 print(f"{file_id}: missing on disk" + (" and in S3" if s3 is not None and not in_s3 else ""), file=out)

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..http import ApiError
-from .blobs import CHUNK, Blobs, Stat, StorageFull, Unavailable
+from ..errors import FileServerDown, S3Down, StorageFull
+from .blobs import CHUNK, Blobs, Stat
 from .client import PeerError, Pool, Response
 
 HEADER = "x-files-secret"
@@ -50,7 +50,7 @@ class RemoteBlobs(Blobs):
             r = await self.http.request(method, target, headers, body)
             data = await r.read()
         except PeerError as error:
-            raise Unavailable(str(error)) from None
+            raise FileServerDown(str(error)) from None
         _checked(r)
         return r.status, data
 
@@ -64,7 +64,7 @@ class RemoteBlobs(Blobs):
             r = await self.http.request("PUT", f"/blobs/{file_id}", {"content-length": str(size)}, body())
             await r.read()
         except PeerError as error:
-            raise Unavailable(str(error)) from None
+            raise FileServerDown(str(error)) from None
         finally:
             tmp.unlink(missing_ok=True)
         _checked(r)
@@ -74,7 +74,7 @@ class RemoteBlobs(Blobs):
             r = await self.http.request("HEAD", f"/blobs/{file_id}")
             await r.read()
         except PeerError as error:
-            raise Unavailable(str(error)) from None
+            raise FileServerDown(str(error)) from None
         if _checked(r).status == 404:
             return None
         return Stat(int(r.headers["x-size"]), int(r.headers["x-mtime-ns"]))
@@ -96,7 +96,7 @@ class RemoteBlobs(Blobs):
             from ..notify import notify
 
             notify("files stream cut", file=file_id, error=str(error)[:300])
-            raise Unavailable(str(error)) from None
+            raise FileServerDown(str(error)) from None
 
     async def delete(self, file_id: str) -> None:
         await self._call("DELETE", f"/blobs/{file_id}")
@@ -120,7 +120,7 @@ class RemoteBlobs(Blobs):
                     file_id, size, mtime = line.decode().split()
                     found[file_id] = Stat(int(size), int(mtime))
         except PeerError as error:
-            raise Unavailable(str(error)) from None
+            raise FileServerDown(str(error)) from None
         return found
 
     async def digest(self, file_id: str) -> str | None:
@@ -131,7 +131,7 @@ class RemoteBlobs(Blobs):
         body = json.dumps({"user": meta["user"], "sha256": meta.get("sha256", "")}).encode()
         status, _ = await self._call("POST", f"/blobs/{meta['id']}/fetch", body, {"content-type": "application/json"})
         if status != 204:
-            raise ApiError(503, "s3")
+            raise S3Down("the file server could not fetch it back")
 
     async def close(self) -> None:
         self.http.close()
@@ -145,6 +145,6 @@ def _checked(r: Response) -> Response:
     if r.status == 507:
         raise StorageFull("the file server's disk refused the bytes")
     if r.status == 503 and r.headers.get("x-error") == "s3":
-        raise ApiError(503, "s3")
+        raise S3Down("the file server could not reach S3")
     # 403 (FILES_SECRET differs between the nodes) or anything else: not the client's fault
-    raise Unavailable(f"file server replied {r.status}")
+    raise FileServerDown(f"file server replied {r.status}")

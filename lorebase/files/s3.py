@@ -18,7 +18,7 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from ..http import ApiError
+from ..errors import S3Down
 from .store import s3_key
 
 TRASH_DAYS = 30
@@ -104,7 +104,7 @@ async def fetch_back(config: Any, meta: dict[str, str], path: Path) -> None:
         from ..notify import notify
 
         notify("s3 fetch failed", file=meta["id"], error=str(error)[:300])
-        raise ApiError(503, "s3") from None
+        raise S3Down(str(error)[:300]) from None
 
 
 def setup(config: Any) -> list[str]:

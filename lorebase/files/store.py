@@ -28,8 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from ..db import Client
-from ..http import ApiError
+from ..errors import DomainError, Invalid, NoSuchFile, QuotaExceeded, SessionEnded
 from ..identity.keys import user as user_key
+from ..identity.records import Session
 from ..identity.sessions import GUARD, guard_keys
 from . import keys
 from .keys import S3_QUEUE
@@ -82,7 +83,7 @@ def new_id() -> str:
 
 def check_id(value: str, path: str = "id") -> str:
     if not isinstance(value, str) or not ID.match(value):
-        raise ApiError(404, "notfound") if path == "url" else ApiError(400, "validation", path)
+        raise NoSuchFile() if path == "url" else Invalid(path)
     return value
 
 
@@ -120,9 +121,9 @@ class Store:
     def temp(self) -> Path:
         return self.blobs.temp()
 
-    async def add(self, db: Client, session: dict[str, Any], tmp: Path, meta: dict[str, Any]) -> None:
-        """Stores the upload's bytes and records it; 409 quota if it no longer fits, 403
-        session if the session that sent it ended meanwhile (its user destroyed, say). Bytes
+    async def add(self, db: Client, session: Session, tmp: Path, meta: dict[str, Any]) -> None:
+        """Stores the upload's bytes and records it; QuotaExceeded if it no longer fits,
+        SessionEnded if the session that sent it ended meanwhile (its user destroyed, say). Bytes
         stored without a record are removed again (a failed record write included)."""
         user = session["user"]
         file_id = meta["id"]
@@ -138,7 +139,7 @@ class Store:
             raise
         if added != "ok":
             await self._discard(file_id)
-            raise ApiError(409, "quota") if added == "quota" else ApiError(403, "session")
+            raise QuotaExceeded() if added == "quota" else SessionEnded()
         if self.s3:  # after the record (see the docstring)
             await db.call("LPUSH", S3_QUEUE, json.dumps({"op": "put", "id": file_id, "user": user}))
 
@@ -147,7 +148,7 @@ class Store:
         them as an orphan."""
         try:
             await self.blobs.delete(file_id)
-        except ApiError as error:
+        except DomainError as error:
             from ..notify import notify
 
             notify("orphan blob", file=file_id, error=error.code)
@@ -184,7 +185,7 @@ class Store:
                                                 user_key(user)], [user, file_id, "1" if orphan else ""])
         except BaseException:  # Redis failed: the record lives on, so do its bytes
             if moved:
-                with contextlib.suppress(ApiError):
+                with contextlib.suppress(DomainError):
                     await self.blobs.untrash(file_id)
             raise
         if not removed:

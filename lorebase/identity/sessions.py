@@ -37,6 +37,7 @@ from typing import Any
 
 from ..db import Client
 from . import keys
+from .records import Session, User
 
 FAR_FUTURE = "Fri, 31 Dec 9999 23:59:59 GMT"
 
@@ -105,11 +106,11 @@ if not g or g ~= (redis.call('HGET', KEYS[2], 'gen') or '') then return 'ended' 
 """
 
 
-def guard_keys(session: dict[str, Any]) -> list[str]:
+def guard_keys(session: Session) -> list[str]:
     return [keys.session(session["id"]), keys.user(session["user"])]
 
 
-def live_probe(session: dict[str, Any]) -> tuple[Any, ...]:
+def live_probe(session: Session) -> tuple[Any, ...]:
     """The command to put in a write's MULTI instead of GUARD, where a Lua script costs too
     much (Redis 7 spends ~4 µs more on EVALSHA than on a MULTI of the same writes): it reads,
     atomically with the write, whether the session still exists. That is enough: every end
@@ -161,7 +162,7 @@ class Sessions:
 
     # -- the session --------------------------------------------------------------------
 
-    async def create(self, db: Client, user: dict[str, str], rehash: str = "", ip: str = "",
+    async def create(self, db: Client, user: User, rehash: str = "", ip: str = "",
                      agent: str = "") -> tuple[str, str] | None:
         """A new session for `user` as it was read before its password was checked, or None
         if the user changed since (gone, disabled, another generation). `rehash`: a new hash
@@ -174,7 +175,7 @@ class Sessions:
                                 ip.replace(" ", "") or "-", describe_agent(agent)])
         return (sid, csrf) if made else None
 
-    async def load(self, db: Client, sid: str) -> dict[str, Any] | None:
+    async def load(self, db: Client, sid: str) -> Session | None:
         """The live session of an id `unsign` returned, renewed, or None; one round trip. A session whose user is gone,
         disabled or of another generation is deleted."""
         name = sid.partition(":")[0]  # `unsign` made sure it is a username
@@ -192,7 +193,7 @@ class Sessions:
             return None
         return {"id": sid, "user": name, "csrf": csrf}
 
-    async def of_user(self, db: Client, user: dict[str, str], ids: list[str]) -> list[dict[str, Any]]:
+    async def of_user(self, db: Client, user: User, ids: list[str]) -> list[dict[str, Any]]:
         """The live ones of `user`'s session ids (`sessions:{<user>}`, read with the user), oldest
         first: when each was made and last used (unix ms), never the id. One pipeline of GET and
         PTTL: every use renews a session to SESSION_IDLE, so it was last used SESSION_IDLE

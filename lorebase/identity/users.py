@@ -18,18 +18,18 @@ the search lists only users whose record exists) and `lorebase check --repair` s
 
 `email:<email>` is also the lock that makes an address unique; how a signup holds it:
 1. claim: SET the entry to the new name if it is free, else read who it names (the holder);
-2. a holder whose record holds the address keeps it (409 email), unless it never verified
+2. a holder whose record holds the address keeps it (Taken: email), unless it never verified
    it within VERIFY_TTL: then the address is taken from it in the holder's own slot (one
    script: only while it is still unverified, so a verification racing it either lands
    first and keeps the address, or finds its email changed and is refused); an entry whose
    record does not hold the address is dangling (or a signup still running: see 5);
-   either way the entry is compare-and-set from the holder to the new name (lost: 409 email);
+   either way the entry is compare-and-set from the holder to the new name (lost: Taken email);
 3. the `{users}` indexes;
-4. the record, only if the username is free (else its claims are given back: 409 username);
+4. the record, only if the username is free (else its claims are given back: Taken username);
 5. the last step looks again: the entry must still name it, and a holder whose entry it
    took as dangling must not have written a record holding the address since (a signup
    racing for the same address, between its steps 1 and 4); else it gives the address
-   back and removes itself (409 email). Of two signups racing for one address at most one
+   back and removes itself (Taken: email). Of two signups racing for one address at most one
    passes step 5: whichever's compare-and-set came last sees the other's record, or is
    seen; so two records never both end holding one address, nor one without its entry.
 A destroy deletes the record (with its sessions and tokens, one slot) first, then the
@@ -43,11 +43,12 @@ import asyncio
 import base64
 import re
 import time
-from typing import Any
+from typing import Any, cast
 
 from ..db import Client
-from ..http import ApiError
+from ..errors import Invalid, Taken
 from . import keys, tokens
+from .records import Profile, User
 from .sessions import Sessions, new_gen
 
 USERNAME = keys.USERNAME
@@ -163,14 +164,14 @@ def index_keys(name: str) -> list[str]:
 def normal_username(raw: str, path: str = "username") -> str:
     name = raw.strip().lower()
     if not USERNAME.fullmatch(name):
-        raise ApiError(400, "validation", path)
+        raise Invalid(path)
     return name
 
 
 def normal_email(raw: str, path: str = "email") -> str:
     email = raw.strip().lower()
     if len(email) > 254 or not EMAIL.fullmatch(email):
-        raise ApiError(400, "validation", path)
+        raise Invalid(path)
     return email
 
 
@@ -217,8 +218,8 @@ async def _holds(db: Client, name: str, email: str) -> bool:
 
 
 async def create(db: Client, username: str, email: str, password_hash: str, verify_ttl: int) -> str | None:
-    """Stores a new user and its indexes, in the steps the module's docstring explains; 409
-    username/email when taken. An address held by an account that never verified it within
+    """Stores a new user and its indexes, in the steps the module's docstring explains; Taken
+    ("username" or "email") when taken. An address held by an account that never verified it within
     VERIFY_TTL is taken from that account; its username is returned (None otherwise)."""
     gen = new_gen()
     fields = ["username", username, "email", email, "hash", password_hash, "created", int(time.time()),
@@ -234,25 +235,25 @@ async def create(db: Client, username: str, email: str, password_hash: str, veri
             await asyncio.sleep(0.02)
             state = await _holding(db, holder, email, verify_ttl)
         if holder == username and state in ("keeps", "stale"):
-            raise ApiError(409, "username")
+            raise Taken("username")
         if state == "keeps":
-            raise ApiError(409, "email")
+            raise Taken("email")
         if state == "stale":
             if not await db.script(_TAKE_FROM, [keys.user(holder)], [email, int(time.time()) - verify_ttl]):
-                raise ApiError(409, "email")  # it verified meanwhile
+                raise Taken("email")  # it verified meanwhile
             took = holder
             await db.script(_INDEX_DROP, _INDEXES, [took, email, ""])
         elif holder != username:
             dangling = holder
         if not await db.script(_SWAP, [entry], [holder, username]):
-            raise ApiError(409, "email")
+            raise Taken("email")
     await db.script(_INDEX_ADD, _INDEXES, [username, email])  # 3
     if not await db.script(_CREATE, [keys.user(username)], fields):  # 4
         # the name is someone else's: its entries stay, ours go (unless it holds the address)
         if not await _holds(db, username, email):
             await db.script(_INDEX_DROP, _INDEXES, [username, email, ""])
             await db.script(_SWAP, [entry], [username, ""])
-        raise ApiError(409, "username")
+        raise Taken("username")
     if (await db.call("GET", entry) != username  # 5
             or (dangling and await _holds(db, dangling, email))):
         await _remove(db, username, email, "gen", gen)
@@ -260,7 +261,7 @@ async def create(db: Client, username: str, email: str, password_hash: str, veri
             await db.script(_SWAP, [entry], [username, dangling])
         else:
             await db.script(_SWAP, [entry], [username, ""])
-        raise ApiError(409, "email")
+        raise Taken("email")
     return took
 
 
@@ -309,7 +310,7 @@ def _position(cursor: str) -> tuple[str, str]:
     return phase, member
 
 
-async def search(db: Client, q: str, after: str = "", page: int = PAGE) -> tuple[list[dict[str, str]], str | None]:
+async def search(db: Client, q: str, after: str = "", page: int = PAGE) -> tuple[list[Profile], str | None]:
     """Users whose username or email starts with `q` (lower-cased already), a page at a time,
     and the cursor of the next page (None: the last one). The usernames that match come
     first, in order (`{users}:by-name`), then the users matched by email only, in address order
@@ -338,16 +339,16 @@ async def search(db: Client, q: str, after: str = "", page: int = PAGE) -> tuple
     more = len(found) > page
     found = found[:page]
     rows = await db.pipeline([("HMGET", keys.user(name), *_LISTED) for _, _, name in found])
-    listed = [dict(zip(_LISTED, row, strict=True)) for row in rows if row[0] is not None]
+    listed = [cast(Profile, dict(zip(_LISTED, row, strict=True))) for row in rows if row[0] is not None]
     return listed, _cursor(*found[-1][:2]) if more else None
 
 
-async def get(db: Client, username: str) -> dict[str, str] | None:
+async def get(db: Client, username: str) -> User | None:
     user = await db.call("HGETALL", keys.user(username))
-    return dict(zip(user[::2], user[1::2], strict=True)) if user else None
+    return cast(User, dict(zip(user[::2], user[1::2], strict=True))) if user else None
 
 
-async def find(db: Client, login: str) -> dict[str, str] | None:
+async def find(db: Client, login: str) -> User | None:
     """By username or email (already trimmed and lower-cased)."""
     if "@" in login:
         address, login = login, await db.call("GET", keys.email(login)) or ""
@@ -360,14 +361,16 @@ async def find(db: Client, login: str) -> dict[str, str] | None:
     return await get(db, login)
 
 
-def public(user: dict[str, str], admins: list[str]) -> dict[str, Any]:
+def public(user: Profile, admins: list[str]) -> dict[str, Any]:
     """What a reply may say of a user: never the hash."""
     return {"username": user["username"], "email": user["email"], "created": int(user.get("created", 0)),
             "verified": user.get("verified") == "1", "admin": is_admin(user, admins),
             "disabled": user.get("disabled") == "1"}
 
 
-def is_admin(user: dict[str, str], admins: list[str]) -> bool:
+# `Profile | User`: a User is a Profile, but a copy of one with a field changed
+# (`{**user, "admin": "0"}`) is typed as a User only where a User is expected
+def is_admin(user: Profile | User, admins: list[str]) -> bool:
     """The admin flag, or an email of ADMINS once verified: anyone may sign up with any
     address, so the address grants nothing until its owner proved it is theirs. Never for a
     disabled user."""
@@ -435,7 +438,7 @@ async def drop_email(db: Client, name: str, email: str) -> None:
         await db.call("SET", keys.email(email), name, "NX")
 
 
-async def delete(db: Client, user: dict[str, str], destroying: str = "") -> bool:
+async def delete(db: Client, user: User, destroying: str = "") -> bool:
     """The user, its sessions and its tokens (one step), then its indexes; with `destroying`,
     only if the user still carries that mark (not re-enabled, not another user of the name)."""
     name = user["username"]

@@ -4,9 +4,12 @@ change password, destroy the account."""
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from ..chain import Route
 from ..http import ApiError, Reply, Request, reply
 from ..identity import admins, users
+from ..identity.records import User
 from ..identity.sessions import handle as session_handle
 from ..mail import enqueue, password_changed_mail
 from ..notify import notify
@@ -19,16 +22,16 @@ class Empty(Schema):
 
 
 class ChangePassword(Schema):
-    old: Password  # type: ignore[valid-type]
-    new: Password  # type: ignore[valid-type]
+    old: Password
+    new: Password
 
 
 class Destroy(Schema):
-    password: Password  # type: ignore[valid-type]
+    password: Password
 
 
 class CsrfOut(Schema):
-    csrf: Text(1, 100)  # type: ignore[valid-type]
+    csrf: Annotated[str, Text(1, 100)]
 
 
 async def csrf(req: Request) -> Reply:
@@ -76,12 +79,12 @@ async def list_sessions(req: Request) -> Reply:
 class EndSessions(Schema):
     # a handle is hex (sessions.handle): anything else can name no session, and the
     # constant-time comparison takes only ASCII
-    handle: Text(0, 64, pattern=r"^[0-9a-f]*\Z") = ""  # type: ignore[valid-type]
+    handle: Annotated[str, Text(0, 64, pattern=r"^[0-9a-f]*\Z")] = ""
     others: bool = False
 
 
 async def end_sessions(req: Request) -> Reply:
-    data: EndSessions = req.data
+    data = req.payload(EndSessions)
     assert req.session is not None
     if bool(data.handle) == data.others:  # exactly one of the two
         raise ApiError(400, "validation", "handle" if not data.others else "others")
@@ -95,15 +98,15 @@ async def end_sessions(req: Request) -> Reply:
     return reply(200, {"ended": ended})
 
 
-async def _user_with_password(req: Request, password: str) -> dict[str, str]:
-    user = await req.app.current_user(req)
+async def _user_with_password(req: Request, password: str) -> User:
+    user: User | None = await req.app.current_user(req)
     if user is None or not await req.app.passwords.verify(user["hash"], password):
         raise ApiError(403, "auth")
     return user
 
 
 async def change_password(req: Request) -> Reply:
-    data: ChangePassword = req.data
+    data = req.payload(ChangePassword)
     app = req.app
     check_new_password(data.new, "new")
     user = await _user_with_password(req, data.old)
@@ -120,7 +123,7 @@ async def change_password(req: Request) -> Reply:
 
 
 async def destroy(req: Request) -> Reply:
-    data: Destroy = req.data
+    data = req.payload(Destroy)
     app = req.app
     user = await _user_with_password(req, data.password)
     await admins.leave(app.db, user["username"], keep_one=False)  # out of the roster before its record goes

@@ -7,7 +7,7 @@ cannot both win)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, cast
 
 import msgspec
 
@@ -15,23 +15,24 @@ from ..chain import Route
 from ..files import keys as fkeys
 from ..http import ApiError, Reply, Request, reply
 from ..identity import admins, keys, users
+from ..identity.records import User
 from ..notify import notify
 from ..ratelimit import clear, key
 from ..schema import Schema, Text
 
 
 class UserIn(Schema):
-    username: Text(3, 32)  # type: ignore[valid-type]
+    username: Annotated[str, Text(3, 32)]
 
 
 class Flag(Schema):
-    username: Text(3, 32)  # type: ignore[valid-type]
+    username: Annotated[str, Text(3, 32)]
     value: bool
 
 
 class UsersQuery(Schema):
-    q: Text(0, 254, description="a username or email prefix, any case") = ""  # type: ignore[valid-type]
-    after: Text(0, 400, description="the `next` of the previous page") = ""  # type: ignore[valid-type]
+    q: Annotated[str, Text(0, 254, description="a username or email prefix, any case")] = ""
+    after: Annotated[str, Text(0, 400, description="the `next` of the previous page")] = ""
 
 
 class UserRow(msgspec.Struct):
@@ -85,7 +86,7 @@ async def user_detail(req: Request) -> Reply:
         ("SMEMBERS", keys.sessions(name))])
     if not user:
         raise ApiError(404, "user")
-    record = dict(zip(user[::2], user[1::2], strict=True))
+    record = cast(User, dict(zip(user[::2], user[1::2], strict=True)))
     detail: dict[str, Any] = users.public(record, req.app.config.ADMINS)
     last = record.get("last", "")
     detail.update(last_login=int(last) if last.isdigit() else None, files=int(files), bytes=int(used or 0),
@@ -100,7 +101,7 @@ async def user_detail(req: Request) -> Reply:
     return reply(200, detail)
 
 
-async def _target(req: Request, refuse_self: bool = False) -> dict[str, str]:
+async def _target(req: Request, refuse_self: bool = False) -> User:
     """The user the body names (404 user); 403 self if it is the admin's own account and
     `refuse_self`."""
     user = await users.get(req.app.db, req.data.username.strip().lower())

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
@@ -36,18 +36,18 @@ RANGES = {"hour": (60, 1), "day": (1440, 5)}  # minutes covered, minutes per poi
 
 
 class LogsQuery(Schema):
-    type: Text(1, 100) = ""  # type: ignore[valid-type]
-    q: Text(1, 200) = ""  # type: ignore[valid-type]
-    since: Text(1, 15, pattern=MS) = ""  # type: ignore[valid-type]
-    until: Text(1, 15, pattern=MS) = ""  # type: ignore[valid-type]
-    before: Text(3, 41, pattern=STREAM_ID) = ""  # type: ignore[valid-type]
-    after: Text(3, 41, pattern=STREAM_ID) = ""  # type: ignore[valid-type]
-    limit: Text(1, 3, pattern=r"^[0-9]{1,3}\Z") = ""  # type: ignore[valid-type]
-    stream: Text(3, 5, pattern=r"^(audit|log)\Z") = ""  # type: ignore[valid-type]
+    type: Annotated[str, Text(1, 100)] = ""
+    q: Annotated[str, Text(1, 200)] = ""
+    since: Annotated[str, Text(1, 15, pattern=MS)] = ""
+    until: Annotated[str, Text(1, 15, pattern=MS)] = ""
+    before: Annotated[str, Text(3, 41, pattern=STREAM_ID)] = ""
+    after: Annotated[str, Text(3, 41, pattern=STREAM_ID)] = ""
+    limit: Annotated[str, Text(1, 3, pattern=r"^[0-9]{1,3}\Z")] = ""
+    stream: Annotated[str, Text(3, 5, pattern=r"^(audit|log)\Z")] = ""
 
 
 class RangeQuery(Schema):
-    range: Text(3, 4, pattern=r"^(hour|day)\Z") = "hour"  # type: ignore[valid-type]
+    range: Annotated[str, Text(3, 4, pattern=r"^(hour|day)\Z")] = "hour"
 
 
 class LogsOut(msgspec.Struct):
@@ -122,7 +122,7 @@ def _matcher(query: LogsQuery) -> Any:
 
 
 async def logs(req: Request) -> Reply:
-    query: LogsQuery = req.data
+    query = req.payload(LogsQuery)
     limit = int(query.limit) if query.limit else PAGE
     if not 1 <= limit <= PAGE_MAX:
         raise ApiError(400, "validation", "limit")
@@ -187,12 +187,12 @@ async def _page(merged: notifymod.Merged, limit: int, match: Any, cursor: str | 
 
 
 async def stats_series(req: Request) -> Reply:
-    minutes, step = RANGES[req.data.range]
+    minutes, step = RANGES[req.payload(RangeQuery).range]
     return reply(200, await stats.series(req.app.db, minutes, step))
 
 
 async def beat_series(req: Request) -> Reply:
-    minutes, step = RANGES[req.data.range]
+    minutes, step = RANGES[req.payload(RangeQuery).range]
     step_ms = step * beat.MINUTE_MS
     now = int(time.time() * 1000)
     last_bucket = now - now % step_ms

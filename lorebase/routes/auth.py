@@ -3,9 +3,13 @@ releaseEmail, recover, reset. Rate limits per IP and per account are kept in Red
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from ..chain import Route
+from ..errors import Taken
 from ..http import ApiError, Reply, Request, reply
 from ..identity import invites, keys, passwords, tokens, users
+from ..identity.records import User
 from ..mail import enqueue, reset_mail, verify_mail
 from ..notify import notify
 from ..ratelimit import address, check, clear, hit, key, take_back
@@ -18,30 +22,30 @@ HOUR = 3600
 LIMIT = 4096
 NO_STORE = {"cache-control": "no-store"}
 
-Password = Text(1, passwords.MAX_LENGTH, description="8-128 characters, not a common password")
-Login = Text(1, 254, description="username or email; trimmed and lower-cased")
-Token = Text(1, 200)
+Password = Annotated[str, Text(1, passwords.MAX_LENGTH, description="8-128 characters, not a common password")]
+Login = Annotated[str, Text(1, 254, description="username or email; trimmed and lower-cased")]
+Token = Annotated[str, Text(1, 200)]
 
 
 class Signup(Schema):
-    username: Text(1, 64, description="3-32 of [a-z0-9_.-] after trimming and lower-casing")  # type: ignore[valid-type]
-    email: Text(3, 300)  # type: ignore[valid-type]
-    password: Password  # type: ignore[valid-type]
-    invite: Text(0, 500, description="the token of an invite mail, for its email only") = ""  # type: ignore[valid-type]
+    username: Annotated[str, Text(1, 64, description="3-32 of [a-z0-9_.-] after trimming and lower-casing")]
+    email: Annotated[str, Text(3, 300)]
+    password: Password
+    invite: Annotated[str, Text(0, 500, description="the token of an invite mail, for its email only")] = ""
 
 
 class VerifyEmail(Schema):
-    token: Token  # type: ignore[valid-type]
-    password: Password | None = None  # type: ignore[valid-type]
+    token: Token
+    password: Password | None = None
 
 
 class ReleaseEmail(Schema):
-    token: Token  # type: ignore[valid-type]
+    token: Token
 
 
 class LoginIn(Schema):
-    username: Login  # type: ignore[valid-type]
-    password: Password  # type: ignore[valid-type]
+    username: Login
+    password: Password
 
 
 class Csrf(Schema):
@@ -49,12 +53,12 @@ class Csrf(Schema):
 
 
 class Recover(Schema):
-    username: Login  # type: ignore[valid-type]
+    username: Login
 
 
 class Reset(Schema):
-    token: Token  # type: ignore[valid-type]
-    password: Password  # type: ignore[valid-type]
+    token: Token
+    password: Password
 
 
 def check_new_password(password: str, path: str) -> None:
@@ -63,7 +67,7 @@ def check_new_password(password: str, path: str) -> None:
 
 
 async def signup(req: Request) -> Reply:
-    data: Signup = req.data
+    data = req.payload(Signup)
     config, db = req.app.config, req.app.db
     username = users.normal_username(data.username)
     email = users.normal_email(data.email)
@@ -75,14 +79,14 @@ async def signup(req: Request) -> Reply:
     await check(db, "signup-ip", address(req.ip), config.SIGNUPS_PER_IP, HOUR)
     refused = await users.taken(db, username, email, config.VERIFY_TTL)
     if refused:  # before the hash: a taken name costs no argon2
-        raise ApiError(409, refused)
+        raise Taken(refused)
     password_hash = await req.app.passwords.hash(data.password)
     invited = await invites.take(db, data.invite, email) if data.invite else None
     if data.invite and invited is None:
         raise ApiError(403, "invite")  # used, revoked, expired or replaced
     try:
         previous = await users.create(db, username, email, password_hash, config.VERIFY_TTL)
-    except ApiError:
+    except Taken:
         if invited:
             await invites.give_back(db, email, invited)  # the name was taken meanwhile: the invite still works
         raise
@@ -98,7 +102,7 @@ async def signup(req: Request) -> Reply:
     return reply(200, {})
 
 
-async def _token_user(req: Request, kind: str, token: str) -> dict[str, str]:
+async def _token_user(req: Request, kind: str, token: str) -> User:
     """The user a live token was issued for, its email unchanged since; else 403 token."""
     issued = await tokens.peek(req.app.db, kind, token)
     user = await users.get(req.app.db, issued[0]) if issued else None
@@ -133,7 +137,7 @@ async def _count_attempt(req: Request, account: str) -> tuple[str, str]:
     return ip_key, account_key
 
 
-async def _password_proof(req: Request, user: dict[str, str], password: str) -> bool:
+async def _password_proof(req: Request, user: User, password: str) -> bool:
     """The account's password, under the login limits (each try costs a hash)."""
     counters = await _count_attempt(req, user["username"])
     if not await req.app.passwords.verify(user["hash"], password):
@@ -154,7 +158,7 @@ async def _session_of(req: Request, username: str) -> bool:
 async def verify_email(req: Request) -> Reply:
     """The token proves the mailbox; a live session of the account or its password proves
     the account. Both are needed, so nobody's click verifies an account someone else made."""
-    data: VerifyEmail = req.data
+    data = req.payload(VerifyEmail)
     user = await _token_user(req, "verify", data.token)
     if not await _session_of(req, user["username"]):
         if data.password is None or not await _password_proof(req, user, data.password):
@@ -168,7 +172,7 @@ async def verify_email(req: Request) -> Reply:
 async def release_email(req: Request) -> Reply:
     """"This was not me": the mailbox owner takes the address back from the account that
     signed up with it, which keeps everything else; the address is free to sign up with."""
-    data: ReleaseEmail = req.data
+    data = req.payload(ReleaseEmail)
     db = req.app.db
     issued = await tokens.redeem(db, "verify", data.token)
     if issued is None or not await users.release(db, issued[0], issued[1]):
@@ -178,7 +182,7 @@ async def release_email(req: Request) -> Reply:
 
 
 async def login(req: Request) -> Reply:
-    data: LoginIn = req.data
+    data = req.payload(LoginIn)
     app = req.app
     config, db = app.config, app.db
     name = str(data.username).strip().lower()
@@ -214,7 +218,7 @@ async def login(req: Request) -> Reply:
 
 
 async def recover(req: Request) -> Reply:
-    data: Recover = req.data
+    data = req.payload(Recover)
     config, db = req.app.config, req.app.db
     await check(db, "recover-ip", address(req.ip), config.RECOVER_PER_IP, HOUR)
     user = await users.find(db, str(data.username).strip().lower())
@@ -231,7 +235,7 @@ async def recover(req: Request) -> Reply:
 
 
 async def reset(req: Request) -> Reply:
-    data: Reset = req.data
+    data = req.payload(Reset)
     app = req.app
     db = app.db
     check_new_password(data.password, "password")

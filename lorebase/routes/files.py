@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import quote
 
 import msgspec
@@ -27,7 +27,7 @@ class FileOut(msgspec.Struct):
 
 
 class ListQuery(Schema):
-    before: Text(23, 23, pattern=ID.pattern) = ""  # type: ignore[valid-type]
+    before: Annotated[str, Text(23, 23, pattern=ID.pattern)] = ""
 
 
 class FileRow(msgspec.Struct):
@@ -43,7 +43,7 @@ MULTIPART_OVERHEAD = 65536  # the csrf field, part headers and boundaries around
 
 
 class DeleteIn(Schema):
-    id: Text(1, 64)  # type: ignore[valid-type]
+    id: Annotated[str, Text(1, 64)]
 
 
 async def upload(req: Request) -> Reply:
@@ -67,7 +67,7 @@ async def upload(req: Request) -> Reply:
 
 async def list_files(req: Request) -> Reply:
     assert req.session is not None
-    rows = await req.app.store.page(req.app.db, req.session["user"], req.data.before or None, PAGE)
+    rows = await req.app.store.page(req.app.db, req.session["user"], req.payload(ListQuery).before or None, PAGE)
     return reply(200, rows)
 
 
@@ -145,7 +145,7 @@ async def _empty() -> AsyncIterator[bytes]:
 async def delete(req: Request) -> Reply:
     app = req.app
     assert req.session is not None
-    file_id = check_id(req.data.id)
+    file_id = check_id(req.payload(DeleteIn).id)
     if not await app.store.remove(app.db, req.session["user"], file_id):
         raise ApiError(404, "notfound")
     return reply(200, {})

@@ -3,6 +3,8 @@ single-use token), list the live invites, revoke one. The signup with a token is
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from ..chain import Route
 from ..http import ApiError, Reply, Request, reply
 from ..identity import invites, users
@@ -12,7 +14,7 @@ from ..schema import Schema, Text
 
 
 class InviteIn(Schema):
-    email: Text(3, 300)  # type: ignore[valid-type]
+    email: Annotated[str, Text(3, 300)]
 
 
 class InviteOut(Schema):
@@ -23,7 +25,7 @@ class InviteOut(Schema):
 
 
 def _email(req: Request) -> str:
-    return users.normal_email(req.data.email)
+    return users.normal_email(req.payload(InviteIn).email)
 
 
 async def invite(req: Request) -> Reply:

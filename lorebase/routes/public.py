@@ -4,6 +4,7 @@ document. None of them needs a session."""
 from __future__ import annotations
 
 import time
+from typing import Annotated
 
 import msgspec
 
@@ -55,17 +56,17 @@ async def ping(req: Request) -> Reply:
 class ClientError(Schema):
     """What a browser reports about an error of its own."""
 
-    message: Text(1, 2000)  # type: ignore[valid-type]
-    url: Text(0, 2048) = ""  # type: ignore[valid-type]
-    stack: Text(0, 8000, multiline=True) = ""  # type: ignore[valid-type]
-    line: Int(0, 10**9) = 0  # type: ignore[valid-type]
-    column: Int(0, 10**9) = 0  # type: ignore[valid-type]
+    message: Annotated[str, Text(1, 2000)]
+    url: Annotated[str, Text(0, 2048)] = ""
+    stack: Annotated[str, Text(0, 8000, multiline=True)] = ""
+    line: Annotated[int, Int(0, 10**9)] = 0
+    column: Annotated[int, Int(0, 10**9)] = 0
 
 
 async def client_error(req: Request) -> Reply:
     config = req.app.config
     await ratelimit.check(req.app.db, "error", ratelimit.address(req.ip), config.ERROR_REPORTS_PER_MINUTE, 60)
-    data: ClientError = req.data
+    data = req.payload(ClientError)
     notify("client error", ip=req.ip, message=data.message, url=data.url, stack=data.stack,
            line=data.line, column=data.column, agent=req.headers.get("user-agent", "")[:300])
     return reply(200, {})

@@ -31,7 +31,10 @@ import redis
 
 from ..db import address, connect_sync, parse_url, servers, with_user
 from ..pause import flush_keeping_pause
-from .vault import BackupError, Store, catalog, in_future, is_name, latest, name_time, now_name, sha256_of, store
+from .vault import BackupError as BackupError
+from .vault import Store, in_future, is_name, latest, name_time, now_name, sha256_of
+from .vault import catalog as catalog
+from .vault import store as store
 
 CHUNK = 1 << 20
 
