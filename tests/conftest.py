@@ -14,6 +14,7 @@ import pytest
 from .files_support import Moto
 from .identity_support import Users, assert_no_secret_logged
 from .lore import Lorebase, MailSink, topology_redis
+from .package_support import build_wheel
 
 
 @pytest.fixture(scope="session")
@@ -64,3 +65,9 @@ def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Moto]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def lorebase_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """lorebase's wheel, built once per session from this tree (test_wheel, test_scaffold)."""
+    return build_wheel(tmp_path_factory.mktemp("wheel"))

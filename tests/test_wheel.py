@@ -1,15 +1,11 @@
 """lorebase as people install it: the wheel built from this tree, installed into a fresh
 virtualenv with exactly the lock file's pins (`--require-hashes`) and then the wheel with no
-dependency resolved afresh, run from a directory outside the repository.
-
-The pins come from the deploy tests' wheelhouse when `scripts/install test` made it (no
-network), else from the package index (pip's cache keeps a second run short)."""
+dependency resolved afresh, run from a directory outside the repository
+(tests/package_support.py says where pip takes the pins from)."""
 
 from __future__ import annotations
 
-import hashlib
 import os
-import shutil
 import subprocess
 import sys
 import zipfile
@@ -23,49 +19,13 @@ import lorebase
 from lorebase.testing import Lorebase
 
 from .lore import ROOT
-
-WHEELHOUSE = ROOT / ".venv" / "wheelhouse"
-
-
-def pip_sources() -> list[str]:
-    """Where pip takes the pinned files and the build backend from: the wheelhouse when it is
-    complete for the current lock (scripts/install's stamp), else the index."""
-    stamp = hashlib.sha256((ROOT / "requirements.lock").read_bytes() + (ROOT / "pyproject.toml").read_bytes())
-    try:
-        complete = (WHEELHOUSE / ".complete").read_text().strip() == stamp.hexdigest()
-    except FileNotFoundError:
-        complete = False
-    return ["--no-index", "--find-links", str(WHEELHOUSE)] if complete else []
-
-
-def pip(*args: str, python: str = sys.executable) -> None:
-    done = subprocess.run([python, "-m", "pip", "--disable-pip-version-check", "-q", *args],
-                          capture_output=True, text=True, timeout=600, check=False)
-    assert done.returncode == 0, f"pip {' '.join(args)}:\n{done.stdout[-3000:]}{done.stderr[-3000:]}"
-
-
-def package_files(tree: Path) -> set[str]:
-    """Every file of the package in `tree`, as a path inside a wheel, bytecode left out."""
-    return {p.relative_to(tree).as_posix() for p in (tree / "lorebase").rglob("*")
-            if p.is_file() and "__pycache__" not in p.parts}
+from .package_support import package_files, pip, pip_sources
 
 
 @pytest.fixture(scope="module")
-def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The wheel of this tree, built from a copy of it (a build writes into its source)."""
-    base = tmp_path_factory.mktemp("wheel")
-    source = base / "source"
-    shutil.copytree(ROOT / "lorebase", source / "lorebase", ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy2(ROOT / name, source / name)
-    pip("wheel", "--no-deps", *pip_sources(), "-w", str(base / "dist"), str(source))
-    (built,) = (base / "dist").glob("lorebase-*.whl")
-    return built
-
-
-@pytest.fixture(scope="module")
-def venv(tmp_path_factory: pytest.TempPathFactory, wheel: Path) -> Iterator[Path]:
+def venv(tmp_path_factory: pytest.TempPathFactory, lorebase_wheel: Path) -> Iterator[Path]:
     """A fresh virtualenv with the lock's pins, then the wheel (--no-deps)."""
+    wheel = lorebase_wheel
     where = tmp_path_factory.mktemp("venv") / "env"
     subprocess.run([sys.executable, "-m", "venv", str(where)], check=True, timeout=120)
     python = str(where / "bin" / "python")
@@ -74,9 +34,10 @@ def venv(tmp_path_factory: pytest.TempPathFactory, wheel: Path) -> Iterator[Path
     yield where
 
 
-def test_the_wheel_carries_every_file_of_the_package(wheel: Path) -> None:
+def test_the_wheel_carries_every_file_of_the_package(lorebase_wheel: Path) -> None:
     """The web client, the password list, the type marker, the migrations, the scaffold's
     templates: whatever lorebase/ holds, the wheel holds."""
+    wheel = lorebase_wheel
     with zipfile.ZipFile(wheel) as archive:
         inside = {name for name in archive.namelist() if name.startswith("lorebase/")}
     assert package_files(ROOT) <= inside, sorted(package_files(ROOT) - inside)

@@ -26,19 +26,21 @@ def fresh_ip() -> str:
 
 
 class Client:
-    """One browser of `lore`: its cookies (the session's among them) kept between requests,
-    the CSRF token of its login sent as X-CSRF-Token with every request but GET and HEAD.
+    """One browser of `lore` (a Lorebase, or a lorebase's URL): its cookies (the session's
+    among them) kept between requests, the CSRF token of its login sent as X-CSRF-Token with
+    every request but GET and HEAD.
 
     `client.account("ada")` signs ada up, verifies her email through the captured mail and
     logs her in: the client then holds her session. Each step is a method of its own
     (`signup`, `verify`, `login`, `logout`, `destroy`) that returns the reply unchecked, for
     tests of the steps themselves."""
 
-    def __init__(self, lore: Lorebase, mail: MailSink | None = None, ip: str | None = None, timeout: float = 30.0):
-        self.lore = lore
+    def __init__(self, lore: Lorebase | str, mail: MailSink | None = None, ip: str | None = None,
+                 timeout: float = 30.0):
+        self.url = lore if isinstance(lore, str) else lore.url
         self.mail = mail
         self.ip = ip or fresh_ip()
-        self.http = httpx.Client(base_url=lore.url, timeout=timeout, headers={"x-real-ip": self.ip})
+        self.http = httpx.Client(base_url=self.url, timeout=timeout, headers={"x-real-ip": self.ip})
         self.csrf: str | None = None
 
     def __enter__(self) -> Self:
