@@ -1,22 +1,22 @@
-"""The application: the whole chain in one list, read top to bottom (seed: Routes), and
+"""The application: the chain built from the extensions (the built-in parts, then APPS), and
 what a worker opens at start-up and closes at shutdown.
 
-Your own routes go in a module like lorebase/apps/notes.py, placed in the section where
-they belong: `insert(base, "private", notes.routes())` below is how the example does it.
+Your own routes live in a package of yours, as an Extension (lorebase/extension.py) that APPS
+names; `routes(config)` below places each route at the end of its section.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Sequence
+from pathlib import Path
 
 import msgspec
 
 from . import __version__, db
-from .apps import notes
-from .chain import Chain, Route, insert
+from .chain import SECTIONS, Chain, Route
 from .config import Config
+from .extension import DestroyHook, Extension, UserDetail, extensions
 from .files.store import Store
 from .http import Request
 from .identity import users
@@ -25,38 +25,32 @@ from .identity.passwords import Passwords
 from .identity.sessions import Sessions
 from .notify import notify
 from .openapi import document
-from .routes import account, admin, admin_ops, auth, files, gate, invites, public, web
+from .stats import FLOWS
 
 
-def routes(config: Config) -> list[Route]:
-    base = [
-        *public.routes(),  # avant, then health, ping, error reports, the OpenAPI document
-        *web.routes(),  # the web client's page and assets
-        *auth.routes(),  # signup, verifyEmail, login, recover, reset
-        *gate.gatekeeper_routes(),  # past here: a live session
-        *gate.csrf_routes(),  # past here: state changes carry the session's CSRF token
-        *account.routes(),  # csrf, logout, changePassword, destroy
-        *files.routes(config),  # upload, list, download, delete
-        *gate.admin_routes(),  # past here: admins only
-        *invites.routes(),  # invite an email, list, revoke
-        *admin.routes(),
-        *admin_ops.routes(),  # logs, stats and beat series, backups
-    ]
-    return insert(base, "private", notes.routes())  # the example app
+def routes(config: Config, exts: Sequence[Extension] | None = None) -> list[Route]:
+    """Every extension's routes, each at the end of its section, in the extensions' order."""
+    found = [route for ext in (extensions(config) if exts is None else exts) for route in ext.routes_for(config)]
+    return sorted(found, key=lambda route: SECTIONS.index(route.section))  # stable: order within a section stays
 
 
 class App(Chain):
-    """The chain plus what its routes share: Redis, sessions, passwords, files, app hooks."""
+    """The chain plus what its routes share: Redis, sessions, passwords, files, the extensions."""
 
-    def __init__(self, config: Config, chain_routes: list[Route]):
+    def __init__(self, config: Config, chain_routes: list[Route], exts: Sequence[Extension]):
         super().__init__(chain_routes, config)
         self.sessions = Sessions(config)
         self.devices = Devices(config)
         self.passwords = Passwords(config)
         self.store = Store(config)
-        # called with (app, username) before a user is deleted: apps remove their data
-        self.destroy_hooks: list[Callable[[Any, str], Awaitable[None]]] = [
-            notes.remove_user_notes, files.remove_user_files]
+        self.extensions = list(exts)
+        # called with (app, username) before a user is deleted: the applications first (their
+        # data may name the user's files), then the built-in parts
+        self.destroy_hooks: list[DestroyHook] = [hook for ext in reversed(self.extensions) for hook in ext.on_destroy]
+        # what the admin's user detail adds, per extension
+        self.user_details: list[UserDetail] = [ext.user_detail for ext in self.extensions if ext.user_detail]
+        # each application's web files, served at /apps/<name>/<file>
+        self.assets: dict[str, Path] = {ext.name: Path(ext.assets) for ext in self.extensions if ext.assets}
 
     async def destroy_user(self, username: str) -> bool:
         """A user and everything of it, in destroy's three steps: first every session ends and
@@ -99,7 +93,11 @@ async def watch_maintenance(app: App) -> None:
 
 
 def create_app(config: Config, chain_routes: list[Route] | None = None) -> App:
-    app = App(config, chain_routes or routes(config))
+    exts = extensions(config)
+    for ext in exts:
+        for name, text in ext.stats.items():
+            FLOWS.setdefault(name, text)
+    app = App(config, chain_routes or routes(config, exts), exts)
 
     flusher: list[asyncio.Task[None]] = []
 

@@ -1,19 +1,20 @@
 """`lorebase check [--repair]`: the consistency check of the whole database (seed: Master
 tasks, "consistency checks"). Users and their indexes (the search's too), sessions and tokens of missing users,
-destroys that died half-way, notes, `usage:`, the file store (`files.check`, called as it is),
-and the jobs of the durable queues.
+destroys that died half-way, then each application's own checks (Extension.checks: the notes
+example's, with its config), `usage:`, the file store (`files.check`, called as it is), and the
+jobs of the durable queues.
 
 It runs while the server serves, on redis-py (the CLI, and a thread of the tasks process).
 A scan only proposes candidates: every problem is confirmed by one Lua script at the moment it
 is reported, and the same script repairs it (with --repair), so a write in flight is neither
 reported nor damaged: an `email:` entry is deleted only if, right then, its user still does
 not exist or still does not hold that address. Every key comes from its owner's builder
-(identity/keys.py, files/keys.py, notes_key / notebook_key, tasks/queue.names, mail.QUEUE...).
+(identity/keys.py, files/keys.py, tasks/queue.names, mail.QUEUE..., and each app's own).
 
 Two kinds of finding: a problem (counted in the exit code, notified by the scheduled run) and
 a tidy-up, harmless by design and only pruned by --repair: ids of sessions that expired on
-their own left in `sessions:{<user>}`, and notes naming a file the user deleted since (the read
-filters them out; see apps/notes.py).
+their own left in `sessions:{<user>}`, and what an application marks as such (the notes
+example: notes naming a file the user deleted since, which its read filters out).
 """
 
 from __future__ import annotations
@@ -27,9 +28,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-import msgspec
-
-from .apps.notes import _SWAP, NO_FILES, notebook_key, notes_key
+from .extension import load_apps
 from .files import check as files_check
 from .files import keys as fkeys
 from .identity import keys, tokens, users
@@ -104,20 +103,6 @@ if ARGV[2] == '1' then redis.call('SREM', KEYS[1], ARGV[1]) end
 return 1
 """
 
-# KEYS: notes, notebook. ARGV: a note id, '1' to repair.
-_NOTE = """
-local listed = redis.call('ZSCORE', KEYS[1], ARGV[1])
-local stored = redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1
-if listed and not stored then
-  if ARGV[2] == '1' then redis.call('ZREM', KEYS[1], ARGV[1]) end
-  return 'unstored'
-end
-if stored and not listed then
-  if ARGV[2] == '1' then redis.call('ZADD', KEYS[1], 0, ARGV[1]) end
-  return 'unlisted'
-end
-return 'ok'
-"""
 
 # KEYS: usage, files, then each listed file's record. ARGV: the user, '1' to repair, then the
 # listed ids. false if it agrees, or if the list changed since it was read (the next run looks).
@@ -249,7 +234,8 @@ class Check:
         self.findings: list[Finding] = []
         self.counts: dict[str, int] = {}
         self.scripts: dict[str, Any] = {}
-        self.owners: dict[str, str] | None = None  # file id → its user (Check.owner)
+        self.owners: dict[str, str] | None = None  # file id → its user (Check.file_owner)
+        self.extensions = load_apps(config)  # the applications' checks run after identity's
 
     def run(self, lua: str, keys_: list[str], args: list[Any]) -> Any:
         if lua not in self.scripts:
@@ -268,6 +254,15 @@ class Check:
 
     def exists(self, name: str) -> bool:
         return bool(self.db.exists(keys.user(name)))
+
+    def count(self, what: str, amount: int) -> None:
+        self.counts[what] = self.counts.get(what, 0) + amount
+
+    def tails(self, builder: Callable[[str], str]) -> list[str]:
+        return tails(self.db, builder)
+
+    def drop_orphans(self, username: str, keys_: list[str]) -> int:
+        return int(self.run(_ORPHANS, [keys.user(username), *keys_], [self.flag]))
 
     def address(self, name: str) -> str | None:
         """The address `name`'s record holds (None: no such user, or none)."""
@@ -319,7 +314,7 @@ class Check:
                 continue
             done = ""
             if self.repair and finish_destroys(self.config, [(name, mark)]):
-                done = "destroy finished: notes, files (to the S3 trash) and the user removed"
+                done = "destroy finished: the apps' data, files (to the S3 trash) and the user removed"
             self.found(keys.user(name), f"a destroy that stopped half-way {int((now - int(mark)) / 60000)} min ago",
                        done)
 
@@ -438,62 +433,7 @@ class Check:
                 self.db.zadd(keys.INVITES, {address: int(time.time() * 1000) + int(left)}, gt=True)
             self.found(keys.invite(address), f"not in {keys.INVITES}", "listed")
 
-    # -- notes -------------------------------------------------------------------------------
-
-    def notes(self) -> None:
-        from .apps.notes import _decode, _encode
-
-        users_ = sorted(set(tails(self.db, notes_key)) | set(tails(self.db, notebook_key)))
-        total = 0
-        for name in self.each("notes", users_):
-            if not self.exists(name):
-                if self.run(_ORPHANS, [keys.user(name), notes_key(name), notebook_key(name)], [self.flag]):
-                    self.found(notes_key(name), f"notes of {name}, who does not exist", "deleted")
-                continue
-            ids = set(self.db.zrange(notes_key(name), 0, -1))
-            stored = set(self.db.hkeys(notebook_key(name)))
-            total += len(stored)
-            for note_id in sorted(ids ^ stored):
-                code = self.run(_NOTE, [notes_key(name), notebook_key(name)], [note_id, self.flag])
-                if code == "unstored":
-                    self.found(notes_key(name), f"note {note_id} is listed but not in {notebook_key(name)}",
-                               "dropped from the list")
-                elif code == "unlisted":
-                    self.found(notebook_key(name), f"note {note_id} is not in {notes_key(name)}", "listed again")
-            for note_id, blob in self.db.hscan_iter(notebook_key(name), count=500):
-                if blob.endswith(NO_FILES):
-                    continue
-                try:
-                    note = _decode(blob)
-                except msgspec.DecodeError:
-                    self.found(notebook_key(name), f"note {note_id} is not a note as JSON")
-                    continue
-                owned = self.db.pipeline(transaction=False)
-                for file_id in note.files:
-                    owned.exists(fkeys.file(name, file_id))
-                others = [f for f, mine in zip(note.files, owned.execute(), strict=True) if not mine]
-                # a file id not among the user's: another user's, or gone (records are per user);
-                # whose it is comes from one scan of every record, made once for the whole run
-                # (a scan per id made the check quadratic: one user could make it take hours)
-                foreign = [f for f in others if self.owner(f)]
-                gone = [f for f in others if f not in foreign]
-                if not gone and not foreign:
-                    continue
-                done = ""
-                if self.repair:
-                    note.files = [f for f in note.files if f not in gone and f not in foreign]
-                    # compare-and-set: a note edited since it was read is left for the next run
-                    swapped = self.run(_SWAP, [notebook_key(name)], [note_id, blob, _encode(note)])
-                    done = "rewritten without them" if swapped else "edited meanwhile: left for the next run"
-                if foreign:
-                    self.found(notebook_key(name), f"note {note_id} names files of other users: {', '.join(foreign)}",
-                               done)
-                if gone:
-                    self.found(notebook_key(name), f"note {note_id} names files no longer stored: {', '.join(gone)}",
-                               done, tidy=True)
-        self.counts["notes"] = total
-
-    def owner(self, file_id: str) -> str | None:
+    def file_owner(self, file_id: str) -> str | None:
         """The user whose file this is, per one scan of every record made when first asked,
         and still now (one deleted since the scan is nobody's: gone, not another user's)."""
         if self.owners is None:
@@ -542,7 +482,7 @@ class Check:
     def jobs(self) -> dict[str, int]:
         dead: dict[str, int] = {}
         total = 0
-        for queue in durable().values():
+        for queue in durable([q.key for ext in self.extensions for q in ext.queues]).values():
             for key in (queue["queue"], *doing_lists(self.db, queue), queue["retry"]):
                 kind = "zset" if key == queue["retry"] else "list"
                 raws = self.db.zrange(key, 0, -1) if kind == "zset" else self.db.lrange(key, 0, -1)
@@ -570,7 +510,9 @@ class Check:
         self.sessions()
         self.tokens()
         self.invites()
-        self.notes()
+        for ext in self.extensions:
+            for app_check in ext.checks:
+                app_check(self)
         self.files(live)
         dead = self.jobs()
         return Report(self.findings, self.repair, self.counts, dead)

@@ -10,19 +10,20 @@ from __future__ import annotations
 import os
 import secrets
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 ENVIRONMENTS = ("dev", "prod")
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent  # the directory holding the lorebase package
 
 # Every key, with its dev value. Types come from these values: an environment variable
 # for a list key is comma-separated, for a bool key "1/true/yes/on" or "0/false/no/off".
 DEFAULTS: dict[str, Any] = {
     "PORT": 8000,
     "HOST": "127.0.0.1",
-    "DATA_DIR": str(ROOT / "data"),
+    "DATA_DIR": "data",  # a relative path is inside the project directory
     "REDIS_URL": "",  # empty: start an embedded redis-server with its data in DATA_DIR/redis
     "REDIS_APPENDFSYNC": "everysec",  # or "always": every acknowledged write survives a crash
     "REDIS_TIMEOUT": 1.0,  # seconds a Redis command may take before the request gets 503
@@ -41,6 +42,7 @@ DEFAULTS: dict[str, Any] = {
     "ADMINS": [],
     "WHITELIST": [],
     "TRUSTED_PROXIES": [],  # peers whose X-Forwarded-For / X-Real-IP is believed
+    "APPS": [],  # the applications this server loads, in order: importable module paths (docs: Writing an app)
     "JSON_LIMIT": 16 * 1024,  # bytes of a JSON body, for a route without a limit of its own
     # master tasks
     "BACKUP_EVERY": 3600,  # seconds between two Redis backups (0: none scheduled; `lorebase backup` still works)
@@ -141,8 +143,9 @@ class ConfigError(Exception):
 class Config:
     """The settings of one environment, as attributes named like the keys."""
 
-    def __init__(self, env: str, values: dict[str, Any]):
+    def __init__(self, env: str, values: dict[str, Any], project: Path | None = None):
         self.ENV = env
+        self.project = project or project_dir()  # the directory of config.py, secret.py, the apps
         self._values = values
         for key, value in values.items():
             setattr(self, key, value)
@@ -214,17 +217,39 @@ def _coerce(key: str, raw: str, default: Any) -> Any:
     return raw
 
 
-def _secret_file() -> Path:
-    return Path(os.environ.get("LOREBASE_SECRET_FILE") or ROOT / "secret.py")
+def project_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """The project a command works on: LOREBASE_PROJECT, else the current directory. Its
+    config.py and secret.py are read, DATA_DIR is relative to it, and its own packages (APPS)
+    import from it."""
+    variables = os.environ if environ is None else environ
+    return Path(variables.get("LOREBASE_PROJECT") or os.getcwd()).resolve()
 
 
-def _read_secret_file(path: Path) -> dict[str, Any]:
-    """secret.py is Python, like config.py: UPPER_CASE names are settings."""
+def _secret_file(project: Path | None = None, environ: Mapping[str, str] | None = None) -> Path:
+    variables = os.environ if environ is None else environ
+    return Path(variables.get("LOREBASE_SECRET_FILE") or (project or project_dir(variables)) / "secret.py")
+
+
+def _read_settings(path: Path) -> dict[str, Any]:
+    """config.py and secret.py are Python: UPPER_CASE names are settings."""
     if not path.exists():
         return {}
     namespace: dict[str, Any] = {}
     exec(compile(path.read_text(), str(path), "exec"), namespace)  # noqa: S102 - the operator's own file
     return {k: v for k, v in namespace.items() if k.isupper()}
+
+
+def _project_settings(path: Path, env: str) -> dict[str, Any]:
+    """The project's config.py: its UPPER_CASE keys for every environment, then the dict named
+    like the environment in capitals (DEV = {...}, PROD = {...}) for that one."""
+    settings = _read_settings(path)
+    per_env = {name.upper() for name in ENVIRONMENTS}
+    out = {k: v for k, v in settings.items() if k not in per_env}
+    own = settings.get(env.upper(), {})
+    if not isinstance(own, dict):
+        raise ConfigError(f"{path}: {env.upper()} must be a dict of settings")
+    out.update(own)
+    return out
 
 
 def load(env: str = "dev", environ: dict[str, str] | None = None, check: bool = True,
@@ -237,12 +262,15 @@ def load(env: str = "dev", environ: dict[str, str] | None = None, check: bool = 
     if env not in ENVIRONMENTS:
         raise ConfigError(f"unknown environment {env!r}: use one of {', '.join(ENVIRONMENTS)}")
     environ = dict(os.environ if environ is None else environ)
+    project = project_dir(environ)
     values = dict(DEFAULTS)
     values.update(PER_ENV[env])
-    for key, value in _read_secret_file(_secret_file()).items():
-        if key not in DEFAULTS:
-            raise ConfigError(f"{_secret_file()}: unknown key {key}")
-        values[key] = value
+    for path, settings in ((project / "config.py", _project_settings(project / "config.py", env)),
+                           (_secret_file(project, environ), _read_settings(_secret_file(project, environ)))):
+        for key, value in settings.items():
+            if key not in DEFAULTS:
+                raise ConfigError(f"{path}: unknown key {key}")
+            values[key] = value
     for key, default in DEFAULTS.items():
         raw = environ.get(f"LOREBASE_{key}")
         if raw is not None:
@@ -252,14 +280,15 @@ def load(env: str = "dev", environ: dict[str, str] | None = None, check: bool = 
     if "LOREBASE_BASE_URL" not in environ and values["BASE_URL"] == DEFAULTS["BASE_URL"]:
         values["BASE_URL"] = f"http://localhost:{values['PORT']}"  # follow PORT unless set
     values["BASE_URL"] = str(values["BASE_URL"]).rstrip("/")
+    values["DATA_DIR"] = str(project / values["DATA_DIR"])  # as it is when absolute
     if values["WORKERS"] <= 0:
         values["WORKERS"] = os.cpu_count() or 1
     if not check:
-        return Config(env, values)
+        return Config(env, values, project)
     _check(env, values, role)
     if role == "api" and not values["COOKIE_SECRET"]:
         values["COOKIE_SECRET"] = kept_secret(Path(values["DATA_DIR"]))
-    return Config(env, values)
+    return Config(env, values, project)
 
 
 def _check(env: str, values: dict[str, Any], role: str = "api") -> None:

@@ -289,11 +289,14 @@ async def record_stocks(db: Client, queues: Iterable[dict[str, str]], keep: int)
 
 
 def queues(config: Any) -> list[dict[str, str]]:
-    """The durable queues whose lengths are levels: the outbox, and the S3 mirror when on."""
+    """The durable queues whose lengths are levels: the outbox, the S3 mirror when on, and the
+    applications' queues."""
+    from .extension import app_queues
     from .tasks.queue import durable
 
-    found = durable()
-    return [found["mail"], found["s3"]] if config.S3_BUCKET else [found["mail"]]
+    found = durable(app_queues(config))
+    builtin = [found["mail"], found["s3"]] if config.S3_BUCKET else [found["mail"]]
+    return builtin + [keys for name, keys in found.items() if name not in ("mail", "s3")]
 
 
 QUEUE_STATES = ("queue", "doing", "retry", "dead")

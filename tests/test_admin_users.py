@@ -155,7 +155,8 @@ def test_the_detail_of_a_user_shows_its_sessions_files_and_notes(lore, users, ro
         r = root.get("/admin/users/B_Detail")
         assert r.status_code == 200, r.text
         detail = r.json()
-        assert set(detail) == PUBLIC_FIELDS | {"last_login", "files", "bytes", "notes", "sessions"}
+        assert set(detail) == PUBLIC_FIELDS | {"last_login", "files", "bytes", "notes", "sessions", "extra"}
+        assert detail["extra"] == ["notes"]  # the notes example's line (Extension.user_detail)
         assert detail["username"] == "b_detail" and detail["verified"] is True and detail["admin"] is False
         assert before <= detail["last_login"] <= int(time.time() * 1000)
         assert (detail["files"], detail["bytes"], detail["notes"]) == (1, stored["size"], 2)

@@ -204,8 +204,8 @@ def test_a_half_finished_destroy_is_finished_by_repair(lore):
     assert problems(lines) == ["user:{ck_half}: a destroy that stopped half-way 120 min ago"], lines
     code, lines = check(lore, "--repair")
     assert code == 0, lines
-    assert lines[0] == ("user:{ck_half}: a destroy that stopped half-way 120 min ago (destroy finished: notes, "
-                        "files (to the S3 trash) and the user removed)"), lines
+    assert lines[0] == ("user:{ck_half}: a destroy that stopped half-way 120 min ago (destroy finished: the apps' "
+                        "data, files (to the S3 trash) and the user removed)"), lines
     assert not redis.exists(idkeys.user("ck_half"), notes_key("ck_half"), notebook_key("ck_half"),
                             fkeys.files("ck_half"), fkeys.usage("ck_half"), idkeys.email("ck_half@example.com"),
                             *(fkeys.file("ck_half", i) for i in files))

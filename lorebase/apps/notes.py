@@ -1,6 +1,8 @@
-"""Notes: the example application. Its routes sit in the chain's private section (so the
-gatekeeper and the CSRF check have run), it validates with its own schemas, keeps its
-own Redis keys, and cleans up when a user destroys their account.
+"""Notes: the example application, an Extension as yours would be (lorebase/extension.py):
+the lorebase repository's config.py loads it (APPS). Its routes sit in the chain's private
+section (so the gatekeeper and the CSRF check have run), it validates with its own schemas,
+keeps its own Redis keys, cleans up when a user destroys their account, checks its keys for
+`lorebase check`, and adds its count to the admin's user detail.
 
 Redis: `notes:{<user>}` sorted set of the user's note ids (scores 0: ids sort by time), and
 `notebook:{<user>}` hash, note id → the note as JSON {"id","text","ts","files"}: stored the
@@ -13,16 +15,20 @@ and the session probe within them, stay in one slot on a Redis Cluster.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from ..chain import Route
+from ..extension import CheckContext, Extension, user_tag
+from ..files.keys import file as file_key
 from ..files.store import ID, new_id
 from ..http import ApiError, Reply, Request, reply
-from ..identity.keys import tag
 from ..identity.sessions import live_probe, was_live
 from ..schema import Schema, Text
+
+if TYPE_CHECKING:
+    from ..app import App
 
 PAGE = 20
 # a note's text is up to 10,000 characters: 12 bytes each at worst as JSON escapes
@@ -32,11 +38,11 @@ FileId = Text(23, 23, pattern=ID.pattern)
 
 def notes_key(user: str) -> str:
     """The user's note ids (the only place this app names a key, with notebook_key)."""
-    return f"notes:{tag(user)}"
+    return f"notes:{user_tag(user)}"
 
 
 def notebook_key(user: str) -> str:
-    return f"notebook:{tag(user)}"
+    return f"notebook:{user_tag(user)}"
 
 
 class NoteIn(Schema):
@@ -169,10 +175,83 @@ async def delete(req: Request) -> Reply:
     return reply(200, {})
 
 
-async def remove_user_notes(app: Any, user: str) -> None:
-    """Called by /auth/destroy before the user goes (UNLINK: a big notebook is freed off
-    Redis's main thread)."""
+async def remove_user_notes(app: App, user: str) -> None:
+    """Destroy's step 2, before the user goes (UNLINK: a big notebook is freed off Redis's
+    main thread)."""
     await app.db.call("UNLINK", notes_key(user), notebook_key(user))
+
+
+async def user_detail(app: App, user: str) -> dict[str, int | str]:
+    """The admin's user detail: how many notes."""
+    return {"notes": int(await app.db.call("ZCARD", notes_key(user)))}
+
+
+# KEYS: notes, notebook. ARGV: a note id, '1' to repair.
+_NOTE = """
+local listed = redis.call('ZSCORE', KEYS[1], ARGV[1])
+local stored = redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1
+if listed and not stored then
+  if ARGV[2] == '1' then redis.call('ZREM', KEYS[1], ARGV[1]) end
+  return 'unstored'
+end
+if stored and not listed then
+  if ARGV[2] == '1' then redis.call('ZADD', KEYS[1], 0, ARGV[1]) end
+  return 'unlisted'
+end
+return 'ok'
+"""
+
+
+def check_notes(ctx: CheckContext) -> None:
+    """`lorebase check`: every listed note is stored and every stored one listed; no notes of
+    a user who does not exist; no note naming a file that is not its user's (another user's:
+    a problem; one deleted since: a tidy-up, the read filters it out already)."""
+    users = sorted(set(ctx.tails(notes_key)) | set(ctx.tails(notebook_key)))
+    total = 0
+    for name in ctx.each("notes", users):
+        if not ctx.exists(name):
+            if ctx.drop_orphans(name, [notes_key(name), notebook_key(name)]):
+                ctx.found(notes_key(name), f"notes of {name}, who does not exist", "deleted")
+            continue
+        ids = set(ctx.db.zrange(notes_key(name), 0, -1))
+        stored = set(ctx.db.hkeys(notebook_key(name)))
+        total += len(stored)
+        for note_id in sorted(ids ^ stored):
+            code = ctx.run(_NOTE, [notes_key(name), notebook_key(name)], [note_id, ctx.flag])
+            if code == "unstored":
+                ctx.found(notes_key(name), f"note {note_id} is listed but not in {notebook_key(name)}",
+                          "dropped from the list")
+            elif code == "unlisted":
+                ctx.found(notebook_key(name), f"note {note_id} is not in {notes_key(name)}", "listed again")
+        for note_id, blob in ctx.db.hscan_iter(notebook_key(name), count=500):
+            if blob.endswith(NO_FILES):
+                continue
+            try:
+                note = _decode(blob)
+            except msgspec.DecodeError:
+                ctx.found(notebook_key(name), f"note {note_id} is not a note as JSON")
+                continue
+            owned = ctx.db.pipeline(transaction=False)
+            for file_id in note.files:
+                owned.exists(file_key(name, file_id))
+            others = [f for f, mine in zip(note.files, owned.execute(), strict=True) if not mine]
+            # a file id not among the user's: another user's, or gone (records are per user)
+            foreign = [f for f in others if ctx.file_owner(f)]
+            gone = [f for f in others if f not in foreign]
+            if not gone and not foreign:
+                continue
+            done = ""
+            if ctx.repair:
+                note.files = [f for f in note.files if f not in gone and f not in foreign]
+                # compare-and-set: a note edited since it was read is left for the next run
+                swapped = ctx.run(_SWAP, [notebook_key(name)], [note_id, blob, _encode(note)])
+                done = "rewritten without them" if swapped else "edited meanwhile: left for the next run"
+            if foreign:
+                ctx.found(notebook_key(name), f"note {note_id} names files of other users: {', '.join(foreign)}", done)
+            if gone:
+                ctx.found(notebook_key(name), f"note {note_id} names files no longer stored: {', '.join(gone)}",
+                          done, tidy=True)
+    ctx.count("notes", total)
 
 
 def routes() -> list[Route]:
@@ -187,3 +266,7 @@ def routes() -> list[Route]:
         Route("POST", "/notes/delete", delete, section="private", body=NoteId, replies={404: ["notfound"]},
               summary="Delete a note"),
     ]
+
+
+extension = Extension("notes", routes=routes(), on_destroy=[remove_user_notes], checks=[check_notes],
+                      user_detail=user_detail)

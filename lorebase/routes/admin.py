@@ -11,7 +11,6 @@ from typing import Any
 
 import msgspec
 
-from ..apps.notes import notes_key
 from ..chain import Route
 from ..files import keys as fkeys
 from ..http import ApiError, Reply, Request, reply
@@ -60,8 +59,10 @@ class UserDetail(UserRow):
     last_login: int | None
     files: int
     bytes: int
-    notes: int
     sessions: list[SessionRow]
+    # the fields each application adds (Extension.user_detail), merged into this object,
+    # named here in order: the notes example adds `notes`, its count
+    extra: list[str]
 
 
 async def list_users(req: Request) -> Reply:
@@ -79,16 +80,23 @@ async def user_detail(req: Request) -> Reply:
     if not keys.USERNAME.fullmatch(name):
         raise ApiError(404, "user")
     db = req.app.db
-    user, files, used, notes, ids = await db.pipeline([
+    user, files, used, ids = await db.pipeline([
         ("HGETALL", keys.user(name)), ("ZCARD", fkeys.files(name)), ("GET", fkeys.usage(name)),
-        ("ZCARD", notes_key(name)), ("SMEMBERS", keys.sessions(name))])
+        ("SMEMBERS", keys.sessions(name))])
     if not user:
         raise ApiError(404, "user")
     record = dict(zip(user[::2], user[1::2], strict=True))
     detail: dict[str, Any] = users.public(record, req.app.config.ADMINS)
     last = record.get("last", "")
     detail.update(last_login=int(last) if last.isdigit() else None, files=int(files), bytes=int(used or 0),
-                  notes=int(notes), sessions=await req.app.sessions.of_user(db, record, list(ids)))
+                  sessions=await req.app.sessions.of_user(db, record, list(ids)))
+    extra: list[str] = []
+    for more in req.app.user_details:
+        for field, value in (await more(req.app, name)).items():
+            if field not in detail:  # an app cannot hide or change the built-in fields
+                detail[field] = value
+                extra.append(field)
+    detail["extra"] = extra
     return reply(200, detail)
 
 
@@ -184,7 +192,7 @@ def routes() -> list[Route]:
                       f"matches, {users.PAGE} a page (`after`: the previous page's `next`)"),
         Route("GET", "/admin/users/{username}", user_detail, section="admin", ok=UserDetail,
               replies={404: ["user"]},
-              summary="One user: its record, last login, files, bytes, notes and live sessions"),
+              summary="One user: its record, last login, files, bytes, live sessions and what each app adds (`extra`)"),
         Route("POST", "/admin/revoke", revoke, section="admin", body=UserIn, replies={404: ["user"]},
               summary="End all sessions of a user"),
         Route("POST", "/admin/unlock", unlock, section="admin", body=UserIn, replies={404: ["user"]},

@@ -218,7 +218,7 @@ async def backups(req: Request) -> Reply:
     except (BotoCoreError, ClientError) as error:  # S3 down or refusing
         notify("admin backups failed", error=f"{type(error).__name__}: {error}"[:300])
         raise ApiError(503, "s3") from None
-    tasks = await schedule.results(req.app.db, list(SCHEDULED))
+    tasks = await schedule.results(req.app.db, [*SCHEDULED, *(s.name for e in req.app.extensions for s in e.schedule)])
     tasks.update(await beat.latest(req.app.db))
     return reply(200, {"backups": found, "tasks": tasks})
 

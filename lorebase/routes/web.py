@@ -1,6 +1,7 @@
 """The web client's files (public): the page at / (and at /verify, /reset and /signup, the
 pages the mail links open), the admin page at /admin, their scripts and styles under /static/,
-and the vendored libraries under /static/vendor/<lib>/. Rendered in the browser from the JSON
+the vendored libraries under /static/vendor/<lib>/, and each application's own files
+(Extension.assets) under /apps/<name>/. Rendered in the browser from the JSON
 API; no templates, no build step. ETag from modification time and size (seed: Caching).
 
 Only the regular files listed in those two folders are served, by their exact names: a name
@@ -35,8 +36,8 @@ def _listed(folder: Path, name: str) -> bool:
     return path.is_file() and not path.is_symlink() and path.suffix in TYPES
 
 
-def _file(name: str, req: Request) -> Reply:
-    path = WEB / name
+def _file(name: str, req: Request, root: Path = WEB) -> Reply:
+    path = root / name
     try:
         stat = os.stat(path)
     except FileNotFoundError:
@@ -47,10 +48,10 @@ def _file(name: str, req: Request) -> Reply:
     inm = req.header(b"if-none-match")
     if inm is not None and etag_matches(inm, etag):
         return Reply(304, b"", headers, content_type=content_type)
-    cached = _cache.get(name)
+    cached = _cache.get(str(path))
     if cached is None or cached[:2] != (stat.st_mtime_ns, stat.st_size):
         cached = (stat.st_mtime_ns, stat.st_size, path.read_bytes())
-        _cache[name] = cached
+        _cache[str(path)] = cached
     return Reply(200, cached[2], headers, content_type=content_type)
 
 
@@ -77,6 +78,15 @@ async def vendored(req: Request) -> Reply:
     return _file(f"vendor/{lib}/{name}", req)
 
 
+async def app_asset(req: Request) -> Reply:
+    """An application's web file (Extension.assets), looked up as the client's own are."""
+    folder = req.app.assets.get(req.params["app"])
+    name = req.params["name"]
+    if folder is None or not folder.is_dir() or not _listed(folder, name):
+        raise ApiError(404, "notfound")
+    return _file(name, req, folder)
+
+
 def routes() -> list[Route]:
     return [
         Route("GET", "/", page, summary="The web client", serves="text/html"),
@@ -86,5 +96,7 @@ def routes() -> list[Route]:
         Route("GET", "/admin", admin_page, summary="The admin page (its data only for an admin)", serves="text/html"),
         Route("GET", "/static/{name}", asset, summary="The web client's script, style and images", serves="*/*"),
         Route("GET", "/static/vendor/{lib}/{name}", vendored, summary="A vendored library's file (uPlot)",
+              serves="*/*"),
+        Route("GET", "/apps/{app}/{name}", app_asset, summary="An application's web file (Extension.assets)",
               serves="*/*"),
     ]

@@ -14,10 +14,12 @@ import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from .. import db, mail, procs, stats
+from ..extension import TaskContext, load_apps
 from ..notify import notify
 from . import backup
 from .beat import Beat
@@ -53,7 +55,14 @@ class Tasks:
                                             lambda job: s3.run_job(config, s3_client, job, data_dir),
                                             lambda n: min(2 ** n, 30), None, self.mirrored))
 
-        tasks = []
+        # the applications' queues and scheduled tasks (Extension.queues, .schedule), on an API node
+        apps = load_apps(config) if role == "api" else []
+        context = TaskContext(config, self.db)
+        for app_queue in (q for ext in apps for q in ext.queues):
+            self.queues.append(DurableQueue(self._blocking(), app_queue.key, None, app_queue.backoff,
+                                            app_queue.max_tries, run_async=partial(app_queue.run, context)))
+
+        tasks = [Task(s.name, float(s.every), partial(s.run, context)) for ext in apps for s in ext.schedule]
         if config.STATS:
             tasks.append(Task("stats", 60, self.stocks, quiet=True))
         # always there, so that an admin's "back up now" (schedule.request_run) has a taker;

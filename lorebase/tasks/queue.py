@@ -35,7 +35,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from ..db import Client, RedisError, Unavailable
@@ -93,15 +93,19 @@ def names(queue: str) -> dict[str, str]:
             "workers": f"{name}:workers"}
 
 
-def durable() -> dict[str, dict[str, str]]:
+def durable(extra: Iterable[str] = ()) -> dict[str, dict[str, str]]:
     """Every durable queue's keys, by name: the mail outbox (its doing lists are
-    `{mail}:sending:<worker>`) and the S3 mirror."""
+    `{mail}:sending:<worker>`), the S3 mirror, then the applications' (`extra`: their queue
+    keys, `{<name>}:queue`; extension.app_queues)."""
     from .. import mail
     from ..files.keys import S3_QUEUE
 
-    return {"mail": {"queue": mail.QUEUE, "doing": mail.SENDING, "retry": mail.RETRY, "dead": mail.DEAD,
-                     "workers": mail.WORKERS},
-            "s3": names(S3_QUEUE)}
+    found = {"mail": {"queue": mail.QUEUE, "doing": mail.SENDING, "retry": mail.RETRY, "dead": mail.DEAD,
+                      "workers": mail.WORKERS},
+             "s3": names(S3_QUEUE)}
+    for key in extra:
+        found.setdefault(key.split(":")[0].strip("{}"), names(key))
+    return found
 
 
 def doing_of(keys: dict[str, str], worker: str) -> str:
@@ -146,16 +150,17 @@ class Outage:
 
 
 class DurableQueue:
-    def __init__(self, db: Client, queue: str, run: Callable[[dict[str, Any]], str],
+    def __init__(self, db: Client, queue: str, run: Callable[[dict[str, Any]], str] | None,
                  backoff: Callable[[int], float], max_tries: int | None,
                  after: Callable[[dict[str, Any], str], Awaitable[None]] | None = None,
-                 doing: str | None = None):
+                 doing: str | None = None, run_async: Callable[[dict[str, Any]], Awaitable[str]] | None = None):
         self.db = db
         self.keys = names(queue)
         if doing:
             self.keys["doing"] = doing
         self.name = queue.split(":")[0].strip("{}")  # `{s3}:queue` → s3, as notify names it
-        self.run = run
+        self.run = run  # a blocking job, run in a thread (mail, S3)
+        self.run_async = run_async  # or one on this loop (an application's queue)
         self.after = after
         self.backoff = backoff
         self.max_tries = max_tries
@@ -252,7 +257,11 @@ class DurableQueue:
             return raw, raw, None
         shown = {k: v for k, v in job.items() if k not in ("text", "sealed")}
         try:
-            outcome = await asyncio.to_thread(self.run, job)
+            if self.run_async is not None:
+                outcome = await self.run_async(job)
+            else:
+                assert self.run is not None
+                outcome = await asyncio.to_thread(self.run, job)
             if self.after is not None:
                 await self.after(job, outcome)
         except Exception as error:  # noqa: BLE001 - any failure: retry later

@@ -149,11 +149,12 @@ async function userScreen(name) {
     action('revoke', 'End all sessions', '/admin/revoke', {},
       `End every session of ${u.username}?`, (r) => `Ended ${r.revoked} session${r.revoked === 1 ? '' : 's'} of ${u.username}.`),
     action('delete-user', 'Delete user', '/admin/delete', {},
-      `Delete ${u.username}, their notes and their files? This cannot be undone.`, `${u.username} is deleted.`, 'danger'));
+      `Delete ${u.username}, their files and all their data? This cannot be undone.`, `${u.username} is deleted.`, 'danger'));
   const fields = [
     ['Username', u.username], ['Email', u.email], ['Created', when(u.created * 1000)],
     ['Verified', u.verified ? 'yes' : 'no'], ['Admin', u.admin ? 'yes' : 'no'], ['Disabled', u.disabled ? 'yes' : 'no'],
-    ['Last login', when(u.last_login)], ['Files', `${u.files} (${bytes(u.bytes)})`], ['Notes', String(u.notes)],
+    ['Last login', when(u.last_login)], ['Files', `${u.files} (${bytes(u.bytes)})`],
+    ...(u.extra || []).map((name) => [name[0].toUpperCase() + name.slice(1).replace(/_/g, ' '), String(u[name])]),
   ];
   const sessions = u.sessions.map((s) => h('tr', {}, h('td', {}, when(s.created)), h('td', {}, when(s.last)),
     h('td', {}, s.ip), h('td', {}, s.agent)));
