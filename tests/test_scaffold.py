@@ -19,7 +19,7 @@ import lorebase
 from lorebase.testing import Client, MailSink, free_port, wait_for
 
 SEAM = pytest.mark.skipif(not hasattr(lorebase, "Extension"),
-                          reason="the extension seam (APPS, lorebase.Extension) is not on this branch yet")
+                          reason="the public API (from lorebase import Extension, Route...) is not on this branch yet")
 
 
 def new(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
