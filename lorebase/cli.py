@@ -270,6 +270,19 @@ def cmd_s3_setup(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_new(args: argparse.Namespace) -> int:
+    from . import scaffold
+
+    try:
+        written = scaffold.new(args.dir, args.lorebase)
+    except scaffold.ScaffoldError as error:
+        print(f"lorebase new: {error}", file=sys.stderr)
+        return 2
+    print(f"lorebase new: wrote {len(written)} files in {args.dir}")
+    print(f"  cd {args.dir} && scripts/test    # mypy and the tests\n  scripts/dev                      # serve it")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="lorebase",
@@ -367,6 +380,16 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--static", type=Path, default=None, help="the web client's files (default: the installed ones)")
     sp.add_argument("--listen", default="", metavar="ADDRESS", help="listen on this address only (default: all)")
     sp.set_defaults(func=cmd_nginx)
+
+    sp = sub.add_parser("new", help="write a new project in DIR: an application of your own on lorebase",
+                        description="DIR (made if missing, refused unless empty) gets a pyproject.toml depending on "
+                                    "lorebase, a package named after DIR with one route and its test, config.py "
+                                    "(APPS), a .gitignore (secret.py, data/), scripts/dev, scripts/test and a README.")
+    sp.add_argument("dir", type=Path, metavar="DIR")
+    sp.add_argument("--lorebase", metavar="PATH|SPEC", default=None,
+                    help="the lorebase the project depends on: a path (a checkout or a wheel), a requirement "
+                         f"('lorebase>=0.1') or a version (default: this one, {__version__})")
+    sp.set_defaults(func=cmd_new)
 
     sp = sub.add_parser("openapi", help="print the OpenAPI 3.1 document (the same as GET /openapi.json)")
     env_arg(sp)

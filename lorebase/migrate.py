@@ -1,7 +1,8 @@
 """`lorebase migrate SCRIPT [--apply]`: the seed's protocol for a structural change to a
 production database, as one command ("Making structural changes to a production database").
 
-A migration is a Python file in `migrations/`, named `<number>_<what>.py`, with
+A migration is a Python file, named `<number>_<what>.py` (a path; or the bare name of one of
+lorebase's own, in `lorebase/migrations/`, shipped with the package), with
 - `migrate(db)`: the change, on a redis-py client (replies decoded to str);
 - `check(db) -> list[str]` (optional): its sanity checks, the problems it sees afterwards;
 - `PAUSE = True` (optional): writes must stop while it runs on the live database.
@@ -40,7 +41,20 @@ class MigrationError(Exception):
     pass
 
 
+OWN = Path(__file__).resolve().parent / "migrations"  # lorebase's own migrations (in the wheel too)
+
+
+def find(path: Path) -> Path:
+    """`path` as given; a bare name that is no file here (`0002_cluster_keys.py`), one of
+    lorebase's own migrations, so an installed lorebase can run them without its repository."""
+    if path.is_file() or path.parent != Path():
+        return path
+    own = OWN / path.name
+    return own if own.is_file() else path
+
+
 def load(path: Path) -> ModuleType:
+    path = find(path)
     if not path.is_file():
         raise MigrationError(f"{path}: no such migration")
     if not path.stem.split("_", 1)[0].isdigit():

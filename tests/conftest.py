@@ -1,3 +1,8 @@
+"""The suites' fixtures. lorebase.testing's come in as an application's tests get them (`-p
+lorebase.testing` in pyproject's pytest options): `mail`, the SMTP sink the servers send to,
+is used as it is; `server`, `client` and `moto` here are the suites' own (the Redis topology
+and file-server matrix of LOREBASE_TEST_REDIS and LOREBASE_TEST_FILES)."""
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -9,14 +14,7 @@ import pytest
 from .files_support import Moto
 from .identity_support import Users, assert_no_secret_logged
 from .lore import Lorebase, MailSink, topology_redis
-
-
-@pytest.fixture(scope="session")
-def mail() -> Iterator[MailSink]:
-    """The SMTP server that receives the session server's mail."""
-    sink = MailSink().start()
-    yield sink
-    sink.stop()
+from .package_support import build_wheel
 
 
 @pytest.fixture(scope="session")
@@ -67,3 +65,9 @@ def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Moto]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def lorebase_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """lorebase's wheel, built once per session from this tree (test_wheel, test_scaffold)."""
+    return build_wheel(tmp_path_factory.mktemp("wheel"))

@@ -25,8 +25,11 @@ from typing import Any
 import httpx
 
 from lorebase.files import keys as fkeys
+from lorebase.testing import S3_BUCKET as S3_BUCKET  # re-exported: the files tests' S3
+from lorebase.testing import S3_TRASH as S3_TRASH
+from lorebase.testing import Moto as Moto
 
-from .lore import ROOT, Lorebase, free_port, wait_for
+from .lore import ROOT, Lorebase
 
 COOKIE = "lorebase"
 PASSWORD = "Files-Test-Horse-42-Saddle"  # fixed, long, not a common password
@@ -285,63 +288,7 @@ def lorebase_cmd(lore: Lorebase, *args: str, timeout: float = 60.0) -> subproces
 
 # -- S3 -------------------------------------------------------------------------------------
 
-S3_BUCKET = "lore-files"
-S3_TRASH = "lore-trash"
-
-
-class Moto:
-    """moto's S3 in server mode on a loopback port; a restart keeps the port (and, as moto
-    does, forgets every bucket)."""
-
-    def __init__(self, log_dir: Path, port: int | None = None):
-        self.port = port or free_port()
-        self.log_dir = log_dir
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> Moto:
-        log = open(self.log_dir / f"moto-{self.port}.log", "ab")  # the child keeps it
-        env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-               "AWS_DEFAULT_REGION": "us-east-1"}
-        self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-                                     stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
-        log.close()
-
-        def up() -> bool:
-            assert self.proc is not None and self.proc.poll() is None, "moto_server exited"
-            return httpx.get(self.url + "/moto-api/", timeout=2).status_code < 500
-        wait_for(up, 30, 0.1, "moto_server")
-        return self
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-        def closed() -> bool:
-            with socket.socket() as s:
-                return s.connect_ex(("127.0.0.1", self.port)) != 0
-        wait_for(closed, 10, 0.05, "moto's port to close")
-
-    def client(self) -> Any:
-        import boto3
-        from botocore.config import Config as BotoConfig
-
-        return boto3.client("s3", endpoint_url=self.url, region_name="us-east-1", aws_access_key_id="testing",
-                            aws_secret_access_key="testing",
-                            config=BotoConfig(s3={"addressing_style": "path"}, retries={"max_attempts": 1}))
-
-    def settings(self) -> dict[str, str]:
-        """The LOREBASE_* overrides of a lorebase that mirrors to this server."""
-        return {"S3_ENDPOINT": self.url, "S3_BUCKET": S3_BUCKET, "S3_TRASH_BUCKET": S3_TRASH,
-                "S3_ACCESS_KEY": "testing", "S3_SECRET_KEY": "testing", "S3_REGION": "us-east-1"}
+# moto's S3 server and the bucket names: lorebase.testing's
 
 
 def setup_buckets(lore: Lorebase) -> str:
