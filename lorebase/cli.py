@@ -241,6 +241,16 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         return 1
 
 
+def cmd_migrations(args: argparse.Namespace) -> int:
+    from . import migrate
+
+    config = _load(args.env)
+    if _redis_url(config) is None:
+        print("lorebase migrations: the embedded Redis is not running: start `lorebase serve` first", file=sys.stderr)
+        return 2
+    return migrate.listing(config)
+
+
 def cmd_nginx(args: argparse.Namespace) -> int:
     from . import nginx
 
@@ -364,6 +374,13 @@ def parser() -> argparse.ArgumentParser:
     env_arg(sp)
     sp.add_argument("--apply", action="store_true", help="run it on the live database")
     sp.set_defaults(func=cmd_migrate)
+
+    sp = sub.add_parser("migrations", help="every migration lorebase and the loaded apps have, applied or pending",
+                        description="One line per migration file (lorebase's own, then each application's "
+                                    "Extension.migrations): the name it is recorded under, `applied <when>` or "
+                                    "`pending`, and its path.")
+    env_arg(sp)
+    sp.set_defaults(func=cmd_migrations)
 
     sp = sub.add_parser("nginx", help="print the nginx site for this environment (HTTPS, limits, static files)",
                         description="The server blocks to put in /etc/nginx/sites-available/: HTTP redirects to "

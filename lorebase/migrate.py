@@ -2,7 +2,8 @@
 production database, as one command ("Making structural changes to a production database").
 
 A migration is a Python file, named `<number>_<what>.py` (a path; or the bare name of one of
-lorebase's own, in `lorebase/migrations/`, shipped with the package), with
+lorebase's own, in `lorebase/migrations/`, shipped with the package, or of a loaded
+application's, in its Extension.migrations directory), with
 - `migrate(db)`: the change, on a redis-py client (replies decoded to str);
 - `check(db) -> list[str]` (optional): its sanity checks, the problems it sees afterwards;
 - `PAUSE = True` (optional): writes must stop while it runs on the live database.
@@ -16,7 +17,8 @@ the script asks (every worker answers 503 `maintenance` to state-changing reques
 second of the `maintenance` key appearing; `pause.paused` keeps the key for the whole run); the
 script on the live database; the checks again; on any failure the backup is restored. At
 the end, the command that restores the pre-migration backup. `migrations` (a hash: name →
-unix time it was applied) records what ran.
+unix time it was applied; an application's as `<app>/<name>`) records what ran.
+`lorebase migrations [ENV]` lists every known migration, applied or pending.
 """
 
 from __future__ import annotations
@@ -44,17 +46,44 @@ class MigrationError(Exception):
 OWN = Path(__file__).resolve().parent / "migrations"  # lorebase's own migrations (in the wheel too)
 
 
-def find(path: Path) -> Path:
-    """`path` as given; a bare name that is no file here (`0002_cluster_keys.py`), one of
-    lorebase's own migrations, so an installed lorebase can run them without its repository."""
+def sources(config: Any) -> list[tuple[str, Path]]:
+    """Where migrations live, by owner: lorebase's own (owner ""), then each loaded
+    application's Extension.migrations directory."""
+    from .extension import load_apps
+
+    found: list[tuple[str, Path]] = [("", OWN)]
+    found += [(ext.name, Path(ext.migrations)) for ext in load_apps(config) if ext.migrations is not None]
+    return found
+
+
+def known(config: Any) -> list[tuple[str, Path]]:
+    """Every migration file of `sources`, as (its recorded name, its path), in order."""
+    return [(label(owner, path), path) for owner, folder in sources(config) if folder.is_dir()
+            for path in sorted(folder.glob("[0-9]*_*.py"))]
+
+
+def label(owner: str, path: Path) -> str:
+    """The name a migration is recorded under in `migrations`: an application's carries its name."""
+    return f"{owner}/{path.stem}" if owner else path.stem
+
+
+def find(path: Path, config: Any = None) -> tuple[Path, str]:
+    """The file and recorded name of `path`: a path as given; a bare name that is no file here
+    (`0002_cluster_keys.py`), one of lorebase's own or a loaded application's, so an installed
+    lorebase runs them without its repository. A name two owners have is refused."""
+    owners = sources(config) if config is not None else [("", OWN)]
     if path.is_file() or path.parent != Path():
-        return path
-    own = OWN / path.name
-    return own if own.is_file() else path
+        here = path.resolve().parent
+        owner = next((name for name, folder in owners if folder.resolve() == here), "")
+        return path, label(owner, path)
+    matches = [(folder / path.name, owner) for owner, folder in owners if (folder / path.name).is_file()]
+    if len(matches) > 1:
+        owners_of = ", ".join(owner or "lorebase" for _, owner in matches)
+        raise MigrationError(f"{path.name}: more than one owner has it ({owners_of}): give its path")
+    return (matches[0][0], label(matches[0][1], path)) if matches else (path, path.stem)
 
 
 def load(path: Path) -> ModuleType:
-    path = find(path)
     if not path.is_file():
         raise MigrationError(f"{path}: no such migration")
     if not path.stem.split("_", 1)[0].isdigit():
@@ -66,6 +95,21 @@ def load(path: Path) -> ModuleType:
     if not callable(getattr(module, "migrate", None)):
         raise MigrationError(f"{path.name}: it has no migrate(db)")
     return module
+
+
+def listing(config: Any, out: TextIO = sys.stdout) -> int:
+    """`lorebase migrations`: every known migration, applied (when) or pending."""
+    url = backup.redis_url(config)
+    client = _client(url)
+    try:
+        applied = client.hgetall(APPLIED)
+    finally:
+        client.close()
+    for name, path in known(config):
+        when = applied.get(name)
+        state = time.strftime("applied %Y-%m-%d %H:%M UTC", time.gmtime(int(when))) if when else "pending"
+        print(f"{name}  {state}  {path}", file=out)
+    return 0
 
 
 def pattern(key: str) -> str:
@@ -157,6 +201,7 @@ def _client(url: str) -> Any:
 
 def rehearse(config: Any, path: Path, out: TextIO = sys.stdout) -> int:
     """The script on a copy of the live database; 0 if its checks pass, 1 if not."""
+    path, _ = find(path, config)
     module = load(path)
     url = backup.redis_url(config)  # its user may copy (backup) and wipe (restore) the database
     where = backup.store(config)
@@ -203,11 +248,12 @@ def _run(config: Any, module: ModuleType, live: Any, url: str, out: TextIO) -> s
 
 def apply(config: Any, path: Path, out: TextIO = sys.stdout) -> int:
     """The script on the live database, the backup restored if anything fails."""
+    path, recorded = find(path, config)
     module = load(path)
     url = backup.redis_url(config)  # its user may copy (backup) and wipe (restore) the database
     live = _client(url)
-    if live.hexists(APPLIED, path.stem):
-        print(f"{path.stem} was applied already (at {live.hget(APPLIED, path.stem)})", file=out)
+    if live.hexists(APPLIED, recorded):
+        print(f"{recorded} was applied already (at {live.hget(APPLIED, recorded)})", file=out)
         return 1
     where = backup.store(config)
     manifest = backup.take(config, url, where)
@@ -233,7 +279,7 @@ def apply(config: Any, path: Path, out: TextIO = sys.stdout) -> int:
                 backup.restore(where, name, url)
                 print(f"restored {name}: the database is as it was before the migration", file=out)
                 return 1
-            live.hset(APPLIED, path.stem, int(time.time()))
+            live.hset(APPLIED, recorded, int(time.time()))
     finally:
         live.close()
     print(f"{path.name} applied. To undo it: {undo}", file=out)

@@ -78,7 +78,7 @@ TINY = textwrap.dedent('''
         routes=[Route("POST", "/tiny/mark", mark, section="private", body=Mark)],
         on_destroy=[forget], checks=[check], user_detail=detail, queues=[jobs],
         schedule=[Scheduled("tiny_tick", 0.5, tick)], stats={"tiny_marks": "Marks made."},
-        assets=Path(__file__).parent / "web",
+        assets=Path(__file__).parent / "web", migrations=Path(__file__).parent / "migrations",
     )
 ''')
 
@@ -88,6 +88,9 @@ def project_with_tiny(base: Path) -> Path:
     (project / "tinyapp" / "web").mkdir(parents=True)
     (project / "tinyapp" / "__init__.py").write_text(TINY)
     (project / "tinyapp" / "web" / "tiny.js").write_text("console.log('tiny');\n")
+    (project / "tinyapp" / "migrations").mkdir()
+    (project / "tinyapp" / "migrations" / "0001_tiny_flag.py").write_text(
+        "def migrate(db):\n    db.set('tiny:flag', 'migrated')\n")
     return project
 
 
@@ -204,6 +207,20 @@ def test_an_app_check_finds_and_repairs_its_keys(tiny):
     done = lorebase_cmd(tiny, "check", "--repair")
     assert "tiny:{t_ghost}: marks of t_ghost, who does not exist (deleted)" in done.stdout.splitlines()
     assert not redis.exists("tiny:{t_ghost}")
+
+
+def test_an_app_migration_is_listed_applied_by_its_name_and_recorded_under_the_app(tiny):
+    listed = lorebase_cmd(tiny, "migrations")
+    assert listed.returncode == 0, listed.stderr
+    lines = {line.split("  ")[0]: line.split("  ")[1] for line in listed.stdout.splitlines()}
+    assert lines["tiny/0001_tiny_flag"] == "pending" and "0002_cluster_keys" in lines
+    done = lorebase_cmd(tiny, "migrate", "0001_tiny_flag.py", "--apply")
+    assert done.returncode == 0, done.stdout + done.stderr
+    redis = tiny.redis()
+    assert redis.get("tiny:flag") == "migrated"
+    assert redis.hexists("migrations", "tiny/0001_tiny_flag")
+    listed = lorebase_cmd(tiny, "migrations")
+    assert "tiny/0001_tiny_flag  applied " in listed.stdout
 
 
 def test_an_app_stats_flow_and_assets_are_served(tiny, mail):
