@@ -96,6 +96,8 @@ class Lorebase(testing.Lorebase):
     on the same DATA_DIR starts and stops with it."""
 
     def __init__(self, data_dir: Path, env: str = "dev", root: Path = ROOT, **overrides: Any):
+        if os.environ.get("LOREBASE_TEST_APPS") == "none":  # lorebase alone: no app, not even the example
+            overrides.setdefault("APPS", "")
         super().__init__(data_dir, env, root, **overrides)
         self.root = root  # the source tree `python -m lorebase` runs from
         self.files: FileServer | None = None

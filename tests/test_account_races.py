@@ -186,6 +186,7 @@ def test_no_login_that_overlaps_destroy_keeps_a_session(users):
     assert not survived, f"{len(survived)} of {rounds} destroys left a session alive: rounds {survived}"
 
 
+@pytest.mark.notes
 def test_a_reregistered_username_never_sees_the_previous_owners_sessions(users):
     """After each destroy someone else signs up the same username and writes a note: none of
     the old cookies reads /auth/me or /notes."""
@@ -243,6 +244,7 @@ def test_no_login_with_the_old_password_keeps_a_session_past_a_password_change(u
 # -- admin disable -------------------------------------------------------------------------
 
 
+@pytest.mark.notes
 def test_no_login_that_overlaps_an_admin_disable_keeps_a_session(users, root):
     """25 rounds: an admin disables the user beside its logins; after it no session of the
     user answers or writes a note and its login fails; then it is enabled for the next round."""

@@ -456,6 +456,7 @@ def test_list_pages_newest_first(server):
 # -- IDOR ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.notes
 def test_another_user_cannot_read_change_or_delete_my_files(server):
     data = blob(4321, "idor")
     with user(server, "fl_idor_a") as a, user(server, "fl_idor_b") as b:
@@ -481,6 +482,7 @@ def test_another_user_cannot_read_change_or_delete_my_files(server):
 # -- destroy ----------------------------------------------------------------------------------
 
 
+@pytest.mark.notes
 def test_destroy_removes_the_users_files_and_notes(server):
     with user(server, "fl_destroy") as api, user(server, "fl_destroy_b") as other:
         files = [api.ok_upload(blob(100 * (i + 1), f"d{i}"), f"d{i}.bin") for i in range(3)]
