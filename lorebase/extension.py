@@ -15,7 +15,9 @@ admin). An extension contributes, each optional:
 - durable queues and scheduled tasks, run by the tasks process (a job at least once; a
   scheduled task once per cluster per period);
 - stats flows: named counters (`app.stats.flow(name)`), kept per minute and on /metrics;
-- web assets, served at `/apps/<name>/<file>`;
+- web assets, served at `/apps/<name>/<file>`; the files of them named in `web` (scripts,
+  stylesheets) are listed by `GET /apps`, and the web client loads them so that an app's
+  script can add its screens (`lorebase.screen({...})`, docs/using/writing-an-app.md);
 - migrations, files `lorebase migrate` runs like lorebase's own.
 
 The core knows no application: nothing under lorebase/ imports one (tests/test_structure.py).
@@ -45,6 +47,7 @@ if TYPE_CHECKING:
 __all__ = ["CheckContext", "Extension", "Queue", "Scheduled", "TaskContext", "load_apps", "user_tag"]
 
 NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}\Z")
+WEB_FILE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\.(js|css)\Z")  # a name in assets, no folder
 BUILTIN_QUEUES = ("mail", "s3")  # an application's queue or task may not take these names
 BUILTIN_TASKS = ("backup", "check", "stats")
 
@@ -157,6 +160,7 @@ class Extension:
     stats: Mapping[str, str] = field(default_factory=dict)  # flow name → its help text
     assets: Path | None = None
     migrations: Path | None = None
+    web: Sequence[str] = ()  # files of `assets` the web client loads, in order: *.js and *.css
 
     def __post_init__(self) -> None:
         if not NAME.match(self.name):
@@ -164,6 +168,11 @@ class Extension:
         for flow in self.stats:
             if not NAME.match(flow):
                 raise ValueError(f"extension {self.name}: stats flow {flow!r}: lower-case letters, digits and _")
+        if self.web and self.assets is None:
+            raise ValueError(f"extension {self.name}: web files need an assets directory")
+        for name in self.web:
+            if not WEB_FILE.match(name):
+                raise ValueError(f"extension {self.name}: web file {name!r}: a file name of assets ending .js or .css")
 
     def routes_for(self, config: Config) -> list[Route]:
         return list(self.routes(config) if callable(self.routes) else self.routes)

@@ -14,6 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from lorebase.extension import Extension
+
 from .identity_support import Users, dedicated
 from .lore import Lorebase, wait_for
 
@@ -78,7 +80,7 @@ TINY = textwrap.dedent('''
         routes=[Route("POST", "/tiny/mark", mark, section="private", body=Mark)],
         on_destroy=[forget], checks=[check], user_detail=detail, queues=[jobs],
         schedule=[Scheduled("tiny_tick", 0.5, tick)], stats={"tiny_marks": "Marks made."},
-        assets=Path(__file__).parent / "web", migrations=Path(__file__).parent / "migrations",
+        assets=Path(__file__).parent / "web", web=["tiny.js"], migrations=Path(__file__).parent / "migrations",
     )
 ''')
 
@@ -124,6 +126,7 @@ def test_with_no_app_the_notes_routes_are_404_and_the_built_ins_serve(bare, mail
         assert api.request("GET", "/files").status_code == 200
         paths = httpx.get(f"{bare.url}/openapi.json").json()["paths"]
         assert "/files" in paths and "/auth/login" in paths and not any(p.startswith("/notes") for p in paths)
+        assert httpx.get(f"{bare.url}/apps").json() == []  # the web client loads no app's files
 
 
 def test_with_no_app_the_admin_detail_has_no_app_lines_and_check_passes(bare, mail):
@@ -231,11 +234,21 @@ def test_an_app_stats_flow_and_assets_are_served(tiny, mail):
     assert (r.status_code, r.text) == (200, "console.log('tiny');\n")
     assert httpx.get(f"{tiny.url}/apps/tiny/..%2Finit.py").status_code == 404
     assert httpx.get(f"{tiny.url}/apps/notes/app.js").status_code == 404
+    assert httpx.get(f"{tiny.url}/apps").json() == [{"name": "tiny", "scripts": ["/apps/tiny/tiny.js"], "styles": []}]
 
     def counted() -> bool:
         text = httpx.get(f"{tiny.url}/metrics", headers={"authorization": f"Bearer {METRICS}"}).text
         return "lorebase_tiny_marks_total " in text and "lorebase_tiny_marks_total 0" not in text
     wait_for(counted, 15, what="the flow on /metrics")
+
+
+def test_an_extension_names_its_web_files_inside_its_assets():
+    with pytest.raises(ValueError, match="assets directory"):
+        Extension("webless", web=["a.js"])
+    for bad in ("../a.js", "sub/a.js", ".a.js", "a.html", "a.js/"):
+        with pytest.raises(ValueError, match="web file"):
+            Extension("badweb", assets=Path("."), web=[bad])
+    assert list(Extension("good", assets=Path("."), web=["a.js", "b.min.css"]).web) == ["a.js", "b.min.css"]
 
 
 # -- the tutorial's application, as docs/using/writing-an-app.md shows it -------------------

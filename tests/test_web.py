@@ -19,6 +19,7 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
+from .identity_support import Users, dedicated
 from .lore import Lorebase, MailSink, wait_for
 from .support import assert_error, client_ip, post_json
 from .web_support import Watched, chromium, shot
@@ -383,6 +384,94 @@ def test_a_user_ends_another_of_their_sessions_from_the_account_screen(watched: 
         assert_error(phone.get("/auth/me", headers={"x-real-ip": phone_ip}), 403, "session")
         expect(page.locator("#who")).to_have_text(name)
         assert watched.errors == [] and watched.csp == []
+
+
+# -- the page knows no app: each loaded one brings its screens (GET /apps) ---------------------
+
+
+def test_the_notes_tab_comes_from_the_notes_apps_own_files(watched: Watched, server: Lorebase) -> None:
+    """The core's page and scripts name no app; GET /apps lists the notes example's files, the
+    page loads them from /apps/notes/, and the Notes tab and screen are theirs."""
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        for core in ("/", "/static/app.js", "/static/common.js", "/static/style.css"):
+            assert "notes" not in client.get(core).text.lower(), core
+        listed = client.get("/apps")
+        assert listed.status_code == 200 and listed.headers["content-type"].startswith("application/json")
+        assert listed.json() == [{"name": "notes", "scripts": ["/apps/notes/notes.js"],
+                                  "styles": ["/apps/notes/notes.css"]}]
+        again = client.get("/apps", headers={"if-none-match": listed.headers["etag"]})
+        assert again.status_code == 304 and again.content == b""
+        name = f"webtab{uuid.uuid4().hex[:8]}"
+        reply = post_json(client, "/auth/signup", {"username": name, "email": f"{name}@example.com",
+                                                   "password": PASSWORD}, ip=watched.ip)
+        assert reply.status_code == 200, reply.text
+    page = watched.page
+    asked: list[str] = []
+    page.on("request", lambda request: asked.append(request.url.removeprefix(server.url)))
+    page.goto("/")
+    log_in(page, name, PASSWORD)
+    logged_in(page, name)  # the notes screen is the home screen: the first app's
+    tabs = page.locator("#nav [data-go]")
+    expect(tabs).to_have_count(3)
+    expect(tabs.nth(0)).to_have_text("Notes")
+    expect(tabs.nth(0)).to_have_attribute("aria-current", "page")
+    assert [tabs.nth(i).get_attribute("data-go") for i in range(3)] == ["notes", "files", "account"]
+    loaded = [url for url in asked if url.startswith("/apps")]
+    assert loaded[:1] == ["/apps"] and set(loaded[1:]) == {"/apps/notes/notes.css", "/apps/notes/notes.js"}, asked
+    assert asked.index("/apps/notes/notes.js") < asked.index("/notes")  # the screen came after its script
+    expect(page.locator("#new-note textarea")).to_be_visible()
+    note_style = page.evaluate("() => [...document.styleSheets].some((s) => (s.href || '').endsWith('/notes.css'))")
+    assert note_style is True
+    assert watched.errors == [] and watched.csp == []
+
+
+@pytest.fixture(scope="module")
+def bare(tmp_path_factory: pytest.TempPathFactory, mail: MailSink) -> Iterator[Lorebase]:
+    """A lorebase with no application at all (APPS empty)."""
+    with dedicated(tmp_path_factory, mail, "bareweb", APPS="") as lore:
+        yield lore
+
+
+def test_with_no_app_the_page_shows_no_notes_tab_asks_no_notes_route_and_files_and_account_work(
+        browser: Browser, bare: Lorebase, mail: MailSink, tmp_path: Path) -> None:
+    with Users(bare, mail) as made:
+        user = made.new("w_bare", verified=True)
+        ip = client_ip()
+        context = browser.new_context(base_url=bare.url, extra_http_headers={"X-Real-IP": ip},
+                                      viewport={"width": 1024, "height": 720})
+        context.set_default_timeout(15_000)
+        try:
+            page = context.new_page()
+            watched = Watched(page, ip)
+            page.on("dialog", lambda dialog: dialog.accept())
+            asked: list[str] = []
+            page.on("request", lambda request: asked.append(request.url.removeprefix(bare.url)))
+            page.goto("/")
+            log_in(page, user.name, user.password)
+            # the home screen with no app is Files; the nav has the core's tabs alone
+            expect(page.locator("#who")).to_have_text(user.name)
+            expect(page.locator("#upload")).to_be_visible()
+            tabs = page.locator("#nav [data-go]")
+            expect(tabs).to_have_count(2)
+            assert [tabs.nth(i).get_attribute("data-go") for i in range(2)] == ["files", "account"]
+            expect(page.locator('[data-go="files"]')).to_have_attribute("aria-current", "page")
+            expect(page.locator('[data-go="notes"]')).to_have_count(0)
+            upload = tmp_path / "bare.txt"
+            upload.write_bytes(b"no app here\n")
+            page.locator("#upload input[type=file]").set_input_files(upload)
+            submit(page, "#upload")
+            flash(page, "Uploaded bare.txt.")
+            expect(page.locator("#files tr[data-id]")).to_have_count(1)
+            page.locator('[data-go="account"]').click()
+            expect(page.locator("#sessions tr.current")).to_contain_text("this one")
+            expect(page.locator("#change-password")).to_be_visible()
+            page.locator('[data-go="files"]').click()
+            expect(page.locator("#files tr[data-id]")).to_have_count(1)
+            assert "/apps" in asked and not any(url.startswith("/apps/") for url in asked), asked
+            assert not any(url.startswith("/notes") for url in asked), asked
+            assert watched.errors == [] and watched.csp == []
+        finally:
+            context.close()
 
 
 STATIC = [("/static/common.js", "text/javascript"), ("/static/admin.js", "text/javascript"),

@@ -4,6 +4,9 @@ the vendored libraries under /static/vendor/<lib>/, and each application's own f
 (Extension.assets) under /apps/<name>/. Rendered in the browser from the JSON
 API; no templates, no build step. ETag from modification time and size (seed: Caching).
 
+The page knows no application: it asks GET /apps which scripts and stylesheets the loaded
+applications bring (Extension.web), loads them, and each script adds its screens.
+
 Only the regular files listed in those two folders are served, by their exact names: a name
 is looked up, never joined into a path, so `..`, a dot file or a folder is a 404. The pages
 hold no data: the admin page is as public as its script, and every admin route it calls
@@ -11,12 +14,15 @@ answers only an admin."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from importlib import resources
 from pathlib import Path
 
+import msgspec
+
 from ..chain import Route
-from ..http import ApiError, Reply, Request, etag_matches
+from ..http import JSON, ApiError, Reply, Request, etag_matches
 
 WEB = Path(str(resources.files("lorebase").joinpath("web")))
 TYPES = {".html": b"text/html; charset=utf-8", ".js": b"text/javascript; charset=utf-8",
@@ -87,6 +93,33 @@ async def app_asset(req: Request) -> Reply:
     return _file(name, req, folder)
 
 
+class AppWeb(msgspec.Struct):
+    """One loaded application's files for the web client, as GET /apps lists them."""
+
+    name: str
+    scripts: list[str]
+    styles: list[str]
+
+
+def _listing(req: Request) -> tuple[bytes, str]:
+    """GET /apps's body and ETag: the same for the life of the process (APPS is read at start)."""
+    apps = [AppWeb(ext.name, [f"/apps/{ext.name}/{n}" for n in ext.web if n.endswith(".js")],
+                   [f"/apps/{ext.name}/{n}" for n in ext.web if n.endswith(".css")])
+            for ext in req.app.extensions if ext.web]
+    body = msgspec.json.encode(apps)
+    return body, f'"{hashlib.sha256(body).hexdigest()[:16]}"'
+
+
+async def app_list(req: Request) -> Reply:
+    """The loaded applications' scripts and stylesheets, which the web client loads."""
+    body, etag = _listing(req)
+    headers = {"etag": etag, "cache-control": "no-cache"}
+    inm = req.header(b"if-none-match")
+    if inm is not None and etag_matches(inm, etag):
+        return Reply(304, b"", headers, content_type=JSON)
+    return Reply(200, body, headers, content_type=JSON)
+
+
 def routes() -> list[Route]:
     return [
         Route("GET", "/", page, summary="The web client", serves="text/html"),
@@ -97,6 +130,8 @@ def routes() -> list[Route]:
         Route("GET", "/static/{name}", asset, summary="The web client's script, style and images", serves="*/*"),
         Route("GET", "/static/vendor/{lib}/{name}", vendored, summary="A vendored library's file (uPlot)",
               serves="*/*"),
+        Route("GET", "/apps", app_list, summary="The loaded applications' scripts and styles for the web client",
+              ok=list[AppWeb]),
         Route("GET", "/apps/{app}/{name}", app_asset, summary="An application's web file (Extension.assets)",
               serves="*/*"),
     ]

@@ -1,7 +1,9 @@
-// lorebase's web client: every screen is drawn here from the JSON API. User content is
-// only ever set as text (never as HTML), so a note cannot inject markup.
+// lorebase's web client: the core's screens (welcome, verify, reset, files, account) are drawn
+// here from the JSON API, and each loaded application adds its own through `lorebase.screen`
+// (its scripts are listed by GET /apps). User content is only ever set as text (never as
+// HTML), so a note or a file name cannot inject markup.
 'use strict';
-// The helpers (api, h, flash, words) are common.js's, loaded before this script.
+// The helpers (api, h, flash, form, words) are common.js's, loaded before this script.
 
 function show(...nodes) {
   const main = document.getElementById('main');
@@ -22,7 +24,7 @@ function welcome() {
     state.csrf = reply.csrf;
     state.me = await api('GET', '/auth/me');
     flash('');
-    go('notes');
+    go();
   }, h('p', {}, h('a', {href: '#', id: 'forgot', onclick: (e) => { e.preventDefault(); recover(); }},
     'Forgot your password?')));
   const signup = form('signup', 'Sign up', [
@@ -59,7 +61,7 @@ async function verifyPage(token) {
   const done = (message) => {
     history.replaceState(null, '', '/');
     flash(message, 'ok');
-    if (state.me) go('notes'); else welcome();
+    if (state.me) go(); else welcome();
   };
   const fields = own ? [] : [['password', `Password of "${account}"`, 'password', {autocomplete: 'current-password'}]];
   const release = h('button', {type: 'button', id: 'not-me', class: 'danger', onclick: async () => {
@@ -111,46 +113,6 @@ function resetPage(token) {
 
 function fileLink(file) {
   return h('a', {href: `/files/${file.id}`, download: file.name, class: 'file'}, file.name);
-}
-
-async function notesScreen() {
-  const [notes, files] = await Promise.all([api('GET', '/notes'), api('GET', '/files')]);
-  const byId = Object.fromEntries(files.map((f) => [f.id, f]));
-  const attach = h('select', {name: 'files', multiple: true, 'aria-label': 'Attach files'},
-    files.map((f) => h('option', {value: f.id}, f.name)));
-  const composer = form('new-note', 'New note', [], 'Save note', async () => {
-    const text = composer.querySelector('textarea').value;
-    const chosen = [...attach.selectedOptions].map((o) => o.value);
-    await api('POST', '/notes', {text, files: chosen});
-    go('notes');
-  });
-  composer.insertBefore(h('label', {}, 'Text', h('textarea', {name: 'text', rows: 4, required: true})),
-    composer.querySelector('button'));
-  if (files.length) composer.insertBefore(h('label', {}, 'Attach files', attach), composer.querySelector('button'));
-  const list = h('ul', {class: 'notes', id: 'notes'}, notes.map((note) => noteItem(note, byId)));
-  show(composer, h('h2', {}, 'Your notes'), notes.length ? list : h('p', {class: 'muted'}, 'No notes yet.'));
-}
-
-function noteItem(note, byId) {
-  const item = h('li', {class: 'note', 'data-id': note.id},
-    h('p', {class: 'text'}, note.text),
-    h('p', {class: 'meta'}, new Date(note.ts).toLocaleString(), ' ',
-      note.files.filter((id) => byId[id]).map((id) => fileLink(byId[id]))),
-    h('button', {type: 'button', class: 'edit', onclick: () => edit()}, 'Edit'),
-    h('button', {type: 'button', class: 'delete', onclick: async () => {
-      if (!confirm('Delete this note?')) return;
-      try { await api('POST', '/notes/delete', {id: note.id}); go('notes'); } catch (e) { flash(e.message, 'error'); }
-    }}, 'Delete'));
-  function edit() {
-    const area = h('textarea', {rows: 4}, note.text);
-    const save = h('button', {type: 'button', class: 'save', onclick: async () => {
-      try { await api('POST', '/notes/update', {id: note.id, text: area.value}); go('notes'); } catch (e) {
-        flash(e.message, 'error');
-      }
-    }}, 'Save');
-    item.replaceChildren(area, save, h('button', {type: 'button', onclick: () => go('notes')}, 'Cancel'));
-  }
-  return item;
 }
 
 async function filesScreen() {
@@ -219,7 +181,7 @@ async function accountScreen() {
   const destroy = form('destroy', 'Delete your account', [
     ['password', 'Password', 'password', {autocomplete: 'current-password'}],
   ], 'Delete my account and everything in it', async (v) => {
-    if (!confirm('Delete your account, your notes and your files? This cannot be undone.')) return;
+    if (!confirm('Delete your account and everything in it? This cannot be undone.')) return;
     await api('POST', '/auth/destroy', {password: v.password});
     state.csrf = null;
     state.me = null;
@@ -234,23 +196,82 @@ async function accountScreen() {
     sessions, change, destroy);
 }
 
-const SCREENS = {notes: notesScreen, files: filesScreen, account: accountScreen};
+// -- screens by name: the core's, and those the applications add ----------------------------
 
+const SCREENS = new Map([['files', filesScreen], ['account', accountScreen]]);
+const added = [];  // the applications' screens, in the order their scripts added them
+
+// The screen a login lands on: the first application's, else the files.
+function home() {
+  return added.length ? added[0] : 'files';
+}
+
+// Called by an application's script (GET /apps lists it): a tab in the nav, before the core's,
+// that draws `render()` into the page. `render` may be async; what it throws is shown in words.
+function screen({name, title, render}) {
+  if (!/^[a-z][a-z0-9_-]{0,31}$/.test(name || '') || typeof render !== 'function') {
+    throw new Error(`lorebase.screen: a name of a-z0-9_- and a render function, not ${name}`);
+  }
+  if (SCREENS.has(name)) throw new Error(`lorebase.screen: "${name}" is taken`);
+  SCREENS.set(name, render);
+  added.push(name);
+  const tab = h('button', {type: 'button', 'data-go': name, onclick: () => { flash(''); go(name); }}, title || name);
+  document.getElementById('nav').insertBefore(tab, document.querySelector('#nav [data-go="files"]'));
+}
+
+// The applications' styles and scripts, in APPS order; resolves once every script has run
+// (or failed to load: the core's screens work without it).
+async function loadApps() {
+  let apps = [];
+  try {
+    apps = await api('GET', '/apps');
+  } catch (e) {
+    return;
+  }
+  const loads = [];
+  for (const app of apps) {
+    for (const href of app.styles) document.head.append(h('link', {rel: 'stylesheet', href}));
+    for (const src of app.scripts) {
+      const script = h('script', {src});
+      script.async = false;  // run in the order listed, like the page's own deferred scripts
+      loads.push(new Promise((resolve) => {
+        script.addEventListener('load', resolve);
+        script.addEventListener('error', () => { report(`could not load ${src}`, src); resolve(); });
+      }));
+      document.head.append(script);
+    }
+  }
+  await Promise.all(loads);
+}
+
+let appsLoaded = Promise.resolve();
+
+// Draws a screen (the home screen without a name or with an unknown one).
 async function go(name) {
+  await appsLoaded;
   if (!state.me) return welcome();
+  if (!SCREENS.has(name)) name = home();
   document.querySelectorAll('[data-go]').forEach((b) => {
     if (b.dataset.go === name) b.setAttribute('aria-current', 'page');
     else b.removeAttribute('aria-current');
   });
   try {
-    await SCREENS[name]();
+    await SCREENS.get(name)();
   } catch (e) {
     flash(e.message, 'error');
     if (!state.me) welcome();
   }
 }
 
+// What an application's script works with (its screens use the same helpers as the core's).
+const lorebase = Object.freeze({
+  screen, go, show, api, h, form, flash, fileLink, ApiError, state,
+  // its error codes and fields in words, as common.js has the core's
+  words(codes, fields) { Object.assign(WORDS, codes || {}); Object.assign(FIELDS, fields || {}); },
+});
+
 async function start() {
+  appsLoaded = loadApps();
   document.querySelectorAll('[data-go]').forEach((b) => b.addEventListener('click', () => { flash(''); go(b.dataset.go); }));
   document.getElementById('logout').addEventListener('click', async () => {
     try { await api('POST', '/auth/logout', {}); } catch (e) { /* the session is gone either way */ }
@@ -267,10 +288,10 @@ async function start() {
   try {
     state.csrf = (await api('GET', '/auth/csrf')).csrf;
     state.me = await api('GET', '/auth/me');
-    go('notes');
   } catch (e) {
-    welcome();
+    return welcome();
   }
+  go();
 }
 
 start();

@@ -24,7 +24,6 @@ const WORDS = {
   size: 'That is too large.',
   storage: 'The server has no room for this file right now. It has been reported.',
   notfound: 'Not found: it may have been deleted.',
-  conflict: 'This note was being changed elsewhere at the same time. Please try again.',
   redis: 'The server cannot reach its database right now. Try again in a moment.',
   server: 'Something went wrong on the server. It has been reported.',
   network: 'Cannot reach the server. Check your connection.',
@@ -35,7 +34,6 @@ const FIELDS = {
   password: 'The password must be 8 to 128 characters and not a common password.',
   new: 'The new password must be 8 to 128 characters and not a common password.',
   old: 'Please enter your current password.',
-  text: 'A note must have between 1 and 10,000 characters.',
   file: 'Please choose a file.',
 };
 

@@ -2,7 +2,8 @@
 the lorebase repository's config.py loads it (APPS). Its routes sit in the chain's private
 section (so the gatekeeper and the CSRF check have run), it validates with its own schemas,
 keeps its own Redis keys, cleans up when a user destroys their account, checks its keys for
-`lorebase check`, and adds its count to the admin's user detail.
+`lorebase check`, adds its count to the admin's user detail, and brings its own screen to
+the web client (web/notes.js and web/notes.css, served at /apps/notes/ and listed by GET /apps).
 
 Redis: `notes:{<user>}` sorted set of the user's note ids (scores 0: ids sort by time), and
 `notebook:{<user>}` hash, note id → the note as JSON {"id","text","ts","files"}: stored the
@@ -15,20 +16,21 @@ and the session probe within them, stay in one slot on a Redis Cluster.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
 
-from ..chain import Route
-from ..extension import CheckContext, Extension, user_tag
-from ..files.keys import file as file_key
-from ..files.store import ID, new_id
-from ..http import ApiError, Reply, Request, reply
-from ..identity.sessions import live_probe, was_live
-from ..schema import Schema, Text
+from ...chain import Route
+from ...extension import CheckContext, Extension, user_tag
+from ...files.keys import file as file_key
+from ...files.store import ID, new_id
+from ...http import ApiError, Reply, Request, reply
+from ...identity.sessions import live_probe, was_live
+from ...schema import Schema, Text
 
 if TYPE_CHECKING:
-    from ..app import App
+    from ...app import App
 
 PAGE = 20
 # a note's text is up to 10,000 characters: 12 bytes each at worst as JSON escapes
@@ -269,4 +271,4 @@ def routes() -> list[Route]:
 
 
 extension = Extension("notes", routes=routes(), on_destroy=[remove_user_notes], checks=[check_notes],
-                      user_detail=user_detail)
+                      user_detail=user_detail, assets=Path(__file__).parent / "web", web=["notes.js", "notes.css"])
