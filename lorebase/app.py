@@ -14,9 +14,10 @@ from pathlib import Path
 import msgspec
 
 from . import __version__, db
+from .builtins import extensions
 from .chain import SECTIONS, Chain, Route
 from .config import Config
-from .extension import DestroyHook, Extension, UserDetail, extensions
+from .extension import DestroyHook, Extension, UserDetail
 from .files.store import Store
 from .http import Request
 from .identity import users

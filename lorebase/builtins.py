@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .extension import Extension
+from .extension import Extension, load_apps
 from .routes import account, admin, admin_ops, auth, files, gate, invites, public, web
 
 if TYPE_CHECKING:
@@ -34,3 +34,8 @@ def builtin(config: Config) -> list[Extension]:
             *admin_ops.routes(),  # logs, stats and beat series, backups
         ]),
     ]
+
+
+def extensions(config: Config) -> list[Extension]:
+    """Every extension a server runs: the built-in parts, then APPS."""
+    return [*builtin(config), *load_apps(config)]

@@ -215,13 +215,6 @@ def load_apps(config: Config) -> list[Extension]:
     return apps
 
 
-def extensions(config: Config) -> list[Extension]:
-    """Every extension a server runs: the built-in parts, then APPS."""
-    from .builtins import builtin
-
-    return [*builtin(config), *load_apps(config)]
-
-
 def app_queues(config: Config) -> list[str]:
     """The keys (`{<name>}:queue`) of the applications' durable queues: for the levels, the
     check of queued jobs and the restore guard."""

@@ -24,6 +24,7 @@ from typing import Any
 
 from ..errors import FileServerDown
 from ..errors import StorageFull as StorageFull
+from .keys import ID
 
 Unavailable = FileServerDown  # its name before lorebase/errors.py (cli.py catches it by that name)
 
@@ -159,8 +160,6 @@ class LocalBlobs(Blobs):
         return True
 
     def scan(self, where: str = "files") -> dict[str, Stat]:
-        from .store import ID
-
         found = {}
         paths = self.files.glob("*/*") if where == "files" else self.trashed.iterdir()
         for p in paths:
@@ -187,12 +186,3 @@ class LocalBlobs(Blobs):
         from .s3 import fetch_back
 
         await fetch_back(self.config, meta, self.path(meta["id"]))
-
-
-def blobs(config: Any) -> Blobs:
-    """The node's blobs: the file server at FILES_URL, or this box's disk."""
-    if config.FILES_URL:
-        from .remote import RemoteBlobs
-
-        return RemoteBlobs(config)
-    return LocalBlobs(config)

@@ -27,9 +27,10 @@ from ..errors import DomainError
 from ..tasks.queue import doing_lists, names
 from . import keys
 from . import s3 as s3mod
-from .blobs import Stat, blobs
+from .blobs import Stat
 from .keys import S3_QUEUE
 from .store import ID, s3_key
+from .where import blobs
 
 # a record listed in its user's set, only while it still exists with that user
 _LIST = ("if redis.call('HGET', KEYS[1], 'user') == ARGV[1] then return redis.call('ZADD', KEYS[2], 0, ARGV[2]) end "

@@ -9,9 +9,17 @@ session) before it names a record. `{s3}:queue` (with `{s3}:doing`, `{s3}:retry`
 
 from __future__ import annotations
 
+import re
+
 from ..identity.keys import tag
 
 S3_QUEUE = "{s3}:queue"
+ID = re.compile(r"^[0-9a-f]{23}\Z")  # a file id: 23 hex digits (store.new_id)
+
+
+def s3_key(user: str, file_id: str) -> str:
+    """A file's object in S3_BUCKET (and in the trash bucket)."""
+    return f"files/{user}/{file_id}"
 
 
 def file(user: str, file_id: str) -> str:

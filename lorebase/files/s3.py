@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import S3Down
-from .store import s3_key
+from .keys import s3_key
 
 TRASH_DAYS = 30
 

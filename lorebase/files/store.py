@@ -33,9 +33,10 @@ from ..identity.keys import user as user_key
 from ..identity.records import Session
 from ..identity.sessions import GUARD, guard_keys
 from . import keys
+from .keys import ID as ID
 from .keys import S3_QUEUE
+from .keys import s3_key as s3_key
 
-ID = re.compile(r"^[0-9a-f]{23}\Z")
 _BIDI = re.compile("[\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 SAFE_TYPES = {"image/png", "image/jpeg", "image/gif", "image/webp", "application/pdf", "text/plain",
               "application/zip", "audio/mpeg", "video/mp4", "application/json"}
@@ -103,16 +104,12 @@ def serve_type(declared: str) -> str:
     return declared if declared in SAFE_TYPES else "application/octet-stream"
 
 
-def s3_key(user: str, file_id: str) -> str:
-    return f"files/{user}/{file_id}"
-
-
 class Store:
     """The file records in Redis and, through `blobs` (blobs.py: this disk or the file
     server), their bytes."""
 
     def __init__(self, config: Any):
-        from .blobs import blobs
+        from .where import blobs
 
         self.blobs = blobs(config)
         self.s3 = bool(config.S3_BUCKET)

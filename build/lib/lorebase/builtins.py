@@ -1,0 +1,36 @@
+"""lorebase's own parts, as extensions (extension.py): the chain's steps and public routes,
+identity, files and the admin. A server loads them first, in this order, then APPS; the
+chain then places every route at the end of its section, so this list reads as the chain
+does (seed: Routes)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .extension import Extension
+from .routes import account, admin, admin_ops, auth, files, gate, invites, public, web
+
+if TYPE_CHECKING:
+    from .config import Config
+
+
+def builtin(config: Config) -> list[Extension]:
+    return [
+        Extension("chain", routes=[
+            *public.routes(),  # avant, then health, ping, error reports, the OpenAPI document
+            *web.routes(),  # the web client's page and assets
+            *gate.gatekeeper_routes(),  # past here: a live session
+            *gate.csrf_routes(),  # past here: state changes carry the session's CSRF token
+            *gate.admin_routes(),  # past here: admins only
+        ]),
+        Extension("identity", routes=[
+            *auth.routes(),  # signup, verifyEmail, login, recover, reset
+            *account.routes(),  # csrf, logout, changePassword, destroy
+            *invites.routes(),  # (admin) invite an email, list, revoke
+        ]),
+        Extension("files", routes=files.routes, on_destroy=[files.remove_user_files]),
+        Extension("admin", routes=[
+            *admin.routes(),  # users, sessions, roles
+            *admin_ops.routes(),  # logs, stats and beat series, backups
+        ]),
+    ]

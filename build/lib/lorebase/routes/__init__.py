@@ -1,0 +1,1 @@
+"""The route modules, one per section of the chain; lorebase.app puts them in order."""

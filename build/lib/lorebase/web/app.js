@@ -1,0 +1,297 @@
+// lorebase's web client: the core's screens (welcome, verify, reset, files, account) are drawn
+// here from the JSON API, and each loaded application adds its own through `lorebase.screen`
+// (its scripts are listed by GET /apps). User content is only ever set as text (never as
+// HTML), so a note or a file name cannot inject markup.
+'use strict';
+// The helpers (api, h, flash, form, words) are common.js's, loaded before this script.
+
+function show(...nodes) {
+  const main = document.getElementById('main');
+  main.replaceChildren(...nodes);
+  const nav = document.getElementById('nav');
+  nav.hidden = !state.me;
+  document.getElementById('who').textContent = state.me ? state.me.username : '';
+}
+
+// -- screens -----------------------------------------------------------------------------
+
+function welcome() {
+  const login = form('login', 'Log in', [
+    ['username', 'Username or email', 'text', {autocomplete: 'username'}],
+    ['password', 'Password', 'password', {autocomplete: 'current-password'}],
+  ], 'Log in', async (v) => {
+    const reply = await api('POST', '/auth/login', {username: v.username, password: v.password});
+    state.csrf = reply.csrf;
+    state.me = await api('GET', '/auth/me');
+    flash('');
+    go();
+  }, h('p', {}, h('a', {href: '#', id: 'forgot', onclick: (e) => { e.preventDefault(); recover(); }},
+    'Forgot your password?')));
+  const signup = form('signup', 'Sign up', [
+    ['username', 'Username', 'text', {autocomplete: 'username'}],
+    ['email', 'Email', 'email', {autocomplete: 'email'}],
+    ['password', 'Password (8 or more characters)', 'password', {autocomplete: 'new-password'}],
+  ], 'Create account', async (v) => {
+    await api('POST', '/auth/signup', v);
+    signup.reset();
+    flash('Account created. We sent you an email: open its link to verify your address, then log in.', 'ok');
+  });
+  show(h('div', {class: 'columns'}, login, signup));
+}
+
+function recover() {
+  show(form('recover', 'Reset your password', [['username', 'Username or email', 'text']], 'Send me a link',
+    async (v) => {
+      await api('POST', '/auth/recover', v);
+      flash('If that account exists, we sent it an email with a link to choose a new password.', 'ok');
+      welcome();
+    }, h('p', {}, h('a', {href: '/'}, 'Back to log in'))));
+}
+
+// The verification link: it names the account and acts only on a click. The token proves
+// the mailbox; the account's password (or being logged in as it) proves the account.
+async function verifyPage(token) {
+  const account = token.slice(0, token.lastIndexOf('.'));
+  let me = null;
+  try {
+    state.csrf = (await api('GET', '/auth/csrf')).csrf;
+    me = await api('GET', '/auth/me');
+  } catch (e) { /* not logged in */ }
+  const own = me && me.username === account;
+  const done = (message) => {
+    history.replaceState(null, '', '/');
+    flash(message, 'ok');
+    if (state.me) go(); else welcome();
+  };
+  const fields = own ? [] : [['password', `Password of "${account}"`, 'password', {autocomplete: 'current-password'}]];
+  const release = h('button', {type: 'button', id: 'not-me', class: 'danger', onclick: async () => {
+    try {
+      await api('POST', '/auth/releaseEmail', {token});
+      done(`The address is no longer held by "${account}". You can sign up with it.`);
+    } catch (e) {
+      flash(e.message, 'error');
+    }
+  }}, 'This was not me');
+  state.me = me;
+  show(form('verify', `Verify the email of "${account}"`, fields, 'Verify my email', async (v) => {
+    await api('POST', '/auth/verifyEmail', own ? {token} : {token, password: v.password});
+    if (state.me) state.me = await api('GET', '/auth/me');
+    done('Your email is verified.' + (state.me ? '' : ' You can log in.'));
+  }, h('p', {}, `Did not sign up as "${account}"? `, release)));
+}
+
+// The invite link: the token names the invited address; the page asks for a username and a
+// password and signs up with the token (which works once, for that address only).
+function invitePage(token) {
+  let email = '';
+  try {
+    const head = token.slice(0, token.indexOf('.')).replace(/-/g, '+').replace(/_/g, '/');
+    email = new TextDecoder().decode(Uint8Array.from(atob(head), (c) => c.charCodeAt(0)));
+  } catch (e) { /* a mangled link: the server will say so */ }
+  const signup = form('invite-signup', `Sign up as ${email || 'invited'}`, [
+    ['username', 'Username', 'text', {autocomplete: 'username'}],
+    ['password', 'Password (8 or more characters)', 'password', {autocomplete: 'new-password'}],
+  ], 'Create account', async (v) => {
+    await api('POST', '/auth/signup', {username: v.username, email, password: v.password, invite: token});
+    history.replaceState(null, '', '/');
+    flash('Account created, with your email verified. Log in.', 'ok');
+    welcome();
+  }, h('p', {}, h('a', {href: '/'}, 'Back to log in')));
+  show(signup);
+}
+
+function resetPage(token) {
+  show(form('reset', 'Choose a new password', [
+    ['password', 'New password (8 or more characters)', 'password', {autocomplete: 'new-password'}],
+  ], 'Set password', async (v) => {
+    await api('POST', '/auth/reset', {token, password: v.password});
+    history.replaceState(null, '', '/');
+    flash('Your password is changed. Log in with it.', 'ok');
+    welcome();
+  }));
+}
+
+function fileLink(file) {
+  return h('a', {href: `/files/${file.id}`, download: file.name, class: 'file'}, file.name);
+}
+
+async function filesScreen() {
+  const files = await api('GET', '/files');
+  const input = h('input', {type: 'file', name: 'file', required: true});
+  const upload = form('upload', 'Upload a file', [], 'Upload', async () => {
+    if (!input.files.length) throw new ApiError(400, {error: 'validation', path: 'file'});
+    const data = new FormData();
+    data.append('file', input.files[0]);
+    const stored = await api('POST', '/files', data);
+    flash(`Uploaded ${stored.name}.`, 'ok');
+    go('files');
+  });
+  upload.insertBefore(h('label', {}, 'File', input), upload.querySelector('button'));
+  const rows = files.map((f) => h('tr', {'data-id': f.id},
+    h('td', {}, fileLink(f)), h('td', {}, size(f.size)), h('td', {}, f.type),
+    h('td', {}, h('button', {type: 'button', class: 'delete', onclick: async () => {
+      if (!confirm(`Delete ${f.name}?`)) return;
+      try { await api('POST', '/files/delete', {id: f.id}); go('files'); } catch (e) { flash(e.message, 'error'); }
+    }}, 'Delete'))));
+  show(upload, h('h2', {}, 'Your files'), files.length
+    ? h('table', {id: 'files'}, h('tr', {}, h('th', {}, 'Name'), h('th', {}, 'Size'), h('th', {}, 'Type'), h('th')), rows)
+    : h('p', {class: 'muted'}, 'No files yet.'));
+}
+
+function size(bytes) {
+  const units = ['bytes', 'KiB', 'MiB', 'GiB'];
+  let i = 0;
+  while (bytes >= 1024 && i < units.length - 1) { bytes /= 1024; i++; }
+  return `${i ? bytes.toFixed(1) : bytes} ${units[i]}`;
+}
+
+async function sessionsSection() {
+  const sessions = await api('GET', '/auth/sessions');
+  const end = async (body, what) => {
+    try {
+      const {ended} = await api('POST', '/auth/sessions/end', body);
+      flash(ended ? `Logged out ${what}.` : 'That session had already ended.', 'ok');
+    } catch (e) { flash(e.message, 'error'); }
+    go('account');
+  };
+  const when = (ms) => new Date(ms).toLocaleString();
+  const rows = sessions.map((s) => h('tr', {'data-handle': s.handle, class: s.current ? 'current' : ''},
+    h('td', {}, s.agent), h('td', {}, s.ip), h('td', {}, when(s.last)), h('td', {}, when(s.created)),
+    h('td', {}, s.current ? h('span', {class: 'muted'}, 'this one')
+      : h('button', {type: 'button', class: 'end', onclick: () => end({handle: s.handle}, 'that session')},
+        'Log out'))));
+  const others = sessions.length > 1
+    ? h('button', {type: 'button', id: 'end-others', onclick: () => {
+      if (confirm('Log out every other session?')) end({others: true}, 'every other session');
+    }}, 'Log out everywhere else') : '';
+  return h('section', {id: 'sessions'}, h('h3', {}, 'Where you are logged in'),
+    h('table', {}, h('tr', {}, h('th', {}, 'Browser'), h('th', {}, 'Address'), h('th', {}, 'Last used'),
+      h('th', {}, 'Logged in'), h('th')), rows), others);
+}
+
+async function accountScreen() {
+  const change = form('change-password', 'Change your password', [
+    ['old', 'Current password', 'password', {autocomplete: 'current-password'}],
+    ['new', 'New password', 'password', {autocomplete: 'new-password'}],
+  ], 'Change password', async (v) => {
+    await api('POST', '/auth/changePassword', {old: v.old, new: v.new});
+    change.reset();
+    flash('Your password is changed. Your other sessions were logged out.', 'ok');
+  });
+  const destroy = form('destroy', 'Delete your account', [
+    ['password', 'Password', 'password', {autocomplete: 'current-password'}],
+  ], 'Delete my account and everything in it', async (v) => {
+    if (!confirm('Delete your account and everything in it? This cannot be undone.')) return;
+    await api('POST', '/auth/destroy', {password: v.password});
+    state.csrf = null;
+    state.me = null;
+    flash('Your account is deleted.', 'ok');
+    welcome();
+  });
+  destroy.querySelector('button[type=submit]').classList.add('danger');
+  const me = state.me;
+  const sessions = await sessionsSection();
+  show(h('h2', {}, 'Account'),
+    h('p', {}, `${me.username} · ${me.email} · `, me.verified ? 'email verified' : 'email not verified yet'),
+    sessions, change, destroy);
+}
+
+// -- screens by name: the core's, and those the applications add ----------------------------
+
+const SCREENS = new Map([['files', filesScreen], ['account', accountScreen]]);
+const added = [];  // the applications' screens, in the order their scripts added them
+
+// The screen a login lands on: the first application's, else the files.
+function home() {
+  return added.length ? added[0] : 'files';
+}
+
+// Called by an application's script (GET /apps lists it): a tab in the nav, before the core's,
+// that draws `render()` into the page. `render` may be async; what it throws is shown in words.
+function screen({name, title, render}) {
+  if (!/^[a-z][a-z0-9_-]{0,31}$/.test(name || '') || typeof render !== 'function') {
+    throw new Error(`lorebase.screen: a name of a-z0-9_- and a render function, not ${name}`);
+  }
+  if (SCREENS.has(name)) throw new Error(`lorebase.screen: "${name}" is taken`);
+  SCREENS.set(name, render);
+  added.push(name);
+  const tab = h('button', {type: 'button', 'data-go': name, onclick: () => { flash(''); go(name); }}, title || name);
+  document.getElementById('nav').insertBefore(tab, document.querySelector('#nav [data-go="files"]'));
+}
+
+// The applications' styles and scripts, in APPS order; resolves once every script has run
+// (or failed to load: the core's screens work without it).
+async function loadApps() {
+  let apps = [];
+  try {
+    apps = await api('GET', '/apps');
+  } catch (e) {
+    return;
+  }
+  const loads = [];
+  for (const app of apps) {
+    for (const href of app.styles) document.head.append(h('link', {rel: 'stylesheet', href}));
+    for (const src of app.scripts) {
+      const script = h('script', {src});
+      script.async = false;  // run in the order listed, like the page's own deferred scripts
+      loads.push(new Promise((resolve) => {
+        script.addEventListener('load', resolve);
+        script.addEventListener('error', () => { report(`could not load ${src}`, src); resolve(); });
+      }));
+      document.head.append(script);
+    }
+  }
+  await Promise.all(loads);
+}
+
+let appsLoaded = Promise.resolve();
+
+// Draws a screen (the home screen without a name or with an unknown one).
+async function go(name) {
+  await appsLoaded;
+  if (!state.me) return welcome();
+  if (!SCREENS.has(name)) name = home();
+  document.querySelectorAll('[data-go]').forEach((b) => {
+    if (b.dataset.go === name) b.setAttribute('aria-current', 'page');
+    else b.removeAttribute('aria-current');
+  });
+  try {
+    await SCREENS.get(name)();
+  } catch (e) {
+    flash(e.message, 'error');
+    if (!state.me) welcome();
+  }
+}
+
+// What an application's script works with (its screens use the same helpers as the core's).
+const lorebase = Object.freeze({
+  screen, go, show, api, h, form, flash, fileLink, ApiError, state,
+  // its error codes and fields in words, as common.js has the core's
+  words(codes, fields) { Object.assign(WORDS, codes || {}); Object.assign(FIELDS, fields || {}); },
+});
+
+async function start() {
+  appsLoaded = loadApps();
+  document.querySelectorAll('[data-go]').forEach((b) => b.addEventListener('click', () => { flash(''); go(b.dataset.go); }));
+  document.getElementById('logout').addEventListener('click', async () => {
+    try { await api('POST', '/auth/logout', {}); } catch (e) { /* the session is gone either way */ }
+    state.csrf = null;
+    state.me = null;
+    flash('You are logged out.', 'ok');
+    welcome();
+  });
+  const token = new URLSearchParams(location.search).get('token');
+  if (location.pathname === '/verify' && token) return verifyPage(token);
+  if (location.pathname === '/reset') return token ? resetPage(token) : recover();  // the mail's bare /reset: ask for a link
+  const invite = new URLSearchParams(location.search).get('invite');
+  if (location.pathname === '/signup' && invite) return invitePage(invite);
+  try {
+    state.csrf = (await api('GET', '/auth/csrf')).csrf;
+    state.me = await api('GET', '/auth/me');
+  } catch (e) {
+    return welcome();
+  }
+  go();
+}
+
+start();
