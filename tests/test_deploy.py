@@ -249,6 +249,8 @@ def test_provision_sets_the_box_up_and_a_second_run_changes_nothing(provisioned:
         (ROOT / "deploy/lorebase.service").read_bytes()
     assert box.path("/etc/fail2ban/jail.d/lorebase.conf").exists()
     assert box.path("/etc/logrotate.d/lorebase").exists()
+    for script in ("refresh.sh", "start.sh"):  # for the cron lines, whichever project the box serves
+        assert box.path(f"/usr/local/lib/lorebase/{script}").read_bytes() == (ROOT / "deploy" / script).read_bytes()
     assert box.path("/etc/lorebase/tls/cert.pem").exists()
     services = {" ".join(p.cmdline()) for p in box.processes()}
     assert any("redis-server" in s for s in services) and any("fail2ban-server" in s for s in services), services

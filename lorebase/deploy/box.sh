@@ -237,6 +237,9 @@ provision_services() {
     with_systemd; then
     systemctl daemon-reload
   fi
+  # refresh.sh and start.sh, for the cron lines (docs: Deploy): the box's, whatever project it serves
+  put_file /usr/local/lib/lorebase/refresh.sh 755 root:root <"$here/refresh.sh" || true
+  put_file /usr/local/lib/lorebase/start.sh 755 root:root <"$here/start.sh" || true
   {
     printf '# lorebase'"'"'s output when it runs without systemd (deploy/box.sh provision)\n'
     printf '%s/*.log {\n  weekly\n  rotate 8\n  compress\n  delaycompress\n  missingok\n' "$LOGS"

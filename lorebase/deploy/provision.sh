@@ -24,7 +24,7 @@ done
 read -r -a ssh <<<"${DEPLOY_SSH:-ssh}"
 ssh+=(-p "$port" -o BatchMode=yes "$host")
 
-# box.sh and the unit go in one tar stream; the box unpacks them in a temporary directory
+# box.sh, the units and the cron scripts go in one tar stream; the box unpacks them in a temporary directory
 # shellcheck disable=SC2016 # expanded on the box
 remote='t=$(mktemp -d) && tar -xzf - -C "$t" && S= && { [ "$(id -u)" = 0 ] || S="sudo -n"; } &&
   $S bash "$t/box.sh" provision'
@@ -32,5 +32,5 @@ for arg in "${args[@]}"; do remote+=" $(printf '%q' "$arg")"; done
 # shellcheck disable=SC2016
 remote+='; rc=$?; rm -rf "$t"; exit $rc'
 start=$EPOCHREALTIME
-tar -czf - -C "$here" box.sh lorebase.service lorebase-files.service | "${ssh[@]}" "$remote"
+tar -czf - -C "$here" box.sh lorebase.service lorebase-files.service refresh.sh start.sh | "${ssh[@]}" "$remote"
 awk -v a="$start" -v b="$EPOCHREALTIME" -v h="$host" 'BEGIN { printf "provision.sh: %s done in %.1f s\n", h, b - a }'
