@@ -1,4 +1,5 @@
-"""deploy/provision.sh and deploy/deploy.sh end to end, over ssh, into a box made here: a
+"""deploy/provision.sh and deploy/deploy.sh end to end (and `lorebase provision`, `lorebase
+deploy` in a project of `lorebase new`: the same scripts), over ssh, into a box made here: a
 mount namespace whose /etc, /opt, /var, /root and /usr/local are overlays of this machine's
 (its packages, nothing it writes reaches the machine) and whose /run is its own, in a network
 namespace of its own joined to this one by a veth pair (198.18.0.0/15, the range set aside for
