@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -293,6 +295,27 @@ def cmd_new(args: argparse.Namespace) -> int:
     return 0
 
 
+def _deploy_script(name: str, args: list[str]) -> int:
+    """Runs deploy/<name>.sh of this lorebase package (the one copy of the deploy scripts, for
+    every project) on the project (LOREBASE_PROJECT, else the current directory), with this
+    interpreter's lorebase to read its settings; never returns but on a missing bash."""
+    bash = shutil.which("bash")
+    if not bash:
+        print(f"lorebase {name}: the deploy scripts need bash on the PATH", file=sys.stderr)
+        return 2
+    script = Path(__file__).resolve().parent / "deploy" / f"{name}.sh"
+    env = {**os.environ, "LOREBASE_PROJECT": str(configmod.project_dir()), "LOREBASE_PYTHON": sys.executable}
+    os.execve(bash, [bash, str(script), *args], env)  # noqa: S606 - our own script
+
+
+def cmd_provision(args: argparse.Namespace) -> int:
+    return _deploy_script("provision", [args.host, *args.options])
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    return _deploy_script("deploy", [args.env, *([args.confirm] if args.confirm else [])])
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="lorebase",
@@ -407,6 +430,26 @@ def parser() -> argparse.ArgumentParser:
                     help="the lorebase the project depends on: a path (a checkout or a wheel), a requirement "
                          f"('lorebase>=0.1') or a version (default: this one, {__version__})")
     sp.set_defaults(func=cmd_new)
+
+    sp = sub.add_parser("provision", help="set a Debian/Ubuntu box up over ssh for lorebase (idempotent): packages, "
+                        "Redis, nginx, TLS, the service; `provision [user@]HOST [--port N] [--domain D] "
+                        "[--mail-url URL] [--no-upgrade]`",
+                        description="Runs lorebase's deploy/provision.sh (docs: Deploy). The login needs root, or "
+                                    "sudo without a password; DEPLOY_SSH (default: ssh) is the ssh command.")
+    sp.add_argument("host", metavar="[USER@]HOST")
+    sp.add_argument("options", nargs=argparse.REMAINDER, metavar="...",
+                    help="--port N, --domain D, --mail-url URL, --no-upgrade")
+    sp.set_defaults(func=cmd_provision)
+
+    sp = sub.add_parser("deploy", help="deploy the project's last commit to ENV's box (DEPLOY_HOST): `deploy ENV "
+                        "[confirm]`, prod only with confirm",
+                        description="Runs lorebase's deploy/deploy.sh on the project (LOREBASE_PROJECT, else the "
+                                    "current directory; it must be in git): pack, copy, install (a new release "
+                                    "with its own venv), activate (no request dropped; rolled back unless it "
+                                    "serves), prune (docs: Deploy).")
+    sp.add_argument("env", choices=configmod.ENVIRONMENTS, help="the environment: dev or prod")
+    sp.add_argument("confirm", nargs="?", choices=("confirm",), help="prod needs it")
+    sp.set_defaults(func=cmd_deploy)
 
     sp = sub.add_parser("openapi", help="print the OpenAPI 3.1 document (the same as GET /openapi.json)")
     env_arg(sp)

@@ -1,4 +1,5 @@
-"""deploy/provision.sh and deploy/deploy.sh end to end, over ssh, into a box made here: a
+"""deploy/provision.sh and deploy/deploy.sh end to end (and `lorebase provision`, `lorebase
+deploy` in a project of `lorebase new`: the same scripts), over ssh, into a box made here: a
 mount namespace whose /etc, /opt, /var, /root and /usr/local are overlays of this machine's
 (its packages, nothing it writes reaches the machine) and whose /run is its own, in a network
 namespace of its own joined to this one by a veth pair (198.18.0.0/15, the range set aside for
@@ -14,10 +15,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import stat
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -247,6 +250,8 @@ def test_provision_sets_the_box_up_and_a_second_run_changes_nothing(provisioned:
         (ROOT / "deploy/lorebase.service").read_bytes()
     assert box.path("/etc/fail2ban/jail.d/lorebase.conf").exists()
     assert box.path("/etc/logrotate.d/lorebase").exists()
+    for script in ("refresh.sh", "start.sh"):  # for the cron lines, whichever project the box serves
+        assert box.path(f"/usr/local/lib/lorebase/{script}").read_bytes() == (ROOT / "deploy" / script).read_bytes()
     assert box.path("/etc/lorebase/tls/cert.pem").exists()
     services = {" ".join(p.cmdline()) for p in box.processes()}
     assert any("redis-server" in s for s in services) and any("fail2ban-server" in s for s in services), services
@@ -427,6 +432,84 @@ def test_deploy_serves_a_failing_release_is_rolled_back_and_the_next_one_serves(
     assert _releases(box) == [release_one, release_three]
     assert box.master_pid() == master.pid
     assert pinger.ok > 50 and pinger.failed == [], pinger.failed[:5]
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory, lorebase_wheel: Path) -> Path:
+    """A project of `lorebase new`, outside the repository, committed: it depends on lorebase's
+    wheel built from this tree (the box's pip takes the rest from the wheelhouse)."""
+    where = tmp_path_factory.mktemp("elsewhere")
+    made = subprocess.run([sys.executable, "-m", "lorebase", "new", "my-shop", "--lorebase", str(lorebase_wheel)],
+                          cwd=where, capture_output=True, text=True, timeout=60)
+    assert made.returncode == 0, made.stderr
+    project = where / "my-shop"
+    subprocess.run([*GIT, "init", "-q"], cwd=project, check=True)
+    subprocess.run([*GIT, "add", "-A"], cwd=project, check=True)
+    subprocess.run([*GIT, "commit", "-qm", "my-shop, as lorebase new wrote it"], cwd=project, check=True)
+    return project
+
+
+def _lorebase(box: Box, project: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`lorebase ARGS` in the project's directory, as its owner runs it."""
+    return subprocess.run([sys.executable, "-m", "lorebase", *args], cwd=project, env=box.env(),
+                          capture_output=True, text=True, timeout=600)
+
+
+def _mailed_token(box: Box, address: str) -> str:
+    """The token of the newest mail to `address` in lorebase's log on the box (MAIL_URL console://)."""
+    log = box.path("/var/log/lorebase/lorebase.log")
+
+    def found() -> str | None:
+        mails = log.read_text(errors="replace").split(f"--- mail to {address}:")
+        if len(mails) < 2:
+            return None
+        match = re.search(r"[?&]token=([A-Za-z0-9_.\-]+)", mails[-1].split("--- end of mail", 1)[0])
+        return match.group(1) if match else None
+    token = wait_for(found, 20, what=f"the mail to {address} in the box's log")
+    assert isinstance(token, str)
+    return token
+
+
+def test_a_new_project_is_provisioned_for_deployed_and_serves_its_route_through_nginx(provisioned: Box,
+                                                                                     project: Path) -> None:
+    """`lorebase provision` and `lorebase deploy` in a project of `lorebase new`: the scripts
+    lorebase ships. Run after the repository's own deploy, the project's release takes over from
+    it on the same master (a SIGHUP): its config.py and package are what the new code loads."""
+    box = provisioned
+    again = _lorebase(box, project, "provision", "box", "--no-upgrade", "--domain", "box.test", "--mail-url",
+                      "console://")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "provision: nothing changed" in again.stdout, again.stdout  # the same scripts as deploy/provision.sh
+    deployed = _lorebase(box, project, "deploy", "prod", "confirm")
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    release = box.current()
+    head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=project, capture_output=True, text=True)
+    assert release.endswith("-" + head.stdout.strip())
+    released = box.path(f"/opt/lorebase/releases/{release}")
+    assert (released / "my_shop/__init__.py").exists() and (released / "config.py").exists()
+    assert not (released / "lorebase").exists() and not (released / "secret.py").exists()
+    # lorebase from the project's pins, in the release's own venv
+    assert box.state()["code"].startswith(f"/opt/lorebase/releases/{release}/.venv/")
+    assert box.https("/health").json() == {"redis": "ok"}
+    assert box.https("/static/index.html").status_code == 200  # the web client, from the venv's lorebase
+
+    with httpx.Client(base_url=f"https://{box.ip}", verify=False, headers={"Host": "box.test"}) as http:
+        assert http.get("/hello").status_code == 403  # private: the gatekeeper first
+        password = "correct horse battery staple"
+        signup = http.post("/auth/signup", json={"username": "grace", "email": "grace@example.com",
+                                                 "password": password})
+        assert signup.status_code == 200, signup.text
+        verify = http.post("/auth/verifyEmail", json={"token": _mailed_token(box, "grace@example.com"),
+                                                      "password": password})
+        assert verify.status_code == 200, verify.text
+        login = http.post("/auth/login", json={"username": "grace", "password": password})
+        assert login.status_code == 200, login.text
+        hello = http.get("/hello")
+        assert hello.status_code == 200, hello.text
+        assert hello.json() == {"hello": "grace"}
+        assert http.get("/notes").status_code == 404  # the repository's example is not this project's
+    check = box.run("lorebase", "check", "prod")  # the operator's command works on the project too
+    assert check.returncode == 0, check.stdout + check.stderr
 
 
 def test_prod_is_refused_without_confirm_before_anything_is_contacted(box: Box, repo: Path) -> None:
