@@ -105,7 +105,7 @@ DEFAULTS: dict[str, Any] = {
     "NGINX_AUTH_BURST": 20,  # and how many beyond that rate it lets through at once (then 429)
     "NGINX_NODES": [],  # host:port of each API node nginx spreads requests over (empty: HOST:PORT, this node)
     # deploy/deploy.sh (read on the deploying machine, which needs none of the box's secrets)
-    "DEPLOY_HOST": "",  # [user@]host that `lorebase deploy ENV` (deploy/deploy.sh in this repo) copies the release to (empty: refused)
+    "DEPLOY_HOST": "",  # [user@]host that `lorebase deploy ENV` copies the release to (empty: refused)
     "DEPLOY_SSH_PORT": 22,
     "DEPLOY_KEEP": 5,  # newest releases kept on the box (the one serving and the one before it always are)
     # files
