@@ -1,9 +1,9 @@
 """The file store's part of `lorebase check`, and `lorebase files check [--repair]` (the
-store's part alone): compares the file metadata in Redis, the local disk and S3, reports
-every disagreement as a finding (lorebase/check.py's CheckContext), and with --repair fixes
-what it can: a missing local copy is
-fetched back from S3, a missing S3 copy is queued for upload, a dangling id is dropped. A file
-whose upload is still queued (or waiting to be retried) is not missing from S3, only pending.
+store's part alone, the same findings in its own lines): compares the file metadata in Redis,
+the local disk and S3, reports every disagreement as a finding through the CheckContext, and
+with --repair fixes what it can: a missing local copy is fetched back from S3, a missing S3
+copy is queued for upload, a dangling id is dropped. A file whose upload is still queued (or
+waiting to be retried) is not missing from S3, only pending.
 
 The server may write while this runs: each repair in Redis is one script that re-checks its
 problem first (an id is dropped only while it still has no record, a record listed only while
