@@ -1,13 +1,16 @@
 """lorebase's own parts, as extensions (extension.py): the chain's steps and public routes,
 identity, files and the admin. A server loads them first, in this order, then APPS; the
 chain then places every route at the end of its section, so this list reads as the chain
-does (seed: Routes)."""
+does (seed: Routes). `lorebase check` runs their checks in this order too, before the
+applications'."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
 from .extension import Extension, load_apps
+from .files import check as files_check
+from .identity import check as identity_check
 from .routes import account, admin, admin_ops, auth, files, gate, invites, public, web
 
 if TYPE_CHECKING:
@@ -27,8 +30,8 @@ def builtin(config: Config) -> list[Extension]:
             *auth.routes(),  # signup, verifyEmail, login, recover, reset
             *account.routes(),  # csrf, logout, changePassword, destroy
             *invites.routes(),  # (admin) invite an email, list, revoke
-        ]),
-        Extension("files", routes=files.routes, on_destroy=[files.remove_user_files]),
+        ], checks=identity_check.CHECKS),
+        Extension("files", routes=files.routes, on_destroy=[files.remove_user_files], checks=files_check.CHECKS),
         Extension("admin", routes=[
             *admin.routes(),  # users, sessions, roles
             *admin_ops.routes(),  # logs, stats and beat series, backups

@@ -82,10 +82,10 @@ def main() -> None:
     with os.fdopen(CONFIG_FD, "rb") as pipe:
         config = pickle.load(pipe)  # noqa: S301 - the master's own pipe, written by spawn above
     if role == "tasks":
-        from . import tasks
+        from .tasks import process
 
         os.set_blocking(CHANNEL_FD, False)  # a master not reading never holds the tasks' loop
-        tasks.serve(config, CHANNEL_FD)
+        process.serve(config, CHANNEL_FD)
     else:
         from . import worker
 

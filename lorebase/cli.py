@@ -9,7 +9,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from . import __version__
 from . import config as configmod
@@ -72,15 +72,39 @@ def _redis(config: configmod.Config) -> Any:
     return connect_sync(config, timeout=30)
 
 
+def _files_check(config: configmod.Config, db: Any, repair: bool = False, verify: bool = False,
+          out: TextIO = sys.stdout, progress: TextIO | None = sys.stderr) -> int:
+    """`lorebase files check`: the store's part alone, each finding printed as `<id>: <what>`
+    (with --repair and something done: ` (<what was done>)`), then a summary; how many
+    problems are left: all those found, or with `repair` those it could not fix. Raises
+    blobs.Unavailable if the file server does not answer, botocore's errors if S3 refuses."""
+    from .check import Check, Finding
+    from .files.check import store
+
+    def line(finding: Finding) -> str:
+        return f"{finding.key}: {finding.what}" + (f" ({finding.done})" if finding.done else "")
+
+    ctx = Check(config, db, repair, out, progress, line=line)
+    waiting = store(ctx, verify)
+    report = ctx.report()
+    problems = len(report.problems)
+    summary = f"{report.counts.get('files', 0)} files checked, {problems} problem{'s' if problems != 1 else ''}"
+    if repair:
+        summary += f", {problems - report.left} repaired"
+    if waiting:
+        summary += f" ({waiting} S3 upload{'s' if waiting != 1 else ''} pending)"
+    print(summary, file=out, flush=True)
+    return report.left
+
+
 def cmd_files_check(args: argparse.Namespace) -> int:
     from botocore.exceptions import BotoCoreError, ClientError
 
     from .files.blobs import Unavailable
-    from .files.check import check
 
     config = _load(args.env)
     try:
-        left = check(config, _redis(config), repair=args.repair, verify=args.verify)
+        left = _files_check(config, _redis(config), repair=args.repair, verify=args.verify)
     except (BotoCoreError, ClientError) as error:
         print(f"lorebase files check: S3 unreachable or refusing ({error}); nothing more checked", file=sys.stderr)
         return 2

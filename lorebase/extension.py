@@ -98,6 +98,15 @@ class CheckContext(Protocol):
         """The user whose file this is, now (None: nobody's)."""
         ...
 
+    def finish_destroy(self, username: str, mark: str) -> bool:
+        """Destroy's steps 2 and 3 for a user marked `destroying` (every extension's destroy
+        hook, then the user if it still carries `mark`): whether the user was deleted."""
+        ...
+
+    def remove_orphan_files(self, username: str) -> int:
+        """The files of a user who does not exist, removed as a destroy removes them; how many."""
+        ...
+
     def drop_orphans(self, username: str, keys: list[str]) -> int:
         """How many of `keys` exist while the user does not (deleted with --repair, in one
         script, only while the user is still absent); 0 if the user exists."""

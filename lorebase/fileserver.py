@@ -367,7 +367,7 @@ async def _main(config: Any) -> None:
         timeout_keep_alive=30, timeout_graceful_shutdown=int(config.SHUTDOWN_GRACE)))
     tasks = None
     if config.REDIS_URL:
-        from .tasks import Tasks
+        from .tasks.process import Tasks
 
         tasks = Tasks(config, role="files")
     loop = asyncio.get_running_loop()

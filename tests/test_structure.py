@@ -87,6 +87,17 @@ def test_no_core_module_imports_an_app():
     assert not offenders, f"core modules importing an application: {offenders}"
 
 
+def test_the_check_orchestrator_imports_no_owners_check():
+    """`lorebase check` runs the checks each part registers (Extension.checks) and takes their
+    findings as data: check.py imports no owner's check module (it used to call the file
+    store's and parse what it printed), and no owner's check imports another's."""
+    edges = graph(top_level_only=False)
+    owners = {"lorebase.identity.check", "lorebase.files.check"}
+    assert not owners & edges["lorebase.check"], sorted(owners & edges["lorebase.check"])
+    for owner in owners:
+        assert not (owners - {owner}) & edges[owner], (owner, sorted(edges[owner]))
+
+
 def find_cycle(edges: dict[str, set[str]]) -> list[str] | None:
     state: dict[str, int] = {}  # 1: on the current path, 2: done
     path: list[str] = []
@@ -119,4 +130,11 @@ def test_no_import_circle_at_import_time():
     imported already, and that is no circle."""
     edges = graph(top_level_only=True)
     cycle = find_cycle(edges)
+    assert cycle is None, " → ".join(cycle or [])
+
+
+def test_no_import_circle_even_through_imports_inside_functions():
+    """A function-level import is still a dependency: the packages stay layered (an owner's
+    check, a route, a task never import back the module that runs them)."""
+    cycle = find_cycle(graph(top_level_only=False))
     assert cycle is None, " → ".join(cycle or [])

@@ -1,7 +1,8 @@
-"""The tasks process from the master's side (lorebase/tasks: mail, the S3 mirror, backups,
-checks, beat): one per node, a new interpreter like the workers, started again when it exits.
+"""The tasks process from the master's side (lorebase/tasks/process.py: mail, the S3 mirror,
+backups, checks, beat): one per node, a new interpreter like the workers, started again when
+it exits.
 
-It beats over a pipe of its own (tasks.BEAT): one silent for TASKS_TIMEOUT seconds (or that
+It beats over a pipe of its own (process.BEAT): one silent for TASKS_TIMEOUT seconds (or that
 never beat within START_TIMEOUT) is killed and replaced, notified `tasks stuck`: a stuck loop
 would otherwise stop mail, the S3 mirror, backups and checks without a word. After a re-exec
 the tasks process of the code before is stopped first and the new one starts once it has
