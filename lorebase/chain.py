@@ -94,22 +94,6 @@ class Route:
         return self.method == "*" or self.method == method or (self.method == "UNSAFE" and method in UNSAFE)
 
 
-def insert(routes: list[Route], section: str, new: list[Route]) -> list[Route]:
-    """A copy of `routes` with `new` placed at the end of `section`: how an app adds its routes."""
-    order = SECTIONS.index(section)
-    at = len(routes)
-    for i, route in enumerate(routes):
-        if SECTIONS.index(route.section) > order:
-            at = i
-            break
-    return routes[:at] + [r for r in new if r.section == section or _set_section(r, section)] + routes[at:]
-
-
-def _set_section(route: Route, section: str) -> bool:
-    route.section = section
-    return True
-
-
 class Endpoint:
     """An endpoint with the steps that run before it, worked out once at start-up.
 

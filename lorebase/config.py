@@ -65,7 +65,7 @@ DEFAULTS: dict[str, Any] = {
     "BEAT_REDIS_MEMORY": 80.0,  # % of Redis's maxmemory used (no alert when maxmemory is 0)
     "HEADER_TIMEOUT": 10.0,  # seconds a request's line and headers may take to arrive (408, closed)
     "BODY_TIMEOUT": 30.0,  # seconds a JSON body may take to arrive, or an upload may send nothing (408)
-    "STATS": True,  # count requests, logins, bytes... per minute in Redis (stats.py); off: nothing counted
+    "STATS": True,  # count requests, logins, bytes... per minute in Redis (stats/); off: nothing counted
     "STATS_KEEP": 2 * 86400,  # seconds a minute's stats are kept
     "METRICS_TOKEN": "",  # GET /metrics also answers `Authorization: Bearer <this>` (a Prometheus scraper)
     "LOG_STREAM_MAX": 10000,  # entries kept in the Redis stream `log` (request errors, processes' events)

@@ -18,7 +18,7 @@ matched on the whole decoded path: no client-chosen path ever reaches the disk.
   GET    /blobs?in=files|trash one line per blob: `<id> <size> <mtime_ns>`
 
 The same process runs the S3 mirror (its queue in Redis) and the beat for the bytes it holds,
-when REDIS_URL is set (tasks/__init__.py, role "files"); the API nodes then run neither.
+when REDIS_URL is set (tasks/process.py, role "files"); the API nodes then run neither.
 
 It holds what an API worker holds (protocol.py): HEADER_TIMEOUT and BODY_TIMEOUT for each
 request, and at most FILES_CONNECTIONS connections (past it, with no idle one to close, a new
