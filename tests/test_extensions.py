@@ -112,13 +112,13 @@ def lorebase_cmd(lore: Lorebase, *args: str) -> subprocess.CompletedProcess[str]
 
 @pytest.fixture(scope="module")
 def bare(tmp_path_factory, mail) -> Iterator[Lorebase]:
-    with dedicated(tmp_path_factory, mail, "bare", APPS="", ADMINS="x_root@example.com") as lore:
+    with dedicated(tmp_path_factory, mail, "bare", APPS="", ADMINS="ext_root@example.com") as lore:
         yield lore
 
 
 def test_with_no_app_the_notes_routes_are_404_and_the_built_ins_serve(bare, mail):
     with Users(bare, mail) as made:
-        api = made.session(made.new("x_user", verified=True))
+        api = made.session(made.new("ext_user", verified=True))
         r = api.request("GET", "/notes")
         assert (r.status_code, r.json()) == (404, {"error": "notfound"})
         r = api.post("/notes", {"text": "hi"}, csrf=True)
@@ -131,9 +131,9 @@ def test_with_no_app_the_notes_routes_are_404_and_the_built_ins_serve(bare, mail
 
 def test_with_no_app_the_admin_detail_has_no_app_lines_and_check_passes(bare, mail):
     with Users(bare, mail) as made:
-        made.new("x_plain", verified=True)
-        root = made.session(made.new("x_root", verified=True))
-        r = root.request("GET", "/admin/users/x_plain")
+        made.new("ext_plain", verified=True)
+        root = made.session(made.new("ext_root", verified=True))
+        r = root.request("GET", "/admin/users/ext_plain")
         assert r.status_code == 200, r.text
         assert r.json()["extra"] == [] and "notes" not in r.json()
         assert root.request("GET", "/admin").status_code == 200

@@ -7,6 +7,7 @@ import email
 import re
 from email import policy
 from email.message import EmailMessage
+from email.utils import getaddresses
 from typing import Any, Self
 
 from aiosmtpd.controller import Controller
@@ -48,7 +49,10 @@ class MailSink:
         self.controller.stop()
 
     def to(self, address: str) -> list[EmailMessage]:
-        return [m for m in self.mails if address.lower() in str(m["To"]).lower()]
+        """The mails to exactly `address` (case aside): `t_root@x` is not `inv_st_root@x`."""
+        wanted = address.strip().lower()
+        return [m for m in self.mails
+                if wanted in {addr.lower() for _, addr in getaddresses([str(m["To"] or "")])}]
 
     def wait_for(self, address: str, subject: str = "", count: int = 1, timeout: float = 10.0) -> EmailMessage:
         """The `count`-th mail to `address` (with `subject` in its subject), once it arrives."""
