@@ -110,7 +110,8 @@ def test_uploads_survive_an_s3_outage(moto, s3lore):
         trashed = f"files/{name}/{outs[2]['id']}"
         wait_for(lambda: trashed in s3_keys(s3, S3_TRASH), 90, 0.1, f"{trashed} in the trash")
         assert s3_bytes(s3, S3_TRASH, trashed) == data[2]
-        assert trashed not in s3_keys(s3, S3_BUCKET)
+        # the trash job copies, then deletes: the object leaves the bucket a moment after
+        wait_for(lambda: trashed not in s3_keys(s3, S3_BUCKET), 5, 0.1, f"{trashed} out of {S3_BUCKET}")
         wait_for(lambda: not (s3lore.data_dir / "trash" / outs[2]["id"]).exists(), 10, 0.05, "the kept copy to go")
         wait_for(lambda: s3lore.redis().zcard(S3["retry"]) == 0 and s3lore.redis().llen(S3["queue"]) == 0, 30, 0.1,
                  "the S3 queue to drain")
