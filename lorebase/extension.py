@@ -31,12 +31,13 @@ import importlib
 import json
 import re
 import sys
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .identity.keys import tag as user_tag
+from .tasks import SCHEDULED
 
 if TYPE_CHECKING:
     from .app import App
@@ -49,7 +50,7 @@ __all__ = ["CheckContext", "Extension", "Queue", "Scheduled", "TaskContext", "lo
 NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}\Z")
 WEB_FILE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\.(js|css)\Z")  # a name in assets, no folder
 BUILTIN_QUEUES = ("mail", "s3")  # an application's queue or task may not take these names
-BUILTIN_TASKS = ("backup", "check", "stats")
+BUILTIN_TASKS = SCHEDULED  # lorebase's own, named once in tasks/__init__.py
 
 DestroyHook = Callable[["App", str], Awaitable[None]]
 UserDetail = Callable[["App", str], Awaitable[Mapping[str, int | str]]]
@@ -228,8 +229,3 @@ def app_queues(config: Config) -> list[str]:
     """The keys (`{<name>}:queue`) of the applications' durable queues: for the levels, the
     check of queued jobs and the restore guard."""
     return [queue.key for ext in load_apps(config) for queue in ext.queues]
-
-
-def every(exts: Iterable[Extension], attribute: str) -> list[Any]:
-    """Every extension's entries of a sequence field, in order."""
-    return [item for ext in exts for item in getattr(ext, attribute)]
