@@ -53,21 +53,26 @@ CLOSE = {"connection": "close"}
 
 
 class ApiError(Exception):
-    """An expected failure with its status and stable code; `path` names the field at fault."""
+    """An expected failure with its status and stable code; `path` names the field at fault;
+    `message`, where the code alone would mislead, says it in words for a person (the code
+    stays what clients branch on)."""
 
     def __init__(self, status: int, code: str, path: str | None = None,
-                 headers: dict[str, str] | None = None, detail: Any = None):
+                 headers: dict[str, str] | None = None, detail: Any = None, message: str | None = None):
         super().__init__(code)
         self.status = status
         self.code = code
         self.path = path
         self.headers = headers or {}
         self.detail = detail  # for notify only
+        self.message = message
 
     def body(self) -> dict[str, Any]:
         out: dict[str, Any] = {"error": self.code}
         if self.path is not None:
             out["path"] = self.path
+        if self.message is not None:
+            out["message"] = self.message
         return out
 
 

@@ -75,6 +75,32 @@ hours; after that, an account that never verified this address no longer holds i
 """)
 
 
+def change_mail(base_url: str, username: str, token: str) -> tuple[str, str]:
+    return ("Verify your new email", f"""Hello,
+
+The account "{username}" asked to use this email address from now on. If that was you,
+open this link and confirm with the password of "{username}" (or while logged in as it):
+
+{base_url}/verify?token={token}
+
+Until then the account keeps its old address. If it was not you, ignore this mail: nothing
+changes. The link works once, for 24 hours.
+""")
+
+
+def change_notice_mail(username: str, new: str) -> tuple[str, str]:
+    """To the old address: no link, so nothing in it can act on the account."""
+    return ("Your email is being changed", f"""Hello {username},
+
+Someone logged in as "{username}" asked to change the account's email from this address
+to {new}. The change happens only once a link mailed to {new} is used; until then
+this address stays the account's.
+
+If this was not you, log in and change your password: the change needs your password, so
+someone else knows it.
+""")
+
+
 def invite_mail(base_url: str, token: str, ttl: int) -> tuple[str, str]:
     days = max(1, round(ttl / 86400))
     return ("You are invited to lorebase", f"""Hello,

@@ -16,7 +16,7 @@ STATUS_TEXT = {200: "OK", 206: "Partial content (a Range request)", 304: "Not mo
                429: "Too many requests", 500: "Server error", 503: "Unavailable", 507: "Insufficient storage"}
 
 ERROR = {"type": "object", "required": ["error"], "properties": {
-    "error": {"type": "string"}, "path": {"type": "string"}}}
+    "error": {"type": "string"}, "path": {"type": "string"}, "message": {"type": "string"}}}
 
 
 def _codes(route: Route) -> dict[int, list[str]]:

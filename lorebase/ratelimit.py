@@ -1,7 +1,8 @@
 """Rate limits kept in Redis, so every worker and every node counts together.
 
 A fixed window per (limit, subject): the first hit creates `rate:<name>:<subject>` with
-the window as its TTL; past `limit` hits the caller gets 429 `rate` with Retry-After.
+the window as its TTL; past `limit` hits the caller gets 429 `rate` with Retry-After, and
+a `message` that says the wait in words.
 A per-address limit's subject is `address(ip)`: an IPv6 /64 counts as one address.
 """
 
@@ -47,11 +48,28 @@ async def hit(db: Client, name: str, subject: str, limit: int, window: int) -> t
     return int(count) <= limit, max(int(ttl), 1)
 
 
+def duration(seconds: int) -> str:
+    """A wait in words, rounded up: "45 seconds", "15 minutes", "2 hours"."""
+    def unit(n: int, name: str) -> str:
+        return f"{n} {name}{'' if n == 1 else 's'}"
+    if seconds < 60:
+        return unit(seconds, "second")
+    if seconds < 3600:
+        return unit(-(-seconds // 60), "minute")
+    return unit(-(-seconds // 3600), "hour")
+
+
+def refused(wait: int) -> ApiError:
+    """The 429 `rate` of a limit that lets the client try again in `wait` seconds."""
+    return ApiError(429, "rate", headers={"retry-after": str(wait)},
+                    message=f"Too many attempts: try again in {duration(wait)}.")
+
+
 async def check(db: Client, name: str, subject: str, limit: int, window: int) -> None:
     """Count one hit and raise 429 `rate` past the limit."""
     ok, retry = await hit(db, name, subject, limit, window)
     if not ok:
-        raise ApiError(429, "rate", headers={"retry-after": str(retry)})
+        raise refused(retry)
 
 
 # KEYS: one counter. Undone only while it exists (a window that ended stays gone).

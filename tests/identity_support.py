@@ -50,14 +50,20 @@ def fresh_ip() -> str:
     return f"10.77.{n // 250}.{n % 250 + 1}"
 
 
-def assert_error(response: httpx.Response, status: int, code: str, path: str | None = None) -> None:
-    """The reply is `status` with exactly {"error": code} (plus "path" when given)."""
+def assert_error(response: httpx.Response, status: int, code: str, path: str | None = None,
+                 message: str | None = None) -> None:
+    """The reply is `status` with exactly {"error": code} (plus "path" when given), and the
+    words of its "message" when given (a reply may carry one either way)."""
     assert response.status_code == status, (response.status_code, response.text[:500])
     assert response.headers["content-type"].startswith("application/json"), response.headers
     expected: dict[str, Any] = {"error": code}
     if path is not None:
         expected["path"] = path
-    assert response.json() == expected
+    body = response.json()
+    said = body.pop("message", None)
+    assert body == expected
+    if message is not None:
+        assert said == message, said
 
 
 # -- cookies ----------------------------------------------------------------------------

@@ -1,11 +1,13 @@
-"""One-time tokens for email verification and password reset.
+"""One-time tokens for email verification, email change and password reset.
 
 A token is `<username>.<random>` (256 random bits) and goes only into the mail; Redis keeps
-its SHA-256: `verify:{<username>}` / `reset:{<username>}` (the user's hash slot) → `<sha256> <gen> <email>`, with a
-TTL. So a user has at most one live token of each kind: a new one replaces the last, and
-ending the user's sessions (reset, password change, disable, destroy) deletes the reset
-token in the same step. A token is used up by a compare-and-delete, so it works once; it is
-refused if the user's email (or, for a reset, the user's generation) changed since.
+its SHA-256: `verify:{<username>}` / `change:{<username>}` / `reset:{<username>}` (the user's
+hash slot) → `<sha256> <gen> <email>`, with a TTL (a change token's email is the new address
+asked for, its gen the user's generation then). So a user has at most one live token of
+each kind: a new one replaces the last, and ending the user's sessions (reset, password
+change, disable, destroy) deletes the reset token in the same step. A token is used up by a
+compare-and-delete, so it works once; it is refused if the user's email (or, for a reset or
+a change, the user's generation) changed since.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from ..db import Client
 from . import keys
 from .sessions import new_token
 
-KINDS = ("verify", "reset")
+KINDS = ("verify", "change", "reset")
 
 # KEYS: the token's key. ARGV: the SHA-256 of the token. Its record, deleted if it matched.
 _TAKE = """
@@ -54,9 +56,14 @@ def _sha(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def stored(token: str, email: str, gen: str = "") -> str:
+    """What Redis keeps of a token issued for `email` and `gen`."""
+    return f"{_sha(token)} {gen or '-'} {email}"
+
+
 async def issue(db: Client, kind: str, username: str, email: str, ttl: int, gen: str = "") -> str:
     token = f"{username}.{new_token()}"
-    await db.call("SET", key(kind, username), f"{_sha(token)} {gen or '-'} {email}", "EX", ttl)
+    await db.call("SET", key(kind, username), stored(token, email, gen), "EX", ttl)
     return token
 
 

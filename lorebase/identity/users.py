@@ -32,6 +32,12 @@ the search lists only users whose record exists) and `lorebase check --repair` s
    back and removes itself (Taken: email). Of two signups racing for one address at most one
    passes step 5: whichever's compare-and-set came last sees the other's record, or is
    seen; so two records never both end holding one address, nor one without its entry.
+An email change (`change_email`, when its link is used) holds the new address the same way,
+the record's write being the one that sets `email` (and uses the token up); until then the
+old address stays the account's, its entry untouched; after step 5 the `{users}` entries
+move and the old entry goes (`drop_email`). A step 5 that fails puts the record's email and
+the token back. Of two changes racing for one address, the second waits while the first's
+token is still live (it is between its steps 1 and 4), then sees the address kept.
 A destroy deletes the record (with its sessions and tokens, one slot) first, then the
 entry (only while it still names the user, and put back if a signup of the same name took
 the address meanwhile), then the `{users}` entries (put back the same way).
@@ -112,7 +118,32 @@ redis.call('HSET', KEYS[1], 'email', '')
 return 1
 """
 
-# KEYS: user, sessions, verify token, reset token. ARGV: a field the user must still carry
+# KEYS: user, change token. ARGV: the token's stored value (sha, gen, new address), the new
+# address. The token used up and the address set (verified) if the token is live and the
+# user of its generation; {old address, old verified, the token's value, its PTTL}, else false.
+_CHANGE = """
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return false end
+local u = redis.call('HMGET', KEYS[1], 'username', 'email', 'verified', 'gen')
+if not u[1] then return false end
+local gen = u[4]
+if not gen or gen == '' then gen = '-' end
+if string.sub(ARGV[1], 66, 65 + #gen + 1) ~= gen .. ' ' then return false end
+local ttl = redis.call('PTTL', KEYS[2])
+redis.call('DEL', KEYS[2])
+redis.call('HSET', KEYS[1], 'email', ARGV[2], 'verified', 1)
+return {u[2] or '', u[3] or '0', ARGV[1], ttl}
+"""
+
+# KEYS: user, change token. ARGV: the new address, the old one, the old verified, the
+# token's value, its PTTL. A change taken back (step 5 lost): the old address and the token.
+_UNCHANGE = """
+if redis.call('HGET', KEYS[1], 'email') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'email', ARGV[2], 'verified', ARGV[3])
+if tonumber(ARGV[5]) > 0 then redis.call('SET', KEYS[2], ARGV[4], 'PX', ARGV[5], 'NX') end
+return 1
+"""
+
+# KEYS: user, sessions, verify token, reset token, change token. ARGV: a field the user must still carry
 # with the value next ('' : any user), the prefix of the user's session keys. The address
 # the user had ('' if none), or false if it was not deleted. The session keys are built
 # from the ids in the set: they share the user's hash slot.
@@ -124,7 +155,7 @@ for _, sid in ipairs(redis.call('SMEMBERS', KEYS[2])) do
   local at = string.find(sid, ':', 1, true)
   if at then redis.call('DEL', ARGV[3] .. string.sub(sid, at + 1)) end
 end
-redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5])
 return u[2] or ''
 """
 
@@ -270,7 +301,8 @@ async def _remove(db: Client, name: str, email: str, field: str = "", value: str
     entries; the `email:` entry is the caller's. Entries a signup of the same name wrote
     meanwhile are put back. The address the record had ('': none; None: not removed)."""
     had = await db.script(_DELETE, [keys.user(name), keys.sessions(name), tokens.key("verify", name),
-                                    tokens.key("reset", name)], [field, value, keys.session_prefix(name)])
+                                    tokens.key("reset", name), tokens.key("change", name)],
+                              [field, value, keys.session_prefix(name)])
     if had is None:
         return None
     await db.script(_INDEX_DROP, _INDEXES, [name, had or email, "1"])
@@ -417,6 +449,64 @@ async def begin_destroy(db: Client, sessions: Sessions, username: str) -> str:
 async def verify(db: Client, token: str, email: str) -> bool:
     """Marks the token's user verified and uses the token up, if both still hold."""
     return await tokens.use(db, "verify", token, email, ("verified", 1))
+
+
+async def _changing(db: Client, holder: str, email: str) -> bool:
+    """`holder` has a live change token for `email`: it may be between its steps 1 and 4."""
+    value = await db.call("GET", tokens.key("change", holder))
+    return bool(value) and str(value).endswith(" " + email)
+
+
+async def change_email(db: Client, username: str, stored: str, email: str,
+                       verify_ttl: int) -> tuple[str, str | None] | None:
+    """The change token whose stored value is `stored` used: the user's address becomes
+    `email` (verified), in the steps the module's docstring explains; (the old address, the
+    user the new one was taken from or None). None if the token or
+    the user's generation no longer holds; Taken("email") if another account holds the
+    address (the token then stays usable)."""
+    entry = keys.email(email)
+    holder = await db.script(_CLAIM, [entry], [username])  # 1
+    took, dangling = None, None
+    if holder and holder != username:  # 2
+        state = await _holding(db, holder, email, verify_ttl)
+        for _ in range(_PATIENCE):
+            if state != "absent" and not (state == "none" and await _changing(db, holder, email)):
+                break
+            await asyncio.sleep(0.02)
+            state = await _holding(db, holder, email, verify_ttl)
+        if state == "keeps":
+            raise Taken("email")
+        if state == "stale":
+            if not await db.script(_TAKE_FROM, [keys.user(holder)], [email, int(time.time()) - verify_ttl]):
+                raise Taken("email")
+            took = holder
+            await db.script(_INDEX_DROP, _INDEXES, [took, email, ""])
+        else:
+            dangling = holder
+        if not await db.script(_SWAP, [entry], [holder, username]):
+            raise Taken("email")
+
+    async def give_back() -> None:
+        back = dangling if dangling and await _holds(db, dangling, email) else ""
+        if not await _holds(db, username, email):
+            await db.script(_SWAP, [entry], [username, back])
+
+    token_key = tokens.key("change", username)
+    changed = await db.script(_CHANGE, [keys.user(username), token_key], [stored, email])  # 4
+    if not changed:
+        await give_back()
+        return None
+    old, old_verified, value, ttl = (str(part) for part in changed)
+    if (await db.call("GET", entry) != username  # 5
+            or (dangling and await _holds(db, dangling, email))):
+        await db.script(_UNCHANGE, [keys.user(username), token_key], [email, old, old_verified, value, ttl])
+        await give_back()
+        raise Taken("email")
+    await db.script(_INDEX_DROP, _INDEXES, [username, old, ""])
+    await db.script(_INDEX_ADD, _INDEXES, [username, email])
+    if old and old != email:
+        await drop_email(db, username, old)
+    return old, took
 
 
 async def release(db: Client, username: str, email: str) -> bool:

@@ -1,20 +1,21 @@
 """The auth routes that need a session (after the gatekeeper and CSRF): the CSRF token
 ("am I logged in?"), logout, the user's own sessions (list, end one or all others),
-change password, destroy the account."""
+change password, change the email (mailed a link), destroy the account."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
 from ..chain import Route
+from ..errors import Taken
 from ..http import ApiError, Reply, Request, reply
-from ..identity import admins, users
+from ..identity import admins, tokens, users
 from ..identity.records import User
 from ..identity.sessions import handle as session_handle
-from ..mail import enqueue, password_changed_mail
+from ..mail import change_mail, change_notice_mail, enqueue, password_changed_mail
 from ..notify import notify
 from ..schema import Schema, Text
-from .auth import NO_STORE, Password, check_new_password
+from .auth import NO_STORE, WRONG_PASSWORD, Password, check_new_password
 
 
 class Empty(Schema):
@@ -28,6 +29,12 @@ class ChangePassword(Schema):
 
 class Destroy(Schema):
     password: Password
+
+
+class ChangeEmail(Schema):
+    password: Password
+    email: Annotated[str, Text(3, 300, description="the new address; it becomes the account's once "
+                                                   "the link mailed to it is used")]
 
 
 class CsrfOut(Schema):
@@ -101,7 +108,7 @@ async def end_sessions(req: Request) -> Reply:
 async def _user_with_password(req: Request, password: str) -> User:
     user: User | None = await req.app.current_user(req)
     if user is None or not await req.app.passwords.verify(user["hash"], password):
-        raise ApiError(403, "auth")
+        raise ApiError(403, "auth", message=WRONG_PASSWORD)
     return user
 
 
@@ -119,6 +126,27 @@ async def change_password(req: Request) -> Reply:
     await enqueue(app.db, app.config.COOKIE_SECRET, user["email"],
                   *password_changed_mail(app.config.BASE_URL, user["username"]))
     notify("password changed", user=user["username"], ip=req.ip)
+    return reply(200, {})
+
+
+async def change_email(req: Request) -> Reply:
+    """A verification link to the new address and a notice (no link) to the old one; the
+    account's email changes only when the link is used (POST /auth/verifyEmail)."""
+    data = req.payload(ChangeEmail)
+    app = req.app
+    config, db = app.config, app.db
+    email = users.normal_email(data.email)
+    user = await _user_with_password(req, data.password)
+    if email == user.get("email"):
+        raise ApiError(400, "validation", "email", message="That is already the account's email.")
+    if await users.keeps(db, email, config.VERIFY_TTL):
+        raise Taken("email")  # checked again, race-safe, when the link is used
+    name = user["username"]
+    token = await tokens.issue(db, "change", name, email, config.VERIFY_TTL, user.get("gen", ""))
+    await enqueue(db, config.COOKIE_SECRET, email, *change_mail(config.BASE_URL, name, token))
+    if user.get("email"):
+        await enqueue(db, config.COOKIE_SECRET, user["email"], *change_notice_mail(name, email))
+    notify("email change asked", user=name, ip=req.ip)
     return reply(200, {})
 
 
@@ -148,6 +176,10 @@ def routes() -> list[Route]:
                                                     "or all the others"),
         Route("POST", "/auth/changePassword", change_password, section="private", body=ChangePassword,
               summary="Change the password; the user's other sessions end", replies={403: ["auth"]}),
+        Route("POST", "/auth/changeEmail", change_email, section="private", body=ChangeEmail,
+              summary="Ask to change the email: a link to the new address (which becomes the "
+                      "account's when it is used), a notice to the old one",
+              replies={403: ["auth"], 409: ["email"]}),
         Route("POST", "/auth/destroy", destroy, section="private", body=Destroy,
               summary="Delete the account and everything of it", replies={403: ["auth"]}),
     ]

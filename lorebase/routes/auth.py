@@ -1,5 +1,6 @@
-"""The auth routes (seed: Routes), before the gatekeeper: signup, verifyEmail, login,
-releaseEmail, recover, reset. Rate limits per IP and per account are kept in Redis (lorebase.ratelimit)."""
+"""The auth routes (seed: Routes), before the gatekeeper: signup, verifyEmail (of a signup's
+address or of an email change), resend a verification, login, releaseEmail, recover, reset.
+Rate limits per IP and per account are kept in Redis (lorebase.ratelimit)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from ..identity import invites, keys, passwords, tokens, users
 from ..identity.records import User
 from ..mail import enqueue, reset_mail, verify_mail
 from ..notify import notify
-from ..ratelimit import address, check, clear, hit, key, take_back
+from ..ratelimit import address, check, clear, hit, key, refused, take_back
 from ..schema import Schema, Text
 
 HOUR = 3600
@@ -21,6 +22,8 @@ HOUR = 3600
 # can make the server parse
 LIMIT = 4096
 NO_STORE = {"cache-control": "no-store"}
+# where a form has no username field, "wrong username or password" would mislead
+WRONG_PASSWORD = "Wrong password."  # noqa: S105 (a message, not a password)
 
 Password = Annotated[str, Text(1, passwords.MAX_LENGTH, description="8-128 characters, not a common password")]
 Login = Annotated[str, Text(1, 254, description="username or email; trimmed and lower-cased")]
@@ -53,6 +56,10 @@ class Csrf(Schema):
 
 
 class Recover(Schema):
+    username: Login
+
+
+class Resend(Schema):
     username: Login
 
 
@@ -133,7 +140,7 @@ async def _count_attempt(req: Request, account: str) -> tuple[str, str]:
         # a security event (the audit stream, sampled per kind past AUDIT_ANONYMOUS_RATE)
         notify("lockout", user=account, by="address" if not ip_ok else name.removeprefix("login-"), ip=req.ip,
                retry_s=wait)
-        raise ApiError(429, "rate", headers={"retry-after": str(wait)})
+        raise refused(wait)
     return ip_key, account_key
 
 
@@ -155,17 +162,50 @@ async def _session_of(req: Request, username: str) -> bool:
         await sessions.load(req.app.db, sid) is not None
 
 
+async def _change_user(req: Request, token: str) -> tuple[User, str, str] | None:
+    """The user a live email-change token was issued for, of the same generation still, the
+    new address and the token's stored value; None if it is no change token; else 403 token."""
+    issued = await tokens.peek(req.app.db, "change", token)
+    if issued is None:
+        return None
+    user = await users.get(req.app.db, issued[0])
+    if user is None or user.get("gen", "") != issued[2]:
+        raise ApiError(403, "token")
+    return user, issued[1], tokens.stored(token, issued[1], issued[2])
+
+
 async def verify_email(req: Request) -> Reply:
     """The token proves the mailbox; a live session of the account or its password proves
-    the account. Both are needed, so nobody's click verifies an account someone else made."""
+    the account. Both are needed, so nobody's click verifies an account someone else made.
+    The token is a signup's (the account's address verified) or an email change's (the new
+    address becomes the account's). Proved with the password, the reply logs the browser in
+    as `/auth/login` does."""
     data = req.payload(VerifyEmail)
-    user = await _token_user(req, "verify", data.token)
+    db = req.app.db
+    change = await _change_user(req, data.token)
+    user = change[0] if change else await _token_user(req, "verify", data.token)
+    by_password = False
     if not await _session_of(req, user["username"]):
-        if data.password is None or not await _password_proof(req, user, data.password):
-            raise ApiError(403, "auth")
-    if not await users.verify(req.app.db, data.token, user["email"]):
-        raise ApiError(403, "token")
-    notify("email verified", user=user["username"], ip=req.ip)
+        if data.password is None:
+            raise ApiError(403, "auth", message="Log in as the account, or give its password.")
+        if not await _password_proof(req, user, data.password):
+            raise ApiError(403, "auth", message=WRONG_PASSWORD)
+        by_password = True
+    if change:
+        changed = await users.change_email(db, user["username"], change[2], change[1], req.app.config.VERIFY_TTL)
+        if changed is None:
+            raise ApiError(403, "token")
+        if changed[1]:
+            notify("email taken over", user=user["username"], previous=changed[1], ip=req.ip)
+        notify("email changed", user=user["username"], ip=req.ip)
+    else:
+        if not await users.verify(db, data.token, user["email"]):
+            raise ApiError(403, "token")
+        notify("email verified", user=user["username"], ip=req.ip)
+    if by_password:
+        fresh = await users.get(db, user["username"])
+        if fresh is not None and fresh.get("disabled") != "1":
+            return await _log_in(req, fresh, data.password or "", key("login-account", user["username"]))
     return reply(200, {})
 
 
@@ -198,7 +238,15 @@ async def login(req: Request) -> Reply:
     await take_back(db, ip_key, account_key)
     if config.REQUIRE_VERIFIED and user.get("verified") != "1":
         raise ApiError(403, "verify")
-    rehash = await app.passwords.hash(data.password) if app.passwords.needs_rehash(user["hash"]) else ""
+    return await _log_in(req, user, data.password, account_key)
+
+
+async def _log_in(req: Request, user: User, password: str, account_key: str) -> Reply:
+    """A new session of `user`, whose `password` was just checked: the cookie set, the CSRF
+    token in the reply (what login answers)."""
+    app = req.app
+    db = app.db
+    rehash = await app.passwords.hash(password) if app.passwords.needs_rehash(user["hash"]) else ""
     old = req.cookies.get(app.sessions.name)
     old_sid = app.sessions.unsign(old) if old else None
     old_owner = keys.session_owner(old_sid) if old_sid else None
@@ -213,6 +261,7 @@ async def login(req: Request) -> Reply:
     sid, csrf = made
     await app.sessions.prune(db, user["username"])
     app.stats.flow("logins")
+    notify("login", user=user["username"], ip=req.ip)
     return reply(200, {"csrf": csrf}, {"set-cookie": app.sessions.set_cookie(sid), **NO_STORE},
                  cookies=(app.devices.issue(user["username"]),))
 
@@ -231,6 +280,23 @@ async def recover(req: Request) -> Reply:
                                        user.get("gen", ""))
             await enqueue(db, config.COOKIE_SECRET, user["email"],
                           *reset_mail(config.BASE_URL, user["username"], token))
+    return reply(200, {})
+
+
+async def resend(req: Request) -> Reply:
+    """A new verification mail to an account that has not verified its address (the new
+    token replaces the last); limited as recover is, and the same reply either way."""
+    data = req.payload(Resend)
+    config, db = req.app.config, req.app.db
+    await check(db, "resend-ip", address(req.ip), config.RECOVER_PER_IP, HOUR)
+    user = await users.find(db, str(data.username).strip().lower())
+    if user is not None and user.get("verified") != "1" and user.get("email") and user.get("disabled") != "1":
+        allowed, _ = await hit(db, "resend-account", user["username"], config.RECOVER_MAILS_PER_ACCOUNT, HOUR)
+        if allowed:
+            token = await tokens.issue(db, "verify", user["username"], user["email"], config.VERIFY_TTL)
+            await enqueue(db, config.COOKIE_SECRET, user["email"],
+                          *verify_mail(config.BASE_URL, user["username"], token))
+            notify("verification resent", user=user["username"], ip=req.ip)
     return reply(200, {})
 
 
@@ -259,8 +325,13 @@ def routes() -> list[Route]:
               summary="Create an account; a verification mail is sent",
               replies={403: ["whitelist", "invite"], 409: ["username", "email"], 429: ["rate"]}),
         Route("POST", "/auth/verifyEmail", verify_email, section="auth", body=VerifyEmail, limit=LIMIT,
-              summary="Mark the email verified: the token from the mail, and a live session of the "
-                      "account or its password", replies={403: ["token", "auth"], 429: ["rate"]}),
+              summary="Verify the address of a signup or an email change: the token from the mail, "
+                      "and a live session of the account or its password (with the password, the "
+                      "reply logs in as /auth/login does)",
+              replies={403: ["token", "auth"], 409: ["email"], 429: ["rate"]}),
+        Route("POST", "/auth/verify/resend", resend, section="auth", body=Resend, limit=LIMIT,
+              summary="Mail a new verification link if the account exists and is unverified "
+                      "(the reply is the same either way)", replies={429: ["rate"]}),
         Route("POST", "/auth/releaseEmail", release_email, section="auth", body=ReleaseEmail, limit=LIMIT,
               summary="'This was not me': the token from the verification mail takes the address "
                       "back from the account that signed up with it", replies={403: ["token"]}),
