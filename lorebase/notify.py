@@ -55,10 +55,11 @@ AUDIT = "audit"  # admin actions and security events
 STREAMS = (AUDIT, STREAM)
 # the events kept apart in `audit`, by how their names start (so an event added later with
 # such a name, `lockout` or `restore refused`, is placed with its kind)
-_AUDITED = re.compile(r"admin|tampered|signup|destroy|password|email|sessions ended|invite|lock|unlock|"
+_AUDITED = re.compile(r"admin|tampered|signup|login|destroy|password|email|sessions ended|invite|lock|unlock|"
                       r"restor|backup|task backup|task restore|migrat|.*\block")
-# of those, the ones anyone can cause without an account (a lockout: failed logins): sampled per kind
-_ANONYMOUS = re.compile(r"tampered|signup|lock|.*\block")
+# of those, the ones anyone can cause without an account (a lockout: failed logins), or with any
+# account (a login in a loop): sampled per kind
+_ANONYMOUS = re.compile(r"tampered|signup|login|lock|.*\block")
 # request errors: sampled per client address
 REQUEST_ERRORS = frozenset({"reply", "client error", "error"})
 ADDRESSES_MAX = 10000  # client addresses one window tells apart; the rest count together as "*"
