@@ -277,13 +277,78 @@ def cmd_migrations(args: argparse.Namespace) -> int:
     return migrate.listing(config)
 
 
+def cmd_admin(args: argparse.Namespace) -> int:
+    """`lorebase admin add|remove USERNAME [ENV]`, `lorebase admin list [ENV]`: the admin flag
+    through identity/admins.py, the steps `POST /admin/admin` takes (so the last enabled admin
+    is never un-flagged). Exit 0 done, 1 refused, 2 bad usage (no such user, Redis down)."""
+    import asyncio
+
+    from . import db as dbmod
+    from .identity import admins, users
+
+    who = f"lorebase admin {args.admin_command}"
+    config = _load(args.env)
+    if _redis_url(config) is None:
+        print(f"{who}: the embedded Redis is not running: start `lorebase serve` first", file=sys.stderr)
+        return 2
+
+    async def act(client: dbmod.Client) -> int:
+        if args.admin_command == "list":
+            after: str | None = ""
+            while after is not None:
+                found, after = await users.search(client, "", after)
+                for row in found:
+                    if users.is_admin(row, config.ADMINS):
+                        how = "flag" if row.get("admin") == "1" else "ADMINS"
+                        print(f"{row['username']}  {row.get('email') or '-'}  ({how})")
+            return 0
+        name = args.username.strip().lower()
+        user = await users.get(client, name)
+        if user is None:
+            print(f"{who}: no user {name!r} (sign up first, then run this again)", file=sys.stderr)
+            return 2
+        if args.admin_command == "add":
+            await admins.grant(client, name, config.ADMINS)
+            if user.get("disabled") == "1":
+                print(f"{name} has the admin flag now, but is disabled: no rights until enabled")
+            else:
+                print(f"{name} is an admin now (the admin flag is set): /admin is theirs at their next request")
+            return 0
+        if user.get("admin") != "1" and not users.is_admin(user, config.ADMINS):
+            print(f"{name} was not an admin: nothing changed")
+            return 0
+        try:
+            await admins.take(client, user, config.ADMINS)
+        except admins.Refused as refused:
+            why = (f"{name}'s rights come from ADMINS in the settings ({user.get('email')}); the flag changes "
+                   "nothing: take the address out of ADMINS instead" if refused.code == "configadmin" else
+                   f"{name} is the last enabled admin: make another admin first (lorebase admin add USERNAME)")
+            print(f"{who}: refused: {why}; nothing changed", file=sys.stderr)
+            return 1
+        print(f"{name} is no longer an admin (the admin flag is cleared)")
+        return 0
+
+    async def run() -> int:
+        client = dbmod.connect(config, timeout=30)
+        try:
+            return await act(client)
+        finally:
+            await client.close()
+
+    try:
+        return asyncio.run(run())
+    except (dbmod.Unavailable, OSError) as error:
+        print(f"{who}: cannot reach Redis ({error}); nothing changed", file=sys.stderr)
+        return 2
+
+
 def cmd_nginx(args: argparse.Namespace) -> int:
     from . import nginx
 
     if bool(args.cert) != bool(args.key):
         print("lorebase nginx: give --cert and --key together (or neither, for certbot's files)", file=sys.stderr)
         return 2
-    config = _load(args.env)
+    config = _load(args.env, role="nginx")  # no cookie secret, no mail: the site uses none of them
     try:
         site = nginx.render(config, args.domain, args.cert, args.key, args.http_port, args.https_port,
                             args.static, args.listen)
@@ -340,11 +405,22 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     return _deploy_script("deploy", [args.env, *([args.confirm] if args.confirm else [])])
 
 
+def _command(parent: Any, name: str, help: str, description: str = "", **kw: Any) -> argparse.ArgumentParser:
+    """A subcommand whose own --help starts with the line `lorebase --help` shows for it."""
+    first = help[0].upper() + help[1:] + ("" if help.endswith(".") else ".")
+    made: argparse.ArgumentParser = parent.add_parser(name, help=help, description=f"{first} {description}".strip(),
+                                                      **kw)
+    return made
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="lorebase",
         description="lorebase: an HTTP JSON API server with identity, files, notify and a master process. "
-                    "Settings come from lorebase/config.py, secret.py and LOREBASE_<KEY> variables.")
+                    "Settings come from lorebase/config.py, secret.py and LOREBASE_<KEY> variables.",
+        epilog="A first day: `lorebase serve`, sign up on http://localhost:8000 (in dev the verification link is "
+               "in the log), then `lorebase admin add YOURNAME` to become an admin (/admin). "
+               "`lorebase COMMAND --help` says more of each command.")
     p.add_argument("--version", action="version", version=f"lorebase {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -352,7 +428,7 @@ def parser() -> argparse.ArgumentParser:
         sp.add_argument("env", nargs="?", default="dev", choices=configmod.ENVIRONMENTS,
                         help="the environment: dev (default) or prod")
 
-    sp = sub.add_parser("serve", help="run the master, its workers and (with no REDIS_URL) an embedded Redis",
+    sp = _command(sub, "serve", help="run the master, its workers and (with no REDIS_URL) an embedded Redis",
                         description="Run the server in the foreground until SIGTERM or Ctrl-C.")
     env_arg(sp)
     sp.add_argument("--role", choices=("api", "files"), default="api",
@@ -360,15 +436,15 @@ def parser() -> argparse.ArgumentParser:
                          "here (FILES_HOST:FILES_PORT, FILES_SECRET), with the S3 mirror and the beat")
     sp.set_defaults(func=cmd_serve)
 
-    sp = sub.add_parser("config", help="print the effective settings of an environment, secrets masked")
+    sp = _command(sub, "config", help="print the effective settings of an environment, secrets masked")
     env_arg(sp)
     sp.add_argument("--get", metavar="KEY", help="print only this key's value, as it is (lists comma-separated); "
                                                    "prod's checks are not run")
     sp.set_defaults(func=cmd_config)
 
-    files = sub.add_parser("files", help="the file store: `files check [--repair]`")
+    files = _command(sub, "files", help="the file store: `files check [--repair]`")
     files_sub = files.add_subparsers(dest="files_command", metavar="SUBCOMMAND", required=True)
-    sp = files_sub.add_parser("check", help="compare Redis metadata, the disk and S3; print what disagrees",
+    sp = _command(files_sub, "check", help="compare Redis metadata, the disk and S3; print what disagrees",
                               description="Exit 1 if problems were found (without --repair).")
     env_arg(sp)
     sp.add_argument("--repair", action="store_true", help="fetch missing local copies from S3, queue missing "
@@ -376,7 +452,7 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--verify", action="store_true", help="also hash every local file against its SHA-256")
     sp.set_defaults(func=cmd_files_check)
 
-    sp = sub.add_parser("check", help="the consistency check: users and their indexes, sessions, tokens, notes, "
+    sp = _command(sub, "check", help="the consistency check: users and their indexes, sessions, tokens, notes, "
                         "usage, files (as `files check`), queued jobs; print what disagrees",
                         description="One line per problem, then a summary; a progress bar on stderr when it is a "
                                     "terminal. Exit 0 clean, 1 problems left, 2 Redis or S3 unreachable.")
@@ -385,21 +461,23 @@ def parser() -> argparse.ArgumentParser:
                     "atomically first; finish destroys that stopped half-way")
     sp.set_defaults(func=cmd_check)
 
-    s3p = sub.add_parser("s3", help="S3: `s3 setup` creates the buckets and the trash's 30-day expiry")
+    s3p = _command(sub, "s3", help="S3: `s3 setup` creates the buckets and the trash's 30-day expiry")
     s3_sub = s3p.add_subparsers(dest="s3_command", metavar="SUBCOMMAND", required=True)
-    sp = s3_sub.add_parser("setup", help="create S3_BUCKET and S3_TRASH_BUCKET if missing; "
+    sp = _command(s3_sub, "setup", help="create S3_BUCKET and S3_TRASH_BUCKET if missing; "
                            "trash objects expire after 30 days")
     env_arg(sp)
     sp.set_defaults(func=cmd_s3_setup)
 
-    sp = sub.add_parser("backup", help="`backup [ENV]`: a Redis backup now; `backup list [ENV]`: the backups",
+    sp = _command(sub, "backup", help="`backup [ENV]`: a Redis backup now; `backup list [ENV]`: the backups",
+                  usage="%(prog)s [-h] [list] [{dev,prod}]",
                         description="A consistent snapshot of Redis, gzipped, with its SHA-256 and a manifest, "
                                     "to s3://S3_BUCKET/backups/<env>/ (or DATA_DIR/backups/<env>/ without S3); "
                                     "then the retention. `list` prints one line per backup, newest first.")
-    sp.add_argument("words", nargs="*", metavar="[list] [ENV]")
+    sp.add_argument("words", nargs="*", metavar="list|ENV",
+                    help="list: print the backups instead of taking one; ENV: dev (default) or prod")
     sp.set_defaults(func=cmd_backup)
 
-    sp = sub.add_parser("restore", help="replace the database with a backup: `restore NAME|latest [ENV]`",
+    sp = _command(sub, "restore", help="replace the database with a backup: `restore NAME|latest [ENV]`",
                         description="Checks the backup's SHA-256 and loads it into a scratch Redis first (a "
                                     "corrupted one is refused, nothing touched); refuses while a lorebase node "
                                     "serves from that Redis (naming them) unless --force; says what it replaces; "
@@ -412,7 +490,7 @@ def parser() -> argparse.ArgumentParser:
                     "get 503 maintenance during the restore, and whatever it wrote since the backup is lost")
     sp.set_defaults(func=cmd_restore)
 
-    sp = sub.add_parser("migrate", help="a structural change to the database: `migrate SCRIPT [ENV]` rehearses it "
+    sp = _command(sub, "migrate", help="a structural change to the database: `migrate SCRIPT [ENV]` rehearses it "
                         "on a copy, `--apply` runs it on the live database (a backup first, restored on failure)",
                         description="SCRIPT is a file of migrations/ (NNNN_what.py) with migrate(db), and optionally "
                                     "check(db) -> problems and PAUSE = True (writes answer 503 maintenance while it "
@@ -422,14 +500,30 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--apply", action="store_true", help="run it on the live database")
     sp.set_defaults(func=cmd_migrate)
 
-    sp = sub.add_parser("migrations", help="every migration lorebase and the loaded apps have, applied or pending",
+    sp = _command(sub, "migrations", help="every migration lorebase and the loaded apps have, applied or pending",
                         description="One line per migration file (lorebase's own, then each application's "
                                     "Extension.migrations): the name it is recorded under, `applied <when>` or "
                                     "`pending`, and its path.")
     env_arg(sp)
     sp.set_defaults(func=cmd_migrations)
 
-    sp = sub.add_parser("nginx", help="print the nginx site for this environment (HTTPS, limits, static files)",
+    admin = _command(sub, "admin", help="who is an admin: `admin add|remove USERNAME [ENV]`, `admin list [ENV]`",
+                     description="Sets or clears a user's admin flag in the environment's Redis (the embedded one "
+                                 "runs while `lorebase serve` does), as the admin page's Make/Remove admin does: "
+                                 "removing the last enabled admin, or one whose rights come from ADMINS, is refused.")
+    admin_sub = admin.add_subparsers(dest="admin_command", metavar="SUBCOMMAND", required=True)
+    for name, what in (("add", "give USERNAME the admin flag (they reach /admin at their next request)"),
+                       ("remove", "take USERNAME's admin flag (refused for the last enabled admin, or one of "
+                                  "ADMINS)")):
+        sp = _command(admin_sub, name, help=what, description="Exit 0 done, 1 refused, 2 no such user.")
+        sp.add_argument("username", metavar="USERNAME")
+        env_arg(sp)
+        sp.set_defaults(func=cmd_admin)
+    sp = _command(admin_sub, "list", help="every enabled admin: username, email, and whether by flag or ADMINS")
+    env_arg(sp)
+    sp.set_defaults(func=cmd_admin)
+
+    sp = _command(sub, "nginx", help="print the nginx site for this environment (HTTPS, limits, static files)",
                         description="The server blocks to put in /etc/nginx/sites-available/: HTTP redirects to "
                                     "HTTPS (certbot's challenge excepted), HSTS, the body limit and timeouts from "
                                     "lorebase's config, X-Real-IP/X-Forwarded-For set by nginx, a request rate "
@@ -445,7 +539,7 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--listen", default="", metavar="ADDRESS", help="listen on this address only (default: all)")
     sp.set_defaults(func=cmd_nginx)
 
-    sp = sub.add_parser("new", help="write a new project in DIR: an application of your own on lorebase",
+    sp = _command(sub, "new", help="write a new project in DIR: an application of your own on lorebase",
                         description="DIR (made if missing, refused unless empty) gets a pyproject.toml depending on "
                                     "lorebase, a package named after DIR with one route and its test, config.py "
                                     "(APPS), a .gitignore (secret.py, data/), scripts/dev, scripts/test and a README.")
@@ -455,7 +549,7 @@ def parser() -> argparse.ArgumentParser:
                          f"('lorebase>=0.1') or a version (default: this one, {__version__})")
     sp.set_defaults(func=cmd_new)
 
-    sp = sub.add_parser("provision", help="set a Debian/Ubuntu box up over ssh for lorebase (idempotent): packages, "
+    sp = _command(sub, "provision", help="set a Debian/Ubuntu box up over ssh for lorebase (idempotent): packages, "
                         "Redis, nginx, TLS, the service; `provision [user@]HOST [--port N] [--domain D] "
                         "[--mail-url URL] [--no-upgrade]`",
                         description="Runs lorebase's deploy/provision.sh (docs: Deploy). The login needs root, or "
@@ -465,7 +559,7 @@ def parser() -> argparse.ArgumentParser:
                     help="--port N, --domain D, --mail-url URL, --no-upgrade")
     sp.set_defaults(func=cmd_provision)
 
-    sp = sub.add_parser("deploy", help="deploy the project's last commit to ENV's box (DEPLOY_HOST): `deploy ENV "
+    sp = _command(sub, "deploy", help="deploy the project's last commit to ENV's box (DEPLOY_HOST): `deploy ENV "
                         "[confirm]`, prod only with confirm",
                         description="Runs lorebase's deploy/deploy.sh on the project (LOREBASE_PROJECT, else the "
                                     "current directory; it must be in git): pack, copy, install (a new release "
@@ -475,7 +569,7 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("confirm", nargs="?", choices=("confirm",), help="prod needs it")
     sp.set_defaults(func=cmd_deploy)
 
-    sp = sub.add_parser("openapi", help="print the OpenAPI 3.1 document (the same as GET /openapi.json)")
+    sp = _command(sub, "openapi", help="print the OpenAPI 3.1 document (the same as GET /openapi.json)")
     env_arg(sp)
     sp.set_defaults(func=cmd_openapi)
     return p

@@ -7,6 +7,7 @@ says; everything else is read from here.
 
 from __future__ import annotations
 
+import difflib
 import os
 import secrets
 import sys
@@ -119,6 +120,61 @@ DEFAULTS: dict[str, Any] = {
     "FILES_TIMEOUT": 10.0,  # seconds an API node waits on the file server (each connect, read, write): then 503
     "FILES_CONNECTIONS": 1000,  # connections the file server holds at most (idle ones make room; else closed)
 }
+
+# The range of each numeric key (a bool is no number here), checked at every load: the key
+# and its range in the message. Range(low): low or more; Range(low, high): both ends included;
+# above=True: more than low (a number of seconds, say, where 0 would mean nothing works).
+class Range:
+    def __init__(self, low: float, high: float | None = None, above: bool = False, note: str = ""):
+        self.low, self.high, self.above, self.note = low, high, above, note
+
+    def holds(self, value: float) -> bool:
+        if value < self.low or (self.above and value == self.low):
+            return False
+        return self.high is None or value <= self.high
+
+    def __str__(self) -> str:
+        if self.high is not None:
+            text = f"{self.low:g}-{self.high:g}"
+        else:
+            text = f"above {self.low:g}" if self.above else f"{self.low:g} or more"
+        return f"{text} ({self.note})" if self.note else text
+
+
+PORTS = Range(1, 65535)
+SECONDS = Range(0, above=True)  # a timeout, a lifetime, a window
+EVERY = Range(0, note="0: none")  # seconds between two runs
+COUNT = Range(0)  # a cap, a rate or a size where 0 is a meaning of its own (none, or no limit)
+SOME = Range(1)  # at least one
+PERCENT = Range(0, 100)  # 0: no alert
+
+RANGES: dict[str, Range] = {
+    "PORT": PORTS, "REDIS_TIMEOUT": SECONDS, "WORKERS": Range(0, note="0: one per CPU"), "JSON_LIMIT": SOME,
+    "BACKUP_EVERY": EVERY, "BACKUP_KEEP": SOME, "BACKUP_DAILY": COUNT, "CHECK_EVERY": EVERY,
+    "LOCK_TTL": SECONDS, "PAUSE_TTL": SECONDS, "BEAT_EVERY": EVERY, "BEAT_SAMPLES": SOME,
+    "BEAT_CPU": PERCENT, "BEAT_MEMORY": PERCENT, "BEAT_DISK": PERCENT, "BEAT_REDIS_MEMORY": PERCENT,
+    "HEADER_TIMEOUT": SECONDS, "BODY_TIMEOUT": SECONDS, "STATS_KEEP": Range(60),
+    "LOG_STREAM_MAX": COUNT, "AUDIT_STREAM_MAX": COUNT, "LOG_RATE": COUNT, "LOG_WINDOW": SECONDS,
+    "AUDIT_ANONYMOUS_RATE": COUNT, "LOG_BUFFER": COUNT, "ERROR_REPORTS_PER_MINUTE": COUNT,
+    "SHUTDOWN_GRACE": COUNT, "WORKER_CONNECTIONS": COUNT, "WORKER_TIMEOUT": SECONDS, "TASKS_TIMEOUT": SECONDS,
+    "SESSION_IDLE": SOME, "SESSION_MAX": SOME, "SESSIONS_PER_USER": SOME, "VERIFY_TTL": SOME,
+    "RESET_TTL": SOME, "INVITE_TTL": SOME, "ARGON2_TIME": SOME, "ARGON2_MEMORY": Range(8),
+    "ARGON2_PARALLELISM": Range(1, 255), "HASH_THREADS": SOME, "LOGIN_FAILS_PER_ACCOUNT": SOME,
+    "LOGIN_FAILS_PER_IP": SOME, "LOGIN_FAILS_PER_DEVICE": SOME, "DEVICE_TTL": SOME, "LOGIN_WINDOW": SOME,
+    "SIGNUPS_PER_IP": COUNT, "RECOVER_PER_IP": COUNT, "RECOVER_MAILS_PER_ACCOUNT": COUNT,
+    "NGINX_AUTH_RATE": SOME, "NGINX_AUTH_BURST": COUNT, "DEPLOY_SSH_PORT": PORTS, "DEPLOY_KEEP": SOME,
+    "FILE_LIMIT": COUNT, "QUOTA": COUNT, "FILES_PORT": PORTS, "FILES_TIMEOUT": SECONDS,
+    "FILES_CONNECTIONS": SOME,
+}
+
+# Variables named LOREBASE_* that are not settings, set on purpose: by the command line and the
+# deploy scripts (PROJECT, PYTHON, SECRET_FILE), by a master for the one it re-executes into
+# (REEXEC), by lorebase's own test suites and CI (TEST_*), and deploy/redis/users.acl's
+# placeholder (SHA256). Any other LOREBASE_<NAME> is a mistyped setting, refused at start.
+NOT_SETTINGS = frozenset({
+    "LOREBASE_PROJECT", "LOREBASE_PYTHON", "LOREBASE_SECRET_FILE", "LOREBASE_REEXEC", "LOREBASE_SHA256",
+    "LOREBASE_TEST_REDIS", "LOREBASE_TEST_FILES", "LOREBASE_TEST_APPS", "LOREBASE_TEST_PYTHONS",
+})
 
 # Only what differs in prod; the rest is the table above.
 PER_ENV: dict[str, dict[str, Any]] = {
@@ -340,11 +396,37 @@ def _project_settings(path: Path, env: str) -> dict[str, Any]:
     settings = _read_settings(path)
     per_env = {name.upper() for name in ENVIRONMENTS}
     out = {k: v for k, v in settings.items() if k not in per_env}
-    own = settings.get(env.upper(), {})
-    if not isinstance(own, dict):
-        raise ConfigError(f"{path}: {env.upper()} must be a dict of settings")
-    out.update(own)
+    for name in sorted(per_env & set(settings)):  # every environment's dict: a typo in PROD shows in dev too
+        if not isinstance(settings[name], dict):
+            raise ConfigError(f"{path}: {name} must be a dict of settings")
+        for key in settings[name]:
+            if key not in DEFAULTS:
+                raise ConfigError(f"{path}: unknown key {key} in {name}{_nearest(str(key), DEFAULTS)}")
+    out.update(settings.get(env.upper(), {}))
     return out
+
+
+def _nearest(name: str, known: Mapping[str, Any] | frozenset[str]) -> str:
+    """`: did you mean X?` for the known name closest to a mistyped one, or nothing."""
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    return f": did you mean {close[0]}?" if close else ""
+
+
+def _unknown_variables(environ: Mapping[str, str]) -> None:
+    """A LOREBASE_* variable that is neither a setting nor one of NOT_SETTINGS is a typo, which
+    would otherwise leave the setting it meant at its default without a word."""
+    settings = {f"LOREBASE_{key}" for key in DEFAULTS}
+    for name in sorted(environ):
+        if name.startswith("LOREBASE_") and name not in settings and name not in NOT_SETTINGS:
+            raise ConfigError(f"unknown setting {name}{_nearest(name, frozenset(settings))} (every setting: "
+                              "lorebase config; a variable LOREBASE_<KEY> sets <KEY>)")
+
+
+def _check_ranges(values: dict[str, Any]) -> None:
+    for key, allowed in RANGES.items():
+        value = values[key]
+        if isinstance(value, bool) or not isinstance(value, int | float) or not allowed.holds(value):
+            raise ConfigError(f"{key} must be {allowed}, got {value!r}")
 
 
 def load(env: str = "dev", environ: dict[str, str] | None = None, check: bool = True,
@@ -353,10 +435,13 @@ def load(env: str = "dev", environ: dict[str, str] | None = None, check: bool = 
     check=False: no refusal of missing prod secrets (for reading a setting such as
     DEPLOY_HOST on a machine that does not hold them); nothing is generated either.
     role="files": the file server's checks (FILES_SECRET; REDIS_URL with S3), not the API's
-    (it sets no cookie and sends no mail)."""
+    (it sets no cookie and sends no mail); role="nginx": no secret at all. Whatever the role, a
+    LOREBASE_* variable or a config.py/secret.py key that is no setting is refused (naming the
+    nearest setting), and so is a number out of its RANGES."""
     if env not in ENVIRONMENTS:
         raise ConfigError(f"unknown environment {env!r}: use one of {', '.join(ENVIRONMENTS)}")
     environ = dict(os.environ if environ is None else environ)
+    _unknown_variables(environ)
     project = project_dir(environ)
     values = dict(DEFAULTS)
     values.update(PER_ENV[env])
@@ -364,7 +449,7 @@ def load(env: str = "dev", environ: dict[str, str] | None = None, check: bool = 
                            (_secret_file(project, environ), _read_settings(_secret_file(project, environ)))):
         for key, value in settings.items():
             if key not in DEFAULTS:
-                raise ConfigError(f"{path}: unknown key {key}")
+                raise ConfigError(f"{path}: unknown key {key}{_nearest(key, DEFAULTS)}")
             values[key] = value
     for key, default in DEFAULTS.items():
         raw = environ.get(f"LOREBASE_{key}")
@@ -376,6 +461,7 @@ def load(env: str = "dev", environ: dict[str, str] | None = None, check: bool = 
         values["BASE_URL"] = f"http://localhost:{values['PORT']}"  # follow PORT unless set
     values["BASE_URL"] = str(values["BASE_URL"]).rstrip("/")
     values["DATA_DIR"] = str(project / values["DATA_DIR"])  # as it is when absolute
+    _check_ranges(values)
     if values["WORKERS"] <= 0:
         values["WORKERS"] = os.cpu_count() or 1
     if not check:
@@ -387,8 +473,8 @@ def load(env: str = "dev", environ: dict[str, str] | None = None, check: bool = 
 
 
 def _check(env: str, values: dict[str, Any], role: str = "api") -> None:
-    if not 0 < values["PORT"] < 65536:
-        raise ConfigError(f"PORT must be 1-65535, got {values['PORT']}")
+    """What a role needs (the numeric ranges are checked for every one, in `load`): "api"
+    everything; "files" the file server's own secret; "nginx" (`lorebase nginx`) no secret."""
     if values["REDIS_APPENDFSYNC"] not in ("everysec", "always"):
         raise ConfigError("REDIS_APPENDFSYNC must be everysec or always")
     if values["REDIS_URL"]:
@@ -405,11 +491,6 @@ def _check(env: str, values: dict[str, Any], role: str = "api") -> None:
         host, colon, port = str(node).strip().rpartition(":")
         if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ConfigError(f"NGINX_NODES: {node!r} is not host:port")
-    for key in ("LOG_STREAM_MAX", "AUDIT_STREAM_MAX", "LOG_RATE", "AUDIT_ANONYMOUS_RATE"):
-        if values[key] < 0:
-            raise ConfigError(f"{key} must be 0 or more, got {values[key]}")
-    if not float(values["LOG_WINDOW"]) > 0:
-        raise ConfigError("LOG_WINDOW must be a number of seconds above 0")
     if values["LOG_URL"] and urlsplit(str(values["LOG_URL"])).scheme not in ("http", "https"):
         raise ConfigError("LOG_URL must be an http:// or https:// URL")
     if values["FILES_URL"]:
@@ -417,11 +498,10 @@ def _check(env: str, values: dict[str, Any], role: str = "api") -> None:
         if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/") \
                 or parts.query or parts.username:
             raise ConfigError("FILES_URL must be http://host:port or https://host:port (the file server), or empty")
-        check_files_secret(values)
-    if not 0 < values["FILES_PORT"] < 65536:
-        raise ConfigError(f"FILES_PORT must be 1-65535, got {values['FILES_PORT']}")
-    if not float(values["FILES_TIMEOUT"]) > 0:
-        raise ConfigError("FILES_TIMEOUT must be a number of seconds above 0")
+        if role == "api":
+            check_files_secret(values)
+    if role == "nginx":  # the site is made of ports, limits and timeouts: no secret of the server's
+        return
     if role == "files":  # the file server takes no backup: it never needs BACKUP_KEY
         check_files_secret(values)
         if values["S3_BUCKET"] and not values["REDIS_URL"]:

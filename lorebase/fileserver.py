@@ -39,6 +39,7 @@ import os
 import re
 import signal
 import socket
+import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -328,7 +329,7 @@ class _Server(uvicorn.Server):
     """uvicorn with its connections from a Listener, and without its own signal handling:
     serve() below owns SIGTERM/SIGINT, so the tasks running beside the server stop with it."""
 
-    bind_error = ""
+    bind_error: Exception | None = None
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -341,11 +342,9 @@ class _Server(uvicorn.Server):
             return
         config = self.config
         try:
-            sock = socket.create_server((config.host, config.port), backlog=2048,
-                                        family=socket.AF_INET6 if ":" in config.host else socket.AF_INET)
-            sock.setblocking(False)
-        except OSError as error:
-            self.bind_error = str(error)
+            sock = procs.listen(config.host, config.port, "FILES_PORT")
+        except (OSError, procs.PortTaken) as error:
+            self.bind_error = error
             await self.lifespan.shutdown()
             self.should_exit = True
             return
@@ -385,6 +384,8 @@ async def _main(config: Any) -> None:
     await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)  # either ending stops the other
     stop()
     await asyncio.gather(*running)
+    if isinstance(server.bind_error, procs.PortTaken):
+        raise server.bind_error
     if not server.started:
         raise RuntimeError(f"the file server could not listen on {config.FILES_HOST}:{config.FILES_PORT}"
                            + (f": {server.bind_error}" if server.bind_error else ""))
@@ -397,6 +398,10 @@ def serve(config: Any) -> int:
     procs.title("files", config.ENV)
     try:
         asyncio.run(_main(config))
+    except procs.PortTaken as error:
+        notify("start failed", role="files", error=str(error))
+        print(f"lorebase: {error}", file=sys.stderr)  # for the person at the terminal
+        return 1
     except Exception as error:  # noqa: BLE001 - report, then exit non-zero
         notify.exception("files exception", error)
         return 1

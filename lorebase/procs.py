@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
 import signal
+import socket
 from typing import Any
 
 _PR_SET_PDEATHSIG = 1
@@ -42,3 +44,29 @@ def become_child(config: Any, role: str) -> None:
         signal.signal(sig, signal.SIG_DFL)
     notify.setup(config.ENV, role, config)
     title(role, config.ENV)
+
+
+class PortTaken(Exception):
+    """A listening port another process holds: the message names the address and the setting
+    that moves it, for the person at the terminal (not `[Errno 98] Address already in use`)."""
+
+    def __init__(self, host: str, port: int, setting: str):
+        super().__init__(f"port {port} on {host} is taken (another lorebase?): set {setting} (or LOREBASE_{setting}) "
+                         "to a free port, or stop what listens there")
+
+
+def listen(host: str, port: int, setting: str, backlog: int = 2048) -> socket.socket:
+    """A bound, listening, non-blocking TCP socket on host:port (IPv6 when `host` has a
+    colon); PortTaken naming `setting` when the address is in use."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(backlog)
+    except OSError as error:
+        sock.close()
+        if error.errno == errno.EADDRINUSE:
+            raise PortTaken(host, port, setting) from None
+        raise
+    sock.setblocking(False)
+    return sock

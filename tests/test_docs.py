@@ -69,9 +69,11 @@ def test_every_route_is_in_the_generated_route_reference(site: Path, openapi: di
 def test_every_setting_is_in_the_generated_config_table(site: Path) -> None:
     table = generated(site, "operating/config", "config")
     assert set(DEFAULTS) - first_cells(table) == set()
-    # with its comment in config.py beside it (REDIS_URL's says what empty means)
-    assert re.search(r"<td><code>REDIS_URL</code></td>\s*<td><code>\"\"</code></td>\s*<td></td>\s*<td>empty: start an "
-                     r"embedded redis-server", table)
+    # with its range (a number's) and its comment in config.py beside it (REDIS_URL's says what empty means)
+    assert re.search(r"<td><code>REDIS_URL</code></td>\s*<td><code>\"\"</code></td>\s*<td></td>\s*<td></td>\s*"
+                     r"<td>empty: start an embedded redis-server", table)
+    assert re.search(r"<td><code>WORKERS</code></td>\s*<td><code>0</code></td>\s*<td></td>\s*"
+                     r"<td>0 or more \(0: one per CPU\)</td>", table)
 
 
 def declared(openapi: dict[str, Any]) -> set[str]:

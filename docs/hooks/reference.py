@@ -4,7 +4,7 @@ error-code table from the OpenAPI document of the app's routes, the settings tab
 
     <!-- lorebase:routes -->    every route: section, summary, payload, its own error codes
     <!-- lorebase:errors -->    every error code the document declares, and who answers it
-    <!-- lorebase:config -->    every setting: dev default, prod value, its comment in config.py
+    <!-- lorebase:config -->    every setting: dev default, prod value, range, its comment in config.py
 
 Made at build time, so they are never committed and never stale. The hook also warns (which
 fails `mkdocs build --strict`) where the hand-written pages fall behind the code: a route that
@@ -190,14 +190,17 @@ def config_table() -> str:
     from lorebase import config
 
     prod = getattr(config, "PER_ENV", {}).get("prod", {})
-    rows = ["| key | default (dev) | prod | what (config.py) |", "|---|---|---|---|"]
+    ranges = getattr(config, "RANGES", {})
+    rows = ["| key | default (dev) | prod | range | what (config.py) |", "|---|---|---|---|---|"]
     for key, value, written, comment in settings():
         default = shown(value)
         if isinstance(value, str):  # str(ROOT / "data"): not the path of the machine that built the docs
             default = f"`{written}`" if written else default
         elif written:
             default += f" ({cell(written)})"
-        rows.append(f"| `{key}` | {default} | {shown(prod[key]) if key in prod else ''} | {cell(comment)} |")
+        allowed = cell(str(ranges[key])) if key in ranges else ""
+        in_prod = shown(prod[key]) if key in prod else ""
+        rows.append(f"| `{key}` | {default} | {in_prod} | {allowed} | {cell(comment)} |")
     return "\n".join(rows)
 
 

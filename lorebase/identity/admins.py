@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from ..db import Client
 from . import keys, users
+from .records import User
 
 KEYS = [keys.ADMINS, keys.ADMINS_TURN, keys.ADMINS_LEAVING]
 
@@ -81,3 +82,41 @@ async def left(db: Client, name: str) -> None:
     """The removal `leave` allowed is over (done or given up)."""
     await db.script(_LEFT, [keys.ADMINS_LEAVING], [name])
 
+
+
+class Refused(Exception):
+    """The flag cannot be taken: `code` is "lastadmin" (no other enabled admin would be left)
+    or "configadmin" (the rights come from ADMINS, which the flag does not change)."""
+
+    def __init__(self, code: str):
+        super().__init__(code)
+        self.code = code
+
+
+async def grant(db: Client, name: str, admins: list[str]) -> None:
+    """The admin flag set on `name` (an existing user), which then joins the roster."""
+    await users.set_flag(db, name, "admin", True)
+    await join(db, name, admins)
+
+
+async def take(db: Client, user: User, admins: list[str], acting: str | None = None) -> None:
+    """The admin flag taken from `user`, unless that would leave no enabled admin (Refused
+    lastadmin) or its rights come from ADMINS anyway (Refused configadmin). `acting`, the admin
+    doing it, joins the roster first (an admin of ADMINS is in it only once it acted); from
+    the command line, with no one acting, every user of ADMINS joins (a few lookups)."""
+    name = user["username"]
+    if users.is_admin({**user, "admin": "0"}, admins):
+        raise Refused("configadmin")
+    if acting:
+        await join(db, acting, admins)
+    else:
+        for email in admins:
+            found = await users.find(db, email)
+            if found is not None:
+                await join(db, found["username"], admins)
+    if not await leave(db, name):
+        raise Refused("lastadmin")
+    try:
+        await users.set_flag(db, name, "admin", False)
+    finally:
+        await left(db, name)

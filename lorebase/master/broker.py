@@ -14,19 +14,15 @@ import socket
 import time
 
 from ..notify import notify
+from ..procs import listen
 from .pool import Pool, Worker
 
 UNACKED_FOR = 0.5  # a worker that has not taken a handed connection for this long gets no more
 
 
 def bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(2048)
-    sock.setblocking(False)
-    return sock
+    """The API's listening socket (HOST:PORT); procs.PortTaken if another process holds it."""
+    return listen(host, port, "PORT")
 
 
 class Broker:

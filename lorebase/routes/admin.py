@@ -158,16 +158,12 @@ async def set_admin(req: Request) -> Reply:
     user = await _target(req, refuse_self=not req.data.value)
     db, name, config = req.app.db, user["username"], req.app.config
     if req.data.value:
-        await users.set_flag(db, name, "admin", True)
-        await admins.join(db, name, config.ADMINS)
-    else:
-        if users.is_admin({**user, "admin": "0"}, config.ADMINS):
-            raise ApiError(409, "configadmin")  # its rights come from ADMINS: the flag changes nothing
-        await _taking_rights(req, name)
+        await admins.grant(db, name, config.ADMINS)
+    else:  # the same steps as `lorebase admin remove`
         try:
-            await users.set_flag(db, name, "admin", False)
-        finally:
-            await admins.left(db, name)
+            await admins.take(db, user, config.ADMINS, acting=req.session["user"] if req.session is not None else None)
+        except admins.Refused as refused:
+            raise ApiError(409, refused.code) from None
     notify("admin flag", user=name, value=req.data.value, by=req.session and req.session["user"])
     return reply(200, {})
 
