@@ -317,8 +317,13 @@ class Users:
 
     def verify(self, user: User) -> None:
         token = MailSink.token(self.mail.wait_for(user.email, "verify"))
-        r = self.api().post("/auth/verifyEmail", {"token": token, "password": user.password})
+        api = self.api()
+        r = api.post("/auth/verifyEmail", {"token": token, "password": user.password})
         assert r.status_code == 200, r.text
+        # a verification proved with the password logs in: end that session, so a test counts
+        # only the sessions it made
+        api.csrf = r.json()["csrf"]
+        assert api.post("/auth/logout", {}, csrf=True).status_code == 200
 
     def session(self, user: User, ip: str | None = None) -> Api:
         """A new logged-in client of `user`."""

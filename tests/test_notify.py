@@ -271,7 +271,8 @@ def test_an_anonymous_flood_leaves_the_admins_and_security_events_findable(flood
             assert r.status_code == 200, r.text
         forger = fresh_ip()
         anonymous(flooded, [("/notes", forger, "forged.cookie")])
-        wait_for(lambda: [e for e in logs(root, type="tampered", q=forger) if e["ip"] == forger], 10, 0.05, "the tampered event")
+        wait_for(lambda: [e for e in logs(root, type="tampered", q=forger) if e["ip"] == forger],
+                 10, 0.05, "the tampered event")
         # ~20 times what `log` holds, every address under the rate; and tampered cookies from 200 more
         addresses = [fresh_ip() for _ in range(200)]
         anonymous(flooded, [(f"/flood/{i}", ip, "") for ip in addresses for i in range(RATE)])
