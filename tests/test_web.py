@@ -440,6 +440,9 @@ def test_each_screen_has_its_own_address_which_back_forward_and_reload_keep(watc
     page.reload()
     on_screen(page, server, "files", "#upload")
     shot(page, "files-address")
+    # the current tab looks it: filled, the others outlined
+    fill = "(e) => getComputedStyle(e).backgroundColor"
+    assert page.locator('[data-go="files"]').evaluate(fill) != page.locator('[data-go="account"]').evaluate(fill)
     # an address that names no screen lands on the home screen, in place
     page.goto("/#nothing")
     on_screen(page, server, "notes", "#new-note")

@@ -284,7 +284,7 @@ function screen({name, title, render}) {
   if (SCREENS.has(name)) throw new Error(`lorebase.screen: "${name}" is taken`);
   SCREENS.set(name, render);
   added.push(name);
-  const tab = h('a', {href: `/#${name}`, 'data-go': name}, title || name);
+  const tab = h('a', {class: 'tab', href: `/#${name}`, 'data-go': name}, title || name);
   document.getElementById('nav').insertBefore(tab, document.querySelector('#nav [data-go="files"]'));
 }
 
