@@ -70,14 +70,14 @@ function recover() {
 
 // A new verification mail (POST /auth/verify/resend): the reply is the same whether the
 // account exists or not, so the words are too.
-function resendForm(title, intro) {
+function resendForm(title) {
   return form('resend', title, [['username', 'Username or email', 'text', {autocomplete: 'username'}]],
     'Send me a new link', async (v) => {
       await api('POST', '/auth/verify/resend', {username: v.username});
       history.replaceState(null, '', '/');
       flash('If that account exists and its email is not verified yet, we sent it a new link.', 'ok');
       welcome();
-    }, [intro ? h('p', {class: 'muted'}, intro) : null, h('p', {}, h('a', {href: '/'}, 'Back to log in'))]);
+    }, h('p', {}, h('a', {href: '/'}, 'Back to log in')));
 }
 
 function resend() {
@@ -87,7 +87,7 @@ function resend() {
 // A verification link that is mangled, used or expired: it names no account (what it seems
 // to name may be made up) and offers a new one.
 function badVerifyLink() {
-  state.me = null;
+  state.me = null;  // a page of its own, as the link's others are: no nav
   show(h('section', {id: 'bad-link'}, h('h2', {}, 'This link is not valid'),
     h('p', {}, 'It may be mistyped, already used, or expired. We can send you a new one.')),
   resendForm('Send me a new verification link'));
