@@ -25,6 +25,7 @@ from .support import assert_error, client_ip, post_json
 from .web_support import Watched, chromium, shot
 
 WRONG = "Wrong username or password."
+WRONG_PASSWORD = "Wrong password."  # on the forms that ask for a password alone
 
 USER = "webuser"
 EMAIL = "webuser@example.com"
@@ -114,18 +115,23 @@ def test_the_whole_journey(watched: Watched, server: Lorebase, mail: MailSink, t
     shot(page, "verify-form")
     page.locator("#verify input[name=password]").fill("not-the-password-1")
     submit(page, "#verify")
-    expect(page.locator("#verify .error")).to_have_text("Wrong username or password.")
+    expect(page.locator("#verify .error")).to_have_text(WRONG_PASSWORD)  # the form has no username
     page.locator("#verify input[name=password]").fill(PASSWORD)
-    submit(page, "#verify")
-    flash(page, "Your email is verified. You can log in.")
-    expect(page).to_have_url(f"{server.url}/")  # the token leaves the address bar
-    expect(page.locator("#login")).to_be_visible()
-    shot(page, "verify")
-
-    # -- log in: the notes screen, empty
-    log_in(page, USER, PASSWORD)
+    with page.expect_response(lambda r: r.url.endswith("/auth/verifyEmail")) as verified:
+        submit(page, "#verify")
+    if "csrf" in verified.value.json():
+        # the server logs a verification with the password in: the page goes to the app
+        flash(page, "Your email is verified.")
+        expect(page).to_have_url(f"{server.url}/#notes")  # the token leaves the address bar
+    else:
+        flash(page, "Your email is verified. You can log in.")
+        expect(page).to_have_url(f"{server.url}/")  # the token leaves the address bar
+        expect(page.locator("#login")).to_be_visible()
+        shot(page, "verify")
+        # -- log in: the notes screen, empty
+        log_in(page, USER, PASSWORD)
+        expect(page.locator("#flash")).to_be_hidden()
     logged_in(page, USER)
-    expect(page.locator("#flash")).to_be_hidden()
     expect(page.locator("main")).to_contain_text("No notes yet.")
 
     # -- write a note, then edit it; markup in a note stays text
@@ -258,7 +264,7 @@ def test_the_whole_journey(watched: Watched, server: Lorebase, mail: MailSink, t
     destroy = page.locator("#destroy")
     destroy.locator("input[name=password]").fill(CHANGED)
     submit(page, "#destroy")
-    expect(destroy.locator(".error")).to_have_text(WRONG)
+    expect(destroy.locator(".error")).to_have_text(WRONG_PASSWORD)
     destroy.locator("input[name=password]").fill(RESET)
     submit(page, "#destroy")
     flash(page, "Your account is deleted.")
@@ -386,6 +392,200 @@ def test_a_user_ends_another_of_their_sessions_from_the_account_screen(watched: 
         assert watched.errors == [] and watched.csp == []
 
 
+# -- addresses, the words of the forms, a new verification mail, tables on a phone ------------
+
+
+def new_account(server: Lorebase, prefix: str, ip: str) -> str:
+    """An account made over HTTP from `ip` (not verified: the shared server does not ask it)."""
+    name = f"{prefix}{uuid.uuid4().hex[:8]}"
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        reply = post_json(client, "/auth/signup", {"username": name, "email": f"{name}@example.com",
+                                                   "password": PASSWORD}, ip=ip)
+    assert reply.status_code == 200, reply.text
+    return name
+
+
+def on_screen(page: Page, server: Lorebase, name: str, shown: str) -> None:
+    """The screen `name` is drawn (`shown` is in it), at its own address, its tab marked."""
+    expect(page.locator(shown)).to_be_visible()
+    expect(page).to_have_url(f"{server.url}/#{name}")
+    expect(page.locator(f'#nav [data-go="{name}"]')).to_have_attribute("aria-current", "page")
+
+
+def test_each_screen_has_its_own_address_which_back_forward_and_reload_keep(watched: Watched, server: Lorebase) -> None:
+    name = new_account(server, "webaddr", watched.ip)
+    page = watched.page
+    # a screen's address, logged out: the login first, then that screen
+    page.goto("/#account")
+    expect(page.locator("#login")).to_be_visible()
+    log_in(page, name, PASSWORD)
+    on_screen(page, server, "account", "#change-password")
+    # the tabs are links to the addresses, the app's among them
+    for tab in ("notes", "files", "account"):
+        expect(page.locator(f'#nav a[data-go="{tab}"]')).to_have_attribute("href", f"/#{tab}")
+    page.locator('[data-go="notes"]').click()
+    on_screen(page, server, "notes", "#new-note")
+    page.locator('[data-go="files"]').click()
+    on_screen(page, server, "files", "#upload")
+    page.go_back()
+    on_screen(page, server, "notes", "#new-note")
+    page.go_back()
+    on_screen(page, server, "account", "#change-password")
+    page.go_forward()
+    on_screen(page, server, "notes", "#new-note")
+    page.reload()
+    on_screen(page, server, "notes", "#new-note")
+    page.locator('[data-go="files"]').click()
+    on_screen(page, server, "files", "#upload")
+    page.reload()
+    on_screen(page, server, "files", "#upload")
+    shot(page, "files-address")
+    # the current tab looks it: filled, the others outlined
+    fill = "(e) => getComputedStyle(e).backgroundColor"
+    assert page.locator('[data-go="files"]').evaluate(fill) != page.locator('[data-go="account"]').evaluate(fill)
+    # an address that names no screen lands on the home screen, in place
+    page.goto("/#nothing")
+    on_screen(page, server, "notes", "#new-note")
+    # the JSON routes keep their paths
+    listed = page.request.get("/files")
+    assert listed.ok and listed.headers["content-type"].startswith("application/json"), listed.headers
+    assert watched.errors == [] and watched.csp == []
+
+
+def asks_for_a_new_verification_mail(page: Page, username: str) -> None:
+    """The #resend form posts {username} to POST /auth/verify/resend."""
+    resend = page.locator("#resend")
+    expect(resend).to_be_visible()
+    resend.locator("input[name=username]").fill(username)
+    with page.expect_response(lambda r: r.url.endswith("/auth/verify/resend")) as info:
+        submit(page, "#resend")
+    request = info.value.request
+    assert request.method == "POST"
+    assert request.post_data_json == {"username": username}
+    if info.value.status == 200:  # once the route is there: the same words for any name
+        flash(page, "If that account exists and its email is not verified yet, we sent it a new link.")
+        expect(page.locator("#login")).to_be_visible()
+
+
+def test_a_verify_link_with_a_bad_token_names_no_account_and_offers_a_new_link(watched: Watched) -> None:
+    page = watched.page
+    page.goto("/verify?token=garbage")
+    expect(page.locator("#bad-link h2")).to_have_text("This link is not valid")
+    expect(page.locator("#verify")).to_have_count(0)
+    expect(page.locator("main")).not_to_contain_text("garbag")
+    shot(page, "verify-bad-token")
+    # a token of the right shape that is no longer live: the same, once the click finds out
+    page.goto("/verify?token=webdead." + "A" * 43)
+    expect(page.locator("#verify h2")).to_have_text('Verify the email of "webdead"')
+    page.locator("#verify input[name=password]").fill(PASSWORD)
+    submit(page, "#verify")
+    expect(page.locator("#bad-link h2")).to_have_text("This link is not valid")
+    expect(page.locator("main")).not_to_contain_text("webdead")
+    asks_for_a_new_verification_mail(page, "webdead")
+    assert watched.errors == [] and watched.csp == []
+
+
+def test_the_login_screen_offers_a_new_verification_mail(watched: Watched) -> None:
+    page = watched.page
+    page.goto("/")
+    page.locator("#no-mail").click()
+    shot(page, "resend")
+    asks_for_a_new_verification_mail(page, "webnomail@example.com")
+    assert watched.errors == [] and watched.csp == []
+
+
+def test_the_account_forms_say_wrong_password_and_the_list_drops_the_sessions_a_change_ended(
+        watched: Watched, server: Lorebase) -> None:
+    name = new_account(server, "webacct", watched.ip)
+    page = watched.page
+    page.on("dialog", lambda dialog: dialog.accept())
+    with httpx.Client(base_url=server.url, timeout=10) as elsewhere:
+        login = post_json(elsewhere, "/auth/login", {"username": name, "password": PASSWORD})
+        assert login.status_code == 200, login.text
+        page.goto("/")
+        log_in(page, name, PASSWORD)
+        page.locator('[data-go="account"]').click()
+        rows = page.locator("#sessions tr[data-handle]")
+        expect(rows).to_have_count(2)
+        change = page.locator("#change-password")
+        change.locator("input[name=old]").fill("not-the-password-1")
+        change.locator("input[name=new]").fill(CHANGED)
+        submit(page, "#change-password")
+        expect(change.locator(".error")).to_have_text(WRONG_PASSWORD)
+        change.locator("input[name=old]").fill(PASSWORD)
+        submit(page, "#change-password")
+        flash(page, "Your password is changed. Your other sessions were logged out.")
+        expect(rows).to_have_count(1)  # the list was asked again: the other session is gone
+        expect(page.locator("#sessions tr.current")).to_contain_text("this one")
+    destroy = page.locator("#destroy")
+    destroy.locator("input[name=password]").fill(PASSWORD)
+    submit(page, "#destroy")
+    expect(destroy.locator(".error")).to_have_text(WRONG_PASSWORD)
+    # a new email: the form posts the address and the password, with the session's csrf
+    email = page.locator("#change-email")
+    email.locator("input[name=email]").fill(f"{name}-new@example.com")
+    email.locator("input[name=password]").fill(CHANGED)
+    with page.expect_response(lambda r: r.url.endswith("/auth/changeEmail")) as info:
+        submit(page, "#change-email")
+    sent = info.value.request.post_data_json
+    assert sent["email"] == f"{name}-new@example.com" and sent["password"] == CHANGED and sent["csrf"], sent
+    if info.value.status == 200:  # once the route is there
+        flash(page, f"We sent a link to {name}-new@example.com: open it to make it your email. "
+                    f"Until then it stays {name}@example.com.")
+    shot(page, "account-forms")
+    assert watched.errors == [] and watched.csp == []
+
+
+# Each word of each cell's text whose box spans more than one line: a word broken inside.
+BROKEN_WORDS = """(selector) => {
+  const broken = [];
+  for (const cell of document.querySelectorAll(selector)) {
+    const walker = document.createTreeWalker(cell, NodeFilter.SHOW_TEXT);
+    for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+      for (const word of node.textContent.matchAll(/\\S+/g)) {
+        const range = document.createRange();
+        range.setStart(node, word.index);
+        range.setEnd(node, word.index + word[0].length);
+        const lines = new Set([...range.getClientRects()].filter((r) => r.width > 0).map((r) => Math.round(r.top)));
+        if (lines.size > 1) broken.push(word[0]);
+      }
+    }
+  }
+  return broken;
+}"""
+PHONE = ("Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) "
+         "Version/17.5 Mobile/15E148 Safari/604.1")
+
+
+def test_no_word_breaks_inside_a_table_cell_on_a_phone(watched: Watched, server: Lorebase, tmp_path: Path) -> None:
+    name = new_account(server, "webphone", watched.ip)
+    page = watched.page
+    page.set_viewport_size({"width": 375, "height": 740})
+    with httpx.Client(base_url=server.url, timeout=10, headers={"user-agent": PHONE}) as phone:
+        login = post_json(phone, "/auth/login", {"username": name, "password": PASSWORD})
+        assert login.status_code == 200, login.text
+        page.goto("/")
+        log_in(page, name, PASSWORD)
+        page.locator('[data-go="files"]').click()
+        upload = tmp_path / "quarterly-report-2026-final-version-signed.pdf"
+        upload.write_bytes(b"%PDF-1.4 not really\n")
+        page.locator("#upload input[type=file]").set_input_files(upload)
+        submit(page, "#upload")
+        expect(page.locator("#files tr[data-id]")).to_have_count(1)
+        page.screenshot(path="/tmp/webcore-files-375.png", full_page=True)
+        shot(page, "files-375")
+        assert page.evaluate(BROKEN_WORDS, "#files td, #files th") == []
+        page.locator('[data-go="account"]').click()
+        expect(page.locator("#sessions tr[data-handle]")).to_have_count(2)
+        expect(page.locator("#sessions")).to_contain_text("Safari on iPhone")
+        page.screenshot(path="/tmp/webcore-account-375.png", full_page=True)
+        shot(page, "account-375")
+        assert page.evaluate(BROKEN_WORDS, "#sessions td, #sessions th") == []
+        # a table wider than the phone scrolls in its box; the page itself does not
+        assert page.evaluate("() => document.documentElement.scrollWidth") <= 375
+    assert watched.errors == [] and watched.csp == []
+
+
 # -- the page knows no app: each loaded one brings its screens (GET /apps) ---------------------
 
 
@@ -427,8 +627,8 @@ def test_the_notes_tab_comes_from_the_notes_apps_own_files(watched: Watched, ser
 
 @pytest.fixture(scope="module")
 def bare(tmp_path_factory: pytest.TempPathFactory, mail: MailSink) -> Iterator[Lorebase]:
-    """A lorebase with no application at all (APPS empty)."""
-    with dedicated(tmp_path_factory, mail, "bareweb", APPS="") as lore:
+    """A lorebase with no application at all (APPS empty), and an admin by ADMINS."""
+    with dedicated(tmp_path_factory, mail, "bareweb", APPS="", ADMINS="w_bareadmin@example.com") as lore:
         yield lore
 
 
@@ -456,6 +656,7 @@ def test_with_no_app_the_page_shows_no_notes_tab_asks_no_notes_route_and_files_a
             assert [tabs.nth(i).get_attribute("data-go") for i in range(2)] == ["files", "account"]
             expect(page.locator('[data-go="files"]')).to_have_attribute("aria-current", "page")
             expect(page.locator('[data-go="notes"]')).to_have_count(0)
+            expect(page.locator("#admin-link")).to_be_hidden()  # not an admin
             upload = tmp_path / "bare.txt"
             upload.write_bytes(b"no app here\n")
             page.locator("#upload input[type=file]").set_input_files(upload)
@@ -470,6 +671,30 @@ def test_with_no_app_the_page_shows_no_notes_tab_asks_no_notes_route_and_files_a
             assert "/apps" in asked and not any(url.startswith("/apps/") for url in asked), asked
             assert not any(url.startswith("/notes") for url in asked), asked
             assert watched.errors == [] and watched.csp == []
+        finally:
+            context.close()
+
+
+def test_the_admin_link_is_in_the_nav_of_an_admin_only(browser: Browser, bare: Lorebase, mail: MailSink) -> None:
+    """GET /auth/me's `admin` shows the link; the admin page and routes check on their own."""
+    with Users(bare, mail) as made:
+        admin = made.new("w_bareadmin", verified=True)
+        context = browser.new_context(base_url=bare.url, extra_http_headers={"X-Real-IP": client_ip()},
+                                      viewport={"width": 1024, "height": 720})
+        context.set_default_timeout(15_000)
+        try:
+            page = context.new_page()
+            page.goto("/")
+            log_in(page, admin.name, admin.password)
+            link = page.locator("#nav a#admin-link")
+            expect(link).to_be_visible()
+            expect(link).to_have_attribute("href", "/admin")
+            shot(page, "nav-admin")
+            link.click()
+            expect(page).to_have_url(f"{bare.url}/admin")
+            page.go_back()  # the admin page's Back: the screen the link was on
+            expect(page).to_have_url(f"{bare.url}/#files")
+            expect(page.locator("#upload")).to_be_visible()
         finally:
             context.close()
 

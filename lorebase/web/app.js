@@ -11,6 +11,25 @@ function show(...nodes) {
   const nav = document.getElementById('nav');
   nav.hidden = !state.me;
   document.getElementById('who').textContent = state.me ? state.me.username : '';
+  // GET /auth/me says who is an admin; the admin page checks again, and so does every admin route
+  document.getElementById('admin-link').hidden = !(state.me && state.me.admin);
+}
+
+// On the forms that ask for a password alone, the API's `auth` means that password was wrong:
+// "Wrong username or password." would name a field the form does not have.
+async function withPassword(call) {
+  try {
+    return await call;
+  } catch (e) {
+    if (e instanceof ApiError && e.code === 'auth') e.message = 'Wrong password.';
+    throw e;
+  }
+}
+
+// A table in a box of its own: on a narrow screen the box scrolls sideways, so no cell has to
+// break a word to fit.
+function table(id, head, rows) {
+  return h('div', {class: 'scroll'}, h('table', {id}, h('tr', {}, head.map((t) => h('th', {}, t))), rows));
 }
 
 // -- screens -----------------------------------------------------------------------------
@@ -26,7 +45,8 @@ function welcome() {
     flash('');
     go();
   }, h('p', {}, h('a', {href: '#', id: 'forgot', onclick: (e) => { e.preventDefault(); recover(); }},
-    'Forgot your password?')));
+    'Forgot your password?'), ' · ', h('a', {href: '#', id: 'no-mail', onclick: (e) => { e.preventDefault(); resend(); }},
+    'Didn\u2019t get the verification mail?')));
   const signup = form('signup', 'Sign up', [
     ['username', 'Username', 'text', {autocomplete: 'username'}],
     ['email', 'Email', 'email', {autocomplete: 'email'}],
@@ -48,10 +68,41 @@ function recover() {
     }, h('p', {}, h('a', {href: '/'}, 'Back to log in'))));
 }
 
+// A new verification mail (POST /auth/verify/resend): the reply is the same whether the
+// account exists or not, so the words are too.
+function resendForm(title) {
+  return form('resend', title, [['username', 'Username or email', 'text', {autocomplete: 'username'}]],
+    'Send me a new link', async (v) => {
+      await api('POST', '/auth/verify/resend', {username: v.username});
+      history.replaceState(null, '', '/');
+      flash('If that account exists and its email is not verified yet, we sent it a new link.', 'ok');
+      welcome();
+    }, h('p', {}, h('a', {href: '/'}, 'Back to log in')));
+}
+
+function resend() {
+  show(resendForm('Send the verification mail again'));
+}
+
+// A verification link that is mangled, used or expired: it names no account (what it seems
+// to name may be made up) and offers a new one.
+function badVerifyLink() {
+  state.me = null;  // a page of its own, as the link's others are: no nav
+  show(h('section', {id: 'bad-link'}, h('h2', {}, 'This link is not valid'),
+    h('p', {}, 'It may be mistyped, already used, or expired. We can send you a new one.')),
+  resendForm('Send me a new verification link'));
+}
+
+// A verification token is `<username>.<43 URL-safe characters>` (identity/tokens.py): a link
+// that is not has been cut or mistyped, and what it seems to name is not an account.
+const VERIFY_TOKEN = /^([a-z0-9_.-]{3,32})\.[A-Za-z0-9_-]{43}$/;
+
 // The verification link: it names the account and acts only on a click. The token proves
 // the mailbox; the account's password (or being logged in as it) proves the account.
 async function verifyPage(token) {
-  const account = token.slice(0, token.lastIndexOf('.'));
+  const shape = VERIFY_TOKEN.exec(token);
+  if (!shape) return badVerifyLink();
+  const account = shape[1];
   let me = null;
   try {
     state.csrf = (await api('GET', '/auth/csrf')).csrf;
@@ -69,13 +120,22 @@ async function verifyPage(token) {
       await api('POST', '/auth/releaseEmail', {token});
       done(`The address is no longer held by "${account}". You can sign up with it.`);
     } catch (e) {
+      if (e.code === 'token') return badVerifyLink();
       flash(e.message, 'error');
     }
   }}, 'This was not me');
   state.me = me;
   show(form('verify', `Verify the email of "${account}"`, fields, 'Verify my email', async (v) => {
-    await api('POST', '/auth/verifyEmail', own ? {token} : {token, password: v.password});
-    if (state.me) state.me = await api('GET', '/auth/me');
+    let reply;
+    try {
+      reply = await withPassword(api('POST', '/auth/verifyEmail', own ? {token} : {token, password: v.password}));
+    } catch (e) {
+      if (e.code === 'token') return badVerifyLink();
+      throw e;
+    }
+    // with the password, the reply logs this browser in as the account (its csrf, as a login's)
+    if (reply && reply.csrf) state.csrf = reply.csrf;
+    if (state.me || (reply && reply.csrf)) state.me = await api('GET', '/auth/me');
     done('Your email is verified.' + (state.me ? '' : ' You can log in.'));
   }, h('p', {}, `Did not sign up as "${account}"? `, release)));
 }
@@ -128,13 +188,13 @@ async function filesScreen() {
   });
   upload.insertBefore(h('label', {}, 'File', input), upload.querySelector('button'));
   const rows = files.map((f) => h('tr', {'data-id': f.id},
-    h('td', {}, fileLink(f)), h('td', {}, size(f.size)), h('td', {}, f.type),
+    h('td', {class: 'name', title: f.name}, fileLink(f)), h('td', {}, size(f.size)), h('td', {}, f.type),
     h('td', {}, h('button', {type: 'button', class: 'delete', onclick: async () => {
       if (!confirm(`Delete ${f.name}?`)) return;
       try { await api('POST', '/files/delete', {id: f.id}); go('files'); } catch (e) { flash(e.message, 'error'); }
     }}, 'Delete'))));
   show(upload, h('h2', {}, 'Your files'), files.length
-    ? h('table', {id: 'files'}, h('tr', {}, h('th', {}, 'Name'), h('th', {}, 'Size'), h('th', {}, 'Type'), h('th')), rows)
+    ? table('files', ['Name', 'Size', 'Type', ''], rows)
     : h('p', {class: 'muted'}, 'No files yet.'));
 }
 
@@ -165,8 +225,7 @@ async function sessionsSection() {
       if (confirm('Log out every other session?')) end({others: true}, 'every other session');
     }}, 'Log out everywhere else') : '';
   return h('section', {id: 'sessions'}, h('h3', {}, 'Where you are logged in'),
-    h('table', {}, h('tr', {}, h('th', {}, 'Browser'), h('th', {}, 'Address'), h('th', {}, 'Last used'),
-      h('th', {}, 'Logged in'), h('th')), rows), others);
+    table('session-list', ['Browser', 'Address', 'Last used', 'Logged in', ''], rows), others);
 }
 
 async function accountScreen() {
@@ -174,15 +233,25 @@ async function accountScreen() {
     ['old', 'Current password', 'password', {autocomplete: 'current-password'}],
     ['new', 'New password', 'password', {autocomplete: 'new-password'}],
   ], 'Change password', async (v) => {
-    await api('POST', '/auth/changePassword', {old: v.old, new: v.new});
-    change.reset();
+    await withPassword(api('POST', '/auth/changePassword', {old: v.old, new: v.new}));
     flash('Your password is changed. Your other sessions were logged out.', 'ok');
+    await go('account');  // the list of sessions, without the ones just ended
+  });
+  // The new address becomes the account's only once its link is opened: until then the
+  // account keeps (and is told at) the old one.
+  const email = form('change-email', 'Change your email', [
+    ['email', 'New email', 'email', {autocomplete: 'email'}],
+    ['password', 'Password', 'password', {autocomplete: 'current-password'}],
+  ], 'Change email', async (v) => {
+    await withPassword(api('POST', '/auth/changeEmail', {password: v.password, email: v.email}));
+    email.reset();
+    flash(`We sent a link to ${v.email}: open it to make it your email. Until then it stays ${state.me.email}.`, 'ok');
   });
   const destroy = form('destroy', 'Delete your account', [
     ['password', 'Password', 'password', {autocomplete: 'current-password'}],
   ], 'Delete my account and everything in it', async (v) => {
     if (!confirm('Delete your account and everything in it? This cannot be undone.')) return;
-    await api('POST', '/auth/destroy', {password: v.password});
+    await withPassword(api('POST', '/auth/destroy', {password: v.password}));
     state.csrf = null;
     state.me = null;
     flash('Your account is deleted.', 'ok');
@@ -193,7 +262,7 @@ async function accountScreen() {
   const sessions = await sessionsSection();
   show(h('h2', {}, 'Account'),
     h('p', {}, `${me.username} · ${me.email} · `, me.verified ? 'email verified' : 'email not verified yet'),
-    sessions, change, destroy);
+    sessions, change, email, destroy);
 }
 
 // -- screens by name: the core's, and those the applications add ----------------------------
@@ -215,7 +284,7 @@ function screen({name, title, render}) {
   if (SCREENS.has(name)) throw new Error(`lorebase.screen: "${name}" is taken`);
   SCREENS.set(name, render);
   added.push(name);
-  const tab = h('button', {type: 'button', 'data-go': name, onclick: () => { flash(''); go(name); }}, title || name);
+  const tab = h('a', {class: 'tab', href: `/#${name}`, 'data-go': name}, title || name);
   document.getElementById('nav').insertBefore(tab, document.querySelector('#nav [data-go="files"]'));
 }
 
@@ -246,11 +315,31 @@ async function loadApps() {
 
 let appsLoaded = Promise.resolve();
 
-// Draws a screen (the home screen without a name or with an unknown one).
+// -- addresses: each screen is `/#<name>` --------------------------------------------------
+// A fragment, not a path: it never reaches the server, so the JSON routes (`GET /files`, an
+// app's) keep their paths, and an application's screen has an address without a route of its own.
+// The nav's tabs are links to those addresses; Back, Forward and reload go through them.
+
+// The screen the address names ('' for none).
+function addressed() {
+  try {
+    return decodeURIComponent(location.hash.slice(1));
+  } catch (e) {
+    return '';  // a mangled fragment names no screen
+  }
+}
+
+// Draws a screen: `name`, else the one the address names, else the home screen. The address
+// follows: a new history entry when the screen changes (so Back returns to the last one),
+// the same entry when there was no screen in it yet (the first one after a login).
 async function go(name) {
   await appsLoaded;
   if (!state.me) return welcome();
-  if (!SCREENS.has(name)) name = home();
+  if (!SCREENS.has(name)) name = SCREENS.has(addressed()) ? addressed() : home();
+  if (location.pathname !== '/' || addressed() !== name) {
+    if (SCREENS.has(addressed())) history.pushState(null, '', `/#${name}`);
+    else history.replaceState(null, '', `/#${name}`);
+  }
   document.querySelectorAll('[data-go]').forEach((b) => {
     if (b.dataset.go === name) b.setAttribute('aria-current', 'page');
     else b.removeAttribute('aria-current');
@@ -272,11 +361,23 @@ const lorebase = Object.freeze({
 
 async function start() {
   appsLoaded = loadApps();
-  document.querySelectorAll('[data-go]').forEach((b) => b.addEventListener('click', () => { flash(''); go(b.dataset.go); }));
+  // a tab's link changes the address, which draws its screen; the tab of the screen already
+  // shown changes nothing, so it redraws it (a plain click; a middle click opens a new tab)
+  document.getElementById('nav').addEventListener('click', (e) => {
+    const tab = e.target.closest('a[data-go]');
+    if (!tab || e.button !== 0 || e.ctrlKey || e.metaKey || e.shiftKey || e.altKey) return;
+    if (tab.dataset.go === addressed()) {
+      e.preventDefault();
+      flash('');
+      go(tab.dataset.go);
+    }
+  });
+  window.addEventListener('hashchange', () => { flash(''); go(); });
   document.getElementById('logout').addEventListener('click', async () => {
     try { await api('POST', '/auth/logout', {}); } catch (e) { /* the session is gone either way */ }
     state.csrf = null;
     state.me = null;
+    history.replaceState(null, '', '/');  // the next login lands on its home screen
     flash('You are logged out.', 'ok');
     welcome();
   });
