@@ -553,6 +553,12 @@ def test_a_new_project_is_provisioned_for_deployed_and_serves_its_route_through_
         assert http.get("/notes").status_code == 404  # the repository's example is not this project's
     check = box.run("lorebase", "check", "prod")  # the operator's command works on the project too
     assert check.returncode == 0, check.stdout + check.stderr
+    # the @reboot line's script, with lorebase already serving: it starts nothing a second time
+    master = box.master_pid()
+    started = box.run("/usr/local/lib/lorebase/start.sh")
+    assert started.returncode == 0, started.stdout + started.stderr
+    assert "lorebase answers /health" in started.stdout, started.stdout
+    assert box.master_pid() == master and psutil.pid_exists(master)
 
 
 def test_prod_is_refused_without_confirm_before_anything_is_contacted(box: Box, repo: Path) -> None:

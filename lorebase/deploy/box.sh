@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# What runs on the box, as root: bash, which every Debian and Ubuntu box has (the scripts that run
-# on the deploying machine, deploy.sh and provision.sh, are POSIX sh). provision.sh and deploy.sh (`lorebase provision`, `lorebase
-# deploy`) send it over ssh; nothing else needs to be on the box first. One command per call:
+# What runs on the box, as root. provision.sh and deploy.sh (`lorebase provision`, `lorebase
+# deploy`) send it over ssh; nothing else needs to be on the box first. It is bash, which every
+# Debian and Ubuntu box has; the scripts that run on the deploying machine are POSIX sh (a Mac's
+# /bin/sh). One command per call:
 #
 #   box.sh provision [--domain D] [--mail-url URL] [--no-upgrade] [--refresh-weekly | --no-refresh-weekly]
 #                                      set the box up (idempotent)
