@@ -387,14 +387,15 @@ def cmd_new(args: argparse.Namespace) -> int:
 def _deploy_script(name: str, args: list[str]) -> int:
     """Runs deploy/<name>.sh of this lorebase package (the one copy of the deploy scripts, for
     every project) on the project (LOREBASE_PROJECT, else the current directory), with this
-    interpreter's lorebase to read its settings; never returns but on a missing bash."""
-    bash = shutil.which("bash")
-    if not bash:
-        print(f"lorebase {name}: the deploy scripts need bash on the PATH", file=sys.stderr)
+    interpreter's lorebase to read its settings; never returns but on a missing sh. They are
+    POSIX sh (a Mac's /bin/sh, Debian's dash): the `sh` on the PATH runs them, no bash needed."""
+    sh = shutil.which("sh") or ("/bin/sh" if os.access("/bin/sh", os.X_OK) else None)
+    if not sh:
+        print(f"lorebase {name}: the deploy scripts need a POSIX sh (sh on the PATH, or /bin/sh)", file=sys.stderr)
         return 2
     script = Path(__file__).resolve().parent / "deploy" / f"{name}.sh"
     env = {**os.environ, "LOREBASE_PROJECT": str(configmod.project_dir()), "LOREBASE_PYTHON": sys.executable}
-    os.execve(bash, [bash, str(script), *args], env)  # noqa: S606 - our own script
+    os.execve(sh, [sh, str(script), *args], env)  # noqa: S606 - our own script
 
 
 def cmd_provision(args: argparse.Namespace) -> int:
@@ -551,12 +552,13 @@ def parser() -> argparse.ArgumentParser:
 
     sp = _command(sub, "provision", help="set a Debian/Ubuntu box up over ssh for lorebase (idempotent): packages, "
                         "Redis, nginx, TLS, the service; `provision [user@]HOST [--port N] [--domain D] "
-                        "[--mail-url URL] [--no-upgrade]`",
+                        "[--mail-url URL] [--no-upgrade] [--refresh-weekly | --no-refresh-weekly]`",
                         description="Runs lorebase's deploy/provision.sh (docs: Deploy). The login needs root, or "
                                     "sudo without a password; DEPLOY_SSH (default: ssh) is the ssh command.")
     sp.add_argument("host", metavar="[USER@]HOST")
     sp.add_argument("options", nargs=argparse.REMAINDER, metavar="...",
-                    help="--port N, --domain D, --mail-url URL, --no-upgrade")
+                    help="--port N, --domain D, --mail-url URL, --no-upgrade, --refresh-weekly (the weekly "
+                         "upgrade and reboot: off unless asked; not on a data server), --no-refresh-weekly")
     sp.set_defaults(func=cmd_provision)
 
     sp = _command(sub, "deploy", help="deploy the project's last commit to ENV's box (DEPLOY_HOST): `deploy ENV "

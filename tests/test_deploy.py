@@ -9,6 +9,10 @@ wheelhouse scripts/install made (/etc/lorebase/pip.conf). No systemd runs in it,
 services are the packages' init scripts and lorebase runs from a pid file, as box.sh does on
 any box without systemd.
 
+The deploying side runs under dash (Debian's /bin/sh, the strictest POSIX sh at hand): the scripts
+are started with dash, `sh` on their PATH is dash, and `bash` there refuses to run, so no script
+of the deploying machine can lean on bash (a Mac has no bash 5).
+
 These need root (namespaces, useradd, chown), as provisioning a box does: CI runs as root."""
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from .lore import ROOT, wait_for
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="making a box needs root (CI runs as root)")
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
+DASH = shutil.which("dash") or "/usr/bin/dash"
 WHEELHOUSE = ROOT / ".venv" / "wheelhouse"
 OVERLAID = ("etc", "opt", "var", "root", "usr/local")
 INSIDE = """set -e
@@ -83,12 +88,13 @@ class Box:
 
     def env(self, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("LOREBASE_")}
+        env["PATH"] = f"{self.tmp / 'shims'}:{env.get('PATH', os.defpath)}"  # sh is dash, bash refuses
         env.update({"DEPLOY_SSH": f"ssh -F {self.keys / 'ssh_config'}", "LOREBASE_DEPLOY_HOST": "box",
                     "LOREBASE_DEPLOY_SSH_PORT": "22", **extra})
         return env
 
     def provision(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(ROOT / "deploy" / "provision.sh"), "box", "--no-upgrade", "--domain",
+        return subprocess.run([DASH, str(ROOT / "deploy" / "provision.sh"), "box", "--no-upgrade", "--domain",
                                "box.test", "--mail-url", "console://", *args],
                               env=self.env(), capture_output=True, text=True, timeout=300)
 
@@ -140,6 +146,14 @@ class Box:
         return found
 
 
+def _shims(shims: Path) -> None:
+    """The deploying machine's PATH as the tests give it: `sh` is dash, `bash` fails loudly."""
+    shims.mkdir()
+    (shims / "sh").symlink_to(DASH)
+    (shims / "bash").write_text("#!/bin/sh\necho \"bash run on the deploying machine: $*\" >&2\nexit 97\n")
+    (shims / "bash").chmod(0o755)
+
+
 def _keys(keys: Path, box_ip: str) -> None:
     keys.mkdir()
     for name in ("host", "id"):
@@ -183,6 +197,7 @@ def box() -> Iterator[Box]:
     host_ip, box_ip = f"198.18.{n}.1", f"198.18.{n}.2"
     host_veth, box_veth = f"lbox{os.getpid()}h"[-15:], f"lbox{os.getpid()}b"[-15:]
     _keys(tmp / "keys", box_ip)
+    _shims(tmp / "shims")
     inside = INSIDE.format(tmp=tmp, box_ip=box_ip, veth_box=box_veth, overlaid=" ".join(OVERLAID), sshd=SSHD,
                            keys=tmp / "keys")
     with (tmp / "box.log").open("wb") as log:
@@ -262,6 +277,32 @@ def test_provision_sets_the_box_up_and_a_second_run_changes_nothing(provisioned:
     assert "  changed  " not in again.stdout, again.stdout
     assert box.secret("COOKIE_SECRET") in secret.read_text()  # kept, not regenerated
     assert box.secret("BACKUP_KEY") in secret.read_text()
+    # the seed's cron lines: at boot, start.sh; the weekly refresh there but off, unless asked
+    lines = _cron_lines(box)
+    assert lines.count("@reboot root /usr/local/lib/lorebase/start.sh >>/var/log/lorebase/start.log 2>&1") == 1
+    assert not any("refresh.sh" in line for line in lines), lines
+    assert REFRESH in box.path("/etc/cron.d/lorebase").read_text()  # commented out, for the operator to see
+    assert "data server" not in again.stdout
+
+    weekly = box.provision("--refresh-weekly")
+    assert weekly.returncode == 0, weekly.stdout + weekly.stderr
+    changed = [line.split()[1] for line in weekly.stdout.splitlines() if line.startswith("  changed  ")]
+    assert changed == ["/etc/lorebase/box", "/etc/cron.d/lorebase"], weekly.stdout
+    assert "weekly refresh on" in weekly.stdout and "Not on a data server" in weekly.stdout, weekly.stdout
+    lines = _cron_lines(box)
+    assert lines.count(REFRESH) == 1 and sum("start.sh" in line for line in lines) == 1, lines
+    cron = box.path("/etc/cron.d/lorebase")
+    assert stat.S_IMODE(cron.stat().st_mode) == 0o644 and cron.stat().st_uid == 0  # cron skips anything else
+
+
+REFRESH = "30 4 * * 1 root /usr/local/lib/lorebase/refresh.sh >>/var/log/lorebase/refresh.log 2>&1"
+
+
+def _cron_lines(box: Box) -> list[str]:
+    """The lines cron runs in the box's /etc/cron.d/lorebase (not its comments nor its variables)."""
+    text = box.path("/etc/cron.d/lorebase").read_text()
+    return [line for line in text.splitlines() if line.strip() and not line.startswith("#") and "=" not in
+            line.split()[0]]
 
 
 def test_the_box_redis_lets_lorebase_in_and_keeps_dangerous_commands_out(provisioned: Box) -> None:
@@ -311,7 +352,7 @@ GIT = ["git", "-c", "user.name=test", "-c", "user.email=test@localhost"]
 
 
 def _deploy(box: Box, repo: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(repo / "deploy/deploy.sh"), *args], cwd=repo, env=box.env(**env),
+    return subprocess.run([DASH, str(repo / "deploy/deploy.sh"), *args], cwd=repo, env=box.env(**env),
                           capture_output=True, text=True, timeout=600)
 
 
@@ -476,10 +517,12 @@ def test_a_new_project_is_provisioned_for_deployed_and_serves_its_route_through_
     lorebase ships. Run after the repository's own deploy, the project's release takes over from
     it on the same master (a SIGHUP): its config.py and package are what the new code loads."""
     box = provisioned
+    cron = box.path("/etc/cron.d/lorebase").read_text()
     again = _lorebase(box, project, "provision", "box", "--no-upgrade", "--domain", "box.test", "--mail-url",
                       "console://")
     assert again.returncode == 0, again.stdout + again.stderr
     assert "provision: nothing changed" in again.stdout, again.stdout  # the same scripts as deploy/provision.sh
+    assert box.path("/etc/cron.d/lorebase").read_text() == cron  # kept as it was: no line twice
     deployed = _lorebase(box, project, "deploy", "prod", "confirm")
     assert deployed.returncode == 0, deployed.stdout + deployed.stderr
     release = box.current()
@@ -510,6 +553,12 @@ def test_a_new_project_is_provisioned_for_deployed_and_serves_its_route_through_
         assert http.get("/notes").status_code == 404  # the repository's example is not this project's
     check = box.run("lorebase", "check", "prod")  # the operator's command works on the project too
     assert check.returncode == 0, check.stdout + check.stderr
+    # the @reboot line's script, with lorebase already serving: it starts nothing a second time
+    master = box.master_pid()
+    started = box.run("/usr/local/lib/lorebase/start.sh")
+    assert started.returncode == 0, started.stdout + started.stderr
+    assert "lorebase answers /health" in started.stdout, started.stdout
+    assert box.master_pid() == master and psutil.pid_exists(master)
 
 
 def test_prod_is_refused_without_confirm_before_anything_is_contacted(box: Box, repo: Path) -> None:
@@ -518,14 +567,14 @@ def test_prod_is_refused_without_confirm_before_anything_is_contacted(box: Box, 
     port = listener.getsockname()[1]
     env = box.env(LOREBASE_DEPLOY_HOST="127.0.0.1", LOREBASE_DEPLOY_SSH_PORT=str(port))
     try:
-        refused = subprocess.run([str(repo / "deploy/deploy.sh"), "prod"], cwd=repo, capture_output=True,
+        refused = subprocess.run([DASH, str(repo / "deploy/deploy.sh"), "prod"], cwd=repo, capture_output=True,
                                  text=True, env=env, timeout=60)
         assert refused.returncode == 2
         assert "needs confirm" in refused.stderr
         with pytest.raises(TimeoutError):
             listener.accept()
         # the same command with confirm does contact the host: the listener above can tell
-        confirmed = subprocess.Popen([str(repo / "deploy/deploy.sh"), "prod", "confirm"], cwd=repo,
+        confirmed = subprocess.Popen([DASH, str(repo / "deploy/deploy.sh"), "prod", "confirm"], cwd=repo,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
         conn, _ = listener.accept()
         conn.close()

@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # What runs on the box, as root. provision.sh and deploy.sh (`lorebase provision`, `lorebase
-# deploy`) send it over ssh; nothing else needs to be on the box first. One command per call:
+# deploy`) send it over ssh; nothing else needs to be on the box first. It is bash, which every
+# Debian and Ubuntu box has; the scripts that run on the deploying machine are POSIX sh (a Mac's
+# /bin/sh). One command per call:
 #
-#   box.sh provision [--domain D] [--mail-url URL] [--no-upgrade]   set the box up (idempotent)
+#   box.sh provision [--domain D] [--mail-url URL] [--no-upgrade] [--refresh-weekly | --no-refresh-weekly]
+#                                      set the box up (idempotent)
 #   box.sh receive PACK RELEASE        unpack a release (a tar.gz from deploy.sh) into releases/,
 #                                      this box.sh with it (.box.sh: the later steps run it)
 #   box.sh install RELEASE ENV         its venv, its settings checked, its nginx site rendered
 #   box.sh activate RELEASE ENV        switch `current`, reload, check; on failure roll back
 #   box.sh prune KEEP                  keep the newest KEEP releases (and current, previous)
+#   box.sh start ENV                   start lorebase if it is not running (start.sh, at boot, without systemd)
 #
 # With systemd (a VM or a server) the services are systemd's; without it (a container) they are
 # the packages' init scripts (`service`), and lorebase runs from a pid file (service_* below).
@@ -20,7 +24,7 @@ APP=/opt/lorebase          # releases/<UTC time>-<commit>/ (a project), current 
 DATA=/var/lib/lorebase     # DATA_DIR: the only place lorebase writes
 LOGS=/var/log/lorebase     # lorebase's output when it runs without systemd (else the journal)
 PYTHON=/usr/bin/python3  # the distribution's (provision installs it), whatever else is on PATH
-PACKAGES=(redis-server nginx certbot fail2ban python3-systemd python3 python3-venv curl openssl logrotate)
+PACKAGES=(redis-server nginx certbot fail2ban python3-systemd python3 python3-venv curl openssl logrotate cron)
 
 say() { printf '%s\n' "$*"; }
 die() { printf 'box: %s\n' "$*" >&2; exit 1; }
@@ -219,8 +223,10 @@ provision_tls() {
   fi
   ensure_dir /var/www/letsencrypt 755 root:root
   local domain=${opt_domain:-$(box_value DOMAIN)}
-  printf '# the box (deploy/box.sh provision --domain)\nDOMAIN=%s\n' "${domain:-$name}" |
-    put_file "$ETC/box" 644 root:root || true
+  {
+    printf '# the box (deploy/box.sh provision --domain, --refresh-weekly | --no-refresh-weekly)\n'
+    printf 'DOMAIN=%s\nREFRESH_WEEKLY=%s\n' "${domain:-$name}" "$refresh"
+  } | put_file "$ETC/box" 644 root:root || true
 }
 
 box_value() { [ -f "$ETC/box" ] && sed -n "s/^$1=//p" "$ETC/box" | tail -n 1; }
@@ -260,6 +266,38 @@ provision_services() {
   fi
 }
 
+# /etc/cron.d/lorebase: the seed's two cron lines. At boot, start.sh: with systemd it starts
+# nothing (the enabled unit has started lorebase, after Redis) and logs whether /health answers;
+# without systemd it starts them. Weekly, refresh.sh (updates, a reboot when they need one): only
+# when asked (--refresh-weekly, remembered in /etc/lorebase/box), never by default, as the seed
+# warns: a data server that restarts on its own each week is an outage each week
+provision_cron() {
+  local weekly='30 4 * * 1 root /usr/local/lib/lorebase/refresh.sh >>/var/log/lorebase/refresh.log 2>&1'
+  {
+    printf '# lorebase (deploy/box.sh provision; rewritten by it)\n'
+    printf 'SHELL=/bin/sh\nPATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n'
+    printf '# at boot: start.sh checks that lorebase answers /health (systemd starts it: it starts nothing twice)\n'
+    printf '@reboot root /usr/local/lib/lorebase/start.sh >>/var/log/lorebase/start.log 2>&1\n'
+    printf '# weekly, Monday 04:30 (the box'"'"'s time): updates, and a reboot when they need one. Not on a data\n'
+    printf '# server (its Redis restarting each week is an outage each week). lorebase provision HOST\n'
+    if [ "$refresh" = yes ]; then
+      printf '# --no-refresh-weekly turns it off\n%s\n' "$weekly"
+    else
+      printf '# --refresh-weekly turns it on\n# %s\n' "$weekly"
+    fi
+  } | put_file /etc/cron.d/lorebase 644 root:root || true
+  if [ "$refresh" = yes ]; then
+    say "  note     weekly refresh on: every Monday at 04:30 this box upgrades its packages and reboots when" \
+      "they need it. Not on a data server (the box whose Redis other nodes use): a data server that" \
+      "restarts on its own every week loses its availability every week; refresh it by hand," \
+      "after checking the backups (provision --no-refresh-weekly turns it off)"
+  fi
+  if with_systemd; then
+    systemctl enable -q cron
+    svc_running cron || { svc start cron; did "cron started"; }
+  fi
+}
+
 provision_command() {  # /usr/local/bin/lorebase: the command as lorebase prod runs it, for the operator
   cat <<EOF | put_file /usr/local/bin/lorebase 755 root:root || true
 #!/bin/sh
@@ -277,15 +315,19 @@ EOF
 }
 
 provision() {
-  local opt_domain="" opt_mail_url="" upgrade=1
+  local opt_domain="" opt_mail_url="" opt_refresh="" refresh upgrade=1
   while [ $# -gt 0 ]; do
     case $1 in
       --domain) opt_domain=${2:?--domain needs a name}; shift 2 ;;
       --mail-url) opt_mail_url=${2:?--mail-url needs a URL}; shift 2 ;;
       --no-upgrade) upgrade=0; shift ;;
+      --refresh-weekly) opt_refresh=yes; shift ;;
+      --no-refresh-weekly) opt_refresh=no; shift ;;
       *) die "provision: unknown option $1" ;;
     esac
   done
+  refresh=${opt_refresh:-$(box_value REFRESH_WEEKLY || true)}  # the weekly refresh: as asked, else as it was
+  [ "$refresh" = yes ] || refresh=no
   say "provision $(hostname)"
   provision_packages
   provision_user
@@ -298,6 +340,7 @@ provision() {
   provision_redis
   provision_tls
   provision_services
+  provision_cron
   provision_command
   if [ "$changed" = 0 ]; then
     say "provision: nothing changed"
@@ -520,5 +563,6 @@ case $command in
     flock -n 9 || die "another deploy is activating a release on this box: try again when it is done"
     activate "$@" ;;
   prune) prune "$@" ;;
-  *) die "usage: box.sh provision|receive|install|activate|prune ..." ;;
+  start) service_running || service_start "${1:-prod}" ;;
+  *) die "usage: box.sh provision|receive|install|activate|prune|start ..." ;;
 esac

@@ -1,8 +1,10 @@
-#!/usr/bin/env bash
+#!/bin/sh
 # Keeping the server fresh (the seed): the system's updates, and a reboot when they need one.
 # lorebase stops before Redis, never the other way round: its workers finish their requests
-# and the tasks process its jobs while Redis still answers. Run by cron as root (README).
-set -euo pipefail
+# and the tasks process its jobs while Redis still answers. Run by cron as root, weekly, when
+# provision was asked for it (--refresh-weekly: /etc/cron.d/lorebase; docs: Deploy). Not on a data
+# server: a Redis that restarts on its own every week is an outage every week.
+set -eu  # POSIX sh: nothing here needs bash
 export DEBIAN_FRONTEND=noninteractive
 stamp() { printf '%s refresh: %s\n' "$(date -u +%FT%TZ)" "$*"; }
 
