@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from .extension import Extension, load_apps
 from .files import check as files_check
 from .identity import check as identity_check
-from .routes import account, admin, admin_ops, auth, files, gate, invites, public, web
+from .routes import account, admin, admin_ops, auth, files, gate, invites, public, session, web
 
 if TYPE_CHECKING:
     from .config import Config
@@ -28,6 +28,7 @@ def builtin(config: Config) -> list[Extension]:
         ]),
         Extension("identity", routes=[
             *auth.routes(),  # signup, verifyEmail, login, recover, reset
+            *session.routes(),  # the pages' "am I logged in?", 200 either way
             *account.routes(),  # csrf, logout, changePassword, destroy
             *invites.routes(),  # (admin) invite an email, list, revoke
         ], checks=identity_check.CHECKS),

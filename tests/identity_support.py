@@ -196,7 +196,7 @@ class Api:
             assert header.split("=", 1)[0] == (SECURE_COOKIE if self.secure else COOKIE), header
         is_json = r.content and r.headers.get("content-type", "").startswith("application/json")
         body = r.json() if is_json else None
-        carries_csrf = isinstance(body, dict) and "csrf" in body
+        carries_csrf = isinstance(body, dict) and isinstance(body.get("csrf"), str)  # null: logged out
         if set_cookies or carries_csrf:
             assert r.headers.get("cache-control") == "no-store", (r.request.url, r.status_code, r.headers)
         if carries_csrf:

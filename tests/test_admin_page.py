@@ -128,7 +128,7 @@ def test_an_admin_searches_opens_and_disables_a_user_whose_open_session_stops_wo
     expect(rows).to_have_count(1)
     shot(page, "admin-users")
 
-    rows.first.locator("button.open").click()
+    rows.first.locator("a.open").click()
     record = page.locator("#user-record")
     expect(record).to_contain_text("pg_target_1@example.com")
     created = record.locator("dt:text-is('Created') + dd")  # unix s: shown as today, not 1970
@@ -147,7 +147,7 @@ def test_an_admin_searches_opens_and_disables_a_user_whose_open_session_stops_wo
     search_self.click()
     page.locator("#user-search input[name=q]").fill(ROOT_NAME)
     page.locator("#user-search button[type=submit]").click()
-    page.locator(f"#users tr[data-username={ROOT_NAME}] button.open").click()
+    page.locator(f"#users tr[data-username={ROOT_NAME}] a.open").click()
     page.locator("#disable").click()
     expect(page.locator("#flash")).to_have_text("You cannot do that to your own account: another admin has to "
                                                 "(so the last admin cannot lock everyone out).")
@@ -246,6 +246,23 @@ def test_an_admin_sees_charts_with_data_in_them(watched: AdminWatched, lore: Lor
     for name in ["requests", "errors", "logins", "memory", "disk", "redis-memory"]:
         assert float(page.locator(f"#chart-{name}").get_attribute("data-max") or 0) > 0, name
     expect(page.locator("#route option")).not_to_have_count(0)
+    # the percent axes read as distinct ticks (not "24% / 24% / 24%" for a disk that barely
+    # moves): uPlot keeps the labels it drew in each axis's `_values`
+    for name in ["cpu", "memory", "disk"]:
+        labels = page.evaluate("(id) => ui.charts.find((c) => c.root.parentNode.id === id).axes[1]._values",
+                               f"chart-{name}")
+        assert len(labels) >= 2 and len(set(labels)) == len(labels), (name, labels)
+    # and a disk that barely moves (24.1 % to 24.3 %), drawn by the page's own chart code
+    labels = page.evaluate("""async () => {
+      const t = Date.now() / 1000;
+      const made = chart('flat', 'Flat', {d: [[t - 120, 24.1], [t - 60, 24.2], [t, 24.3]]}, ['d'], ['vm'], percent,
+        3600, PERCENT_AXIS);
+      document.getElementById('charts').append(made.figure);
+      made.draw();
+      await new Promise((done) => requestAnimationFrame(() => setTimeout(done, 0)));  // uPlot draws in a frame
+      return ui.charts[ui.charts.length - 1].axes[1]._values;
+    }""")
+    assert len(labels) >= 2 and len(set(labels)) == len(labels), labels
     shot(page, "admin-charts-hour")
     page.locator("#range").select_option("day")
     expect(page.locator("#range")).to_have_value("day")
@@ -278,6 +295,9 @@ def test_a_non_admin_or_nobody_sees_the_login_form_or_not_an_admin_and_no_admin_
     log_in(page, plain)
     expect(page.locator("#not-admin")).to_have_text(
         "You are logged in as pg_plain_1, which is not an admin account. This page is for admins only.")
+    expect(page.locator("#become-admin")).to_have_text(
+        "To become one, run lorebase admin add pg_plain_1 on the server, then reload this page.")
+    expect(page.locator("#to-app")).to_have_attribute("href", "/")
     expect(page.locator("#nav")).to_be_hidden()
     shot(page, "admin-not-admin")
     page.reload()  # a session that is not an admin's, from the start
@@ -306,3 +326,99 @@ def test_an_admin_whose_session_ends_is_back_at_the_login_form(watched: AdminWat
     expect(page.locator("#flash")).to_have_text("Your session ended. Please log in again.")
     expect(page.locator("#nav")).to_be_hidden()
     watched.clean()
+
+
+# Every word of every table cell on the screen whose letters are not all on one line.
+BROKEN_WORDS = """() => {
+  const broken = [];
+  for (const cell of document.querySelectorAll('main td, main th')) {
+    const walker = document.createTreeWalker(cell, NodeFilter.SHOW_TEXT);
+    for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+      for (const word of node.data.matchAll(/\\S+/g)) {
+        const range = document.createRange();
+        range.setStart(node, word.index);
+        range.setEnd(node, word.index + word[0].length);
+        const lines = new Set([...range.getClientRects()].map((r) => Math.round(r.top)));
+        if (lines.size > 1) broken.push(word[0]);
+      }
+    }
+  }
+  return broken;
+}"""
+
+
+def test_the_tasks_and_users_tables_break_no_word_inside_a_cell_at_1280_and_375_px(
+        watched: AdminWatched, made: Users, root: User) -> None:
+    page = watched.page
+    admin = made.session(root)
+    if not admin.get("/admin/backups").json()["tasks"]:  # a task with a result, so the table has rows
+        assert admin.post("/admin/backups", {}, csrf=True).status_code == 202
+    wait_for(lambda: any(t.get("at") for t in admin.get("/admin/backups").json()["tasks"].values()), 30, 0.2,
+             "a task's result")
+    as_admin(page, root)
+    for width in (1280, 375):
+        page.set_viewport_size({"width": width, "height": 900})
+        page.goto("/admin#backups")
+        expect(page.locator("#tasks tbody tr").first).to_be_visible()
+        assert page.evaluate(BROKEN_WORDS) == [], width
+        shot(page, f"admin-tasks-{width}")
+        page.goto("/admin#users")
+        expect(page.locator("#users tbody tr").first).to_be_visible()
+        assert page.evaluate(BROKEN_WORDS) == [], width
+        shot(page, f"admin-users-{width}")
+    watched.clean()
+
+
+def test_each_admin_screen_has_its_own_address_that_back_and_reload_return_to(
+        watched: AdminWatched, root: User) -> None:
+    page = watched.page
+    as_admin(page, root)
+    assert page.url.endswith("/admin")  # the users screen, the default
+    page.locator("#nav a[data-go=logs]").click()
+    expect(page.locator("#events")).to_be_visible()
+    assert page.url.endswith("/admin#logs")
+    page.locator("#nav a[data-go=invites]").click()
+    expect(page.locator("#invite-form")).to_be_visible()
+    assert page.url.endswith("/admin#invites")
+    page.go_back()
+    expect(page.locator("#events")).to_be_visible()
+    expect(page.locator("#nav a[data-go=logs]")).to_have_attribute("aria-current", "page")
+    page.reload()
+    expect(page.locator("#events")).to_be_visible()
+    assert page.url.endswith("/admin#logs")
+    page.locator("#nav a[data-go=users]").click()
+    page.locator(f"#users tr[data-username={ROOT_NAME}] a.open").click()
+    expect(page.locator("#user-record")).to_contain_text(f"{ROOT_NAME}@example.com")
+    assert page.url.endswith(f"/admin#users/{ROOT_NAME}")
+    page.reload()
+    expect(page.locator("#user-record")).to_contain_text(f"{ROOT_NAME}@example.com")
+    page.go_back()
+    expect(page.locator("#users tbody tr").first).to_be_visible()
+    assert page.url.endswith("/admin#users")
+    watched.clean()
+
+
+def test_a_first_visit_of_the_admin_page_logs_no_client_error_and_the_favicon_is_served(
+        watched: AdminWatched, lore: Lorebase, made: Users, root: User) -> None:
+    page = watched.page
+    page.goto("/admin#charts")
+    expect(page.locator("#login")).to_be_visible()
+    shot(page, "admin-first-visit")
+    marker = f"/pg-visit-done-{uuid.uuid4().hex[:8]}"
+    with httpx.Client(base_url=lore.url, timeout=10, headers={"X-Real-IP": watched.ip}) as client:
+        icon = client.get("/favicon.ico")
+        assert icon.status_code == 200, icon.text
+        assert icon.headers["content-type"] == "image/svg+xml"
+        assert icon.content.startswith(b"<svg")
+        assert icon.headers["cache-control"] == "no-cache"
+        again = client.get("/favicon.ico", headers={"If-None-Match": icon.headers["etag"]})
+        assert again.status_code == 304
+        assert client.get("/static/favicon.svg").status_code == 200  # the page's <link rel=icon>
+        assert client.get(marker).status_code == 404  # the one error of this address, logged last
+    admin = made.session(root)
+
+    def replies() -> list[dict[str, object]] | None:
+        events = admin.get(f"/admin/logs?type=reply&q={watched.ip}").json()["events"]
+        return events if any(e.get("path") == marker for e in events) else None
+    logged = wait_for(replies, 15, 0.2, "the marker's reply in the log")
+    assert [e["path"] for e in logged] == [marker], logged

@@ -69,6 +69,12 @@ async def admin_page(req: Request) -> Reply:
     return _file("admin.html", req)
 
 
+async def favicon(req: Request) -> Reply:
+    """What a browser asks for on its own (a page without a `<link rel=icon>`): an answer,
+    not a 404 in the logs of every first visit."""
+    return _file("favicon.svg", req)
+
+
 async def asset(req: Request) -> Reply:
     name = req.params["name"]
     if not _listed(WEB, name):
@@ -127,6 +133,7 @@ def routes() -> list[Route]:
         Route("GET", "/reset", page, summary="The web client's page for a reset link", serves="text/html"),
         Route("GET", "/signup", page, summary="The web client's page for an invite link", serves="text/html"),
         Route("GET", "/admin", admin_page, summary="The admin page (its data only for an admin)", serves="text/html"),
+        Route("GET", "/favicon.ico", favicon, summary="The pages' icon (favicon.svg, as SVG)", serves="image/svg+xml"),
         Route("GET", "/static/{name}", asset, summary="The web client's script, style and images", serves="*/*"),
         Route("GET", "/static/vendor/{lib}/{name}", vendored, summary="A vendored library's file (uPlot)",
               serves="*/*"),

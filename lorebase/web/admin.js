@@ -17,8 +17,9 @@ Object.assign(WORDS, {
 });
 
 // what a screen leaves running, stopped by the next; `epoch` counts the screens opened, so a
-// redraw whose replies come after another screen opened draws nothing
-const ui = {timer: null, charts: [], epoch: 0};
+// redraw whose replies come after another screen opened draws nothing; `keepFlash`: the next
+// screen drawn on a change of address keeps the status line (an action's outcome)
+const ui = {timer: null, charts: [], epoch: 0, keepFlash: false};
 
 function show(...nodes) {
   document.getElementById('main').replaceChildren(...nodes);
@@ -30,18 +31,22 @@ function show(...nodes) {
 const when = (ms) => (ms ? new Date(ms).toLocaleString() : '—');
 const yes = (value, word) => h('span', {class: value ? 'yes' : 'no'}, value ? word : '—');
 
-function bytes(n) {
+// `digits`: the decimals to show (an axis asks for more when its ticks would read the same)
+function bytes(n, digits) {
   if (n == null) return '—';
   const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
   let i = 0;
   while (Math.abs(n) >= 1024 && i < units.length - 1) { n /= 1024; i++; }
-  return `${i ? n.toFixed(1) : Math.round(n)} ${units[i]}`;
+  return `${digits != null ? n.toFixed(digits) : i ? n.toFixed(1) : Math.round(n)} ${units[i]}`;
 }
 
+// a table in a wrapper that scrolls sideways when it is wider than the screen (admin.css)
 function table(id, heads, rows, cls) {
-  return h('table', {id, class: cls}, h('thead', {}, h('tr', {}, heads.map((x) => h('th', {}, x)))),
-    h('tbody', {}, rows));
+  return scroller(h('table', {id, class: cls}, h('thead', {}, h('tr', {}, heads.map((x) => h('th', {}, x)))),
+    h('tbody', {}, rows)));
 }
+
+const scroller = (tableElement) => h('div', {class: 'scroll'}, tableElement);
 
 // -- logging in ---------------------------------------------------------------------------
 
@@ -61,14 +66,17 @@ function notAdminScreen() {
   show(h('h2', {}, 'Not an admin'),
     h('p', {id: 'not-admin'}, `You are logged in as ${state.me.username}, which is not an admin account. `,
       'This page is for admins only.'),
-    h('p', {}, h('a', {href: '/'}, 'The web client'), ' · ',
+    h('p', {id: 'become-admin'}, 'To become one, run ', h('code', {}, `lorebase admin add ${state.me.username}`),
+      ' on the server, then reload this page.'),
+    h('p', {}, h('a', {href: '/', id: 'to-app'}, 'Back to the web client'), ' · ',
       h('button', {type: 'button', id: 'logout-plain', onclick: logout}, 'Log out')));
 }
 
+// After the start-up check or a login: the screen the address names (a reload stays on it).
 function enter() {
   if (!state.me) return loginScreen();
   if (!state.me.admin) return notAdminScreen();
-  return go('users');
+  return draw(true);
 }
 
 async function logout() {
@@ -108,15 +116,14 @@ async function usersScreen() {
     try { await load(next); } catch (error) { flash(error.message, 'error'); }
   });
   show(h('h2', {}, 'Users'), search, count,
-    h('table', {id: 'users'}, h('thead', {}, h('tr', {}, ['Username', 'Email', 'Created', 'Verified', 'Admin',
-      'Disabled'].map((x) => h('th', {}, x)))), body), more);
+    scroller(h('table', {id: 'users'}, h('thead', {}, h('tr', {}, ['Username', 'Email', 'Created', 'Verified', 'Admin',
+      'Disabled'].map((x) => h('th', {}, x)))), body)), more);
   await load(null);
 }
 
 function userRow(u) {
   return h('tr', {'data-username': u.username},
-    h('td', {}, h('button', {type: 'button', class: 'link open', onclick: () => openScreen(() => userScreen(u.username))},
-      u.username)),
+    h('td', {}, h('a', {href: `#users/${encodeURIComponent(u.username)}`, class: 'open'}, u.username)),
     h('td', {}, u.email), h('td', {}, when(u.created * 1000)), h('td', {}, yes(u.verified, 'verified')),
     h('td', {}, yes(u.admin, 'admin')), h('td', {}, u.disabled ? h('span', {class: 'bad'}, 'disabled') : '—'));
 }
@@ -129,10 +136,10 @@ async function userScreen(name) {
       try {
         const reply = await api('POST', path, {username: u.username, ...body});
         flash(typeof done === 'function' ? done(reply) : done, 'ok');
-        if (path === '/admin/delete') return go('users');
+        if (path === '/admin/delete') return go('users', true);
       } catch (e) {
         flash(e.message, 'error');
-        if (e.code === 'user') return go('users');
+        if (e.code === 'user') return go('users', true);
       }
       try { await userScreen(u.username); } catch (e) { flash(e.message, 'error'); }
     }}, label);
@@ -158,7 +165,7 @@ async function userScreen(name) {
   ];
   const sessions = u.sessions.map((s) => h('tr', {}, h('td', {}, when(s.created)), h('td', {}, when(s.last)),
     h('td', {}, s.ip), h('td', {}, s.agent)));
-  show(h('p', {}, h('button', {type: 'button', class: 'link', id: 'back-users', onclick: () => go('users')}, '← Users')),
+  show(h('p', {}, h('a', {href: '#users', id: 'back-users'}, '← Users')),
     h('h2', {}, `User ${u.username}`),
     h('dl', {class: 'record', id: 'user-record'}, fields.flatMap(([k, v]) => [h('dt', {}, k), h('dd', {}, v)])),
     actions,
@@ -194,10 +201,13 @@ async function invitesScreen() {
 
 // -- logs ---------------------------------------------------------------------------------
 
-const EVENTS = ['reply', 'error', 'client error', 'signup', 'login', 'tampered', 'destroy', 'invite', 'invite revoked',
-  'sessions ended', 'mail done', 'mail failed', 'task backup', 'task backup failed', 'task check', 'beat alert',
-  'beat ok', 'check problem', 'start', 'stop', 'worker exit', 'flood', 'admin disable', 'admin delete', 'admin flag',
-  'admin revoke', 'admin backup'];
+// the event types the filter suggests: each is a name lorebase passes to notify() (a `task <name>`
+// and a `<queue> done` are the scheduler's and the queues' own), so each can be found
+const EVENTS = ['reply', 'error', 'client error', 'signup', 'login', 'lockout', 'tampered', 'destroy', 'password changed',
+  'password reset', 'email verified', 'invite', 'invite revoked', 'sessions ended', 'mail done', 'mail failed',
+  'mail dead', 'task backup', 'task backup failed', 'task check', 'beat alert', 'beat ok', 'check problem', 'start',
+  'stop', 'worker exit', 'redis down', 'flood', 'admin disable', 'admin delete', 'admin flag', 'admin revoke',
+  'admin unlock', 'admin backup'];
 const streamTime = (id) => Number(String(id).split('-')[0]);
 
 function eventRow(e) {
@@ -287,8 +297,8 @@ async function logsScreen() {
     ui.timer = null;
     if (tail.checked) poll();
   });
-  show(h('h2', {}, 'Logs'), filters, status, h('table', {id: 'events', class: 'events'},
-    h('thead', {}, h('tr', {}, ['When', 'Stream', 'Event', 'Details'].map((x) => h('th', {}, x)))), body), older);
+  show(h('h2', {}, 'Logs'), filters, status, scroller(h('table', {id: 'events', class: 'events'},
+    h('thead', {}, h('tr', {}, ['When', 'Stream', 'Event', 'Details'].map((x) => h('th', {}, x)))), body)), older);
   await search();
 }
 
@@ -307,7 +317,33 @@ function columns(series, names) {
   })];
 }
 
-function chart(id, title, series, names, labels, format, range) {
+// An axis's tick labels: as many decimals as its step has (a step of 0.5 shows one), more if
+// two ticks would still read the same ("24% / 24% / 24%"), so no two labels are alike.
+function tickLabels(ticks, format) {
+  const step = ticks.length > 1 ? Math.abs(ticks[1] - ticks[0]) : 1;
+  let digits = Math.min(6, (String(Number(step.toPrecision(6))).split('.')[1] || '').length);
+  let shown = ticks.map((v) => format(v, digits));
+  while (new Set(shown).size < shown.length && digits < 6) {
+    digits += 1;
+    shown = ticks.map((v) => format(v, digits));
+  }
+  return shown;
+}
+
+// A percent axis: its range from the data (whole percents around it, within 0-100) and steps of
+// at least 1 %, so a line that barely moves (the disk at 24.1 % all hour) gets distinct,
+// whole-percent ticks instead of noise magnified.
+const PERCENT_AXIS = {
+  range: (u, low, high) => (low == null ? [0, 100]
+    : [Math.max(0, Math.floor(low) - 1), Math.min(100, Math.max(Math.ceil(high) + 1, Math.floor(low) + 2))]),
+  incrs: [1, 2, 5, 10, 20, 25, 50],
+};
+
+const percent = (v, digits) => `${v.toFixed(digits != null ? digits : v < 10 ? 1 : 0)}%`;
+const ms = (v, digits) => `${digits != null ? v.toFixed(digits) : v < 10 ? v.toFixed(1) : Math.round(v)} ms`;
+
+// `axis`: the y scale's range and the axis's steps, if not uPlot's from the data
+function chart(id, title, series, names, labels, format, range, axis) {
   const figure = h('figure', {class: 'chart', id: `chart-${id}`}, h('figcaption', {}, title));
   const data = columns(series, names);
   const values = data.slice(1).flat().filter((v) => v != null);
@@ -319,11 +355,12 @@ function chart(id, title, series, names, labels, format, range) {
       return;
     }
     const now = Date.now() / 1000;
-    const fmt = format || ((v) => (Number.isInteger(v) ? String(v) : v.toFixed(1)));
+    const fmt = format || ((v, digits) => (digits != null ? v.toFixed(digits)
+      : Number.isInteger(v) ? String(v) : v.toFixed(1)));
     ui.charts.push(new uPlot({
       width: Math.max(figure.clientWidth - 16, 200), height: 180,
-      scales: {x: {time: true, range: () => [now - range, now]}},
-      axes: [{}, {size: 64, values: (u, ticks) => ticks.map(fmt)}],
+      scales: {x: {time: true, range: () => [now - range, now]}, ...(axis ? {y: {range: axis.range}} : {})},
+      axes: [{}, {size: 64, values: (u, ticks) => tickLabels(ticks, fmt), ...(axis ? {incrs: axis.incrs} : {})}],
       series: [{}, ...names.map((n, i) => ({label: labels[i], stroke: COLORS[i % COLORS.length], width: 1.5,
         value: (u, v) => (v == null ? '—' : fmt(v))}))],
     }, data, figure));
@@ -344,8 +381,6 @@ async function chartsScreen(range, route) {
     .sort((a, b) => a.endsWith(' -') - b.endsWith(' -')
       || stats[`latency_p99|${b}`].length - stats[`latency_p99|${a}`].length || a.localeCompare(b));
   route = routes.includes(route) ? route : routes[0];
-  const percent = (v) => `${v.toFixed(v < 10 ? 1 : 0)}%`;
-  const ms = (v) => `${v < 10 ? v.toFixed(1) : Math.round(v)} ms`;
   const made = [
     chart('requests', 'Requests', stats, ['requests'], ['requests'], null, seconds),
     chart('errors', 'Errors', stats, ['errors_4xx', 'errors_5xx'], ['4xx', '5xx'], null, seconds),
@@ -354,9 +389,9 @@ async function chartsScreen(range, route) {
       route ? [`latency_p50|${route}`, `latency_p99|${route}`] : [], ['p50', 'p99'], ms, seconds),
     chart('logins', 'Logins', stats, ['logins', 'login_failures', 'signups'], ['logins', 'refused', 'signups'],
       null, seconds),
-    chart('cpu', 'CPU', beat, perNode('cpu'), nodes, percent, seconds),
-    chart('memory', 'Memory', beat, perNode('memory'), nodes, percent, seconds),
-    chart('disk', 'Disk', beat, perNode('disk'), nodes, percent, seconds),
+    chart('cpu', 'CPU', beat, perNode('cpu'), nodes, percent, seconds, PERCENT_AXIS),
+    chart('memory', 'Memory', beat, perNode('memory'), nodes, percent, seconds, PERCENT_AXIS),
+    chart('disk', 'Disk', beat, perNode('disk'), nodes, percent, seconds, PERCENT_AXIS),
     chart('redis-memory', 'Redis memory', beat, perNode('redis_used_memory'), nodes, bytes, seconds),
   ];
   const pick = h('select', {name: 'range', id: 'range'}, [['hour', 'Last hour'], ['day', 'Last day']].map(([v, l]) =>
@@ -412,8 +447,22 @@ async function backupsScreen(waiting) {
 
 // -- navigation ---------------------------------------------------------------------------
 
+// Each screen has its address in the fragment: #users, #users/<username> (a user's detail),
+// #invites, #logs, #charts, #backups. The nav and the user list are links that change it, and
+// every change draws the screen it names: Back goes to the previous screen, a reload stays.
 const SCREENS = {users: usersScreen, invites: invitesScreen, logs: logsScreen, charts: () => chartsScreen('hour'),
   backups: () => backupsScreen(null)};
+
+// The screen the address names, and its argument (a username); an unknown one is Users.
+function where() {
+  const hash = location.hash.slice(1);
+  const slash = hash.indexOf('/');
+  const name = slash < 0 ? hash : hash.slice(0, slash);
+  if (!Object.hasOwn(SCREENS, name)) return ['users', ''];
+  let arg = '';
+  try { arg = slash < 0 ? '' : decodeURIComponent(hash.slice(slash + 1)); } catch (e) { /* a mangled address */ }
+  return [name, name === 'users' ? arg : ''];
+}
 
 function stopScreen() {
   ui.epoch += 1;
@@ -435,21 +484,44 @@ async function openScreen(draw) {
   }
 }
 
-function go(name, keepFlash) {
+// Draws the screen of the current address.
+function draw(keepFlash) {
   if (!keepFlash) flash('');
+  const [name, user] = where();
   document.querySelectorAll('[data-go]').forEach((b) => {
     if (b.dataset.go === name) b.setAttribute('aria-current', 'page');
     else b.removeAttribute('aria-current');
   });
-  return openScreen(SCREENS[name]);
+  return openScreen(user ? () => userScreen(user) : SCREENS[name]);
 }
 
+// Goes to an address (`users`, `invites`, ...): a new entry in the history, or a redraw of the
+// screen shown if it is that one already.
+function go(address, keepFlash) {
+  if (location.hash === `#${address}`) return draw(keepFlash);
+  ui.keepFlash = Boolean(keepFlash);
+  location.hash = address;  // the hashchange draws it
+  return undefined;
+}
+
+window.addEventListener('hashchange', () => {
+  const keep = ui.keepFlash;
+  ui.keepFlash = false;
+  if (state.me && state.me.admin) draw(keep);  // else: the login form stays, and draws it after
+});
+
 async function start() {
-  document.querySelectorAll('[data-go]').forEach((b) => b.addEventListener('click', () => go(b.dataset.go)));
   document.getElementById('logout').addEventListener('click', logout);
+  // a nav link to the screen shown: no change of address, so it redraws the screen itself
+  document.querySelectorAll('[data-go]').forEach((link) => link.addEventListener('click', (e) => {
+    if (location.hash === link.getAttribute('href')) { e.preventDefault(); draw(); }
+  }));
   try {
-    state.csrf = (await api('GET', '/auth/csrf')).csrf;
-    state.me = await api('GET', '/auth/me');
+    // 200 logged in or not: the page's own question is not an error in the logs (GET /auth/csrf
+    // answers a visitor without a cookie 403 nocookie)
+    const reply = await api('GET', '/auth/session');
+    state.csrf = reply.csrf;
+    state.me = reply.me;
   } catch (e) {
     state.me = null;
   }
