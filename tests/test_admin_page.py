@@ -398,12 +398,14 @@ def test_each_admin_screen_has_its_own_address_that_back_and_reload_return_to(
     watched.clean()
 
 
-def test_a_first_visit_of_the_admin_page_logs_no_client_error_and_the_favicon_is_served(
+def test_a_first_visit_of_the_admin_page_and_the_web_client_logs_no_client_error_and_the_favicon_is_served(
         watched: AdminWatched, lore: Lorebase, made: Users, root: User) -> None:
     page = watched.page
     page.goto("/admin#charts")
     expect(page.locator("#login")).to_be_visible()
     shot(page, "admin-first-visit")
+    page.goto("/#files")  # the web client's first visit asks the same question
+    expect(page.locator("#login")).to_be_visible()
     marker = f"/pg-visit-done-{uuid.uuid4().hex[:8]}"
     with httpx.Client(base_url=lore.url, timeout=10, headers={"X-Real-IP": watched.ip}) as client:
         icon = client.get("/favicon.ico")

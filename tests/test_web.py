@@ -176,7 +176,7 @@ def test_the_whole_journey(watched: Watched, server: Lorebase, mail: MailSink, t
     page.locator('[data-go="notes"]').click()
     expect(page.locator("#flash")).to_be_hidden()
     page.locator("#new-note textarea").fill("A note with a file")
-    page.locator("#new-note select[name=files]").select_option(file_id)
+    page.locator(f"#new-note input[type=checkbox][value='{file_id}']").check()
     submit(page, "#new-note")
     expect(notes).to_have_count(2)
     with_file = notes.first

@@ -105,9 +105,8 @@ async function verifyPage(token) {
   const account = shape[1];
   let me = null;
   try {
-    state.csrf = (await api('GET', '/auth/csrf')).csrf;
-    me = await api('GET', '/auth/me');
-  } catch (e) { /* not logged in */ }
+    ({csrf: state.csrf, me} = await api('GET', '/auth/session'));  // 200 with nulls when logged out
+  } catch (e) { /* a cookie the server refuses: not logged in */ }
   const own = me && me.username === account;
   const done = (message) => {
     history.replaceState(null, '', '/');
@@ -386,12 +385,13 @@ async function start() {
   if (location.pathname === '/reset') return token ? resetPage(token) : recover();  // the mail's bare /reset: ask for a link
   const invite = new URLSearchParams(location.search).get('invite');
   if (location.pathname === '/signup' && invite) return invitePage(invite);
+  // GET /auth/session answers 200 when logged out: a first visit logs no 4xx
   try {
-    state.csrf = (await api('GET', '/auth/csrf')).csrf;
-    state.me = await api('GET', '/auth/me');
+    ({csrf: state.csrf, me: state.me} = await api('GET', '/auth/session'));
   } catch (e) {
-    return welcome();
+    state.me = null;
   }
+  if (!state.me) return welcome();
   go();
 }
 
