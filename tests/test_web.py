@@ -495,7 +495,7 @@ def test_the_login_screen_offers_a_new_verification_mail(watched: Watched) -> No
 
 
 def test_the_account_forms_say_wrong_password_and_the_list_drops_the_sessions_a_change_ended(
-        watched: Watched, server: Lorebase) -> None:
+        watched: Watched, server: Lorebase, mail: MailSink) -> None:
     name = new_account(server, "webacct", watched.ip)
     page = watched.page
     page.on("dialog", lambda dialog: dialog.accept())
@@ -533,6 +533,19 @@ def test_the_account_forms_say_wrong_password_and_the_list_drops_the_sessions_a_
     flash(page, f"We sent a link to {name}-new@example.com: open it to make it your email. "
                 f"Until then it stays {name}@example.com.")
     shot(page, "account-forms")
+    # the link, opened in this logged-in browser: the session is the proof, one click does it
+    link = link_in(mail.wait_for(f"{name}-new@example.com", "verify"), server, "verify")
+    page.goto(link)
+    expect(page.locator("#verify input[name=password]")).to_have_count(0)
+    with page.expect_response(lambda r: r.url.endswith("/auth/verifyEmail")) as verified:
+        submit(page, "#verify")
+    assert verified.value.request.post_data_json == {"token": link.rpartition("=")[2]}
+    assert verified.value.status == 200, verified.value.text()
+    flash(page, "Your email is verified.")
+    logged_in(page, name)
+    with httpx.Client(base_url=server.url, timeout=10) as fresh:
+        assert post_json(fresh, "/auth/login", {"username": f"{name}-new@example.com",
+                                                "password": CHANGED}).status_code == 200
     assert watched.errors == [] and watched.csp == []
 
 

@@ -5,6 +5,10 @@
 'use strict';
 // The helpers (api, h, flash, form, words) are common.js's, loaded before this script.
 
+// The auth routes run before the chain's CSRF step and take no csrf field: api() must not add
+// the session's token to them when the page happens to be logged in.
+const BEFORE_CSRF = {csrf: false};
+
 function show(...nodes) {
   const main = document.getElementById('main');
   main.replaceChildren(...nodes);
@@ -39,7 +43,7 @@ function welcome() {
     ['username', 'Username or email', 'text', {autocomplete: 'username'}],
     ['password', 'Password', 'password', {autocomplete: 'current-password'}],
   ], 'Log in', async (v) => {
-    const reply = await api('POST', '/auth/login', {username: v.username, password: v.password});
+    const reply = await api('POST', '/auth/login', {username: v.username, password: v.password}, BEFORE_CSRF);
     state.csrf = reply.csrf;
     state.me = await api('GET', '/auth/me');
     flash('');
@@ -52,7 +56,7 @@ function welcome() {
     ['email', 'Email', 'email', {autocomplete: 'email'}],
     ['password', 'Password (8 or more characters)', 'password', {autocomplete: 'new-password'}],
   ], 'Create account', async (v) => {
-    await api('POST', '/auth/signup', v);
+    await api('POST', '/auth/signup', v, BEFORE_CSRF);
     signup.reset();
     flash('Account created. We sent you an email: open its link to verify your address, then log in.', 'ok');
   });
@@ -62,7 +66,7 @@ function welcome() {
 function recover() {
   show(form('recover', 'Reset your password', [['username', 'Username or email', 'text']], 'Send me a link',
     async (v) => {
-      await api('POST', '/auth/recover', v);
+      await api('POST', '/auth/recover', v, BEFORE_CSRF);
       flash('If that account exists, we sent it an email with a link to choose a new password.', 'ok');
       welcome();
     }, h('p', {}, h('a', {href: '/'}, 'Back to log in'))));
@@ -73,7 +77,7 @@ function recover() {
 function resendForm(title) {
   return form('resend', title, [['username', 'Username or email', 'text', {autocomplete: 'username'}]],
     'Send me a new link', async (v) => {
-      await api('POST', '/auth/verify/resend', {username: v.username});
+      await api('POST', '/auth/verify/resend', {username: v.username}, BEFORE_CSRF);
       history.replaceState(null, '', '/');
       flash('If that account exists and its email is not verified yet, we sent it a new link.', 'ok');
       welcome();
@@ -116,7 +120,7 @@ async function verifyPage(token) {
   const fields = own ? [] : [['password', `Password of "${account}"`, 'password', {autocomplete: 'current-password'}]];
   const release = h('button', {type: 'button', id: 'not-me', class: 'danger', onclick: async () => {
     try {
-      await api('POST', '/auth/releaseEmail', {token});
+      await api('POST', '/auth/releaseEmail', {token}, BEFORE_CSRF);
       done(`The address is no longer held by "${account}". You can sign up with it.`);
     } catch (e) {
       if (e.code === 'token') return badVerifyLink();
@@ -127,7 +131,7 @@ async function verifyPage(token) {
   show(form('verify', `Verify the email of "${account}"`, fields, 'Verify my email', async (v) => {
     let reply;
     try {
-      reply = await withPassword(api('POST', '/auth/verifyEmail', own ? {token} : {token, password: v.password}));
+      reply = await withPassword(api('POST', '/auth/verifyEmail', own ? {token} : {token, password: v.password}, BEFORE_CSRF));
     } catch (e) {
       if (e.code === 'token') return badVerifyLink();
       throw e;
@@ -151,7 +155,7 @@ function invitePage(token) {
     ['username', 'Username', 'text', {autocomplete: 'username'}],
     ['password', 'Password (8 or more characters)', 'password', {autocomplete: 'new-password'}],
   ], 'Create account', async (v) => {
-    await api('POST', '/auth/signup', {username: v.username, email, password: v.password, invite: token});
+    await api('POST', '/auth/signup', {username: v.username, email, password: v.password, invite: token}, BEFORE_CSRF);
     history.replaceState(null, '', '/');
     flash('Account created, with your email verified. Log in.', 'ok');
     welcome();
@@ -163,7 +167,7 @@ function resetPage(token) {
   show(form('reset', 'Choose a new password', [
     ['password', 'New password (8 or more characters)', 'password', {autocomplete: 'new-password'}],
   ], 'Set password', async (v) => {
-    await api('POST', '/auth/reset', {token, password: v.password});
+    await api('POST', '/auth/reset', {token, password: v.password}, BEFORE_CSRF);
     history.replaceState(null, '', '/');
     flash('Your password is changed. Log in with it.', 'ok');
     welcome();

@@ -62,14 +62,16 @@ class ApiError extends Error {
   }
 }
 
-async function api(method, path, body) {
+// `{csrf: false}` for the routes before the CSRF step (signup, verifyEmail...): their bodies
+// take no csrf field, and a logged-in page (a verify link opened while logged in) must not add one.
+async function api(method, path, body, {csrf = true} = {}) {
   const options = {method, headers: {}, credentials: 'same-origin'};
   if (body instanceof FormData) {
     options.body = body;
     options.headers['X-CSRF-Token'] = state.csrf || '';
   } else if (body !== undefined) {
     options.headers['Content-Type'] = 'application/json';
-    options.body = JSON.stringify(state.csrf && method !== 'GET' ? {...body, csrf: state.csrf} : body);
+    options.body = JSON.stringify(csrf && state.csrf && method !== 'GET' ? {...body, csrf: state.csrf} : body);
   }
   let response;
   try {
