@@ -282,12 +282,16 @@ def cmd_admin(args: argparse.Namespace) -> int:
     through identity/admins.py, the steps `POST /admin/admin` takes (so the last enabled admin
     is never un-flagged). Exit 0 done, 1 refused, 2 bad usage (no such user, Redis down)."""
     import asyncio
+    import getpass
 
     from . import db as dbmod
     from .identity import admins, users
+    from .notify import notify
 
     who = f"lorebase admin {args.admin_command}"
     config = _load(args.env)
+    notify.setup(config.ENV, "cli", config)
+    by = f"cli:{getpass.getuser()}"  # the audit's `by`: the command line, as which system user
     if _redis_url(config) is None:
         print(f"{who}: the embedded Redis is not running: start `lorebase serve` first", file=sys.stderr)
         return 2
@@ -309,6 +313,7 @@ def cmd_admin(args: argparse.Namespace) -> int:
             return 2
         if args.admin_command == "add":
             await admins.grant(client, name, config.ADMINS)
+            await notify.record(client, "admin flag", user=name, value=True, by=by)
             if user.get("disabled") == "1":
                 print(f"{name} has the admin flag now, but is disabled: no rights until enabled")
             else:
@@ -325,6 +330,7 @@ def cmd_admin(args: argparse.Namespace) -> int:
                    f"{name} is the last enabled admin: make another admin first (lorebase admin add USERNAME)")
             print(f"{who}: refused: {why}; nothing changed", file=sys.stderr)
             return 1
+        await notify.record(client, "admin flag", user=name, value=False, by=by)
         print(f"{name} is no longer an admin (the admin flag is cleared)")
         return 0
 

@@ -341,6 +341,15 @@ class Notifier:
             except RuntimeError:  # another thread: the window's next line writes them
                 pass
 
+    async def record(self, db: Client, event: str, **fields: Any) -> None:
+        """One event written straight to its stream and awaited, not printed: for a command
+        (`lorebase admin add`) whose standard output is its own words, and which ends right
+        after. Raises what Redis raises (the command says so)."""
+        entry = {"t": round(time.time(), 3), "ev": event, "env": self.env, "role": self.role, "pid": os.getpid()}
+        entry.update(redact(fields))
+        stream = stream_of(event)
+        await db.call("XADD", stream, "MAXLEN", "~", self.maxlen[stream], "*", "json", _encode(entry))
+
     def _roll(self) -> None:
         self._roll_at = None
         self._floods(self.sampler.roll(time.time()))

@@ -84,6 +84,10 @@ def test_admin_add_opens_the_admin_routes_and_remove_refuses_the_last_admin(lore
     refused(lore.command("admin", "remove", "cli_bob"), 1, "last enabled admin")
     assert lore.command("admin", "list").stdout.count("(flag)") == 1
     assert bob.name in lore.command("admin", "list").stdout
+    # the audit has both changes, made by the command line
+    flags = users.session(bob).get("/admin/logs?type=admin+flag&q=cli_ada").json()["events"]
+    assert [(e["value"], e["stream"], e["by"].startswith("cli:")) for e in flags if e["user"] == "cli_ada"] == [
+        (False, "audit", True), (True, "audit", True)]
 
 
 def test_admin_remove_of_an_admin_of_admins_is_refused_naming_admins(lore, users):
