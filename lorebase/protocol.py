@@ -167,6 +167,23 @@ def protocol_class(header_timeout: float, body_timeout: float, cap: int = 0,
             if self.closing and self.cycle is not None:
                 self.cycle.keep_alive = False
 
+        # The parser refused bytes (bad framing or head). uvicorn writes its 400 and closes at
+        # once, though a request pipelined before the bad bytes may still be awaiting its reply:
+        # that reply was lost and the 400 read as the answer to it. Here such a request (and any
+        # queued before it) is answered first and the connection closes after it; the bad one
+        # gets no reply, which a client reads as "not served" (RFC 9112 9.3.2). Only on a bad
+        # request, so nothing is added to the hot path.
+        def send_400_response(self, msg: str) -> None:
+            cycle = self.cycle
+            if cycle is None or (cycle.response_complete and not cycle.more_body):
+                super().send_400_response(msg)  # between requests: the 400 answers the bad one
+            elif not cycle.more_body:  # its request is whole, its reply pending: it goes first
+                cycle.keep_alive = False
+            elif not cycle.response_started:  # its own body is malformed: the 400 answers it
+                super().send_400_response(msg)
+            else:  # a reply to it is already on the wire: another one would answer nothing
+                self.transport.close()
+
         def _close_if_idle(self) -> None:
             if self.transport is None or self.transport.is_closing():
                 return
