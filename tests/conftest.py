@@ -69,13 +69,16 @@ def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Moto]:
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    """The wheel (and test_scaffold's installed project) start being made now, when a test
-    selected needs them: they are ready by the time those tests come (package_support.Ahead)."""
+    """The wheel, test_scaffold's installed project and test_wheel's venv start being made now
+    when a test selected needs them: they are ready by the time those tests come
+    (package_support.Ahead)."""
     wanted = [item for item in session.items if "lorebase_wheel" in getattr(item, "fixturenames", ())]
     if wanted:
-        install = any(item.path.name == "test_scaffold.py" and "project" in getattr(item, "fixturenames", ())
-                      for item in wanted)
-        session.config.stash[AHEAD] = Ahead(Path(tempfile.mkdtemp(prefix="lorebase-ahead-")), install)
+        def needs(module: str, fixture: str) -> bool:
+            return any(item.path.name == module and fixture in getattr(item, "fixturenames", ()) for item in wanted)
+        session.config.stash[AHEAD] = Ahead(Path(tempfile.mkdtemp(prefix="lorebase-ahead-")),
+                                            project=needs("test_scaffold.py", "project"),
+                                            venv=needs("test_wheel.py", "venv"))
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
@@ -89,4 +92,4 @@ def lorebase_wheel(request: pytest.FixtureRequest, tmp_path_factory: pytest.Temp
     """lorebase's wheel, built once per session from this tree (test_wheel, test_scaffold,
     test_deploy), from the start of the session on."""
     ahead = request.config.stash.get(AHEAD, None)
-    return ahead.wheel() if ahead is not None else build_wheel(tmp_path_factory.mktemp("wheel"))
+    return ahead.get("wheel") if ahead is not None else build_wheel(tmp_path_factory.mktemp("wheel"))

@@ -73,70 +73,74 @@ def new_project(wheel: Path, where: Path) -> Path:
 
 
 class Ahead:
-    """lorebase's wheel, and (with `install`) a new project depending on it with the project's
-    own scripts/install run, made on a thread from the start of the session. The install (a
-    venv, then the wheel with `lorebase[testing]` and mypy: about a minute of CPU) runs at the
-    lowest priority while the modules before test_scaffold run, instead of adding its minute
-    to the run; the project's scripts/test then finds it installed (the install's stamp)."""
+    """lorebase's wheel, then what the selected tests install from it, made at the lowest
+    priority on a thread from the start of the session, while the modules before them run:
+    test_scaffold's new project with its own scripts/install run (a venv, the wheel with
+    `lorebase[testing]` and mypy: about a minute of CPU; the project's scripts/test then finds
+    it installed, by the install's stamp), and test_wheel's fresh venv (the lock's pins, then
+    the wheel with no dependency)."""
 
-    def __init__(self, base: Path, install: bool):
+    def __init__(self, base: Path, project: bool, venv: bool):
         self.base = base
-        self.install = install
         self.log = base / "install.log"
-        self._wheel: Path | None = None
-        self._project: Path | None = None
+        self._wanted = {"wheel": True, "project": project, "venv": venv}
+        self._made: dict[str, Path] = {}
+        self._ready = {name: threading.Event() for name in self._wanted}
         self._error: BaseException | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._stopped = threading.Event()
-        self._done = threading.Event()
         threading.Thread(target=self._make, name="ahead", daemon=True).start()
 
     def _make(self) -> None:
         try:
-            self._wheel = build_wheel(self.base / "wheel")
-            if self.install:
+            self._made["wheel"] = wheel = build_wheel(self.base / "wheel")
+            self._ready["wheel"].set()
+            if self._wanted["project"]:
                 where = self.base / "elsewhere"
                 where.mkdir()
-                project = new_project(self._wheel, where)
-                with open(self.log, "wb") as log:
-                    if self._stopped.is_set():
-                        return
-                    # its own session: stop() ends pip with the script
-                    self._proc = subprocess.Popen(["nice", "-n", "19", str(project / "scripts" / "install")],
-                                                  cwd=project, env=outside_env(), stdout=log,
-                                                  stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                                  start_new_session=True)
-                    code = self._proc.wait(900)
-                assert code == 0, f"the project's scripts/install exited {code}: {self.log.read_text()[-3000:]}"
-                self._project = project
-        except BaseException as error:  # handed to the fixture that waits for it
+                project = new_project(wheel, where)
+                self._run(["nice", "-n", "19", str(project / "scripts" / "install")], cwd=project)
+                self._made["project"] = project
+                self._ready["project"].set()
+            if self._wanted["venv"]:
+                venv = self.base / "venv"
+                self._run(["nice", "-n", "19", sys.executable, "-m", "venv", str(venv)])
+                python = ["nice", "-n", "19", str(venv / "bin" / "python"), "-m", "pip", "-q",
+                          "--disable-pip-version-check", "install"]
+                self._run([*python, *pip_sources(), "--require-hashes", "-r", str(ROOT / "requirements.lock")])
+                self._run([*python, "--no-deps", str(wheel)])
+                self._made["venv"] = venv
+                self._ready["venv"].set()
+        except BaseException as error:  # handed to the fixtures that wait for it
             self._error = error
         finally:
-            self._done.set()
+            for ready in self._ready.values():
+                ready.set()
 
-    def _wait(self) -> None:
-        assert self._done.wait(900), "the wheel and the project not made within 15 minutes"
-        if self._error is not None:
-            raise self._error
+    def _run(self, command: list[str], cwd: Path | None = None) -> None:
+        """`command` (its own session: stop() ends it with its children), its output in the log."""
+        with open(self.log, "ab") as log:
+            if self._stopped.is_set():
+                raise RuntimeError("the session ended")
+            self._proc = subprocess.Popen(command, cwd=cwd, env=outside_env(), stdout=log, stderr=subprocess.STDOUT,
+                                          stdin=subprocess.DEVNULL, start_new_session=True)
+            code = self._proc.wait(900)
+        assert code == 0, f"{' '.join(command)} exited {code}: {self.log.read_text()[-3000:]}"
 
-    def wheel(self) -> Path:
-        self._wait()
-        assert self._wheel is not None
-        return self._wheel
-
-    def project(self) -> Path:
-        """The new project, its scripts/install done."""
-        assert self.install
-        self._wait()
-        assert self._project is not None
-        return self._project
+    def get(self, name: str) -> Path:
+        """The wheel, the project (its scripts/install done) or the venv, once made."""
+        assert self._wanted[name], name
+        assert self._ready[name].wait(900), f"the {name} not made within 15 minutes"
+        if name not in self._made:
+            raise self._error or RuntimeError(f"the {name} was not made")
+        return self._made[name]
 
     def stop(self) -> None:
         """At the end of the session: an install still running is ended, the files removed."""
         self._stopped.set()
         if self._proc is not None and self._proc.poll() is None:
             os.killpg(self._proc.pid, signal.SIGKILL)
-        self._done.wait(30)
+        self._ready["venv"].wait(30)
         shutil.rmtree(self.base, ignore_errors=True)
 
 

@@ -65,7 +65,7 @@ def test_new_writes_a_project_named_after_its_directory(tmp_path: Path) -> None:
 def project(request: pytest.FixtureRequest, lorebase_wheel: Path) -> Path:
     """A new project depending on the wheel, installed by its own scripts/install: on a thread
     since the session began (package_support.Ahead)."""
-    return request.config.stash[AHEAD].project()
+    return request.config.stash[AHEAD].get("project")
 
 
 def run_tests(project: Path) -> subprocess.CompletedProcess[str]:
