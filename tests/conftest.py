@@ -5,6 +5,7 @@ and file-server matrix of LOREBASE_TEST_REDIS and LOREBASE_TEST_FILES)."""
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import pytest
 from .files_support import Moto
 from .identity_support import Users, assert_no_secret_logged
 from .lore import Lorebase, MailSink, topology_redis
-from .package_support import build_wheel
+from .package_support import AHEAD, Ahead, build_wheel
 
 
 @pytest.fixture(scope="session")
@@ -67,7 +68,28 @@ def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Moto]:
         server.stop()
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """The wheel, test_scaffold's installed project and test_wheel's venv start being made now
+    when a test selected needs them: they are ready by the time those tests come
+    (package_support.Ahead)."""
+    wanted = [item for item in session.items if "lorebase_wheel" in getattr(item, "fixturenames", ())]
+    if wanted:
+        def needs(module: str, fixture: str) -> bool:
+            return any(item.path.name == module and fixture in getattr(item, "fixturenames", ()) for item in wanted)
+        session.config.stash[AHEAD] = Ahead(Path(tempfile.mkdtemp(prefix="lorebase-ahead-")),
+                                            project=needs("test_scaffold.py", "project"),
+                                            venv=needs("test_wheel.py", "venv"))
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    ahead = session.config.stash.get(AHEAD, None)
+    if ahead is not None:
+        ahead.stop()
+
+
 @pytest.fixture(scope="session")
-def lorebase_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """lorebase's wheel, built once per session from this tree (test_wheel, test_scaffold)."""
-    return build_wheel(tmp_path_factory.mktemp("wheel"))
+def lorebase_wheel(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """lorebase's wheel, built once per session from this tree (test_wheel, test_scaffold,
+    test_deploy), from the start of the session on."""
+    ahead = request.config.stash.get(AHEAD, None)
+    return ahead.get("wheel") if ahead is not None else build_wheel(tmp_path_factory.mktemp("wheel"))

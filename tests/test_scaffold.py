@@ -18,6 +18,8 @@ import pytest
 import lorebase
 from lorebase.testing import Client, MailSink, free_port, wait_for
 
+from .package_support import AHEAD, outside_env
+
 SEAM = pytest.mark.skipif(not hasattr(lorebase, "Extension"),
                           reason="the public API (from lorebase import Extension, Route...) is not on this branch yet")
 
@@ -25,14 +27,6 @@ SEAM = pytest.mark.skipif(not hasattr(lorebase, "Extension"),
 def new(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "lorebase", "new", *args], cwd=cwd, capture_output=True,
                           text=True, timeout=60, check=False)
-
-
-def outside_env() -> dict[str, str]:
-    """The environment of a person's shell: no LOREBASE_* of the test run, the interpreter
-    the project's venv is made with."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LOREBASE_", "PYTEST_")) and k != "PYTHONPATH"}
-    env["PYTHON"] = sys.executable
-    return env
 
 
 def test_new_refuses_a_directory_that_is_not_empty(tmp_path: Path) -> None:
@@ -68,12 +62,10 @@ def test_new_writes_a_project_named_after_its_directory(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory, lorebase_wheel: Path) -> Path:
-    """A new project depending on the wheel, its scripts/test run once (which installs it)."""
-    where = tmp_path_factory.mktemp("elsewhere")
-    done = new("my-shop", "--lorebase", str(lorebase_wheel), cwd=where)
-    assert done.returncode == 0, done.stderr
-    return where / "my-shop"
+def project(request: pytest.FixtureRequest, lorebase_wheel: Path) -> Path:
+    """A new project depending on the wheel, installed by its own scripts/install: on a thread
+    since the session began (package_support.Ahead)."""
+    return request.config.stash[AHEAD].get("project")
 
 
 def run_tests(project: Path) -> subprocess.CompletedProcess[str]:

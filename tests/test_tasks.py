@@ -73,11 +73,12 @@ class Trickler:
 
 
 def test_a_mail_whose_failure_meets_a_stalled_redis_is_still_sent(tmp_path_factory):
-    """The SMTP server first accepts connections and never greets (the send hangs for the
-    sender's 20 s timeout); meanwhile Redis is stopped (SIGSTOP), so when the send fails,
-    putting the mail back for a retry fails too. Redis comes back, a real SMTP server takes
-    the port: the mail arrives, and the tasks process was never restarted (its loop went on,
-    rather than the master starting a new one)."""
+    """The SMTP server first accepts connections and never greets (the send waits); Redis is
+    stopped (SIGSTOP), then the SMTP server goes away (its unanswered connections reset, no
+    wait for the sender's 20 s timeout), so the send fails and putting the mail back for a
+    retry fails too. Redis comes back, a real SMTP server takes the port: the mail arrives,
+    and the tasks process was never restarted (its loop went on, rather than the master
+    starting a new one)."""
     sink = MailSink()  # not started yet: its port is held by a server that never answers
     silent = socket.socket()
     silent.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -95,7 +96,8 @@ def test_a_mail_whose_failure_meets_a_stalled_redis_is_still_sent(tmp_path_facto
             pid = redis_pid(lore)
             os.kill(pid, signal.SIGSTOP)
             try:
-                # the send times out (20 s), the retry's ZADD then waits on the stopped Redis
+                # the send fails at once (reset), the retry's ZADD then waits on the stopped Redis
+                silent.close()
                 wait_for(lambda: "mail failed" in lore.log_text(), 40, 0.2, "the send to fail")
                 # Redis stays stopped until putting the mail back has surely failed: the tasks
                 # process says so (redis-py gives up after 5 s), or 8 s have passed
@@ -104,7 +106,6 @@ def test_a_mail_whose_failure_meets_a_stalled_redis_is_still_sent(tmp_path_facto
                          15, 0.2, "the retry's write to fail")
             finally:
                 os.kill(pid, signal.SIGCONT)
-            silent.close()
             sink.start()
             started = True
             wait_for(lambda: sink.to("tq_stalled@example.com"), 60, 0.2, "the mail, retried")

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -19,19 +17,14 @@ import lorebase
 from lorebase.testing import Lorebase
 
 from .lore import ROOT
-from .package_support import package_files, pip, pip_sources
+from .package_support import AHEAD, package_files
 
 
 @pytest.fixture(scope="module")
-def venv(tmp_path_factory: pytest.TempPathFactory, lorebase_wheel: Path) -> Iterator[Path]:
-    """A fresh virtualenv with the lock's pins, then the wheel (--no-deps)."""
-    wheel = lorebase_wheel
-    where = tmp_path_factory.mktemp("venv") / "env"
-    subprocess.run([sys.executable, "-m", "venv", str(where)], check=True, timeout=120)
-    python = str(where / "bin" / "python")
-    pip("install", *pip_sources(), "--require-hashes", "-r", str(ROOT / "requirements.lock"), python=python)
-    pip("install", "--no-deps", str(wheel), python=python)
-    yield where
+def venv(request: pytest.FixtureRequest, lorebase_wheel: Path) -> Path:
+    """A fresh virtualenv with the lock's pins, then the wheel (--no-deps): made on a thread
+    since the session began (package_support.Ahead)."""
+    return request.config.stash[AHEAD].get("venv")
 
 
 def test_the_wheel_carries_every_file_of_the_package(lorebase_wheel: Path) -> None:
