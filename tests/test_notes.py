@@ -241,6 +241,7 @@ def test_concurrent_updates_never_lose_a_change_of_files(server):
     update is not undone by an update that read the note before it (compare-and-set)."""
     with user(server, "nt_race") as api:
         attached = api.ok_upload(blob(10, "race"), "race.txt", "text/plain")["id"]
+        won = 0
         for round_ in range(5):
             note = create(api, f"round {round_}")
             bodies = [{"id": note, "text": f"edit {i}"} for i in range(12)]
@@ -248,6 +249,8 @@ def test_concurrent_updates_never_lose_a_change_of_files(server):
             with ThreadPoolExecutor(8) as pool:
                 codes = list(pool.map(lambda body: api.post("/notes/update", body).status_code, bodies))
             assert set(codes) <= {200, 409}, codes
-            assert codes[6] == 200, codes
             mine = next(n for n in api.notes() if n["id"] == note)
-            assert mine["files"] == [attached], (round_, mine)
+            # a 200 is kept; a 409 (it lost its compare-and-set every try, on a busy box) changed nothing
+            assert mine["files"] == ([attached] if codes[6] == 200 else []), (round_, codes, mine)
+            won += codes[6] == 200
+        assert won, "the files update lost every round: nothing was tested"

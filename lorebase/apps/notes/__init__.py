@@ -155,7 +155,7 @@ async def update(req: Request) -> Reply:
     assert req.session is not None
     db, key = req.app.db, notebook_key(req.session['user'])
     files = await _own_files(req, data.files) if data.files is not None else None
-    for _ in range(5):  # a concurrent update of the same note: read it again and retry
+    for _ in range(10):  # a concurrent update of the same note: read it again and retry
         old = await db.call("HGET", key, data.id)
         if old is None:
             raise ApiError(404, "notfound")  # another user's note is as absent as no note
