@@ -61,7 +61,20 @@ async def enqueue(db: Client, secret: str, to: str, subject: str, text: str) -> 
 # -- templates --------------------------------------------------------------------------
 
 
-def verify_mail(base_url: str, username: str, token: str) -> tuple[str, str]:
+def lasting(seconds: int) -> str:
+    """How long a link works, in words: "24 hours", "one hour", "30 minutes", "7 days"."""
+    if seconds < 60:
+        return "one second" if seconds == 1 else f"{seconds} seconds"
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if (seconds >= size and seconds % size == 0) or unit == "minute":
+            count = max(1, round(seconds / size))
+            if unit == "day" and count == 1:
+                return "24 hours"
+            return f"one {unit}" if count == 1 else f"{count} {unit}s"
+    raise AssertionError("unreachable")
+
+
+def verify_mail(base_url: str, username: str, token: str, ttl: int = 86400) -> tuple[str, str]:
     return ("Verify your email", f"""Hello,
 
 Someone signed up as "{username}" with this email address. If that was you, open this
@@ -70,12 +83,12 @@ link and confirm with the password of "{username}" (or while logged in as it):
 {base_url}/verify?token={token}
 
 If it was not you, open the same link and choose "This was not me": the address is taken
-away from "{username}" and stays free for you to sign up with. The link works once, for 24
-hours; after that, an account that never verified this address no longer holds it.
+away from "{username}" and stays free for you to sign up with. The link works once, for
+{lasting(ttl)}; after that, an account that never verified this address no longer holds it.
 """)
 
 
-def change_mail(base_url: str, username: str, token: str) -> tuple[str, str]:
+def change_mail(base_url: str, username: str, token: str, ttl: int = 86400) -> tuple[str, str]:
     return ("Verify your new email", f"""Hello,
 
 The account "{username}" asked to use this email address from now on. If that was you,
@@ -84,7 +97,7 @@ open this link and confirm with the password of "{username}" (or while logged in
 {base_url}/verify?token={token}
 
 Until then the account keeps its old address. If it was not you, ignore this mail: nothing
-changes. The link works once, for 24 hours.
+changes. The link works once, for {lasting(ttl)}.
 """)
 
 
@@ -115,7 +128,7 @@ account, ignore this mail.
 """)
 
 
-def reset_mail(base_url: str, username: str, token: str) -> tuple[str, str]:
+def reset_mail(base_url: str, username: str, token: str, ttl: int = 3600) -> tuple[str, str]:
     return ("Reset your password", f"""Hello {username},
 
 Someone (hopefully you) asked to reset the password of your account. To choose a new
@@ -123,7 +136,7 @@ password, open this link:
 
 {base_url}/reset?token={token}
 
-The link works once, for one hour. If you did not ask for it, ignore this mail: your
+The link works once, for {lasting(ttl)}. If you did not ask for it, ignore this mail: your
 password stays as it is.
 """)
 

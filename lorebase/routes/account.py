@@ -143,7 +143,7 @@ async def change_email(req: Request) -> Reply:
         raise Taken("email")  # checked again, race-safe, when the link is used
     name = user["username"]
     token = await tokens.issue(db, "change", name, email, config.VERIFY_TTL, user.get("gen", ""))
-    await enqueue(db, config.COOKIE_SECRET, email, *change_mail(config.BASE_URL, name, token))
+    await enqueue(db, config.COOKIE_SECRET, email, *change_mail(config.BASE_URL, name, token, config.VERIFY_TTL))
     if user.get("email"):
         await enqueue(db, config.COOKIE_SECRET, user["email"], *change_notice_mail(name, email))
     notify("email change asked", user=name, ip=req.ip)

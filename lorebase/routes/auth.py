@@ -103,7 +103,8 @@ async def signup(req: Request) -> Reply:
         await users.set_flag(db, username, "verified", True)
     else:
         token = await tokens.issue(db, "verify", username, email, config.VERIFY_TTL)
-        await enqueue(db, config.COOKIE_SECRET, email, *verify_mail(config.BASE_URL, username, token))
+        await enqueue(db, config.COOKIE_SECRET, email,
+                      *verify_mail(config.BASE_URL, username, token, config.VERIFY_TTL))
     notify("signup", user=username, ip=req.ip, invited=bool(invited))
     req.app.stats.flow("signups")
     return reply(200, {})
@@ -279,7 +280,7 @@ async def recover(req: Request) -> Reply:
             token = await tokens.issue(db, "reset", user["username"], user["email"], config.RESET_TTL,
                                        user.get("gen", ""))
             await enqueue(db, config.COOKIE_SECRET, user["email"],
-                          *reset_mail(config.BASE_URL, user["username"], token))
+                          *reset_mail(config.BASE_URL, user["username"], token, config.RESET_TTL))
     return reply(200, {})
 
 
@@ -295,7 +296,7 @@ async def resend(req: Request) -> Reply:
         if allowed:
             token = await tokens.issue(db, "verify", user["username"], user["email"], config.VERIFY_TTL)
             await enqueue(db, config.COOKIE_SECRET, user["email"],
-                          *verify_mail(config.BASE_URL, user["username"], token))
+                          *verify_mail(config.BASE_URL, user["username"], token, config.VERIFY_TTL))
             notify("verification resent", user=user["username"], ip=req.ip)
     return reply(200, {})
 
