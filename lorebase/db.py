@@ -826,16 +826,30 @@ class Cluster:
         for index, command in enumerate(commands):
             groups.setdefault(self._owner(key_of(command)), []).append(index)
         out: list[Any] = [None] * len(commands)
+        nodes = [(self.node(where), indexes) for where, indexes in groups.items()]
+        if all(node._protocol is not None and node._connecting is None for node, _ in nodes):
+            # every node connected (the usual case): each group written in this turn, then the
+            # replies awaited in turn, with no task per group
+            sent = [(node._send_batch(node._protocol, [commands[i] for i in indexes], len(indexes)), indexes)
+                    for node, indexes in nodes if node._protocol is not None]
+            for future, indexes in sent:
+                try:
+                    got = await future
+                    replies = got if len(indexes) > 1 else [got]
+                except (RedisError, Unavailable) as error:
+                    replies = [error] * len(indexes)
+                for index, reply in zip(indexes, replies, strict=True):
+                    out[index] = reply
+        else:
+            async def group(node: Redis, indexes: list[int]) -> None:
+                try:
+                    replies = await node.replies([commands[i] for i in indexes])
+                except Unavailable as error:
+                    replies = [error] * len(indexes)
+                for index, reply in zip(indexes, replies, strict=True):
+                    out[index] = reply
 
-        async def group(where: str, indexes: list[int]) -> None:
-            try:
-                replies = await self.node(where).replies([commands[i] for i in indexes])
-            except Unavailable as error:
-                replies = [error] * len(indexes)
-            for index, reply in zip(indexes, replies, strict=True):
-                out[index] = reply
-
-        await asyncio.gather(*(group(where, indexes) for where, indexes in groups.items()))
+            await asyncio.gather(*(group(node, indexes) for node, indexes in nodes))
         for index, reply in enumerate(out):
             again = _again(reply)
             if again:
